@@ -1,0 +1,60 @@
+"""fleetflow: run large Python workflows across a fleet of machines.
+
+Define tasks and flows here, submit them with :class:`Client` (or
+:class:`AsyncClient`), and watch their events::
+
+    from fleetflow import Client, flow, task
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @flow
+    def doubles(n: int):
+        return double.map(range(n))
+
+    with Client("127.0.0.1:50051") as client:
+        print(client.submit(doubles, n=10).result())
+"""
+
+from fleetflow._task import Flow, Task, TaskFuture, flow, task, unmapped
+from fleetflow.errors import (
+    FleetflowError,
+    FlowRunCancelled,
+    FlowRunFailed,
+    FlowRunNotFound,
+    InvalidFlowError,
+    RPCError,
+)
+from fleetflow.resources import InvalidResourceError, parse_quantity, parse_resources
+from fleetflow.serde import RemoteTaskError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Flow",
+    "Task",
+    "TaskFuture",
+    "flow",
+    "task",
+    "unmapped",
+    "FleetflowError",
+    "FlowRunCancelled",
+    "FlowRunFailed",
+    "FlowRunNotFound",
+    "InvalidFlowError",
+    "RPCError",
+    "RemoteTaskError",
+    "InvalidResourceError",
+    "parse_quantity",
+    "parse_resources",
+]
+
+try:  # the client needs grpc; keep `import fleetflow` cheap to reason about
+    from fleetflow._client import AsyncClient, AsyncFlowRunHandle, Client, FlowRunHandle
+    from fleetflow.events import FlowEvent
+
+    __all__ += ["AsyncClient", "AsyncFlowRunHandle", "Client", "FlowRunHandle", "FlowEvent"]
+except ImportError as _exc:  # pragma: no cover - only while the client is being written
+    if "fleetflow._client" not in str(_exc) and "fleetflow.events" not in str(_exc):
+        raise

@@ -1,0 +1,361 @@
+"""Task and flow definitions, and the recorder that turns a flow function into a graph.
+
+Calling a task inside a flow function does not run it: it records a node of
+the flow graph and returns a :class:`TaskFuture`. ``task.map(...)`` records a
+map node (fan-out). Passing a future to another task makes a dependency;
+passing a map future to a plain task is fan-in (it receives the list of
+results in input order). The finished graph is a ``FlowSpec`` message.
+
+Outside a flow function a task is an ordinary function: ``parse(path)`` runs
+``parse`` right here, which keeps user code testable without a coordinator.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from fleetflow.api.v1 import common_pb2
+from fleetflow.resources import parse_resources
+from fleetflow.serde import dumps
+
+__all__ = ["Task", "Flow", "TaskFuture", "task", "flow", "unmapped", "DEFAULT_RESOURCES"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Resources a task requests when it declares none: one logical CPU.
+DEFAULT_RESOURCES: dict[str, float] = {"cpu": 1.0}
+
+_recorder: contextvars.ContextVar[_FlowRecorder | None] = contextvars.ContextVar(
+    "fleetflow_recorder", default=None
+)
+
+
+@dataclass(frozen=True)
+class unmapped:  # noqa: N801 - lower case like Prefect's and Dask's marker
+    """Wrap an argument of ``task.map(...)`` so it is passed whole to every child."""
+
+    value: Any
+
+
+class Task(Generic[P, R]):
+    """A unit of work that workers run; made with the :func:`task` decorator.
+
+    Attributes:
+        fn: The user's function (``def`` or ``async def``).
+        name: Registered name workers offer; defaults to ``fn.__name__``.
+        resources: ``{name: amount}`` parsed by :mod:`fleetflow.resources`
+            (cpu in CPUs, memory in bytes).
+        retries: Retries after the first failed attempt.
+        retry_delay_seconds: Delay before each retry, seconds.
+        timeout_seconds: Per-attempt time limit in seconds, or None.
+        is_async: True for ``async def`` functions (run on the worker's loop).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        resources: Mapping[str, object] | None = None,
+        retries: int = 0,
+        retry_delay_seconds: float = 0.0,
+        timeout_seconds: float | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"@task needs a function, got {type(fn).__name__}")
+        self.fn = fn
+        self.name = name or fn.__name__
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"task {self.name!r}: retries must be a non-negative int, got {retries!r}")
+        if retry_delay_seconds < 0:
+            raise ValueError(f"task {self.name!r}: retry_delay_seconds must be >= 0")
+        if timeout_seconds is not None and timeout_seconds <= 0:
+            raise ValueError(f"task {self.name!r}: timeout_seconds must be > 0 or None")
+        self.resources = parse_resources(
+            DEFAULT_RESOURCES if resources is None else resources, owner=self.name
+        )
+        self.retries = retries
+        self.retry_delay_seconds = float(retry_delay_seconds)
+        self.timeout_seconds = timeout_seconds
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.signature = inspect.signature(fn)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def with_options(self, **options: Any) -> Task[P, R]:
+        """Return a copy with some options replaced (same keywords as :func:`task`)."""
+        merged: dict[str, Any] = {
+            "name": self.name,
+            "resources": self.resources,
+            "retries": self.retries,
+            "retry_delay_seconds": self.retry_delay_seconds,
+            "timeout_seconds": self.timeout_seconds,
+        }
+        merged.update(options)
+        return Task(self.fn, **merged)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        recorder = _recorder.get()
+        if recorder is None:
+            return self.fn(*args, **kwargs)
+        return recorder.add(self, args, kwargs, map_=False)  # type: ignore[return-value]
+
+    def map(self, *args: Any, **kwargs: Any) -> TaskFuture:
+        """Fan out: one task run per item of the mapped arguments.
+
+        Every argument that is a list, tuple, range or the future of another
+        task is mapped (iterated); everything else, and anything wrapped in
+        :class:`unmapped`, is passed whole to each child. Mapped arguments
+        must have equal lengths.
+
+        Returns:
+            A map future; pass it to a task for fan-in or to ``map`` again for
+            an item-by-item pipeline.
+
+        Raises:
+            RuntimeError: called outside a flow function.
+            TypeError: no argument is mapped.
+            ValueError: literal mapped arguments differ in length.
+        """
+        recorder = _recorder.get()
+        if recorder is None:
+            raise RuntimeError(
+                f"{self.name}.map() records a fan-out and only works inside a @flow function"
+            )
+        return recorder.add(self, args, kwargs, map_=True)
+
+
+class TaskFuture:
+    """Stands for a task's result inside a flow function while it is recorded."""
+
+    __slots__ = ("_recorder", "node", "is_map", "task_name")
+
+    def __init__(self, recorder: _FlowRecorder, node: int, is_map: bool, task_name: str) -> None:
+        self._recorder = recorder
+        self.node = node
+        self.is_map = is_map
+        self.task_name = task_name
+
+    def __repr__(self) -> str:
+        kind = "map " if self.is_map else ""
+        return f"<TaskFuture {kind}node={self.node} task={self.task_name}>"
+
+    def _no_value(self, *_: Any) -> Any:
+        raise TypeError(
+            f"the result of {self.task_name} is not known while the flow is recorded; "
+            "pass it to another task instead of inspecting it in the flow function"
+        )
+
+    __bool__ = __iter__ = __len__ = __getitem__ = __int__ = __float__ = _no_value  # type: ignore[assignment]
+
+
+class _FlowRecorder:
+    """Collects TaskNode messages while a flow function runs."""
+
+    def __init__(self) -> None:
+        self.nodes: list[common_pb2.TaskNode] = []
+
+    def _check_future(self, future: TaskFuture, where: str) -> None:
+        if future._recorder is not self:
+            raise ValueError(f"{where}: a future from another flow run cannot be used here")
+
+    def add(self, task: Task, args: tuple, kwargs: dict, *, map_: bool) -> TaskFuture:
+        where = f"{task.name}{'.map' if map_ else ''}()"
+        try:
+            bound = task.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{where}: {exc}") from None
+        node = common_pb2.TaskNode(
+            task_name=task.name,
+            map=map_,
+            resources=common_pb2.Resources(amounts=task.resources),
+            retry=common_pb2.RetryPolicy(
+                retries=task.retries, retry_delay_seconds=task.retry_delay_seconds
+            ),
+            timeout_seconds=task.timeout_seconds or 0.0,
+        )
+        literal_lengths: dict[str, int] = {}
+        for name, value in bound.arguments.items():
+            arg = node.args.add(name=name)
+            kind = task.signature.parameters[name].kind
+            variadic = kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+            if map_ and not variadic and not isinstance(value, unmapped) and _is_mappable(value):
+                arg.mapped = True
+                if isinstance(value, TaskFuture):
+                    self._check_future(value, where)
+                    arg.node = value.node
+                else:
+                    items = list(value)
+                    _reject_futures(items, where, name)
+                    arg.literal_items.items.extend(dumps(item) for item in items)
+                    literal_lengths[name] = len(items)
+                continue
+            if isinstance(value, unmapped):
+                value = value.value
+            if isinstance(value, TaskFuture):
+                self._check_future(value, where)
+                arg.node = value.node
+            elif (
+                isinstance(value, (list, tuple))
+                and value
+                and all(isinstance(v, TaskFuture) for v in value)
+            ):
+                for future in value:
+                    self._check_future(future, where)
+                    if future.is_map:
+                        raise TypeError(
+                            f"{where}: argument {name!r} lists the map result of "
+                            f"{future.task_name}; pass that map future directly for fan-in"
+                        )
+                arg.nodes.nodes.extend(f.node for f in value)
+            else:
+                _reject_futures(value, where, name)
+                arg.literal = dumps(value)
+        if map_:
+            if not any(a.mapped for a in node.args):
+                raise TypeError(
+                    f"{where}: no argument to map over; pass a list, tuple, range or task "
+                    "future (wrap constants in fleetflow.unmapped)"
+                )
+            if len(set(literal_lengths.values())) > 1:
+                raise ValueError(f"{where}: mapped arguments differ in length: {literal_lengths}")
+        self.nodes.append(node)
+        return TaskFuture(self, len(self.nodes) - 1, map_, task.name)
+
+
+def _is_mappable(value: Any) -> bool:
+    return isinstance(value, (TaskFuture, list, tuple, range))
+
+
+def _reject_futures(value: Any, where: str, name: str) -> None:
+    """Refuse futures nested in containers: they would be pickled, not resolved."""
+    stack = [value]
+    seen = 0
+    while stack and seen < 10_000:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, TaskFuture):
+            raise TypeError(
+                f"{where}: argument {name!r} nests the future of {item.task_name} inside a "
+                "container; pass futures directly, or a flat list of them"
+            )
+        if isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+
+
+class Flow(Generic[P, R]):
+    """A flow function whose task calls are recorded into a graph; see :func:`flow`.
+
+    Attributes:
+        fn: The user's flow function.
+        name: Display name; defaults to ``fn.__name__``.
+    """
+
+    def __init__(self, fn: Callable[P, R], *, name: str | None = None) -> None:
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.signature = inspect.signature(fn)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"<Flow {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        raise TypeError(
+            f"flow {self.name!r} runs on a fleet: submit it with fleetflow.Client(...).submit("
+            f"{self.name}, ...) or `fleetflow run FILE:{self.name}`"
+        )
+
+    def build(self, *args: Any, **kwargs: Any) -> common_pb2.FlowSpec:
+        """Record the flow function with these parameters into a FlowSpec.
+
+        Args:
+            *args: Positional flow parameters.
+            **kwargs: Keyword flow parameters; defaults are applied.
+
+        Returns:
+            The graph as a ``FlowSpec`` message (nodes in topological order).
+
+        Raises:
+            TypeError: the parameters do not fit the signature, or task futures
+                are used in ways the recorder cannot resolve.
+        """
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"flow {self.name!r}: {exc}") from None
+        bound.apply_defaults()
+        recorder = _FlowRecorder()
+        token = _recorder.set(recorder)
+        try:
+            out = self.fn(*bound.args, **bound.kwargs)
+        finally:
+            _recorder.reset(token)
+        if inspect.iscoroutine(out):
+            out.close()
+            raise TypeError(f"flow {self.name!r}: flow functions are plain `def`, not `async def`")
+        spec = common_pb2.FlowSpec(name=self.name, nodes=recorder.nodes)
+        if isinstance(out, TaskFuture):
+            spec.output_node = out.node
+        else:
+            _reject_futures(out, f"flow {self.name!r}", "return value")
+            spec.output_literal = dumps(out)
+        spec.parameters = dumps(dict(bound.arguments))
+        return spec
+
+
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def task(
+    *,
+    name: str | None = ...,
+    resources: Mapping[str, object] | None = ...,
+    retries: int = ...,
+    retry_delay_seconds: float = ...,
+    timeout_seconds: float | None = ...,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
+    """Declare a task: ``@task`` or ``@task(resources=..., retries=..., ...)``.
+
+    Args:
+        fn: The function, when used bare as ``@task``.
+        **options: ``name`` (str), ``resources`` (``{name: number | quantity}``,
+            default ``{"cpu": 1}``), ``retries`` (int >= 0, default 0),
+            ``retry_delay_seconds`` (float seconds, default 0), ``timeout_seconds``
+            (float seconds or None).
+
+    Raises:
+        ValueError: an option is out of range.
+        fleetflow.resources.InvalidResourceError: a resource amount is invalid.
+    """
+    if fn is not None:
+        return Task(fn, **options)
+    return lambda f: Task(f, **options)
+
+
+def flow(fn: Callable[P, R] | None = None, /, *, name: str | None = None) -> Any:
+    """Declare a flow: ``@flow`` or ``@flow(name=...)``; see :class:`Flow`."""
+    if fn is not None:
+        return Flow(fn, name=name)
+    return lambda f: Flow(f, name=name)
+
+
+def find_tasks(namespace: Mapping[str, Any]) -> dict[str, Task]:
+    """Return the tasks defined in a module namespace, by registered name."""
+    return {v.name: v for v in namespace.values() if isinstance(v, Task)}
+
+
+def is_sequence_result(value: Any) -> bool:
+    """Whether a result can be split for a downstream map (not str/bytes/dict)."""
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray))

@@ -1,0 +1,148 @@
+from fleetflow.api.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class OutcomeAck(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_ACK_UNSPECIFIED: _ClassVar[OutcomeAck]
+    OUTCOME_ACK_ACCEPTED: _ClassVar[OutcomeAck]
+    OUTCOME_ACK_REJECTED_STALE: _ClassVar[OutcomeAck]
+    OUTCOME_ACK_REJECTED_UNKNOWN: _ClassVar[OutcomeAck]
+OUTCOME_ACK_UNSPECIFIED: OutcomeAck
+OUTCOME_ACK_ACCEPTED: OutcomeAck
+OUTCOME_ACK_REJECTED_STALE: OutcomeAck
+OUTCOME_ACK_REJECTED_UNKNOWN: OutcomeAck
+
+class RegisterWorkerRequest(_message.Message):
+    __slots__ = ("worker_id", "capacity", "task_names", "hostname", "pid")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAMES_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    capacity: _common_pb2.Resources
+    task_names: _containers.RepeatedScalarFieldContainer[str]
+    hostname: str
+    pid: int
+    def __init__(self, worker_id: _Optional[str] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., task_names: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class RegisterWorkerResponse(_message.Message):
+    __slots__ = ("lease_ttl_seconds", "heartbeat_interval_seconds")
+    LEASE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    lease_ttl_seconds: float
+    heartbeat_interval_seconds: float
+    def __init__(self, lease_ttl_seconds: _Optional[float] = ..., heartbeat_interval_seconds: _Optional[float] = ...) -> None: ...
+
+class HeldTaskRun(_message.Message):
+    __slots__ = ("task_run_id", "attempt")
+    TASK_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    task_run_id: int
+    attempt: int
+    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("worker_id", "running", "cpu_percent", "memory_available")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    running: _containers.RepeatedCompositeFieldContainer[HeldTaskRun]
+    cpu_percent: float
+    memory_available: float
+    def __init__(self, worker_id: _Optional[str] = ..., running: _Optional[_Iterable[_Union[HeldTaskRun, _Mapping]]] = ..., cpu_percent: _Optional[float] = ..., memory_available: _Optional[float] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("known", "cancel")
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    cancel: _containers.RepeatedCompositeFieldContainer[HeldTaskRun]
+    def __init__(self, known: _Optional[bool] = ..., cancel: _Optional[_Iterable[_Union[HeldTaskRun, _Mapping]]] = ...) -> None: ...
+
+class LeaseTasksRequest(_message.Message):
+    __slots__ = ("worker_id", "max_task_runs", "wait_seconds")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_TASK_RUNS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    max_task_runs: int
+    wait_seconds: float
+    def __init__(self, worker_id: _Optional[str] = ..., max_task_runs: _Optional[int] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+
+class ArgValue(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: _common_pb2.Value
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[_Union[_common_pb2.Value, _Mapping]] = ...) -> None: ...
+
+class Lease(_message.Message):
+    __slots__ = ("task_run_id", "attempt", "task_name", "flow_run_id", "node", "index", "args", "split_result", "timeout_seconds")
+    TASK_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAME_FIELD_NUMBER: _ClassVar[int]
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_RESULT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    task_run_id: int
+    attempt: int
+    task_name: str
+    flow_run_id: str
+    node: int
+    index: int
+    args: _containers.RepeatedCompositeFieldContainer[ArgValue]
+    split_result: bool
+    timeout_seconds: float
+    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., task_name: _Optional[str] = ..., flow_run_id: _Optional[str] = ..., node: _Optional[int] = ..., index: _Optional[int] = ..., args: _Optional[_Iterable[_Union[ArgValue, _Mapping]]] = ..., split_result: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+
+class LeaseTasksResponse(_message.Message):
+    __slots__ = ("leases", "known")
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    leases: _containers.RepeatedCompositeFieldContainer[Lease]
+    known: bool
+    def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., known: _Optional[bool] = ...) -> None: ...
+
+class Outcome(_message.Message):
+    __slots__ = ("task_run_id", "attempt", "value", "items", "error", "infrastructure")
+    TASK_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    INFRASTRUCTURE_FIELD_NUMBER: _ClassVar[int]
+    task_run_id: int
+    attempt: int
+    value: bytes
+    items: _common_pb2.ValueList
+    error: _common_pb2.TaskError
+    infrastructure: bool
+    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., value: _Optional[bytes] = ..., items: _Optional[_Union[_common_pb2.ValueList, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., infrastructure: _Optional[bool] = ...) -> None: ...
+
+class ReportOutcomesRequest(_message.Message):
+    __slots__ = ("worker_id", "outcomes")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    outcomes: _containers.RepeatedCompositeFieldContainer[Outcome]
+    def __init__(self, worker_id: _Optional[str] = ..., outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ...) -> None: ...
+
+class ReportOutcomesResponse(_message.Message):
+    __slots__ = ("acks",)
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedScalarFieldContainer[OutcomeAck]
+    def __init__(self, acks: _Optional[_Iterable[_Union[OutcomeAck, str]]] = ...) -> None: ...

@@ -1,0 +1,94 @@
+"""Serialization of user data and errors (clients and workers only).
+
+Arguments, results and exceptions are pickled with cloudpickle so that
+lambdas and classes defined in ``__main__`` travel too. The coordinator only
+ever sees the resulting ``bytes``.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from fleetflow.api.v1 import common_pb2
+
+__all__ = ["dumps", "loads", "error_from_exception", "exception_from_error", "RemoteTaskError"]
+
+_PROTOCOL = 5
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj`` with cloudpickle (protocol 5)."""
+    return cloudpickle.dumps(obj, protocol=_PROTOCOL)
+
+
+def loads(data: bytes) -> Any:
+    """Unpickle bytes produced by :func:`dumps`."""
+    return cloudpickle.loads(data)
+
+
+class RemoteTaskError(Exception):
+    """A task failed remotely with an exception that could not be re-created here.
+
+    Attributes:
+        type_name: Qualified type of the original exception (``"mymod.MyError"``).
+        remote_traceback: The traceback text captured on the worker.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+
+
+def _qualname(exc_type: type) -> str:
+    return f"{exc_type.__module__}.{exc_type.__qualname__}"
+
+
+def error_from_exception(exc: BaseException, *, tb: str | None = None) -> common_pb2.TaskError:
+    """Capture an exception as a TaskError message.
+
+    Args:
+        exc: The exception raised by task code.
+        tb: Traceback text; formatted from ``exc`` when omitted.
+
+    Returns:
+        A TaskError with type, message, traceback text and, when the exception
+        pickles, the pickled exception.
+    """
+    if tb is None:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        pickled = dumps(exc)
+    except Exception:  # noqa: BLE001 - an unpicklable exception still reports its text
+        pickled = b""
+    return common_pb2.TaskError(
+        type=_qualname(type(exc)), message=str(exc), traceback=tb, pickled=pickled
+    )
+
+
+def exception_from_error(error: common_pb2.TaskError) -> BaseException:
+    """Re-create the original exception of a TaskError where possible.
+
+    The returned exception carries the remote traceback as a note (PEP 678),
+    so it shows when the exception is printed.
+
+    Returns:
+        The original exception (same type and message) or, when it cannot be
+        unpickled here, a :class:`RemoteTaskError` with its type name and message.
+    """
+    exc: BaseException | None = None
+    if error.pickled:
+        try:
+            candidate = loads(error.pickled)
+            if isinstance(candidate, BaseException):
+                exc = candidate
+        except Exception:  # noqa: BLE001 - fall back to the text form
+            exc = None
+    if exc is None:
+        exc = RemoteTaskError(error.type, error.message, error.traceback)
+    if error.traceback:
+        exc.add_note("Remote traceback (from the fleetflow worker):\n" + error.traceback.rstrip())
+    return exc
