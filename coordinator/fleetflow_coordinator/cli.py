@@ -1,0 +1,54 @@
+"""``fleetflow coordinator`` / ``python -m fleetflow_coordinator``."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from fleetflow_coordinator.settings import Settings
+
+__all__ = ["command"]
+
+
+@click.command(name="coordinator")
+@click.option("--listen", default=None, help="HOST:PORT to bind [default: 127.0.0.1:50051].")
+@click.option("--port-file", default=None, help="Write the bound port here once serving.")
+@click.option("--lease-ttl", "lease_ttl_s", type=float, default=None, help="Lease TTL, seconds.")
+@click.option(
+    "--heartbeat-interval",
+    "heartbeat_interval_s",
+    type=float,
+    default=None,
+    help="Worker heartbeat interval, seconds.",
+)
+@click.option("--log-level", default="info", show_default=True)
+def command(
+    listen: str | None,
+    port_file: str | None,
+    lease_ttl_s: float | None,
+    heartbeat_interval_s: float | None,
+    log_level: str,
+) -> None:
+    """Run the coordinator: holds flow state and leases task runs to workers."""
+    from fleetflow_coordinator.logs import configure_logging
+    from fleetflow_coordinator.server import serve
+
+    try:
+        settings = Settings.from_env(
+            listen=listen,
+            port_file=port_file,
+            lease_ttl_s=lease_ttl_s,
+            heartbeat_interval_s=heartbeat_interval_s,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    configure_logging(log_level)
+    try:
+        import uvloop
+
+        uvloop.run(serve(settings))
+    except ImportError:  # pragma: no cover - uvloop is a dependency; Windows lacks it
+        asyncio.run(serve(settings))
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,142 @@
+"""Protocol messages <-> core records. The only core-facing module that imports the API."""
+
+from __future__ import annotations
+
+from fleetflow.api.v1 import common_pb2, coordinator_service_pb2, worker_service_pb2
+from fleetflow_coordinator.core import Arg, ArgKind, InvalidFlowSpec, NodeSpec, Outcome
+from fleetflow_coordinator.core.model import EventRecord, FlowRun, TaskRunState
+from fleetflow_coordinator.core.scheduler import LeaseGrant
+
+__all__ = ["node_specs", "lease_to_proto", "outcome_from_proto", "event_to_proto", "flow_info"]
+
+
+def node_specs(spec: common_pb2.FlowSpec) -> list[NodeSpec]:
+    """Convert a FlowSpec's nodes for the core.
+
+    Raises:
+        InvalidFlowSpec: an argument has no source.
+    """
+    out = []
+    for i, node in enumerate(spec.nodes):
+        args = []
+        for arg in node.args:
+            source = arg.WhichOneof("source")
+            if source == "literal":
+                args.append(Arg(arg.name, ArgKind.LITERAL, arg.literal, arg.mapped))
+            elif source == "literal_items":
+                items = list(arg.literal_items.items)
+                args.append(Arg(arg.name, ArgKind.LITERAL_ITEMS, items, arg.mapped))
+            elif source == "node":
+                args.append(Arg(arg.name, ArgKind.NODE, arg.node, arg.mapped))
+            elif source == "nodes":
+                args.append(Arg(arg.name, ArgKind.NODES, list(arg.nodes.nodes), arg.mapped))
+            else:
+                raise InvalidFlowSpec(
+                    f"nodes[{i}] ({node.task_name}).args[{arg.name!r}]: no value source set"
+                )
+        out.append(
+            NodeSpec(
+                task_name=node.task_name,
+                is_map=node.map,
+                args=args,
+                resources=dict(node.resources.amounts),
+                retries=node.retry.retries,
+                retry_delay_s=node.retry.retry_delay_seconds,
+                timeout_s=node.timeout_seconds,
+            )
+        )
+    return out
+
+
+def value_to_proto(value: bytes | list[bytes]) -> common_pb2.Value:
+    """Wrap a pickled value or a list of them."""
+    if isinstance(value, list):
+        return common_pb2.Value(list=common_pb2.ValueList(items=value))
+    return common_pb2.Value(pickled=value)
+
+
+def lease_to_proto(grant: LeaseGrant) -> worker_service_pb2.Lease:
+    """Build the Lease message for one grant."""
+    tr = grant.task_run
+    node = tr.node
+    return worker_service_pb2.Lease(
+        task_run_id=tr.id,
+        attempt=grant.attempt,
+        task_name=node.task_name,
+        flow_run_id=tr.flow.id,
+        node=node.index,
+        index=tr.index,
+        args=[
+            worker_service_pb2.ArgValue(name=name, value=value_to_proto(value))
+            for name, value in grant.args
+        ],
+        split_result=node.split,
+        timeout_seconds=node.timeout_s,
+    )
+
+
+def outcome_from_proto(outcome: worker_service_pb2.Outcome) -> Outcome:
+    """Convert one reported outcome; the error stays an opaque TaskError message."""
+    which = outcome.WhichOneof("result")
+    if which == "value":
+        return Outcome(outcome.task_run_id, outcome.attempt, value=outcome.value)
+    if which == "items":
+        return Outcome(outcome.task_run_id, outcome.attempt, items=list(outcome.items.items))
+    error = outcome.error if which == "error" else common_pb2.TaskError(
+        type="fleetflow.ProtocolError", message="outcome carried no result"
+    )
+    return Outcome(
+        outcome.task_run_id, outcome.attempt, error=error, infrastructure=outcome.infrastructure
+    )
+
+
+def event_to_proto(flow_run_id: str, event: EventRecord) -> common_pb2.Event:
+    """Build the Event message for one log entry."""
+    message = common_pb2.Event(
+        seq=event.seq,
+        kind=int(event.kind),
+        flow_run_id=flow_run_id,
+        time=event.time,
+        node=event.node,
+        task_name=event.task_name,
+        task_run_id=event.task_run_id,
+        index=event.index,
+        attempt=event.attempt,
+        worker_id=event.worker_id,
+        count=event.count,
+        message=event.message,
+        retry_at=event.retry_at,
+    )
+    if event.error is not None:
+        message.error.CopyFrom(event.error)
+    return message
+
+
+def flow_info(flow: FlowRun) -> coordinator_service_pb2.FlowRunInfo:
+    """Summarise a flow run with per-node task run counts."""
+    info = coordinator_service_pb2.FlowRunInfo(
+        flow_run_id=flow.id,
+        name=flow.name,
+        state=int(flow.state),
+        created_at=flow.created_at,
+        ended_at=flow.ended_at,
+        last_seq=len(flow.events),
+    )
+    for node in flow.nodes:
+        c = node.counts
+        info.nodes.add(
+            node=node.index,
+            task_name=node.task_name,
+            map=node.is_map,
+            total=len(node.children) if node.expanded else -1,
+            pending=c[TaskRunState.PENDING],
+            scheduled=c[TaskRunState.SCHEDULED],
+            running=c[TaskRunState.RUNNING],
+            awaiting_retry=c[TaskRunState.AWAITING_RETRY],
+            completed=c[TaskRunState.COMPLETED],
+            failed=c[TaskRunState.FAILED],
+            upstream_failed=c[TaskRunState.UPSTREAM_FAILED],
+            cancelled=c[TaskRunState.CANCELLED],
+            timed_out=c[TaskRunState.TIMED_OUT],
+        )
+    return info

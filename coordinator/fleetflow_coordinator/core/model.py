@@ -1,0 +1,293 @@
+"""Records the scheduling core keeps: flow runs, nodes, task runs, workers, events.
+
+Plain classes with ``__slots__``: a 100,000-item map holds 100,000 TaskRun
+objects, so each carries only what the state machine needs. Nothing here does
+I/O; user data is opaque ``bytes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+__all__ = [
+    "TaskRunState",
+    "FlowRunState",
+    "EventKind",
+    "ArgKind",
+    "Arg",
+    "NodeRecord",
+    "TaskRun",
+    "FlowRun",
+    "WorkerRecord",
+    "EventRecord",
+    "TERMINAL_TASK_STATES",
+]
+
+
+class TaskRunState(IntEnum):
+    """Task run states; values equal the protocol's ``TaskRunState`` numbers."""
+
+    PENDING = 1
+    SCHEDULED = 2
+    RUNNING = 3
+    AWAITING_RETRY = 4
+    COMPLETED = 5
+    FAILED = 6
+    UPSTREAM_FAILED = 7
+    CANCELLED = 8
+    TIMED_OUT = 9
+
+
+TERMINAL_TASK_STATES = frozenset(
+    {
+        TaskRunState.COMPLETED,
+        TaskRunState.FAILED,
+        TaskRunState.UPSTREAM_FAILED,
+        TaskRunState.CANCELLED,
+        TaskRunState.TIMED_OUT,
+    }
+)
+#: Every state number, for per-node counters indexed by state.
+N_STATES = 10
+
+
+class FlowRunState(IntEnum):
+    """Flow run states; values equal the protocol's ``FlowRunState`` numbers."""
+
+    RUNNING = 1
+    COMPLETED = 2
+    FAILED = 3
+    CANCELLED = 4
+
+
+class EventKind(IntEnum):
+    """Event kinds; values equal the protocol's ``EventKind`` numbers."""
+
+    FLOW_RUN_SUBMITTED = 1
+    FLOW_RUN_COMPLETED = 2
+    FLOW_RUN_FAILED = 3
+    FLOW_RUN_CANCELLED = 4
+    NODE_EXPANDED = 5
+    TASK_RUN_SCHEDULED = 6
+    TASK_RUN_STARTED = 7
+    TASK_RUN_COMPLETED = 8
+    TASK_RUN_FAILED = 9
+    TASK_RUN_RETRYING = 10
+    TASK_RUN_UPSTREAM_FAILED = 11
+    TASK_RUN_LEASE_EXPIRED = 12
+    LATE_RESULT_REJECTED = 13
+    TASK_RUN_UNSCHEDULABLE = 14
+    NODE_FAILED = 15
+
+
+class ArgKind(IntEnum):
+    """Where an argument's value comes from (mirrors ``ArgSpec.source``)."""
+
+    LITERAL = 1  #: payload: bytes
+    LITERAL_ITEMS = 2  #: payload: list[bytes], one per map child
+    NODE = 3  #: payload: int, an upstream node index
+    NODES = 4  #: payload: list[int], plain upstream nodes gathered into a list
+
+
+@dataclass(frozen=True, slots=True)
+class Arg:
+    """One argument of a node, converted from the protocol at the edge."""
+
+    name: str
+    kind: ArgKind
+    payload: Any
+    mapped: bool = False
+
+
+class NodeRecord:
+    """One node of a flow graph and the task runs it expanded into."""
+
+    __slots__ = (
+        "index",
+        "task_name",
+        "is_map",
+        "args",
+        "shape",
+        "resources",
+        "retries",
+        "retry_delay_s",
+        "timeout_s",
+        "whole_deps",
+        "item_deps",
+        "whole_consumers",
+        "item_consumers",
+        "whole_pending",
+        "split",
+        "expanded",
+        "children",
+        "counts",
+        "n_terminal",
+        "failed",
+        "terminal",
+        "unschedulable_reported",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        task_name: str,
+        is_map: bool,
+        args: list[Arg],
+        resources: dict[str, float],
+        retries: int,
+        retry_delay_s: float,
+        timeout_s: float,
+    ) -> None:
+        self.index = index
+        self.task_name = task_name
+        self.is_map = is_map
+        self.args = args
+        self.resources = resources
+        #: Queue key: task runs with the same shape share one ready queue.
+        self.shape: tuple = (task_name, tuple(sorted(resources.items())))
+        self.retries = retries
+        self.retry_delay_s = retry_delay_s
+        self.timeout_s = timeout_s
+        #: Upstream node indexes whose whole result this node needs.
+        self.whole_deps: list[int] = []
+        #: Upstream map nodes this map iterates item by item.
+        self.item_deps: list[int] = []
+        self.whole_consumers: list[int] = []
+        self.item_consumers: list[int] = []
+        self.whole_pending = 0
+        #: A downstream map iterates this plain node's result: workers split it.
+        self.split = False
+        self.expanded = False
+        #: [TaskRun], index = map item (one child for a plain node).
+        self.children: list[TaskRun] = []
+        #: Task runs per state, indexed by TaskRunState value.
+        self.counts = [0] * N_STATES
+        self.n_terminal = 0
+        self.failed = False
+        self.terminal = False
+        self.unschedulable_reported = False
+
+
+class TaskRun:
+    """One execution unit: a plain node, or one item of a map node."""
+
+    __slots__ = (
+        "id",
+        "flow",
+        "node",
+        "index",
+        "state",
+        "attempt",
+        "worker_id",
+        "leased_at",
+        "pending",
+        "result",
+        "items",
+        "error",
+        "code_failures",
+        "infra_failures",
+        "retry_at",
+    )
+
+    def __init__(self, task_run_id: int, flow: FlowRun, node: NodeRecord, index: int) -> None:
+        self.id = task_run_id
+        self.flow = flow
+        self.node = node
+        self.index = index
+        self.state = TaskRunState.PENDING
+        #: Fencing token: grows by one for every new attempt.
+        self.attempt = 1
+        self.worker_id: str | None = None
+        self.leased_at = 0.0
+        #: Upstream items (map-to-map) still to complete before this can run.
+        self.pending = 0
+        #: Pickled result (opaque), or the split items for a downstream map.
+        self.result: bytes | None = None
+        self.items: list[bytes] | None = None
+        #: The last error, an opaque object from the edge (a TaskError message).
+        self.error: Any = None
+        self.code_failures = 0
+        self.infra_failures = 0
+        self.retry_at = 0.0
+
+
+@dataclass(slots=True)
+class EventRecord:
+    """One entry of a flow run's event log (converted to ``Event`` at the edge)."""
+
+    seq: int
+    kind: EventKind
+    time: float
+    node: int = 0
+    task_name: str = ""
+    task_run_id: int = 0
+    index: int = 0
+    attempt: int = 0
+    worker_id: str = ""
+    count: int = 0
+    message: str = ""
+    error: Any = None
+    retry_at: float = 0.0
+
+
+class FlowRun:
+    """A submitted flow: its nodes, state and event log."""
+
+    __slots__ = (
+        "id",
+        "name",
+        "nodes",
+        "state",
+        "created_at",
+        "ended_at",
+        "events",
+        "output_node",
+        "output_literal",
+        "idempotency_key",
+        "first_error",
+        "n_terminal_nodes",
+        "any_failed",
+    )
+
+    def __init__(self, flow_run_id: str, name: str, created_at: float) -> None:
+        self.id = flow_run_id
+        self.name = name
+        self.nodes: list[NodeRecord] = []
+        self.state = FlowRunState.RUNNING
+        self.created_at = created_at
+        self.ended_at = 0.0
+        #: [EventRecord]; events[i].seq == i + 1.
+        self.events: list[EventRecord] = []
+        self.output_node: int | None = None
+        self.output_literal: bytes = b""
+        self.idempotency_key = ""
+        #: (task_name, error object or None, message) of the first failure.
+        self.first_error: tuple[str, Any, str] | None = None
+        self.n_terminal_nodes = 0
+        self.any_failed = False
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the flow run has ended."""
+        return self.state != FlowRunState.RUNNING
+
+
+@dataclass(slots=True)
+class WorkerRecord:
+    """A registered worker as the coordinator sees it."""
+
+    worker_id: str
+    #: {resource: total amount}
+    capacity: dict[str, float]
+    task_names: frozenset[str]
+    last_seen: float
+    hostname: str = ""
+    pid: int = 0
+    #: {resource: amount allocated to running task runs}
+    allocated: dict[str, float] = field(default_factory=dict)
+    #: {task_run_id: TaskRun} leased to this worker
+    running: dict[int, TaskRun] = field(default_factory=dict)
+    cpu_percent: float = 0.0
+    memory_available: float = 0.0

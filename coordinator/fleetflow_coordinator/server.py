@@ -1,0 +1,86 @@
+"""The grpc.aio server's lifecycle: create, serve until SIGTERM, stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from fleetflow.api.v1 import coordinator_service_pb2_grpc, worker_service_pb2_grpc
+from fleetflow_coordinator.runtime import Runtime
+from fleetflow_coordinator.servicers import CoordinatorServicer, WorkerServicer
+from fleetflow_coordinator.settings import Settings
+
+__all__ = ["create_server", "serve", "CHANNEL_OPTIONS"]
+
+log = structlog.get_logger(__name__)
+
+#: Large fan-in results travel in one message: allow up to 256 MiB.
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+]
+
+_SERVICES = (
+    "fleetflow.api.v1.CoordinatorService",
+    "fleetflow.api.v1.WorkerService",
+)
+
+
+async def create_server(address: str, runtime: Runtime) -> tuple[grpc.aio.Server, int]:
+    """Create and start a server bound to ``address`` (``"127.0.0.1:0"`` in tests).
+
+    Returns:
+        ``(server, port)`` with the port actually bound.
+
+    Raises:
+        RuntimeError: the address could not be bound.
+    """
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    coordinator_service_pb2_grpc.add_CoordinatorServiceServicer_to_server(
+        CoordinatorServicer(runtime), server
+    )
+    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(runtime), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise RuntimeError(f"cannot listen on {address}: {exc}") from None
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {address}: address in use or invalid")
+    await server.start()
+    for name in ("", *_SERVICES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port
+
+
+def _write_port_file(path: str, port: int) -> None:
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, target)
+
+
+async def serve(settings: Settings) -> None:
+    """Run a coordinator until SIGTERM or SIGINT, then stop gracefully."""
+    runtime = Runtime(settings)
+    server, port = await create_server(settings.listen, runtime)
+    runtime.start()
+    host = settings.listen.rpartition(":")[0]
+    log.info("coordinator_started", address=f"{host}:{port}", lease_ttl_s=settings.lease_ttl_s)
+    if settings.port_file:
+        _write_port_file(settings.port_file, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("coordinator_stopping")
+    await server.stop(grace=2.0)
+    await runtime.stop()

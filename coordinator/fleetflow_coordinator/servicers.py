@@ -1,0 +1,214 @@
+"""gRPC servicers: request -> core call -> response. No scheduling decisions here."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+
+import grpc
+import structlog
+
+from fleetflow.api.v1 import (
+    common_pb2,
+    coordinator_service_pb2 as cs,
+    coordinator_service_pb2_grpc as cs_grpc,
+    worker_service_pb2 as ws,
+    worker_service_pb2_grpc as ws_grpc,
+)
+from fleetflow_coordinator import convert
+from fleetflow_coordinator.core import FlowRunState, InvalidFlowSpec
+from fleetflow_coordinator.core.model import FlowRun
+from fleetflow_coordinator.runtime import Runtime
+
+__all__ = ["CoordinatorServicer", "WorkerServicer"]
+
+log = structlog.get_logger(__name__)
+
+#: Events per WatchFlowRun message.
+WATCH_BATCH = 2000
+
+
+class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
+    """The client-facing service."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def _flow(self, flow_run_id: str, context: grpc.aio.ServicerContext) -> FlowRun:
+        flow = self.rt.core.flows.get(flow_run_id)
+        if flow is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no flow run {flow_run_id!r}")
+        return flow  # type: ignore[return-value]
+
+    async def SubmitFlowRun(  # noqa: N802 - generated name
+        self, request: cs.SubmitFlowRunRequest, context: grpc.aio.ServicerContext
+    ) -> cs.SubmitFlowRunResponse:
+        """Validate and accept a flow run whole (INVALID_ARGUMENT otherwise)."""
+        spec = request.spec
+        try:
+            nodes = convert.node_specs(spec)
+            flow, created = self.rt.core.submit(
+                uuid.uuid4().hex,
+                spec.name,
+                nodes,
+                self.rt.clock(),
+                output_node=spec.output_node if spec.HasField("output_node") else None,
+                output_literal=spec.output_literal,
+                idempotency_key=request.idempotency_key,
+            )
+        except InvalidFlowSpec as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"flow {spec.name!r}: {exc}")
+        self.rt.after_change()
+        if created:
+            log.info("flow_run_submitted", flow_run_id=flow.id, flow=flow.name, nodes=len(nodes))
+        return cs.SubmitFlowRunResponse(flow_run_id=flow.id, created=created)
+
+    async def GetFlowRun(  # noqa: N802
+        self, request: cs.GetFlowRunRequest, context: grpc.aio.ServicerContext
+    ) -> cs.GetFlowRunResponse:
+        """Describe a flow run; optionally long-poll until it ends."""
+        flow = await self._flow(request.flow_run_id, context)
+        if request.wait_seconds > 0 and not flow.terminal:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + min(request.wait_seconds, 300.0)
+            while not flow.terminal:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self.rt.flow_signal(flow.id).wait(), remaining)
+                except TimeoutError:
+                    break
+        response = cs.GetFlowRunResponse(info=convert.flow_info(flow))
+        if request.include_result:
+            if flow.state == FlowRunState.COMPLETED:
+                response.result.CopyFrom(convert.value_to_proto(self.rt.core.flow_result(flow)))
+            elif flow.state == FlowRunState.FAILED and flow.first_error is not None:
+                task_name, error, message = flow.first_error
+                response.error_task_name = task_name
+                if error is not None and not message:
+                    response.error.CopyFrom(error)
+                else:
+                    response.error.CopyFrom(
+                        common_pb2.TaskError(
+                            type="fleetflow.errors.FlowRunFailed",
+                            message=f"task {task_name}: {message}",
+                            traceback=error.traceback if error is not None else "",
+                        )
+                    )
+        return response
+
+    async def ListFlowRuns(  # noqa: N802
+        self, request: cs.ListFlowRunsRequest, context: grpc.aio.ServicerContext
+    ) -> cs.ListFlowRunsResponse:
+        """List every flow run the coordinator holds, oldest first."""
+        return cs.ListFlowRunsResponse(
+            flow_runs=[convert.flow_info(f) for f in self.rt.core.flows.values()]
+        )
+
+    async def WatchFlowRun(  # noqa: N802
+        self, request: cs.WatchFlowRunRequest, context: grpc.aio.ServicerContext
+    ):
+        """Stream events with seq > after_seq, ending after the terminal event."""
+        flow = await self._flow(request.flow_run_id, context)
+        sent = request.after_seq
+        while True:
+            events = flow.events
+            if sent < len(events):
+                batch = events[sent : sent + WATCH_BATCH]
+                sent += len(batch)
+                yield cs.WatchFlowRunResponse(
+                    events=[convert.event_to_proto(flow.id, e) for e in batch]
+                )
+                continue
+            if flow.terminal:
+                return
+            await self.rt.flow_signal(flow.id).wait()
+
+
+class WorkerServicer(ws_grpc.WorkerServiceServicer):
+    """The worker-facing service."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def RegisterWorker(  # noqa: N802
+        self, request: ws.RegisterWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> ws.RegisterWorkerResponse:
+        """Add or refresh a worker."""
+        capacity = dict(request.capacity.amounts)
+        bad = [k for k, v in capacity.items() if not k or v != v or v < 0 or v == float("inf")]
+        if bad:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"capacity[{bad[0]!r}]: amounts must be finite and >= 0",
+            )
+        self.rt.core.register_worker(
+            request.worker_id,
+            capacity,
+            frozenset(request.task_names),
+            self.rt.clock(),
+            hostname=request.hostname or socket.gethostname(),
+            pid=request.pid,
+        )
+        self.rt.after_change()
+        log.info(
+            "worker_registered",
+            worker_id=request.worker_id,
+            capacity=capacity,
+            tasks=len(request.task_names),
+        )
+        settings = self.rt.settings
+        return ws.RegisterWorkerResponse(
+            lease_ttl_seconds=settings.lease_ttl_s,
+            heartbeat_interval_seconds=settings.heartbeat_interval_s,
+        )
+
+    async def Heartbeat(  # noqa: N802
+        self, request: ws.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> ws.HeartbeatResponse:
+        """Renew leases and reconcile running attempts."""
+        known, cancel = self.rt.core.heartbeat(
+            request.worker_id,
+            [(h.task_run_id, h.attempt) for h in request.running],
+            self.rt.clock(),
+            cpu_percent=request.cpu_percent,
+            memory_available=request.memory_available,
+        )
+        self.rt.after_change()
+        return ws.HeartbeatResponse(
+            known=known, cancel=[ws.HeldTaskRun(task_run_id=t, attempt=a) for t, a in cancel]
+        )
+
+    async def LeaseTasks(  # noqa: N802
+        self, request: ws.LeaseTasksRequest, context: grpc.aio.ServicerContext
+    ) -> ws.LeaseTasksResponse:
+        """Long poll for up to max_task_runs leases."""
+        rt = self.rt
+        loop = asyncio.get_running_loop()
+        wait = min(max(request.wait_seconds, 0.0), rt.settings.lease_wait_max_s)
+        deadline = loop.time() + wait
+        limit = max(request.max_task_runs, 1)
+        while True:
+            grants = rt.core.lease(request.worker_id, limit, rt.clock())
+            if grants is None:
+                return ws.LeaseTasksResponse(known=False)
+            if grants:
+                rt.after_change()
+                return ws.LeaseTasksResponse(
+                    known=True, leases=[convert.lease_to_proto(g) for g in grants]
+                )
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return ws.LeaseTasksResponse(known=True)
+            await rt.wait_for_work(remaining)
+
+    async def ReportOutcomes(  # noqa: N802
+        self, request: ws.ReportOutcomesRequest, context: grpc.aio.ServicerContext
+    ) -> ws.ReportOutcomesResponse:
+        """Apply a batch of outcomes; one ack each, in order."""
+        outcomes = [convert.outcome_from_proto(o) for o in request.outcomes]
+        acks = self.rt.core.report(request.worker_id, outcomes, self.rt.clock())
+        self.rt.after_change()
+        return ws.ReportOutcomesResponse(acks=acks)
