@@ -48,6 +48,7 @@ def generate(out: Path) -> list[Path]:
 
 
 def main() -> int:
+    """Command-line entry: generate into --out and print the files written."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ns = parser.parse_args()

@@ -17,6 +17,14 @@ Define tasks and flows here, submit them with :class:`Client` (or
         print(client.submit(doubles, n=10).result())
 """
 
+from fleetflow._client import (
+    AsyncClient,
+    AsyncFlowRunHandle,
+    Client,
+    FlowRunHandle,
+    FlowRunInfo,
+    TaskCounts,
+)
 from fleetflow._task import Flow, Task, TaskFuture, flow, task, unmapped
 from fleetflow.errors import (
     FleetflowError,
@@ -26,12 +34,21 @@ from fleetflow.errors import (
     InvalidFlowError,
     RPCError,
 )
+from fleetflow.events import FlowEvent, TaskErrorInfo
 from fleetflow.resources import InvalidResourceError, parse_quantity, parse_resources
 from fleetflow.serde import RemoteTaskError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
+    "AsyncFlowRunHandle",
+    "Client",
+    "FlowRunHandle",
+    "FlowRunInfo",
+    "TaskCounts",
+    "FlowEvent",
+    "TaskErrorInfo",
     "Flow",
     "Task",
     "TaskFuture",
@@ -49,12 +66,3 @@ __all__ = [
     "parse_quantity",
     "parse_resources",
 ]
-
-try:  # the client needs grpc; keep `import fleetflow` cheap to reason about
-    from fleetflow._client import AsyncClient, AsyncFlowRunHandle, Client, FlowRunHandle
-    from fleetflow.events import FlowEvent
-
-    __all__ += ["AsyncClient", "AsyncFlowRunHandle", "Client", "FlowRunHandle", "FlowEvent"]
-except ImportError as _exc:  # pragma: no cover - only while the client is being written
-    if "fleetflow._client" not in str(_exc) and "fleetflow.events" not in str(_exc):
-        raise

@@ -72,7 +72,9 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.name = name or fn.__name__
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"task {self.name!r}: retries must be a non-negative int, got {retries!r}")
+            raise ValueError(
+                f"task {self.name!r}: retries must be a non-negative int, got {retries!r}"
+            )
         if retry_delay_seconds < 0:
             raise ValueError(f"task {self.name!r}: retry_delay_seconds must be >= 0")
         if timeout_seconds is not None and timeout_seconds <= 0:

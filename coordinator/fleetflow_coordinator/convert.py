@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fleetflow.api.v1 import common_pb2, coordinator_service_pb2, worker_service_pb2
+
 from fleetflow_coordinator.core import Arg, ArgKind, InvalidFlowSpec, NodeSpec, Outcome
 from fleetflow_coordinator.core.model import EventRecord, FlowRun, TaskRunState
 from fleetflow_coordinator.core.scheduler import LeaseGrant
@@ -82,8 +83,12 @@ def outcome_from_proto(outcome: worker_service_pb2.Outcome) -> Outcome:
         return Outcome(outcome.task_run_id, outcome.attempt, value=outcome.value)
     if which == "items":
         return Outcome(outcome.task_run_id, outcome.attempt, items=list(outcome.items.items))
-    error = outcome.error if which == "error" else common_pb2.TaskError(
-        type="fleetflow.ProtocolError", message="outcome carried no result"
+    error = (
+        outcome.error
+        if which == "error"
+        else common_pb2.TaskError(
+            type="fleetflow.ProtocolError", message="outcome carried no result"
+        )
     )
     return Outcome(
         outcome.task_run_id, outcome.attempt, error=error, infrastructure=outcome.infrastructure

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import grpc
 import structlog
+from fleetflow.api.v1 import coordinator_service_pb2_grpc, worker_service_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fleetflow.api.v1 import coordinator_service_pb2_grpc, worker_service_pb2_grpc
 from fleetflow_coordinator.runtime import Runtime
 from fleetflow_coordinator.servicers import CoordinatorServicer, WorkerServicer
 from fleetflow_coordinator.settings import Settings

@@ -8,14 +8,22 @@ import uuid
 
 import grpc
 import structlog
-
 from fleetflow.api.v1 import (
     common_pb2,
+)
+from fleetflow.api.v1 import (
     coordinator_service_pb2 as cs,
+)
+from fleetflow.api.v1 import (
     coordinator_service_pb2_grpc as cs_grpc,
+)
+from fleetflow.api.v1 import (
     worker_service_pb2 as ws,
+)
+from fleetflow.api.v1 import (
     worker_service_pb2_grpc as ws_grpc,
 )
+
 from fleetflow_coordinator import convert
 from fleetflow_coordinator.core import FlowRunState, InvalidFlowSpec
 from fleetflow_coordinator.core.model import FlowRun

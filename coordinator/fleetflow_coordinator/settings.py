@@ -52,7 +52,9 @@ class Settings:
             try:
                 values[f.name] = raw if kind in (str, type(None)) else kind(raw)
             except ValueError:
-                raise ValueError(f"FLEETFLOW_{f.name.upper()}={raw!r}: not a {kind.__name__}") from None
+                raise ValueError(
+                    f"FLEETFLOW_{f.name.upper()}={raw!r}: not a {kind.__name__}"
+                ) from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = replace(cls(), **values)
         if settings.lease_ttl_s <= settings.heartbeat_interval_s:

@@ -32,10 +32,17 @@ def ref(name: str, node: int, mapped: bool = False) -> Arg:
     return Arg(name, ArgKind.NODE, node, mapped)
 
 
-def node(task: str, *args: Arg, map_: bool = False, retries: int = 0, delay: float = 0.0,
-         resources: dict[str, float] | None = None) -> NodeSpec:
-    return NodeSpec(task, map_, list(args), resources if resources is not None else {"cpu": 1.0},
-                    retries, delay)
+def node(
+    task: str,
+    *args: Arg,
+    map_: bool = False,
+    retries: int = 0,
+    delay: float = 0.0,
+    resources: dict[str, float] | None = None,
+) -> NodeSpec:
+    return NodeSpec(
+        task, map_, list(args), resources if resources is not None else {"cpu": 1.0}, retries, delay
+    )
 
 
 class Fleet:
@@ -46,22 +53,35 @@ class Fleet:
         self.core = Scheduler(lease_ttl_s=lease_ttl_s)
         self.n_flows = 0
 
-    def add_worker(self, worker_id: str, tasks: list[str], cpu: float = 4.0, **extra: float) -> None:
+    def add_worker(
+        self, worker_id: str, tasks: list[str], cpu: float = 4.0, **extra: float
+    ) -> None:
         self.core.register_worker(worker_id, {"cpu": cpu, **extra}, frozenset(tasks), self.now)
 
     def submit(self, nodes: list[NodeSpec], output: int | None = None, key: str = "") -> FlowRun:
         self.n_flows += 1
-        flow, _ = self.core.submit(f"f{self.n_flows}", "flow", nodes, self.now,
-                                   output_node=output, output_literal=pickle.dumps(None),
-                                   idempotency_key=key)
+        flow, _ = self.core.submit(
+            f"f{self.n_flows}",
+            "flow",
+            nodes,
+            self.now,
+            output_node=output,
+            output_literal=pickle.dumps(None),
+            idempotency_key=key,
+        )
         return flow
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
         self.core.tick(self.now)
 
-    def run(self, worker_id: str, fns: dict[str, Callable[..., Any]], max_rounds: int = 10_000,
-            batch: int = 100) -> int:
+    def run(
+        self,
+        worker_id: str,
+        fns: dict[str, Callable[..., Any]],
+        max_rounds: int = 10_000,
+        batch: int = 100,
+    ) -> int:
         """Lease and execute until nothing is ready; returns attempts run."""
         ran = 0
         for _ in range(max_rounds):
@@ -73,15 +93,21 @@ class Fleet:
             for g in grants:
                 ran += 1
                 tr = g.task_run
-                kwargs = {name: (pickle.loads(v) if isinstance(v, bytes)
-                                 else [pickle.loads(x) for x in v]) for name, v in g.args}
+                kwargs = {
+                    name: (
+                        pickle.loads(v) if isinstance(v, bytes) else [pickle.loads(x) for x in v]
+                    )
+                    for name, v in g.args
+                }
                 try:
                     result = fns[tr.node.task_name](**kwargs)
                 except Exception as exc:  # noqa: BLE001
                     outcomes.append(Outcome(tr.id, g.attempt, error=FakeError(repr(exc))))
                     continue
                 if tr.node.split:
-                    outcomes.append(Outcome(tr.id, g.attempt, items=[pickle.dumps(x) for x in result]))
+                    outcomes.append(
+                        Outcome(tr.id, g.attempt, items=[pickle.dumps(x) for x in result])
+                    )
                 else:
                     outcomes.append(Outcome(tr.id, g.attempt, value=pickle.dumps(result)))
             self.core.report(worker_id, outcomes, self.now)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pickle
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from fleetflow_coordinator.core import Outcome, TaskRunState
 from fleetflow_coordinator.core.model import TERMINAL_TASK_STATES
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from .harness import FakeError, Fleet, items, node
 
@@ -19,8 +18,12 @@ actions = st.lists(
         st.tuples(st.just("lose"), st.integers(0, 3)),
         st.tuples(st.just("join"), st.integers(0, 3)),
         st.tuples(st.just("tick"), st.floats(0.1, 4.0)),
-        st.tuples(st.just("submit"), st.integers(0, 6), st.sampled_from([0.5, 1.0, 2.0]),
-                  st.sampled_from([0.0, 1e9])),
+        st.tuples(
+            st.just("submit"),
+            st.integers(0, 6),
+            st.sampled_from([0.5, 1.0, 2.0]),
+            st.sampled_from([0.0, 1e9]),
+        ),
     ),
     max_size=60,
 )
@@ -53,8 +56,17 @@ def test_no_overcommit_and_every_allocation_released(steps, cpus):
         kind = step[0]
         if kind == "submit":
             _, n, cpu, mem = step
-            fleet.submit([node("t", items("x", list(range(n))), map_=True, retries=1,
-                               resources={"cpu": cpu, "memory": mem})])
+            fleet.submit(
+                [
+                    node(
+                        "t",
+                        items("x", list(range(n))),
+                        map_=True,
+                        retries=1,
+                        resources={"cpu": cpu, "memory": mem},
+                    )
+                ]
+            )
         elif kind == "lease":
             wid = f"w{step[1] % len(cpus)}"
             grants = fleet.core.lease(wid, step[2], fleet.now) or []
@@ -63,8 +75,11 @@ def test_no_overcommit_and_every_allocation_released(steps, cpus):
             wid = f"w{step[1] % len(cpus)}"
             if held.get(wid):
                 g = held[wid].pop(0)
-                outcome = (Outcome(g.task_run.id, g.attempt, value=pickle.dumps(1)) if step[2]
-                           else Outcome(g.task_run.id, g.attempt, error=FakeError("x")))
+                outcome = (
+                    Outcome(g.task_run.id, g.attempt, value=pickle.dumps(1))
+                    if step[2]
+                    else Outcome(g.task_run.id, g.attempt, error=FakeError("x"))
+                )
                 fleet.core.report(wid, [outcome], fleet.now)
         elif kind == "lose":
             fleet.core.lose_worker(f"w{step[1] % len(cpus)}", fleet.now, "test")

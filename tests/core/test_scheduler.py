@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import pytest
-
 from fleetflow_coordinator.core import InvalidFlowSpec, Outcome, TaskRunState
 from fleetflow_coordinator.core.model import EventKind, FlowRunState
 from fleetflow_coordinator.core.scheduler import Ack
 
 from .harness import FakeError, Fleet, items, lit, node, ref
 
-INC = {"inc": lambda x: x + 1, "total": lambda xs: sum(xs), "listing": lambda n: list(range(n)),
-       "double": lambda x: 2 * x, "collect": lambda xs: xs}
+INC = {
+    "inc": lambda x: x + 1,
+    "total": lambda xs: sum(xs),
+    "listing": lambda n: list(range(n)),
+    "double": lambda x: 2 * x,
+    "collect": lambda xs: xs,
+}
 
 
 def test_literal_map_then_fan_in_keeps_input_order():
     fleet = Fleet()
     fleet.add_worker("w", list(INC))
-    flow = fleet.submit([node("inc", items("x", [5, 1, 3]), map_=True), node("collect", ref("xs", 0))],
-                        output=1)
+    flow = fleet.submit(
+        [node("inc", items("x", [5, 1, 3]), map_=True), node("collect", ref("xs", 0))], output=1
+    )
     fleet.run("w", INC)
     assert flow.state == FlowRunState.COMPLETED
     assert fleet.result(flow) == [6, 2, 4]
@@ -27,8 +32,14 @@ def test_literal_map_then_fan_in_keeps_input_order():
 def test_map_over_upstream_result_is_split_and_expanded_at_run_time():
     fleet = Fleet()
     fleet.add_worker("w", list(INC))
-    flow = fleet.submit([node("listing", lit("n", 4)), node("inc", ref("x", 0, mapped=True), map_=True),
-                         node("total", ref("xs", 1))], output=2)
+    flow = fleet.submit(
+        [
+            node("listing", lit("n", 4)),
+            node("inc", ref("x", 0, mapped=True), map_=True),
+            node("total", ref("xs", 1)),
+        ],
+        output=2,
+    )
     assert flow.nodes[0].split and not flow.nodes[1].expanded
     fleet.run("w", INC)
     assert fleet.result(flow) == sum(range(1, 5))
@@ -38,8 +49,13 @@ def test_map_over_upstream_result_is_split_and_expanded_at_run_time():
 def test_map_of_map_pipelines_item_by_item():
     fleet = Fleet()
     fleet.add_worker("w", list(INC))
-    flow = fleet.submit([node("inc", items("x", [1, 2, 3]), map_=True),
-                         node("double", ref("x", 0, mapped=True), map_=True)], output=1)
+    flow = fleet.submit(
+        [
+            node("inc", items("x", [1, 2, 3]), map_=True),
+            node("double", ref("x", 0, mapped=True), map_=True),
+        ],
+        output=1,
+    )
     second = flow.nodes[1]
     assert second.expanded and all(c.state == TaskRunState.PENDING for c in second.children)
     grants = fleet.core.lease("w", 1, fleet.now)
@@ -54,8 +70,14 @@ def test_map_of_map_pipelines_item_by_item():
 def test_empty_map_completes_and_fan_in_receives_empty_list():
     fleet = Fleet()
     fleet.add_worker("w", list(INC))
-    flow = fleet.submit([node("listing", lit("n", 0)), node("inc", ref("x", 0, mapped=True), map_=True),
-                         node("collect", ref("xs", 1))], output=2)
+    flow = fleet.submit(
+        [
+            node("listing", lit("n", 0)),
+            node("inc", ref("x", 0, mapped=True), map_=True),
+            node("collect", ref("xs", 1)),
+        ],
+        output=2,
+    )
     fleet.run("w", INC)
     assert flow.state == FlowRunState.COMPLETED
     assert fleet.result(flow) == []
@@ -117,8 +139,12 @@ def test_retries_exhausted_fails_flow_and_dependents_upstream_failed():
 def test_failed_map_item_fails_only_its_downstream_item():
     fleet = Fleet()
     fleet.add_worker("w", ["inv", "inc"])
-    flow = fleet.submit([node("inv", items("x", [1, 0, 2]), map_=True),
-                         node("inc", ref("x", 0, mapped=True), map_=True)])
+    flow = fleet.submit(
+        [
+            node("inv", items("x", [1, 0, 2]), map_=True),
+            node("inc", ref("x", 0, mapped=True), map_=True),
+        ]
+    )
     fleet.run("w", {"inv": lambda x: 1 / x, "inc": lambda x: x + 1})
     states = [c.state for c in flow.nodes[1].children]
     assert states == [TaskRunState.COMPLETED, TaskRunState.UPSTREAM_FAILED, TaskRunState.COMPLETED]
@@ -173,15 +199,19 @@ def test_unschedulable_task_reports_a_reason_once():
     fleet.add_worker("w", ["inc"], cpu=2)
     flow = fleet.submit([node("nobody"), node("inc", lit("x", 1), resources={"cpu": 64})])
     reasons = [e.message for e in flow.events if e.kind == EventKind.TASK_RUN_UNSCHEDULABLE]
-    assert reasons == ["no connected worker offers task 'nobody'",
-                       "needs cpu=64; the largest worker offers 2"]
+    assert reasons == [
+        "no connected worker offers task 'nobody'",
+        "needs cpu=64; the largest worker offers 2",
+    ]
     assert flow.state == FlowRunState.RUNNING
 
 
 def test_event_sequence_numbers_are_dense_and_increasing():
     fleet = Fleet()
     fleet.add_worker("w", list(INC))
-    flow = fleet.submit([node("inc", items("x", list(range(20))), map_=True), node("total", ref("xs", 0))])
+    flow = fleet.submit(
+        [node("inc", items("x", list(range(20))), map_=True), node("total", ref("xs", 0))]
+    )
     fleet.run("w", INC)
     assert [e.seq for e in flow.events] == list(range(1, len(flow.events) + 1))
     assert flow.events[-1].kind == EventKind.FLOW_RUN_COMPLETED
@@ -190,8 +220,12 @@ def test_event_sequence_numbers_are_dense_and_increasing():
 def test_unequal_runtime_lengths_fail_the_node_with_a_clear_message():
     fleet = Fleet()
     fleet.add_worker("w", list(INC))
-    flow = fleet.submit([node("listing", lit("n", 2)),
-                         node("inc", ref("x", 0, mapped=True), items("y", [1, 2, 3]), map_=True)])
+    flow = fleet.submit(
+        [
+            node("listing", lit("n", 2)),
+            node("inc", ref("x", 0, mapped=True), items("y", [1, 2, 3]), map_=True),
+        ]
+    )
     fleet.run("w", INC)
     assert flow.state == FlowRunState.FAILED
     assert "differ in length" in flow.first_error[2]

@@ -223,7 +223,11 @@ class Scheduler:
         """Renew a worker's leases and reconcile what it runs.
 
         Args:
+            worker_id: The worker's id.
             running: ``[(task_run_id, attempt)]`` the worker is running now.
+            now: Current time, seconds since the epoch.
+            cpu_percent: Machine CPU use, percent (0-100).
+            memory_available: Available memory, bytes.
 
         Returns:
             ``(known, cancel)``: known is False for an unknown worker (it must
@@ -517,6 +521,7 @@ class Scheduler:
             for resource, amount in tr.node.resources.items():
                 left = allocated.get(resource, 0.0) - amount
                 allocated[resource] = 0.0 if left < _EPS else left
+            self._work_added = True  # freed capacity may let a waiting long poll lease
         tr.worker_id = None
 
     def _lose_attempt(self, tr: TaskRun, now: float, reason: str) -> None:
@@ -717,7 +722,10 @@ def _validate_and_link(nodes: list[NodeSpec], output_node: int | None) -> list[N
                 raise InvalidFlowSpec(
                     f"{where}.resources[{resource!r}] = {amount}: must be finite and >= 0"
                 )
-        for field, value in (("retry_delay_seconds", spec.retry_delay_s), ("timeout_seconds", spec.timeout_s)):
+        for field, value in (
+            ("retry_delay_seconds", spec.retry_delay_s),
+            ("timeout_seconds", spec.timeout_s),
+        ):
             if not math.isfinite(value) or value < 0:
                 raise InvalidFlowSpec(f"{where}.{field} = {value}: must be finite and >= 0")
         record = NodeRecord(
@@ -768,7 +776,9 @@ def _validate_and_link(nodes: list[NodeSpec], output_node: int | None) -> list[N
                         records[arg.payload].split = True
         if spec.is_map:
             if not any(a.mapped for a in spec.args):
-                raise InvalidFlowSpec(f"{where}.args: a map node needs at least one mapped argument")
+                raise InvalidFlowSpec(
+                    f"{where}.args: a map node needs at least one mapped argument"
+                )
             if len(literal_lengths) > 1:
                 raise InvalidFlowSpec(f"{where}.args: mapped constant lists differ in length")
         record.whole_deps = sorted(whole)

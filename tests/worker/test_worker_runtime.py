@@ -1,0 +1,296 @@
+"""The Worker against a scripted in-process WorkerService (no real coordinator)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import structlog
+from fake_worker_service import FakeCoordinator, make_lease, start_server
+from fleetflow.api.v1 import worker_service_pb2 as pb
+from fleetflow.serde import loads
+from fleetflow_worker import Worker, WorkerSettings
+from fleetflow_worker.errors import TaskNotRegistered, TaskProcessDied, WorkerShutDown
+
+
+@pytest.fixture
+async def coordinator():
+    fake = FakeCoordinator()
+    server, port = await start_server(fake)
+    fake.port, fake.server = port, server
+    yield fake
+    await server.stop(0)
+
+
+@pytest.fixture
+async def make_worker(coordinator, sample_tasks, sample_tasks_path):
+    running: list[tuple[Worker, asyncio.Task]] = []
+
+    def make(tasks=None, **overrides) -> Worker:
+        options = dict(
+            coordinator=f"127.0.0.1:{coordinator.port}",
+            worker_id="w-test",
+            cpu=2,
+            memory=1e9,
+            lease_wait_s=0.2,
+            drain_grace_s=5,
+            flush_timeout_s=2,
+            backoff_cap_s=0.2,
+        )
+        options.update(overrides)
+        worker = Worker(WorkerSettings(**options), tasks or sample_tasks, [sample_tasks_path])
+        worker.run_task = asyncio.create_task(worker.run())
+        running.append((worker, worker.run_task))
+        return worker
+
+    yield make
+    for worker, task in running:
+        worker.stop(force=True)
+        await asyncio.wait_for(task, 15)
+        worker.table.validate()
+
+
+def value_of(outcome: pb.Outcome):
+    assert outcome.WhichOneof("result") == "value", outcome
+    return loads(outcome.value)
+
+
+def error_of(outcome: pb.Outcome) -> BaseException:
+    assert outcome.WhichOneof("result") == "error", outcome
+    return loads(outcome.error.pickled)
+
+
+def held(fake: FakeCoordinator) -> set[tuple[int, int]]:
+    if not fake.heartbeats:
+        return set()
+    return {(h.task_run_id, h.attempt) for h in fake.heartbeats[-1].running}
+
+
+async def test_registers_with_capacity_and_task_names(coordinator, make_worker, sample_tasks):
+    import os
+    import socket
+
+    make_worker(resources={"gpu": 1.0})
+    await coordinator.wait_for(lambda: coordinator.registrations)
+    request = coordinator.registrations[0]
+    assert request.worker_id == "w-test"
+    assert dict(request.capacity.amounts) == {"cpu": 2.0, "memory": 1e9, "gpu": 1.0}
+    assert list(request.task_names) == sorted(sample_tasks)
+    assert (request.hostname, request.pid) == (socket.gethostname(), os.getpid())
+
+
+async def test_runs_async_and_process_pool_tasks(coordinator, make_worker):
+    make_worker()
+    for lease in (
+        make_lease(1, "adouble", x=2),
+        make_lease(2, "double", x=3),
+        make_lease(3, "split_range", split=True, n=3),
+        make_lease(4, "renamed"),
+    ):
+        coordinator.leases.put_nowait(lease)
+    outcomes = await coordinator.wait_outcomes(4)
+    assert value_of(outcomes[1, 1]) == 4
+    assert value_of(outcomes[2, 1]) == 6
+    assert [loads(b) for b in outcomes[3, 1].items.items] == [0, 1, 2]
+    assert value_of(outcomes[4, 1]) == "renamed"
+
+
+async def test_task_failures_are_reported_as_errors(coordinator, make_worker):
+    worker = make_worker()
+    for lease in (
+        make_lease(1, "boom", x=1),
+        make_lease(2, "as_dict", split=True, n=2),
+        make_lease(3, "aboom"),
+        make_lease(4, "aexit"),
+        make_lease(5, "exit_task", code=2),
+        make_lease(6, "no_such_task"),
+    ):
+        coordinator.leases.put_nowait(lease)
+    outcomes = await coordinator.wait_outcomes(6)
+    assert isinstance(error_of(outcomes[1, 1]), ValueError)
+    assert outcomes[2, 1].error.message == (
+        "task as_dict returned dict; a downstream map needs a list or tuple"
+    )
+    assert isinstance(error_of(outcomes[3, 1]), KeyError)
+    assert isinstance(error_of(outcomes[4, 1]), SystemExit)
+    assert isinstance(error_of(outcomes[5, 1]), SystemExit)
+    assert isinstance(error_of(outcomes[6, 1]), TaskNotRegistered)
+    assert [o.infrastructure for _, o in sorted(outcomes.items())] == [False] * 5 + [True]
+    assert not worker.run_task.done(), "sys.exit() in a task must not stop the worker"
+
+
+async def test_timeouts(coordinator, make_worker):
+    make_worker()
+    coordinator.leases.put_nowait(make_lease(1, "asleep", timeout_s=0.1, seconds=30))
+    coordinator.leases.put_nowait(make_lease(2, "spin", timeout_s=0.2, seconds=30))
+    outcomes = await coordinator.wait_outcomes(2)
+    assert outcomes[1, 1].error.message == "task asleep exceeded its timeout of 0.1 s"
+    assert outcomes[2, 1].error.message == "task spin exceeded its timeout of 0.2 s"
+    assert outcomes[1, 1].error.type == outcomes[2, 1].error.type == "builtins.TimeoutError"
+
+
+async def test_a_dead_task_process_is_an_infrastructure_failure(coordinator, make_worker):
+    make_worker()
+    coordinator.leases.put_nowait(make_lease(1, "die", code=3))
+    outcome = (await coordinator.wait_outcomes(1))[1, 1]
+    assert outcome.infrastructure
+    assert outcome.error.message == "task process died (exit code 3)"
+    assert isinstance(error_of(outcome), TaskProcessDied)
+    coordinator.leases.put_nowait(make_lease(2, "double", x=5))
+    assert value_of((await coordinator.wait_outcomes(2))[2, 1]) == 10
+
+
+async def test_heartbeats_list_held_attempts_and_cancel_async_ones(coordinator, make_worker):
+    worker = make_worker()
+    coordinator.leases.put_nowait(make_lease(1, "asleep", seconds=30))
+    coordinator.leases.put_nowait(make_lease(2, "adouble", attempt=3, x=1))
+    await coordinator.wait_for(lambda: (1, 1) in held(coordinator))
+    hb = coordinator.heartbeats[-1]
+    assert hb.worker_id == "w-test" and hb.memory_available > 0
+    coordinator.cancel = [pb.HeldTaskRun(task_run_id=1, attempt=1)]
+    await coordinator.wait_for(lambda: (1, 1) not in held(coordinator))
+    assert worker.table.running == 0
+    assert list(coordinator.outcomes) == [(2, 3)], "a cancelled attempt reports nothing"
+
+
+async def test_cancelled_pool_attempt_runs_on_but_its_outcome_is_dropped(coordinator, make_worker):
+    worker = make_worker()
+    coordinator.leases.put_nowait(make_lease(1, "sleep_sync", seconds=0.5))
+    await coordinator.wait_for(lambda: (1, 1) in held(coordinator))
+    coordinator.cancel = [pb.HeldTaskRun(task_run_id=1, attempt=1)]
+    await coordinator.wait_for(lambda: not coordinator.cancel)
+    assert worker.table.running == 1, "the process keeps its slot until it is done"
+    await coordinator.wait_for(lambda: (1, 1) not in held(coordinator))
+    coordinator.leases.put_nowait(make_lease(2, "double", x=1))
+    await coordinator.wait_outcomes(1)
+    assert list(coordinator.outcomes) == [(2, 1)]
+
+
+async def test_registers_again_when_the_coordinator_forgets_it(coordinator, make_worker):
+    make_worker()
+    await coordinator.wait_for(lambda: coordinator.registrations)
+    coordinator.forget_workers()
+    await coordinator.wait_for(lambda: len(coordinator.registrations) >= 2)
+    coordinator.leases.put_nowait(make_lease(1, "adouble", x=1))
+    await coordinator.wait_outcomes(1)
+
+
+async def test_failed_reports_are_resent(coordinator, make_worker):
+    make_worker()
+    coordinator.fail_reports = 3
+    coordinator.leases.put_nowait(make_lease(1, "adouble", x=4))
+    outcomes = await coordinator.wait_outcomes(1)
+    assert value_of(outcomes[1, 1]) == 8
+    assert coordinator.report_calls == 4
+
+
+async def test_survives_a_coordinator_restart(coordinator, make_worker, sample_tasks):
+    worker = make_worker()
+    await coordinator.wait_for(lambda: coordinator.registrations)
+    # "restart": a new coordinator with no memory, on the same port, after an outage
+    server_port = coordinator.port
+    await coordinator.server.stop(0)
+    await asyncio.sleep(0.5)
+    fresh = FakeCoordinator()
+    server, _ = await start_server(fresh, server_port)
+    try:
+        await fresh.wait_for(lambda: fresh.registrations, timeout_s=10)
+        fresh.leases.put_nowait(make_lease(7, "double", x=7))
+        assert value_of((await fresh.wait_outcomes(1))[7, 1]) == 14
+        assert not worker.run_task.done()
+    finally:
+        worker.stop(force=True)
+        await asyncio.wait_for(worker.run_task, 10)
+        await server.stop(0)
+
+
+async def test_never_leases_more_than_max_concurrency(coordinator, make_worker):
+    make_worker(max_concurrency=2)
+    for i in range(5):
+        coordinator.leases.put_nowait(make_lease(i, "asleep", seconds=0.2))
+    await coordinator.wait_outcomes(5)
+    asked = [r.max_task_runs for r in coordinator.lease_requests]
+    assert max(asked) == 2 and min(asked) >= 1
+
+
+async def test_drain_lets_running_attempts_finish(coordinator, make_worker):
+    worker = make_worker()
+    coordinator.leases.put_nowait(make_lease(1, "asleep", seconds=0.5))
+    coordinator.leases.put_nowait(make_lease(2, "sleep_sync", seconds=0.5))
+    await coordinator.wait_for(lambda: {(1, 1), (2, 1)} <= held(coordinator))
+    worker.stop()
+    await asyncio.wait_for(worker.run_task, 10)
+    assert value_of(coordinator.outcomes[1, 1]) == 0.5
+    assert value_of(coordinator.outcomes[2, 1]) == 0.5
+    requests = len(coordinator.lease_requests)
+    await asyncio.sleep(0.3)
+    assert len(coordinator.lease_requests) == requests, "no leases asked for after stop"
+
+
+async def test_drain_grace_over_reports_worker_shut_down(coordinator, make_worker):
+    worker = make_worker(drain_grace_s=0.3)
+    coordinator.leases.put_nowait(make_lease(1, "asleep", seconds=30))
+    coordinator.leases.put_nowait(make_lease(2, "sleep_sync", seconds=30))
+    await coordinator.wait_for(lambda: {(1, 1), (2, 1)} <= held(coordinator))
+    started = time.monotonic()
+    worker.stop()
+    await asyncio.wait_for(worker.run_task, 10)
+    assert time.monotonic() - started < 5
+    for key in ((1, 1), (2, 1)):
+        outcome = coordinator.outcomes[key]
+        assert outcome.infrastructure
+        assert isinstance(error_of(outcome), WorkerShutDown)
+
+
+async def test_stop_while_the_coordinator_is_unreachable(sample_tasks, sample_tasks_path):
+    settings = WorkerSettings(coordinator="127.0.0.1:1", cpu=1, memory=1e9, backoff_cap_s=0.1)
+    worker = Worker(settings, {"adouble": sample_tasks["adouble"]}, [sample_tasks_path])
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.3)
+    worker.stop()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_one_summary_line_per_attempt(coordinator, make_worker):
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as logs:
+        make_worker()
+        coordinator.leases.put_nowait(make_lease(11, "adouble", attempt=2, x=1))
+        coordinator.leases.put_nowait(make_lease(12, "boom", x=1))
+        await coordinator.wait_outcomes(2)
+    finished = sorted(
+        (e for e in logs if e["event"] == "task_run_finished"), key=lambda e: e["task_run_id"]
+    )
+    assert [(e["task_run_id"], e["outcome"]) for e in finished] == [
+        (11, "completed"),
+        (12, "failed"),
+    ]
+    first = finished[0]
+    assert first["attempt"] == 2 and first["flow_run_id"] == "flow-1"
+    assert first["worker_id"] == "w-test" and first["task_name"] == "adouble"
+    assert first["duration_s"] >= 0
+    assert finished[1]["error_type"] == "builtins.ValueError"
+
+
+def test_a_worker_needs_tasks():
+    with pytest.raises(ValueError, match="at least one task"):
+        Worker(WorkerSettings(), {}, [])
+
+
+async def test_a_forced_stop_skips_the_grace_period(coordinator, make_worker):
+    worker = make_worker(drain_grace_s=60)
+    coordinator.leases.put_nowait(make_lease(1, "asleep", seconds=30))
+    coordinator.leases.put_nowait(make_lease(2, "sleep_sync", seconds=30))
+    await coordinator.wait_for(lambda: {(1, 1), (2, 1)} <= held(coordinator))
+    started = time.monotonic()
+    worker.stop()
+    await asyncio.sleep(0.2)
+    assert not worker.run_task.done()
+    worker.stop(force=True)
+    await asyncio.wait_for(worker.run_task, 10)
+    assert time.monotonic() - started < 5
+    for key in ((1, 1), (2, 1)):
+        error = error_of(coordinator.outcomes[key])
+        assert isinstance(error, WorkerShutDown) and error.forced

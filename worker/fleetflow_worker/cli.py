@@ -1,0 +1,171 @@
+"""``fleetflow worker`` (also ``python -m fleetflow_worker``): run a worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import traceback
+
+import click
+import uvloop
+from fleetflow._task import Task
+from fleetflow.resources import parse_quantity
+
+from fleetflow_worker._child import load_tasks
+from fleetflow_worker._pool import PoolStartError
+from fleetflow_worker.capacity import default_cpu, default_memory, parse_resource_option
+from fleetflow_worker.logs import LEVELS, configure_logging
+from fleetflow_worker.runtime import Worker
+from fleetflow_worker.settings import DEFAULT_COORDINATOR, WorkerSettings, default_worker_id
+
+__all__ = ["command", "load_all_tasks"]
+
+
+def _memory(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_quantity(value, "memory")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _resources(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
+    try:
+        return dict(parse_resource_option(v) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def load_all_tasks(module_specs: tuple[str, ...] | list[str]) -> dict[str, Task]:
+    """Import every ``--module`` and collect its tasks.
+
+    Raises:
+        click.ClickException: a module fails to import, or none defines a task.
+    """
+    tasks: dict[str, Task] = {}
+    for spec in module_specs:
+        try:
+            found = load_tasks([spec])
+        except Exception as exc:
+            traceback.print_exc()
+            raise click.ClickException(f"--module {spec}: {type(exc).__name__}: {exc}") from None
+        tasks.update(found)
+    if not tasks:
+        raise click.ClickException(
+            f"no fleetflow tasks in {', '.join(module_specs)}: define them at module level "
+            "with @fleetflow.task"
+        )
+    return tasks
+
+
+@click.command(name="worker", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--coordinator",
+    default=DEFAULT_COORDINATOR,
+    show_default=True,
+    envvar="FLEETFLOW_COORDINATOR",
+    show_envvar=True,
+    metavar="HOST:PORT",
+    help="Coordinator address.",
+)
+@click.option(
+    "--module",
+    "modules",
+    multiple=True,
+    required=True,
+    metavar="MODULE_OR_FILE",
+    help="User module (dotted name or .py file) whose tasks this worker runs. Repeatable.",
+)
+@click.option(
+    "--cpu",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="CPU capacity in logical CPUs; also sizes the process pool.  [default: all]",
+)
+@click.option(
+    "--memory",
+    callback=_memory,
+    metavar="QUANTITY",
+    help="Memory capacity, e.g. 16Gi or 8GB.  [default: total memory]",
+)
+@click.option(
+    "--resource",
+    "resources",
+    multiple=True,
+    callback=_resources,
+    metavar="NAME=AMOUNT",
+    help="Custom capacity, e.g. gpu=1. Repeatable.",
+)
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Most task runs executing at once.",
+)
+@click.option("--worker-id", default=None, help="[default: HOSTNAME-PID-RANDOM]")
+@click.option(
+    "--drain-grace",
+    "drain_grace_s",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="On SIGTERM/SIGINT, seconds running task runs may take to finish.",
+)
+@click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
+def command(
+    coordinator: str,
+    modules: tuple[str, ...],
+    cpu: float | None,
+    memory: float | None,
+    resources: dict[str, float],
+    max_concurrency: int,
+    worker_id: str | None,
+    drain_grace_s: float,
+    log_level: str,
+) -> None:
+    """Run the tasks of user modules for a coordinator until SIGTERM or SIGINT.
+
+    A first signal drains (no new task runs; running ones get --drain-grace
+    seconds; outcomes are reported), a second one skips the grace period.
+    """
+    configure_logging(log_level)
+    tasks = load_all_tasks(modules)
+    try:
+        settings = WorkerSettings(
+            coordinator=coordinator,
+            worker_id=worker_id or default_worker_id(),
+            cpu=default_cpu() if cpu is None else cpu,
+            memory=default_memory() if memory is None else memory,
+            resources=resources,
+            max_concurrency=max_concurrency,
+            drain_grace_s=drain_grace_s,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    worker = Worker(settings, tasks, list(modules))
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve(worker))
+    except PoolStartError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _serve(worker: Worker) -> None:
+    """Run the worker with SIGTERM/SIGINT wired to a drain (the second forces)."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        worker.stop(force=len(received) > 1)
+
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await worker.run()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)

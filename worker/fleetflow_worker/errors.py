@@ -1,0 +1,111 @@
+"""Failures the worker reports on behalf of task code it could not run to the end.
+
+They travel to the client inside ``TaskError`` (pickled), so each one keeps
+its constructor arguments in ``args`` and unpickles wherever
+``fleetflow_worker`` is importable.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from fleetflow.errors import FleetflowError
+
+__all__ = [
+    "WorkerError",
+    "TaskNotRegistered",
+    "TaskProcessDied",
+    "WorkerShutDown",
+    "OutcomeTooLarge",
+]
+
+
+class WorkerError(FleetflowError):
+    """Root of the errors a fleetflow worker raises or reports."""
+
+
+class TaskNotRegistered(WorkerError, LookupError):
+    """The coordinator leased a task this worker (or its pool process) does not have.
+
+    Attributes:
+        task_name: The registered task name that was not found.
+        where: ``"worker"`` or ``"task process"``.
+    """
+
+    def __init__(self, task_name: str, where: str = "worker") -> None:
+        super().__init__(task_name, where)
+        self.task_name = task_name
+        self.where = where
+
+    def __str__(self) -> str:
+        return (
+            f"task {self.task_name!r} is not registered in this {self.where}; "
+            "check that the worker's --module options define it"
+        )
+
+
+class TaskProcessDied(WorkerError):
+    """The pool process running a plain ``def`` task exited (crash, OOM kill, os._exit).
+
+    Every attempt the pool held at that moment fails with this error, since
+    the pool cannot tell which one the dead process ran.
+
+    Attributes:
+        exitcode: The dead process's exit code (negative: killed by that
+            signal), or None when it could not be read.
+    """
+
+    def __init__(self, exitcode: int | None) -> None:
+        super().__init__(exitcode)
+        self.exitcode = exitcode
+
+    def __str__(self) -> str:
+        if self.exitcode is None:
+            return "task process died (exit code unknown)"
+        text = f"task process died (exit code {self.exitcode}"
+        if self.exitcode < 0:
+            try:
+                text += f", {signal.Signals(-self.exitcode).name}"
+            except ValueError:
+                pass
+        return text + ")"
+
+
+class WorkerShutDown(WorkerError):
+    """The worker stopped before the attempt finished.
+
+    Attributes:
+        grace_s: The drain grace period, seconds.
+        forced: True when a second signal cut the grace period short.
+    """
+
+    def __init__(self, grace_s: float, forced: bool = False) -> None:
+        super().__init__(grace_s, forced)
+        self.grace_s = grace_s
+        self.forced = forced
+
+    def __str__(self) -> str:
+        if self.forced:
+            return "worker shut down before the task finished (stopped without waiting)"
+        return f"worker shut down before the task finished (grace period {self.grace_s:g} s)"
+
+
+class OutcomeTooLarge(WorkerError):
+    """An attempt's outcome is larger than the coordinator accepts in one message.
+
+    Attributes:
+        size: The outcome's encoded size, bytes.
+        details: What the coordinator said.
+    """
+
+    def __init__(self, size: int, details: str = "") -> None:
+        super().__init__(size, details)
+        self.size = size
+        self.details = details
+
+    def __str__(self) -> str:
+        return (
+            f"the task's result ({self.size} bytes pickled) is larger than the coordinator "
+            f"accepts in one message ({self.details}); return a smaller value, e.g. a path "
+            "to data written to shared storage"
+        )

@@ -1,0 +1,380 @@
+"""The worker's asyncio shell: register, lease, execute, report, heartbeat, drain.
+
+One gRPC channel and four concurrent loops:
+
+* **lease**: long-polls LeaseTasks for as many task runs as there are free
+  slots (the coordinator fits them to the registered capacity);
+* **execute**: one asyncio task per attempt (:mod:`fleetflow_worker._execute`);
+* **report**: batches outcomes into ReportOutcomes (:mod:`fleetflow_worker._reporter`);
+* **heartbeat**: renews leases, sends live usage, applies cancellations.
+
+Every RPC failure is retried with capped, jittered backoff, and an answer
+saying the coordinator does not know this worker (it restarted) triggers a
+new registration, so a coordinator restart never stops the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+import structlog
+from fleetflow._task import Task
+from fleetflow.api.v1 import common_pb2, worker_service_pb2, worker_service_pb2_grpc
+
+from fleetflow_worker._execute import AttemptRunner
+from fleetflow_worker._pool import TaskProcessPool
+from fleetflow_worker._reporter import OutcomeReporter
+from fleetflow_worker.backoff import Backoff
+from fleetflow_worker.capacity import sample_usage
+from fleetflow_worker.errors import WorkerShutDown
+from fleetflow_worker.settings import WorkerSettings
+from fleetflow_worker.state import AttemptKey, AttemptTable
+
+__all__ = ["Worker"]
+
+log = structlog.get_logger()
+
+#: Heartbeat interval when the coordinator gives none, seconds.
+_DEFAULT_HEARTBEAT_S = 5.0
+
+
+class Worker:
+    """Runs the tasks of ``tasks`` for one coordinator until stopped.
+
+    Args:
+        settings: Address, identity, capacity and timing.
+        tasks: ``{task_name: Task}`` this worker offers (at least one).
+        module_specs: The ``--module`` values the tasks came from; pool
+            processes import them again to find plain ``def`` tasks by name.
+
+    Raises:
+        ValueError: ``tasks`` is empty.
+    """
+
+    def __init__(
+        self, settings: WorkerSettings, tasks: Mapping[str, Task], module_specs: Sequence[str]
+    ) -> None:
+        if not tasks:
+            raise ValueError("a worker needs at least one task; check its --module options")
+        self.settings = settings
+        self.tasks = dict(tasks)
+        self.module_specs = list(module_specs)
+        self.table = AttemptTable(settings.max_concurrency)
+        self.pool = TaskProcessPool(settings.pool_size, self.module_specs)
+        self.reporter = OutcomeReporter(
+            self._send_outcomes,
+            self.table.acknowledged,
+            batch_size=settings.report_batch_size,
+            batch_bytes=settings.report_batch_bytes,
+            backoff=self._backoff(),
+        )
+        self.runner = AttemptRunner(
+            settings.worker_id,
+            self.tasks,
+            self.pool,
+            self.table,
+            on_outcome=self.reporter.put,
+            on_slot_freed=self._slot_freed,
+        )
+        #: Lease TTL and heartbeat interval from the last registration, seconds.
+        self.lease_ttl_s = 0.0
+        self.heartbeat_interval_s = _DEFAULT_HEARTBEAT_S
+        self._stub: worker_service_pb2_grpc.WorkerServiceStub | None = None
+        self._stopping = asyncio.Event()
+        self._forced = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._registrations = 0
+        self._register_lock = asyncio.Lock()
+        #: {loop name: asyncio task}: "heartbeat", "report", "lease".
+        self._loops: dict[str, asyncio.Task[None]] = {}
+
+    # ----------------------------------------------------------------- control
+
+    def stop(self, *, force: bool = False) -> None:
+        """Begin a graceful drain; ``force=True`` skips the rest of the grace period.
+
+        Safe to call more than once and from a signal handler on the loop.
+        """
+        if not self._stopping.is_set():
+            log.info("worker_draining", running=self.table.running, queued=len(self.reporter))
+            self._stopping.set()
+            self._slot_free.set()
+        if force and not self._forced.is_set():
+            log.warning("worker_stopping_now", running=self.table.running)
+            self._forced.set()
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop`, then drain; returns when everything is closed.
+
+        Raises:
+            fleetflow_worker._pool.PoolStartError: pool processes could not
+                import the user modules.
+        """
+        options = _channel_options(self.settings.backoff_cap_s)
+        channel = grpc.aio.insecure_channel(self.settings.coordinator, options=options)
+        self._stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        with structlog.contextvars.bound_contextvars(worker_id=self.settings.worker_id):
+            try:
+                if any(not t.is_async for t in self.tasks.values()):
+                    await self.pool.start()
+                if await self._register(give_up_on_stop=True):
+                    for name, loop in (
+                        ("heartbeat", self._heartbeat_loop),
+                        ("report", self.reporter.run),
+                        ("lease", self._lease_loop),
+                    ):
+                        self._loops[name] = asyncio.create_task(
+                            _supervised(name, loop), name=f"fleetflow-worker-{name}"
+                        )
+                await self._stopping.wait()
+                await self._drain()
+            finally:
+                leftovers = [*self._loops.values(), *self.runner.attempts]  # if run() was cancelled
+                for leftover in leftovers:
+                    leftover.cancel()
+                await asyncio.gather(*leftovers, return_exceptions=True)
+                self.pool.kill()
+                await self.pool.close()
+                await channel.close()
+                log.info("worker_stopped")
+
+    # ------------------------------------------------------------ registration
+
+    async def _register(self, *, give_up_on_stop: bool) -> bool:
+        """RegisterWorker, retrying until it succeeds; False if given up on stop."""
+        request = worker_service_pb2.RegisterWorkerRequest(
+            worker_id=self.settings.worker_id,
+            capacity=common_pb2.Resources(amounts=self.settings.capacity),
+            task_names=sorted(self.tasks),
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        backoff = self._backoff()
+        while not (give_up_on_stop and self._stopping.is_set()):
+            try:
+                response = await self._rpc().RegisterWorker(
+                    request, timeout=self.settings.rpc_timeout_s
+                )
+            except grpc.aio.AioRpcError as exc:
+                delay = self._rpc_failed("register_worker", backoff, exc)
+                await (self._pause(delay) if give_up_on_stop else asyncio.sleep(delay))
+                continue
+            self._apply_registration(response)
+            return True
+        return False
+
+    def _apply_registration(self, response: worker_service_pb2.RegisterWorkerResponse) -> None:
+        self._registrations += 1
+        self.lease_ttl_s = response.lease_ttl_seconds
+        interval = response.heartbeat_interval_seconds
+        if interval <= 0:
+            interval = self.lease_ttl_s / 3 if self.lease_ttl_s > 0 else _DEFAULT_HEARTBEAT_S
+        self.heartbeat_interval_s = max(0.05, interval)
+        log.info(
+            "worker_registered",
+            coordinator=self.settings.coordinator,
+            tasks=sorted(self.tasks),
+            capacity=self.settings.capacity,
+            lease_ttl_s=self.lease_ttl_s,
+            heartbeat_interval_s=self.heartbeat_interval_s,
+            registrations=self._registrations,
+        )
+
+    async def _reregister(self, seen: int) -> None:
+        """Register again after an answer saying this worker is unknown.
+
+        Args:
+            seen: The registration count when the RPC that said so was sent;
+                if another loop registered since, nothing is done.
+        """
+        async with self._register_lock:
+            if self._registrations == seen:
+                log.warning("worker_unknown_to_coordinator")
+                await self._register(give_up_on_stop=False)
+
+    # ------------------------------------------------------------------- loops
+
+    async def _lease_loop(self) -> None:
+        backoff = self._backoff()
+        while not self._stopping.is_set():
+            free = self.table.free_slots
+            if free == 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            seen = self._registrations
+            request = worker_service_pb2.LeaseTasksRequest(
+                worker_id=self.settings.worker_id,
+                max_task_runs=free,
+                wait_seconds=self.settings.lease_wait_s,
+            )
+            try:
+                response = await self._rpc().LeaseTasks(
+                    request, timeout=self.settings.lease_wait_s + self.settings.rpc_timeout_s
+                )
+            except grpc.aio.AioRpcError as exc:
+                await self._pause(self._rpc_failed("lease_tasks", backoff, exc))
+                continue
+            for lease in response.leases:
+                self.runner.start(lease)
+            if response.known:
+                _recovered("lease_tasks", backoff)
+            else:
+                await self._reregister(seen)
+                await self._pause(backoff.failed())  # no tight loop if it stays unknown
+
+    async def _heartbeat_loop(self) -> None:
+        backoff = self._backoff()
+        while True:
+            seen = self._registrations
+            usage = sample_usage()
+            request = worker_service_pb2.HeartbeatRequest(
+                worker_id=self.settings.worker_id,
+                running=[
+                    worker_service_pb2.HeldTaskRun(task_run_id=k.task_run_id, attempt=k.attempt)
+                    for k in self.table.held()
+                ],
+                cpu_percent=usage.cpu_percent,
+                memory_available=usage.memory_available,
+            )
+            try:
+                response = await self._rpc().Heartbeat(request, timeout=self._heartbeat_timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                delay = self._rpc_failed("heartbeat", backoff, exc)
+                await asyncio.sleep(min(delay, self.heartbeat_interval_s))
+                continue
+            _recovered("heartbeat", backoff)
+            if not response.known:
+                await self._reregister(seen)
+            for held in response.cancel:
+                key = AttemptKey(held.task_run_id, held.attempt)
+                action = self.runner.cancel(key)
+                log.info("task_run_cancel", task_run_id=key[0], attempt=key[1], action=action.value)
+            await asyncio.sleep(self.heartbeat_interval_s)
+
+    # ------------------------------------------------------------------- drain
+
+    async def _drain(self) -> None:
+        lease_loop = self._loops.get("lease")
+        if lease_loop is not None:  # ask for nothing more
+            lease_loop.cancel()
+            await asyncio.gather(lease_loop, return_exceptions=True)
+        grace_s = self.settings.drain_grace_s
+        if not await self._wait_for_attempts(grace_s):
+            forced = self._forced.is_set()
+            if not forced:
+                log.warning("drain_grace_over", running=self.table.running, grace_s=grace_s)
+            self.runner.abort_all(WorkerShutDown(grace_s, forced=forced))
+            await self._wait_for_attempts(5.0, stop_early_on_force=False)
+        flush_s = 1.0 if self._forced.is_set() else self.settings.flush_timeout_s
+        if self._loops and not await self.reporter.flush(flush_s):
+            log.error("outcomes_not_reported", count=len(self.reporter), flush_timeout_s=flush_s)
+
+    async def _wait_for_attempts(
+        self, timeout_s: float, *, stop_early_on_force: bool = True
+    ) -> bool:
+        """Wait until no attempt runs; False on timeout (or on a forced stop)."""
+        forced = asyncio.ensure_future(self._forced.wait())
+        try:
+            async with asyncio.timeout(timeout_s):
+                while attempts := self.runner.attempts:
+                    if forced.done():
+                        if stop_early_on_force:
+                            return False
+                        await asyncio.wait(attempts, return_when=asyncio.FIRST_COMPLETED)
+                    else:
+                        await asyncio.wait([*attempts, forced], return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            return False
+        finally:
+            forced.cancel()
+        return True
+
+    # ----------------------------------------------------------------- helpers
+
+    def _rpc(self) -> worker_service_pb2_grpc.WorkerServiceStub:
+        if self._stub is None:
+            raise RuntimeError("Worker.run() has not opened the channel yet")
+        return self._stub
+
+    async def _send_outcomes(self, outcomes: Sequence[worker_service_pb2.Outcome]) -> Sequence[int]:
+        response = await self._rpc().ReportOutcomes(
+            worker_service_pb2.ReportOutcomesRequest(
+                worker_id=self.settings.worker_id, outcomes=outcomes
+            ),
+            timeout=self.settings.rpc_timeout_s,
+        )
+        return list(response.acks)
+
+    @property
+    def _heartbeat_timeout_s(self) -> float:
+        """A heartbeat slower than half the lease TTL is worth retrying, not awaiting."""
+        if self.lease_ttl_s > 0:
+            return max(0.5, min(self.settings.rpc_timeout_s, self.lease_ttl_s / 2))
+        return self.settings.rpc_timeout_s
+
+    def _slot_freed(self) -> None:
+        self._slot_free.set()
+
+    def _backoff(self) -> Backoff:
+        return Backoff(cap_s=self.settings.backoff_cap_s)
+
+    async def _pause(self, delay_s: float) -> None:
+        """Sleep, but wake up early when the worker is stopping."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay_s):
+                await self._stopping.wait()
+
+    def _rpc_failed(self, rpc: str, backoff: Backoff, exc: grpc.aio.AioRpcError) -> float:
+        """Log a failed RPC (first of a streak, then every 20th); return the retry delay."""
+        delay = backoff.failed()
+        emit = log.warning if backoff.failures == 1 or backoff.failures % 20 == 0 else log.debug
+        emit(
+            "coordinator_rpc_failed",
+            rpc=rpc,
+            code=exc.code().name,
+            details=exc.details(),
+            failures=backoff.failures,
+            retry_in_s=round(delay, 3),
+        )
+        return delay
+
+
+def _recovered(rpc: str, backoff: Backoff) -> None:
+    failures = backoff.succeeded()
+    if failures:
+        log.info("coordinator_rpc_recovered", rpc=rpc, failed_calls=failures)
+
+
+async def _supervised(name: str, loop: Callable[[], Awaitable[Any]]) -> None:
+    """Run a loop forever: a bug that raises is logged and the loop restarts."""
+    while True:
+        try:
+            await loop()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("worker_loop_crashed", loop=name)
+            await asyncio.sleep(1.0)
+
+
+def _channel_options(backoff_cap_s: float) -> list[tuple[str, Any]]:
+    """Channel options: no receive limit for big leases, and fast reconnects.
+
+    gRPC's own reconnect backoff grows to 120 s by default; capping it keeps
+    a restarted coordinator from waiting that long for its workers.
+    """
+    cap_ms = max(100, int(backoff_cap_s * 1000))
+    return [
+        ("grpc.max_receive_message_length", -1),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", cap_ms),
+    ]

@@ -1,0 +1,151 @@
+"""I/O-free bookkeeping of the attempts a worker holds.
+
+An attempt is *held* from the moment its lease arrives until the coordinator
+acknowledges its outcome. While held it is first ``RUNNING`` (task code
+executes and takes one of the ``max_concurrency`` slots) and then
+``REPORTING`` (its outcome waits in the report queue). Heartbeats list every
+held attempt, so the coordinator keeps the lease alive until the outcome lands.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import NamedTuple
+
+__all__ = ["AttemptKey", "Phase", "CancelAction", "AttemptTable"]
+
+
+class AttemptKey(NamedTuple):
+    """Identifies one leased attempt: the fencing pair the coordinator checks."""
+
+    task_run_id: int
+    attempt: int
+
+
+class Phase(enum.Enum):
+    """Where a held attempt is."""
+
+    RUNNING = "running"
+    REPORTING = "reporting"
+
+
+class CancelAction(enum.Enum):
+    """What the runtime must do when the coordinator cancels an attempt."""
+
+    #: Not running (unknown, or finished with its outcome queued): nothing.
+    NONE = "none"
+    #: An ``async def`` task: cancel its asyncio task; its outcome is dropped.
+    CANCEL_TASK = "cancel_task"
+    #: A pool task cannot be interrupted: let it run, drop its outcome.
+    DROP_OUTCOME = "drop_outcome"
+
+
+@dataclass(slots=True)
+class _Entry:
+    is_async: bool
+    phase: Phase = Phase.RUNNING
+    cancelled: bool = False
+
+
+class AttemptTable:
+    """Which attempts the worker holds and how many slots are free.
+
+    Args:
+        max_concurrency: Most attempts in ``RUNNING`` at once (>= 1).
+
+    Raises:
+        ValueError: ``max_concurrency`` < 1.
+    """
+
+    def __init__(self, max_concurrency: int) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.max_concurrency = max_concurrency
+        #: {AttemptKey: _Entry}, in lease order.
+        self._entries: dict[AttemptKey, _Entry] = {}
+        self._running = 0
+
+    @property
+    def running(self) -> int:
+        """Attempts whose task code is executing (or about to)."""
+        return self._running
+
+    @property
+    def free_slots(self) -> int:
+        """How many more attempts may start now."""
+        return max(0, self.max_concurrency - self._running)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def start(self, key: AttemptKey, *, is_async: bool) -> bool:
+        """Record a new lease; returns False for a duplicate of a held attempt.
+
+        A start may exceed ``max_concurrency``: the coordinator never sends
+        more than was asked for, and dropping a lease would only delay it.
+        """
+        if key in self._entries:
+            return False
+        self._entries[key] = _Entry(is_async=is_async)
+        self._running += 1
+        return True
+
+    def finish(self, key: AttemptKey, *, has_outcome: bool = True) -> bool:
+        """Task code ended; returns whether its outcome must be reported.
+
+        A cancelled attempt, or one without an outcome, is forgotten here
+        (False); any other moves to ``REPORTING`` until :meth:`acknowledged`.
+
+        Raises:
+            KeyError: the attempt is not running.
+        """
+        entry = self._entries.get(key)
+        if entry is None or entry.phase is not Phase.RUNNING:
+            raise KeyError(f"attempt {key} is not running")
+        self._running -= 1
+        if entry.cancelled or not has_outcome:
+            del self._entries[key]
+            return False
+        entry.phase = Phase.REPORTING
+        return True
+
+    def acknowledged(self, key: AttemptKey) -> None:
+        """The coordinator acknowledged the outcome: forget the attempt."""
+        entry = self._entries.get(key)
+        if entry is not None and entry.phase is Phase.REPORTING:
+            del self._entries[key]
+
+    def cancel(self, key: AttemptKey) -> CancelAction:
+        """The coordinator says the lease is gone; decide what to do."""
+        entry = self._entries.get(key)
+        if entry is None or entry.phase is not Phase.RUNNING:
+            return CancelAction.NONE
+        if entry.cancelled:
+            return CancelAction.NONE
+        entry.cancelled = True
+        return CancelAction.CANCEL_TASK if entry.is_async else CancelAction.DROP_OUTCOME
+
+    def is_cancelled(self, key: AttemptKey) -> bool:
+        """Whether the coordinator cancelled this (running) attempt."""
+        entry = self._entries.get(key)
+        return entry is not None and entry.cancelled
+
+    def held(self) -> list[AttemptKey]:
+        """Every held attempt, running or reporting, in lease order (for heartbeats)."""
+        return list(self._entries)
+
+    def validate(self) -> None:
+        """Check the invariants; for tests.
+
+        Raises:
+            AssertionError: the running count disagrees with the entries.
+        """
+        running = sum(1 for e in self._entries.values() if e.phase is Phase.RUNNING)
+        assert running == self._running, (running, self._running)
+        assert all(not e.cancelled for e in self._entries.values() if e.phase is Phase.REPORTING), (
+            "a cancelled attempt reached REPORTING"
+        )
