@@ -24,14 +24,18 @@ from fleetflow._client import (
     FlowRunHandle,
     FlowRunInfo,
     TaskCounts,
+    WorkerInfo,
 )
 from fleetflow._task import Flow, Task, TaskFuture, flow, task, unmapped
+from fleetflow._taskruns import AttemptInfo, TaskRunInfo
 from fleetflow.errors import (
     FleetflowError,
     FlowRunCancelled,
     FlowRunFailed,
     FlowRunNotFound,
     InvalidFlowError,
+    NonRetryableError,
+    Retry,
     RPCError,
 )
 from fleetflow.events import FlowEvent, TaskErrorInfo
@@ -47,6 +51,7 @@ __all__ = [
     "FlowRunHandle",
     "FlowRunInfo",
     "TaskCounts",
+    "WorkerInfo",
     "FlowEvent",
     "TaskErrorInfo",
     "Flow",
@@ -61,6 +66,10 @@ __all__ = [
     "FlowRunNotFound",
     "InvalidFlowError",
     "RPCError",
+    "Retry",
+    "NonRetryableError",
+    "TaskRunInfo",
+    "AttemptInfo",
     "RemoteTaskError",
     "InvalidResourceError",
     "parse_quantity",

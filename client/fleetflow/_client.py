@@ -23,6 +23,7 @@ import grpc
 import grpc.aio
 
 from fleetflow._task import Flow
+from fleetflow._taskruns import TaskRunInfo
 from fleetflow.api.v1 import common_pb2
 from fleetflow.api.v1 import coordinator_service_pb2 as pb
 from fleetflow.api.v1 import coordinator_service_pb2_grpc as pb_grpc
@@ -45,6 +46,7 @@ __all__ = [
     "FlowRunHandle",
     "FlowRunInfo",
     "TaskCounts",
+    "WorkerInfo",
 ]
 
 R = TypeVar("R")
@@ -194,6 +196,54 @@ class FlowRunInfo:
 
 
 @dataclass(frozen=True)
+class WorkerInfo:
+    """A connected worker, as returned by ``list_workers``.
+
+    Attributes:
+        worker_id: The worker's id.
+        hostname: Host it runs on.
+        pid: Its process id there.
+        capacity: ``{resource: amount}`` it offers (cpu in CPUs, memory in bytes).
+        allocated: ``{resource: amount}`` allocated to attempts running on it.
+        running: Attempts leased to it now.
+        task_names: Tasks it offers, sorted.
+        cpu_percent: Machine CPU use from its last heartbeat, 0-100.
+        memory_available: Available memory from its last heartbeat, bytes.
+        last_seen_at: Coordinator time of its last RPC, seconds since the Unix epoch.
+        heartbeat_age_s: Seconds since then, measured by the coordinator.
+    """
+
+    worker_id: str
+    hostname: str
+    pid: int
+    capacity: dict[str, float]
+    allocated: dict[str, float]
+    running: int
+    task_names: tuple[str, ...]
+    cpu_percent: float
+    memory_available: float
+    last_seen_at: float
+    heartbeat_age_s: float
+
+    @classmethod
+    def from_proto(cls, info: pb.WorkerInfo) -> WorkerInfo:
+        """Decode a ``WorkerInfo`` message."""
+        return cls(
+            worker_id=info.worker_id,
+            hostname=info.hostname,
+            pid=info.pid,
+            capacity=dict(info.capacity.amounts),
+            allocated=dict(info.allocated.amounts),
+            running=info.running,
+            task_names=tuple(info.task_names),
+            cpu_percent=info.cpu_percent,
+            memory_available=info.memory_available,
+            last_seen_at=info.last_seen_at,
+            heartbeat_age_s=info.heartbeat_age_seconds,
+        )
+
+
+@dataclass(frozen=True)
 class Backoff:
     """Retry policy for RPCs that fail with ``UNAVAILABLE``.
 
@@ -299,6 +349,7 @@ def _submit_request(
     args: tuple,
     params: dict[str, Any],
     idempotency_key: str | None,
+    priority: int = 0,
 ) -> pb.SubmitFlowRunRequest:
     if isinstance(flow, common_pb2.FlowSpec):
         if args or params:
@@ -308,6 +359,9 @@ def _submit_request(
         spec = flow.build(*args, **params)
     else:
         raise TypeError(f"submit() needs a @flow function or a FlowSpec, got {type(flow).__name__}")
+    if priority:
+        spec = common_pb2.FlowSpec.FromString(spec.SerializeToString())
+        spec.priority = priority
     # A key is always sent so that retrying a submission whose answer was lost
     # returns the same flow run instead of starting a second one.
     return pb.SubmitFlowRunRequest(spec=spec, idempotency_key=idempotency_key or uuid.uuid4().hex)
@@ -423,6 +477,10 @@ class FlowRunHandle(Generic[R]):
         """Block until the flow run ends and return its result; see :meth:`Client.result`."""
         return self._client.result(self.id, timeout=timeout)
 
+    def cancel(self) -> int:
+        """Cancel this flow run; returns how many task runs were cancelled."""
+        return self._client.cancel(self.id)
+
     def events(self, after_seq: int = 0) -> Iterator[FlowEvent]:
         """Iterate over the flow run's events; see :meth:`Client.watch`."""
         return self._client.watch(self.id, after_seq=after_seq)
@@ -486,6 +544,7 @@ class Client:
         flow: Flow[..., R] | common_pb2.FlowSpec,
         *args: Any,
         idempotency_key: str | None = None,
+        priority: int = 0,
         **params: Any,
     ) -> FlowRunHandle[R]:
         """Record ``flow`` with these parameters and submit it.
@@ -496,6 +555,7 @@ class Client:
             idempotency_key: Resubmitting with the same key returns the same
                 flow run. A random key is used when omitted, so that retries
                 of this call never start a second run.
+            priority: Higher is leased first among ready task runs (default 0).
             **params: Keyword flow parameters.
 
         Returns:
@@ -506,7 +566,7 @@ class Client:
             InvalidFlowError: the coordinator rejected the flow graph.
             RPCError: the coordinator failed otherwise or stayed unavailable.
         """
-        request = _submit_request(flow, args, params, idempotency_key)
+        request = _submit_request(flow, args, params, idempotency_key, priority)
         response = self._call(self._stub.SubmitFlowRun, request)
         return FlowRunHandle(self, response.flow_run_id, response.created)
 
@@ -543,6 +603,48 @@ class Client:
         """
         response = self._call(self._stub.ListFlowRuns, pb.ListFlowRunsRequest())
         return [FlowRunInfo.from_proto(info) for info in response.flow_runs]
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """The workers connected to the coordinator now.
+
+        Raises:
+            RPCError: the coordinator failed or stayed unavailable.
+        """
+        response = self._call(self._stub.ListWorkers, pb.ListWorkersRequest())
+        return [WorkerInfo.from_proto(info) for info in response.workers]
+
+    def cancel(self, flow_run_id: str) -> int:
+        """Cancel a flow run; nothing new starts once this returns.
+
+        Returns:
+            How many task runs were cancelled.
+
+        Raises:
+            FlowRunNotFound: no such flow run.
+            RPCError: the coordinator failed or stayed unavailable.
+        """
+        request = pb.CancelFlowRunRequest(flow_run_id=flow_run_id)
+        return self._call(self._stub.CancelFlowRun, request, flow_run_id=flow_run_id).cancelled
+
+    def cancel_task_run(self, task_run_id: int) -> int:
+        """Cancel one task run; its dependents end UPSTREAM_FAILED. Returns 1 or 0."""
+        request = pb.CancelTaskRunRequest(task_run_id=task_run_id)
+        return self._call(self._stub.CancelTaskRun, request).cancelled
+
+    def get_task_run(self, task_run_id: int) -> TaskRunInfo:
+        """One task run with its attempt history (worker, times, outcome, error)."""
+        request = pb.GetTaskRunRequest(task_run_id=task_run_id)
+        return TaskRunInfo.from_proto(self._call(self._stub.GetTaskRun, request))
+
+    def set_concurrency_limit(self, tag: str, limit: int | None) -> None:
+        """Allow at most ``limit`` task runs tagged ``tag`` at once (None removes it)."""
+        request = pb.SetConcurrencyLimitRequest(tag=tag, limit=-1 if limit is None else limit)
+        self._call(self._stub.SetConcurrencyLimit, request)
+
+    def prune(self, older_than_s: float) -> list[str]:
+        """Delete finished flow runs that ended more than ``older_than_s`` seconds ago."""
+        request = pb.PruneFlowRunsRequest(older_than_seconds=older_than_s)
+        return list(self._call(self._stub.PruneFlowRuns, request).pruned_flow_run_ids)
 
     def _poll_until_ended(
         self, flow_run_id: str, timeout: float | None, *, include_result: bool
@@ -681,6 +783,10 @@ class AsyncFlowRunHandle(Generic[R]):
         """Wait until the flow run ends and return its result; see :meth:`AsyncClient.result`."""
         return await self._client.result(self.id, timeout=timeout)
 
+    async def cancel(self) -> int:
+        """Cancel this flow run; returns how many task runs were cancelled."""
+        return await self._client.cancel(self.id)
+
     def events(self, after_seq: int = 0) -> AsyncIterator[FlowEvent]:
         """Iterate over the flow run's events; see :meth:`AsyncClient.watch`."""
         return self._client.watch(self.id, after_seq=after_seq)
@@ -757,10 +863,11 @@ class AsyncClient:
         flow: Flow[..., R] | common_pb2.FlowSpec,
         *args: Any,
         idempotency_key: str | None = None,
+        priority: int = 0,
         **params: Any,
     ) -> AsyncFlowRunHandle[R]:
         """Record ``flow`` with these parameters and submit it; see :meth:`Client.submit`."""
-        request = _submit_request(flow, args, params, idempotency_key)
+        request = _submit_request(flow, args, params, idempotency_key, priority)
         response = await self._call(self._stub.SubmitFlowRun, request)
         return AsyncFlowRunHandle(self, response.flow_run_id, response.created)
 
@@ -783,6 +890,22 @@ class AsyncClient:
         """All flow runs the coordinator knows; see :meth:`Client.list_flow_runs`."""
         response = await self._call(self._stub.ListFlowRuns, pb.ListFlowRunsRequest())
         return [FlowRunInfo.from_proto(info) for info in response.flow_runs]
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The workers connected to the coordinator now; see :meth:`Client.list_workers`."""
+        response = await self._call(self._stub.ListWorkers, pb.ListWorkersRequest())
+        return [WorkerInfo.from_proto(info) for info in response.workers]
+
+    async def cancel(self, flow_run_id: str) -> int:
+        """Cancel a flow run; see :meth:`Client.cancel`."""
+        request = pb.CancelFlowRunRequest(flow_run_id=flow_run_id)
+        response = await self._call(self._stub.CancelFlowRun, request, flow_run_id=flow_run_id)
+        return response.cancelled
+
+    async def get_task_run(self, task_run_id: int) -> TaskRunInfo:
+        """One task run with its attempt history; see :meth:`Client.get_task_run`."""
+        request = pb.GetTaskRunRequest(task_run_id=task_run_id)
+        return TaskRunInfo.from_proto(await self._call(self._stub.GetTaskRun, request))
 
     async def _poll_until_ended(
         self, flow_run_id: str, timeout: float | None, *, include_result: bool

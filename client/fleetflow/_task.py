@@ -30,6 +30,8 @@ R = TypeVar("R")
 
 #: Resources a task requests when it declares none: one logical CPU.
 DEFAULT_RESOURCES: dict[str, float] = {"cpu": 1.0}
+#: Relative jitter applied to retry delays unless a task sets ``retry_jitter``.
+DEFAULT_RETRY_JITTER = 0.2
 
 _recorder: contextvars.ContextVar[_FlowRecorder | None] = contextvars.ContextVar(
     "fleetflow_recorder", default=None
@@ -52,8 +54,15 @@ class Task(Generic[P, R]):
         resources: ``{name: amount}`` parsed by :mod:`fleetflow.resources`
             (cpu in CPUs, memory in bytes).
         retries: Retries after the first failed attempt.
-        retry_delay_seconds: Delay before each retry, seconds.
+        retry_delay_seconds: Delay before each retry in seconds, or a list with
+            one delay per retry (the last repeats).
+        retry_backoff: Multiplier per further failure (1 constant, 2 doubling).
+        retry_max_delay_seconds: Cap on any retry delay, seconds (None: no cap).
+        retry_jitter: Relative jitter in [0, 1] (default 0.2: +-20%).
+        retry_on: Exception types worth a retry; others fail at once. None: all.
         timeout_seconds: Per-attempt time limit in seconds, or None.
+        tags: Concurrency-limit tags (limits are set on the coordinator).
+        concurrency_limit: At most this many task runs of this task at once.
         is_async: True for ``async def`` functions (run on the worker's loop).
     """
 
@@ -64,8 +73,14 @@ class Task(Generic[P, R]):
         name: str | None = None,
         resources: Mapping[str, object] | None = None,
         retries: int = 0,
-        retry_delay_seconds: float = 0.0,
+        retry_delay_seconds: float | Sequence[float] = 0.0,
+        retry_backoff: float = 1.0,
+        retry_max_delay_seconds: float | None = None,
+        retry_jitter: float = DEFAULT_RETRY_JITTER,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
         timeout_seconds: float | None = None,
+        tags: Sequence[str] = (),
+        concurrency_limit: int | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {type(fn).__name__}")
@@ -75,16 +90,48 @@ class Task(Generic[P, R]):
             raise ValueError(
                 f"task {self.name!r}: retries must be a non-negative int, got {retries!r}"
             )
-        if retry_delay_seconds < 0:
-            raise ValueError(f"task {self.name!r}: retry_delay_seconds must be >= 0")
+        delays = (
+            [float(d) for d in retry_delay_seconds]
+            if isinstance(retry_delay_seconds, Sequence)
+            else [float(retry_delay_seconds)]
+        )
+        if not delays or any(not d >= 0 for d in delays):
+            raise ValueError(
+                f"task {self.name!r}: retry_delay_seconds must be a number >= 0 or a "
+                f"non-empty list of them, got {retry_delay_seconds!r}"
+            )
+        if not retry_backoff >= 1:
+            raise ValueError(f"task {self.name!r}: retry_backoff must be >= 1")
+        if retry_max_delay_seconds is not None and not retry_max_delay_seconds >= 0:
+            raise ValueError(f"task {self.name!r}: retry_max_delay_seconds must be >= 0")
+        if not 0 <= retry_jitter <= 1:
+            raise ValueError(f"task {self.name!r}: retry_jitter must be in [0, 1]")
+        if retry_on is not None:
+            retry_on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+            if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+                raise ValueError(f"task {self.name!r}: retry_on must be exception types")
+        if concurrency_limit is not None and (
+            isinstance(concurrency_limit, bool) or concurrency_limit < 1
+        ):
+            raise ValueError(f"task {self.name!r}: concurrency_limit must be >= 1 or None")
+        if isinstance(tags, str) or not all(isinstance(t, str) and t for t in tags):
+            raise ValueError(f"task {self.name!r}: tags must be a list of non-empty strings")
         if timeout_seconds is not None and timeout_seconds <= 0:
             raise ValueError(f"task {self.name!r}: timeout_seconds must be > 0 or None")
         self.resources = parse_resources(
             DEFAULT_RESOURCES if resources is None else resources, owner=self.name
         )
         self.retries = retries
-        self.retry_delay_seconds = float(retry_delay_seconds)
+        self.retry_delay_seconds: float | list[float] = (
+            delays if isinstance(retry_delay_seconds, Sequence) else delays[0]
+        )
+        self.retry_backoff = float(retry_backoff)
+        self.retry_max_delay_seconds = retry_max_delay_seconds
+        self.retry_jitter = float(retry_jitter)
+        self.retry_on = retry_on
         self.timeout_seconds = timeout_seconds
+        self.tags = tuple(tags)
+        self.concurrency_limit = concurrency_limit
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
@@ -99,7 +146,13 @@ class Task(Generic[P, R]):
             "resources": self.resources,
             "retries": self.retries,
             "retry_delay_seconds": self.retry_delay_seconds,
+            "retry_backoff": self.retry_backoff,
+            "retry_max_delay_seconds": self.retry_max_delay_seconds,
+            "retry_jitter": self.retry_jitter,
+            "retry_on": self.retry_on,
             "timeout_seconds": self.timeout_seconds,
+            "tags": self.tags,
+            "concurrency_limit": self.concurrency_limit,
         }
         merged.update(options)
         return Task(self.fn, **merged)
@@ -179,10 +232,10 @@ class _FlowRecorder:
             task_name=task.name,
             map=map_,
             resources=common_pb2.Resources(amounts=task.resources),
-            retry=common_pb2.RetryPolicy(
-                retries=task.retries, retry_delay_seconds=task.retry_delay_seconds
-            ),
+            retry=_retry_policy(task),
             timeout_seconds=task.timeout_seconds or 0.0,
+            tags=task.tags,
+            concurrency_limit=task.concurrency_limit or 0,
         )
         literal_lengths: dict[str, int] = {}
         for name, value in bound.arguments.items():
@@ -231,6 +284,22 @@ class _FlowRecorder:
                 raise ValueError(f"{where}: mapped arguments differ in length: {literal_lengths}")
         self.nodes.append(node)
         return TaskFuture(self, len(self.nodes) - 1, map_, task.name)
+
+
+def _retry_policy(task: Task) -> common_pb2.RetryPolicy:
+    delays = task.retry_delay_seconds
+    policy = common_pb2.RetryPolicy(
+        retries=task.retries,
+        backoff=task.retry_backoff,
+        max_delay_seconds=task.retry_max_delay_seconds or 0.0,
+        jitter=task.retry_jitter,
+    )
+    if isinstance(delays, list):
+        policy.retry_delays_seconds.extend(delays)
+        policy.retry_delay_seconds = delays[0]
+    else:
+        policy.retry_delay_seconds = delays
+    return policy
 
 
 def _is_mappable(value: Any) -> bool:
@@ -324,8 +393,14 @@ def task(
     name: str | None = ...,
     resources: Mapping[str, object] | None = ...,
     retries: int = ...,
-    retry_delay_seconds: float = ...,
+    retry_delay_seconds: float | Sequence[float] = ...,
+    retry_backoff: float = ...,
+    retry_max_delay_seconds: float | None = ...,
+    retry_jitter: float = ...,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
     timeout_seconds: float | None = ...,
+    tags: Sequence[str] = ...,
+    concurrency_limit: int | None = ...,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
     """Declare a task: ``@task`` or ``@task(resources=..., retries=..., ...)``.
@@ -334,8 +409,11 @@ def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
         fn: The function, when used bare as ``@task``.
         **options: ``name`` (str), ``resources`` (``{name: number | quantity}``,
             default ``{"cpu": 1}``), ``retries`` (int >= 0, default 0),
-            ``retry_delay_seconds`` (float seconds, default 0), ``timeout_seconds``
-            (float seconds or None).
+            ``retry_delay_seconds`` (seconds, or a list with one per retry),
+            ``retry_backoff`` (>= 1, default 1), ``retry_max_delay_seconds``,
+            ``retry_jitter`` (0..1, default 0.2), ``retry_on`` (exception types),
+            ``timeout_seconds`` (seconds or None), ``tags`` (concurrency-limit
+            tags), ``concurrency_limit`` (int >= 1 or None). See :class:`Task`.
 
     Raises:
         ValueError: an option is out of range.

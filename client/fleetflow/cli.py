@@ -44,6 +44,7 @@ from rich.progress import (
 from rich.table import Column, Table
 from rich.text import Text
 
+from fleetflow._cli_views import inspect_command, workers_command
 from fleetflow._client import DEFAULT_ADDRESS, Client, FlowRunInfo
 from fleetflow._task import Flow
 from fleetflow.errors import FleetflowError
@@ -268,6 +269,8 @@ class _Fleet:
         self.log_path = log_dir / "fleet.log"
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.worker_processes: list[subprocess.Popen[bytes]] = []
+        #: The coordinator's dashboard, ``http://127.0.0.1:PORT/``, once started.
+        self.dashboard_url = ""
 
     def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -292,6 +295,7 @@ class _Fleet:
                 :data:`COORDINATOR_START_TIMEOUT_S`.
         """
         port_file = self.log_dir / "coordinator.port"
+        http_port_file = self.log_dir / "dashboard.port"
         self.coordinator = self._spawn(
             [
                 "-m",
@@ -300,9 +304,18 @@ class _Fleet:
                 "127.0.0.1:0",
                 "--port-file",
                 str(port_file),
+                # The embedded fleet's state lives and dies with this run.
+                "--db",
+                str(self.log_dir / "fleetflow.db"),
+                "--http",
+                "127.0.0.1:0",
+                "--http-port-file",
+                str(http_port_file),
             ]
         )
         port = self._wait_for_port(port_file)
+        with contextlib.suppress(FileNotFoundError, ValueError):  # written before the gRPC port
+            self.dashboard_url = f"http://127.0.0.1:{int(http_port_file.read_text())}/"
         address = f"127.0.0.1:{port}"
         # The machine's CPUs and memory are shared out among the local workers, so
         # that N workers do not each offer (and start pool processes for) every CPU.
@@ -600,6 +613,8 @@ def run_command(
                 err.print(
                     f"embedded fleet: coordinator {address}, {n} workers, logs in {fleet.log_path}"
                 )
+                if fleet.dashboard_url:
+                    err.print(f"dashboard: {fleet.dashboard_url}")
             deadline = None if timeout is None else time.monotonic() + timeout
             with Client(address) as client:
                 handle = client.submit(flow, **kwargs)
@@ -710,6 +725,12 @@ def watch_command(flow_run_id: str, address: str, after_seq: int) -> None:
     except FleetflowError as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(0 if last is not None and last.kind == "FLOW_RUN_COMPLETED" else 1)
+
+
+# ------------------------------------------------------------ workers, inspect
+
+cli.add_command(workers_command)
+cli.add_command(inspect_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

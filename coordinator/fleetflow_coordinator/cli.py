@@ -22,12 +22,37 @@ __all__ = ["command"]
     default=None,
     help="Worker heartbeat interval, seconds.",
 )
+@click.option(
+    "--db",
+    default=None,
+    help="SQLite database path, or :memory: for a throwaway run "
+    "[default: .fleetflow/fleetflow.db].",
+)
+@click.option(
+    "--retention",
+    "retention_s",
+    type=float,
+    default=None,
+    help="Prune finished flow runs older than this many seconds [default: 7 days].",
+)
+@click.option(
+    "--http",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve the dashboard and /metrics here; port 0 picks one; 'off' serves none "
+    "[default: 127.0.0.1:8265, skipped with a warning if taken].",
+)
+@click.option("--http-port-file", default=None, help="Write the bound HTTP port here.")
 @click.option("--log-level", default="info", show_default=True)
 def command(
     listen: str | None,
     port_file: str | None,
     lease_ttl_s: float | None,
     heartbeat_interval_s: float | None,
+    db: str | None,
+    retention_s: float | None,
+    http: str | None,
+    http_port_file: str | None,
     log_level: str,
 ) -> None:
     """Run the coordinator: holds flow state and leases task runs to workers."""
@@ -40,6 +65,10 @@ def command(
             port_file=port_file,
             lease_ttl_s=lease_ttl_s,
             heartbeat_interval_s=heartbeat_interval_s,
+            db=db,
+            retention_s=retention_s,
+            http=http,
+            http_port_file=http_port_file,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
@@ -50,5 +79,5 @@ def command(
         uvloop.run(serve(settings))
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows lacks it
         asyncio.run(serve(settings))
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # StoreError included: a clear message, exit code 1
         raise click.ClickException(str(exc)) from None

@@ -5,10 +5,17 @@ from __future__ import annotations
 from fleetflow.api.v1 import common_pb2, coordinator_service_pb2, worker_service_pb2
 
 from fleetflow_coordinator.core import Arg, ArgKind, InvalidFlowSpec, NodeSpec, Outcome
-from fleetflow_coordinator.core.model import EventRecord, FlowRun, TaskRunState
+from fleetflow_coordinator.core.model import EventRecord, FlowRun, TaskRunState, WorkerRecord
 from fleetflow_coordinator.core.scheduler import LeaseGrant
 
-__all__ = ["node_specs", "lease_to_proto", "outcome_from_proto", "event_to_proto", "flow_info"]
+__all__ = [
+    "node_specs",
+    "lease_to_proto",
+    "outcome_from_proto",
+    "event_to_proto",
+    "flow_info",
+    "worker_info",
+]
 
 
 def node_specs(spec: common_pb2.FlowSpec) -> list[NodeSpec]:
@@ -44,6 +51,12 @@ def node_specs(spec: common_pb2.FlowSpec) -> list[NodeSpec]:
                 retries=node.retry.retries,
                 retry_delay_s=node.retry.retry_delay_seconds,
                 timeout_s=node.timeout_seconds,
+                retry_delays_s=tuple(node.retry.retry_delays_seconds),
+                backoff=node.retry.backoff,
+                max_delay_s=node.retry.max_delay_seconds,
+                jitter=node.retry.jitter,
+                tags=tuple(node.tags),
+                concurrency_limit=node.concurrency_limit,
             )
         )
     return out
@@ -91,7 +104,13 @@ def outcome_from_proto(outcome: worker_service_pb2.Outcome) -> Outcome:
         )
     )
     return Outcome(
-        outcome.task_run_id, outcome.attempt, error=error, infrastructure=outcome.infrastructure
+        outcome.task_run_id,
+        outcome.attempt,
+        error=error,
+        infrastructure=outcome.infrastructure,
+        timed_out=outcome.timed_out,
+        non_retryable=outcome.non_retryable,
+        retry_delay_s=outcome.retry_delay_seconds if outcome.retry_requested else None,
     )
 
 
@@ -145,3 +164,20 @@ def flow_info(flow: FlowRun) -> coordinator_service_pb2.FlowRunInfo:
             timed_out=c[TaskRunState.TIMED_OUT],
         )
     return info
+
+
+def worker_info(worker: WorkerRecord, now: float) -> coordinator_service_pb2.WorkerInfo:
+    """Describe a connected worker; ``now`` gives its heartbeat age."""
+    return coordinator_service_pb2.WorkerInfo(
+        worker_id=worker.worker_id,
+        hostname=worker.hostname,
+        pid=worker.pid,
+        capacity=common_pb2.Resources(amounts=worker.capacity),
+        allocated=common_pb2.Resources(amounts=worker.allocated),
+        running=len(worker.running),
+        task_names=sorted(worker.task_names),
+        cpu_percent=worker.cpu_percent,
+        memory_available=worker.memory_available,
+        last_seen_at=worker.last_seen,
+        heartbeat_age_seconds=max(0.0, now - worker.last_seen),
+    )

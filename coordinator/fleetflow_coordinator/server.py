@@ -12,9 +12,11 @@ import structlog
 from fleetflow.api.v1 import coordinator_service_pb2_grpc, worker_service_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from fleetflow_coordinator.dashboard import start_dashboard
 from fleetflow_coordinator.runtime import Runtime
 from fleetflow_coordinator.servicers import CoordinatorServicer, WorkerServicer
 from fleetflow_coordinator.settings import Settings
+from fleetflow_coordinator.store import StoreError, open_store
 
 __all__ = ["create_server", "serve", "CHANNEL_OPTIONS"]
 
@@ -69,18 +71,35 @@ def _write_port_file(path: str, port: int) -> None:
 
 async def serve(settings: Settings) -> None:
     """Run a coordinator until SIGTERM or SIGINT, then stop gracefully."""
-    runtime = Runtime(settings)
+    store = await asyncio.to_thread(open_store, settings.db, synchronous=settings.synchronous)
+    runtime = Runtime(settings, store)
+    restored = await runtime.open()
+    dashboard = await start_dashboard(settings, runtime)  # None with --http off
     server, port = await create_server(settings.listen, runtime)
     runtime.start()
     host = settings.listen.rpartition(":")[0]
-    log.info("coordinator_started", address=f"{host}:{port}", lease_ttl_s=settings.lease_ttl_s)
+    log.info(
+        "coordinator_started",
+        address=f"{host}:{port}",
+        lease_ttl_s=settings.lease_ttl_s,
+        db=settings.db,
+        restored_flow_runs=restored,
+    )
     if settings.port_file:
         _write_port_file(settings.port_file, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    fatal = loop.create_task(runtime.fatal.wait())
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait([fatal, stopping], return_when=asyncio.FIRST_COMPLETED)
+    fatal.cancel()
+    stopping.cancel()
     log.info("coordinator_stopping")
+    if dashboard is not None:
+        await dashboard.stop()
     await server.stop(grace=2.0)
     await runtime.stop()
+    if runtime.fatal_error is not None:
+        raise StoreError(f"stopped after a store failure: {runtime.fatal_error}")

@@ -27,6 +27,7 @@ from fleetflow.api.v1 import (
 from fleetflow_coordinator import convert
 from fleetflow_coordinator.core import FlowRunState, InvalidFlowSpec
 from fleetflow_coordinator.core.model import FlowRun
+from fleetflow_coordinator.core.queries import attempt_history
 from fleetflow_coordinator.runtime import Runtime
 
 __all__ = ["CoordinatorServicer", "WorkerServicer"]
@@ -64,11 +65,15 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
                 output_node=spec.output_node if spec.HasField("output_node") else None,
                 output_literal=spec.output_literal,
                 idempotency_key=request.idempotency_key,
+                spec_blob=spec.SerializeToString(),
+                priority=spec.priority,
             )
         except InvalidFlowSpec as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"flow {spec.name!r}: {exc}")
         self.rt.after_change()
+        await self.rt.durable()  # acknowledge only a stored submission
         if created:
+            self.rt.metrics.flow_runs_submitted.inc()
             log.info("flow_run_submitted", flow_run_id=flow.id, flow=flow.name, nodes=len(nodes))
         return cs.SubmitFlowRunResponse(flow_run_id=flow.id, created=created)
 
@@ -77,10 +82,11 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
     ) -> cs.GetFlowRunResponse:
         """Describe a flow run; optionally long-poll until it ends."""
         flow = await self._flow(request.flow_run_id, context)
-        if request.wait_seconds > 0 and not flow.terminal:
+        ended = self.rt.durably_ended
+        if request.wait_seconds > 0 and not ended(flow):
             loop = asyncio.get_running_loop()
             deadline = loop.time() + min(request.wait_seconds, 300.0)
-            while not flow.terminal:
+            while not ended(flow):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -88,6 +94,8 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
                     await asyncio.wait_for(self.rt.flow_signal(flow.id).wait(), remaining)
                 except TimeoutError:
                     break
+        if flow.terminal and not ended(flow):
+            await self.rt.durable()  # never report an end that a crash could undo
         response = cs.GetFlowRunResponse(info=convert.flow_info(flow))
         if request.include_result:
             if flow.state == FlowRunState.COMPLETED:
@@ -115,6 +123,15 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
             flow_runs=[convert.flow_info(f) for f in self.rt.core.flows.values()]
         )
 
+    async def ListWorkers(  # noqa: N802
+        self, request: cs.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> cs.ListWorkersResponse:
+        """List the connected workers (read-only)."""
+        now = self.rt.clock()
+        return cs.ListWorkersResponse(
+            workers=[convert.worker_info(w, now) for w in self.rt.core.workers.values()]
+        )
+
     async def WatchFlowRun(  # noqa: N802
         self, request: cs.WatchFlowRunRequest, context: grpc.aio.ServicerContext
     ):
@@ -123,16 +140,99 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
         sent = request.after_seq
         while True:
             events = flow.events
-            if sent < len(events):
-                batch = events[sent : sent + WATCH_BATCH]
+            stored = min(flow.durable_seq, len(events))
+            if sent < stored:
+                batch = events[sent : min(stored, sent + WATCH_BATCH)]
                 sent += len(batch)
                 yield cs.WatchFlowRunResponse(
                     events=[convert.event_to_proto(flow.id, e) for e in batch]
                 )
                 continue
-            if flow.terminal:
+            if self.rt.durably_ended(flow) and sent >= len(events):
                 return
             await self.rt.flow_signal(flow.id).wait()
+
+    async def CancelFlowRun(  # noqa: N802
+        self, request: cs.CancelFlowRunRequest, context: grpc.aio.ServicerContext
+    ) -> cs.CancelFlowRunResponse:
+        """Cancel a flow run; answers once the cancellation is stored."""
+        cancelled = self.rt.core.cancel_flow(request.flow_run_id, self.rt.clock())
+        if cancelled is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no flow run {request.flow_run_id!r}")
+        self.rt.after_change()
+        await self.rt.durable()
+        log.info("flow_run_cancelled", flow_run_id=request.flow_run_id, task_runs=cancelled)
+        return cs.CancelFlowRunResponse(cancelled=cancelled)
+
+    async def CancelTaskRun(  # noqa: N802
+        self, request: cs.CancelTaskRunRequest, context: grpc.aio.ServicerContext
+    ) -> cs.CancelTaskRunResponse:
+        """Cancel one task run, or every task run of a node."""
+        core, now = self.rt.core, self.rt.clock()
+        if request.by_node:
+            cancelled = core.cancel_node(request.flow_run_id, request.node, now)
+            what = f"node {request.node} of flow run {request.flow_run_id!r}"
+        else:
+            cancelled = core.cancel_task_run(request.task_run_id, now)
+            what = f"task run {request.task_run_id}"
+        if cancelled is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no {what}")
+        self.rt.after_change()
+        await self.rt.durable()
+        return cs.CancelTaskRunResponse(cancelled=cancelled)
+
+    async def GetTaskRun(  # noqa: N802
+        self, request: cs.GetTaskRunRequest, context: grpc.aio.ServicerContext
+    ) -> cs.GetTaskRunResponse:
+        """One task run with its attempt history."""
+        tr = self.rt.core.task_runs.get(request.task_run_id)
+        if tr is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no task run {request.task_run_id}")
+        response = cs.GetTaskRunResponse(
+            task_run_id=tr.id,
+            flow_run_id=tr.flow.id,
+            node=tr.node.index,
+            index=tr.index,
+            task_name=tr.node.task_name,
+            state=int(tr.state),
+            attempt=tr.attempt,
+            resources=common_pb2.Resources(amounts=tr.node.resources),
+        )
+        for view in attempt_history(tr):
+            attempt = response.attempts.add(
+                attempt=view.attempt,
+                worker_id=view.worker_id,
+                started_at=view.started_at,
+                ended_at=view.ended_at,
+                outcome=view.outcome,
+                infrastructure=view.infrastructure,
+                message=view.message,
+            )
+            if view.error is not None:
+                attempt.error.CopyFrom(view.error)
+        return response
+
+    async def SetConcurrencyLimit(  # noqa: N802
+        self, request: cs.SetConcurrencyLimitRequest, context: grpc.aio.ServicerContext
+    ) -> cs.SetConcurrencyLimitResponse:
+        """Set or remove a named concurrency limit (kept in memory; see settings)."""
+        if not request.tag:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tag: must not be empty")
+        self.rt.core.set_limit(request.tag, request.limit if request.limit >= 0 else None)
+        self.rt.after_change()
+        log.info("concurrency_limit_set", tag=request.tag, limit=request.limit)
+        return cs.SetConcurrencyLimitResponse()
+
+    async def PruneFlowRuns(  # noqa: N802
+        self, request: cs.PruneFlowRunsRequest, context: grpc.aio.ServicerContext
+    ) -> cs.PruneFlowRunsResponse:
+        """Delete finished flow runs older than the given age (retention on demand)."""
+        if not request.older_than_seconds >= 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "older_than_seconds: must be >= 0"
+            )
+        pruned = await self.rt.prune(request.older_than_seconds)
+        return cs.PruneFlowRunsResponse(pruned_flow_run_ids=pruned)
 
 
 class WorkerServicer(ws_grpc.WorkerServiceServicer):
@@ -159,8 +259,10 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
             self.rt.clock(),
             hostname=request.hostname or socket.gethostname(),
             pid=request.pid,
+            running=[(h.task_run_id, h.attempt) for h in request.running],
         )
         self.rt.after_change()
+        self.rt.metrics.registrations.inc()
         log.info(
             "worker_registered",
             worker_id=request.worker_id,
@@ -185,6 +287,7 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
             memory_available=request.memory_available,
         )
         self.rt.after_change()
+        self.rt.metrics.heartbeats.inc()
         return ws.HeartbeatResponse(
             known=known, cancel=[ws.HeldTaskRun(task_run_id=t, attempt=a) for t, a in cancel]
         )
@@ -204,6 +307,10 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
                 return ws.LeaseTasksResponse(known=False)
             if grants:
                 rt.after_change()
+                rt.metrics.leased(len(grants))
+                # A lease is sent only once stored: otherwise a crash could hand
+                # the same attempt number to a second worker.
+                await rt.durable()
                 return ws.LeaseTasksResponse(
                     known=True, leases=[convert.lease_to_proto(g) for g in grants]
                 )
@@ -219,4 +326,6 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
         outcomes = [convert.outcome_from_proto(o) for o in request.outcomes]
         acks = self.rt.core.report(request.worker_id, outcomes, self.rt.clock())
         self.rt.after_change()
+        self.rt.metrics.reported(acks)
+        await self.rt.durable()  # the worker drops an outcome once acked
         return ws.ReportOutcomesResponse(acks=acks)

@@ -25,6 +25,24 @@ class Settings:
         max_infra_failures: Attempts per task run that may end through the
             infrastructure (worker lost) before the task run fails.
         lease_wait_max_s: Upper bound on a worker's long poll, seconds.
+        db: SQLite database path, or ``":memory:"`` for a throwaway run.
+        synchronous: SQLite ``synchronous`` pragma, ``"NORMAL"`` (survives a
+            process crash) or ``"FULL"`` (also survives power loss).
+        commit_interval_s: Extra group-commit window, seconds (default 0). With
+            0, a commit starts as soon as there is something to store, and every
+            change made while one commit is being written joins the next one, so
+            batches grow with load without adding latency when idle.
+        commit_max_changes: A batch this large (rows) is stored without waiting.
+        max_result_bytes: Largest inline result (bytes, default 1 MiB); a larger
+            one fails its task run with an error naming this limit.
+        retention_s: Finished flow runs older than this (seconds, default 7
+            days) are pruned.
+        prune_interval_s: How often retention runs, seconds.
+        concurrency_limits: Named limits, ``"tag=N,tag2=M"``: at most N task runs
+            tagged ``tag`` run at once across the fleet.
+        http: ``HOST:PORT`` of the dashboard and ``/metrics``; port 0 picks a
+            free port; ``""`` or ``"off"`` serves no HTTP.
+        http_port_file: If set, the bound HTTP port is written there once serving.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -34,6 +52,30 @@ class Settings:
     tick_interval_s: float = 0.05
     max_infra_failures: int = 3
     lease_wait_max_s: float = 10.0
+    db: str = ".fleetflow/fleetflow.db"
+    synchronous: str = "NORMAL"
+    commit_interval_s: float = 0.0
+    commit_max_changes: int = 20_000
+    max_result_bytes: int = 1 << 20
+    retention_s: float = 7 * 86400.0
+    prune_interval_s: float = 3600.0
+    concurrency_limits: str = ""
+    http: str = "127.0.0.1:8265"
+    http_port_file: str | None = None
+
+    def limits(self) -> dict[str, int]:
+        """Parse ``concurrency_limits`` into ``{tag: limit}``.
+
+        Raises:
+            ValueError: an entry is not ``tag=N`` with N >= 0.
+        """
+        out: dict[str, int] = {}
+        for item in filter(None, (p.strip() for p in self.concurrency_limits.split(","))):
+            tag, sep, raw = item.partition("=")
+            if not sep or not tag.strip() or not raw.strip().isdigit():
+                raise ValueError(f"concurrency_limits entry {item!r}: expected TAG=N with N >= 0")
+            out[tag.strip()] = int(raw)
+        return out
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -57,6 +99,7 @@ class Settings:
                 ) from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = replace(cls(), **values)
+        settings.limits()  # fail at start on a malformed limit
         if settings.lease_ttl_s <= settings.heartbeat_interval_s:
             raise ValueError(
                 f"lease_ttl_s ({settings.lease_ttl_s}) must exceed heartbeat_interval_s "

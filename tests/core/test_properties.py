@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pickle
 
-from fleetflow_coordinator.core import Outcome, TaskRunState
+from fleetflow_coordinator.core import NodeSpec, Outcome, TaskRunState
 from fleetflow_coordinator.core.model import TERMINAL_TASK_STATES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .harness import FakeError, Fleet, items, node
+from .harness import FakeError, Fleet, items
 
 actions = st.lists(
     st.one_of(
@@ -30,6 +30,12 @@ actions = st.lists(
 
 
 def _check(fleet: Fleet) -> None:
+    tagged = sum(
+        1
+        for tr in fleet.core.task_runs.values()
+        if tr.state == TaskRunState.RUNNING and "t1" in tr.node.tags
+    )
+    assert tagged <= 2 and fleet.core.slots_held.get(("tag", "t1"), 0) == tagged
     for worker in fleet.core.workers.values():
         for resource, total in worker.capacity.items():
             assert worker.allocated.get(resource, 0.0) <= total + 1e-6, (worker, resource)
@@ -49,6 +55,7 @@ def _check(fleet: Fleet) -> None:
 @given(actions, st.lists(st.sampled_from([1.0, 2.0, 4.0]), min_size=1, max_size=4))
 def test_no_overcommit_and_every_allocation_released(steps, cpus):
     fleet = Fleet(lease_ttl_s=3.0)
+    fleet.core.set_limit("t1", 2)
     for i, cpu in enumerate(cpus):
         fleet.add_worker(f"w{i}", ["t"], cpu=cpu, memory=4e9)
     held: dict[str, list] = {}
@@ -58,12 +65,13 @@ def test_no_overcommit_and_every_allocation_released(steps, cpus):
             _, n, cpu, mem = step
             fleet.submit(
                 [
-                    node(
+                    NodeSpec(
                         "t",
-                        items("x", list(range(n))),
-                        map_=True,
+                        True,
+                        [items("x", list(range(n)))],
+                        {"cpu": cpu, "memory": mem},
                         retries=1,
-                        resources={"cpu": cpu, "memory": mem},
+                        tags=("t1",) if n % 2 else (),
                     )
                 ]
             )

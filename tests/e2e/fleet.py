@@ -79,12 +79,21 @@ class Fleet:
         self.procs: list[Proc] = []
         self.coordinator: Proc | None = None
         self.address = ""
+        self.http_url = ""
         self.workers: list[Proc] = []
 
     def start_coordinator(
-        self, *extra: str, lease_ttl: float = 3.0, heartbeat: float = 0.5, port: int = 0
+        self,
+        *extra: str,
+        lease_ttl: float = 3.0,
+        heartbeat: float = 0.5,
+        port: int = 0,
+        db: str | None = None,
     ) -> str:
+        """Start a coordinator; ``db`` defaults to a SQLite file in the test's tmp dir."""
         port_file = self.tmp / f"port-{len(self.procs)}"
+        http_port_file = self.tmp / f"http-port-{len(self.procs)}"
+        self.db = db or str(self.tmp / "fleetflow.db")
         proc = Proc(
             [
                 sys.executable,
@@ -98,6 +107,12 @@ class Fleet:
                 str(lease_ttl),
                 "--heartbeat-interval",
                 str(heartbeat),
+                "--db",
+                self.db,
+                "--http",
+                "127.0.0.1:0",
+                "--http-port-file",
+                str(http_port_file),
                 *extra,
             ],
             self.tmp / f"coordinator-{len(self.procs)}.log",
@@ -110,6 +125,8 @@ class Fleet:
                 raise RuntimeError(f"coordinator did not start:\n{proc.log()}")
             time.sleep(0.05)
         self.address = f"127.0.0.1:{port_file.read_text().strip()}"
+        # Written before the gRPC port file: the dashboard and /metrics.
+        self.http_url = f"http://127.0.0.1:{http_port_file.read_text().strip()}"
         return self.address
 
     def start_worker(self, *extra: str, module: Path = FLOWS, cpu: float = 2) -> Proc:

@@ -82,3 +82,139 @@ async def async_sleep(x: int, seconds: float) -> int:
 @flow
 def async_map(n: int, seconds: float = 0.01):
     return collect(async_sleep.map(range(n), seconds))
+
+
+def _ledger_line(ledger: str, *fields: object) -> None:
+    """Append one line to a ledger the test reads (O_APPEND: lines never interleave)."""
+    line = " ".join(str(f) for f in fields) + "\n"
+    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+@task
+def logged_inc(x: int, ledger: str, seconds: float = 0.0) -> int:
+    _ledger_line(ledger, x, os.getpid(), time.time())
+    if seconds:
+        time.sleep(seconds)
+    return x + 1
+
+
+@flow
+def logged_map(n: int, ledger: str, seconds: float = 0.0):
+    return collect(logged_inc.map(range(n), ledger=ledger, seconds=seconds))
+
+
+@task(retries=1, retry_delay_seconds=3.0, retry_jitter=0.0)
+def fail_once_then_wait(ledger: str) -> str:
+    _ledger_line(ledger, "start", time.time())
+    if len(Path(ledger).read_text().splitlines()) == 1:
+        raise RuntimeError("first attempt fails")
+    return "second attempt"
+
+
+@flow
+def retry_after_delay(ledger: str):
+    return fail_once_then_wait(ledger)
+
+
+@task
+def stamp(ledger: str, seconds: float) -> int:
+    _ledger_line(ledger, "start", os.getpid(), time.time())
+    time.sleep(seconds)
+    _ledger_line(ledger, "end", os.getpid(), time.time())
+    return os.getpid()
+
+
+@flow
+def stamped(ledger: str, seconds: float):
+    return stamp(ledger, seconds)
+
+
+@task(resources={"cpu": 0.5})
+def chain_step(x: int, ledger: str, seconds: float) -> int:
+    _ledger_line(ledger, "start", os.getpid(), time.time(), "chain", x)
+    time.sleep(seconds)
+    _ledger_line(ledger, "end", os.getpid(), time.time(), "chain", x)
+    return x + 1
+
+
+@task(resources={"cpu": 0.5})
+def map_step(x: int, ledger: str, seconds: float) -> int:
+    _ledger_line(ledger, "start", os.getpid(), time.time(), "map", x)
+    time.sleep(seconds)
+    _ledger_line(ledger, "end", os.getpid(), time.time(), "map", x)
+    return x
+
+
+@flow
+def chain_and_map(ledger: str, seconds: float = 1.5):
+    x = 0
+    for _ in range(5):
+        x = chain_step(x, ledger, seconds)
+    return collect(map_step.map(range(20), ledger=ledger, seconds=seconds))
+
+
+@task(retries=3, retry_delay_seconds=2.0, retry_jitter=0.0)
+def always_fails(ledger: str) -> None:
+    _ledger_line(ledger, "start", time.time())
+    raise ValueError("always")
+
+
+@flow
+def always_failing(ledger: str):
+    return always_fails(ledger)
+
+
+@task(tags=["warehouse"], resources={"cpu": 0.25})
+def tagged(x: int, ledger: str, seconds: float) -> int:
+    _ledger_line(ledger, "start", os.getpid(), time.time(), x)
+    time.sleep(seconds)
+    _ledger_line(ledger, "end", os.getpid(), time.time(), x)
+    return x
+
+
+@flow
+def tagged_map(n: int, ledger: str, seconds: float = 0.3):
+    return collect(tagged.map(range(n), ledger=ledger, seconds=seconds))
+
+
+@task(retries=3)
+def gives_up(ledger: str) -> None:
+    from fleetflow import NonRetryableError
+
+    _ledger_line(ledger, "start", time.time())
+    raise NonRetryableError("do not bother")
+
+
+@flow
+def non_retryable(ledger: str):
+    return gives_up(ledger)
+
+
+@task(retries=2, retry_delay_seconds=60.0)
+def asks_for_retry(ledger: str) -> str:
+    from fleetflow import Retry
+
+    _ledger_line(ledger, "start", time.time())
+    if len(Path(ledger).read_text().splitlines()) < 3:
+        raise Retry(delay=0.3)
+    return "third time"
+
+
+@flow
+def asked_retry(ledger: str):
+    return asks_for_retry(ledger)
+
+
+@task(retries=3, retry_on=(KeyError,))
+def wrong_kind(ledger: str) -> None:
+    _ledger_line(ledger, "start", time.time())
+    raise ValueError("not a KeyError")
+
+
+@flow
+def retry_on_flow(ledger: str):
+    return wrong_kind(ledger)

@@ -10,9 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fleetflow import Client
-
 from fleetflow.loader import load_module
 
 from .fleet import FLOWS, ROOT, wait_until

@@ -18,6 +18,7 @@ def make_lease(
     attempt: int = 1,
     split: bool = False,
     timeout_s: float = 0.0,
+    memory: float | None = None,
     **args,
 ) -> pb.Lease:
     lease = pb.Lease(
@@ -28,6 +29,8 @@ def make_lease(
         split_result=split,
         timeout_seconds=timeout_s,
     )
+    if memory is not None:
+        lease.resources.amounts["memory"] = memory
     for name, value in args.items():
         lease.args.add(name=name).value.pickled = dumps(value)
     return lease
@@ -46,6 +49,9 @@ class FakeCoordinator(worker_service_pb2_grpc.WorkerServiceServicer):
         self.report_calls = 0
         self.fail_reports = 0
         self.cancel: list[pb.HeldTaskRun] = []
+        self.released: list[tuple[int, int]] = []
+        #: Answer ReleaseLeases with UNIMPLEMENTED, as an older coordinator does.
+        self.release_unimplemented = False
         self._changed = asyncio.Condition()
 
     async def _notify(self) -> None:
@@ -100,6 +106,13 @@ class FakeCoordinator(worker_service_pb2_grpc.WorkerServiceServicer):
             self.outcomes[(outcome.task_run_id, outcome.attempt)] = outcome
         await self._notify()
         return pb.ReportOutcomesResponse(acks=[pb.OUTCOME_ACK_ACCEPTED] * len(request.outcomes))
+
+    async def ReleaseLeases(self, request, context):
+        if self.release_unimplemented:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        self.released.extend((h.task_run_id, h.attempt) for h in request.released)
+        await self._notify()
+        return pb.ReleaseLeasesResponse()
 
 
 async def start_server(fake: FakeCoordinator, port: int = 0) -> tuple[grpc.aio.Server, int]:

@@ -103,3 +103,64 @@ async def aboom():
 @task
 async def aexit():
     sys.exit(3)
+
+
+MIB = 1 << 20
+
+
+@task
+def hog(mib, hold_s=0.0):
+    """Hold ``mib`` MiB of touched memory for ``hold_s`` seconds."""
+    block = b"\x01" * (mib * MIB)
+    time.sleep(hold_s)
+    return len(block) // MIB
+
+
+@task
+def sleep_then_mark(path, seconds):
+    """Record the start, sleep, then record that the line after the sleep ran."""
+    with open(path, "a") as f:
+        f.write(f"start {os.getpid()}\n")
+    try:
+        time.sleep(seconds)
+        with open(path, "a") as f:
+            f.write("after\n")
+    finally:
+        with open(path, "a") as f:
+            f.write("finally\n")
+    return os.getpid()
+
+
+@task
+def getpid():
+    return os.getpid()
+
+
+@task
+def burn_cpu(seconds):
+    """Use about ``seconds`` of CPU time."""
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+    return seconds
+
+
+@task
+def ask_retry(delay):
+    from fleetflow.errors import Retry
+
+    raise Retry(delay=delay)
+
+
+@task
+def give_up():
+    from fleetflow.errors import NonRetryableError
+
+    raise NonRetryableError("no point")
+
+
+@task
+async def aask_retry(delay):
+    from fleetflow.errors import Retry
+
+    raise Retry(delay=delay)

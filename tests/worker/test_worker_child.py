@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 from fleetflow.api.v1 import common_pb2
 from fleetflow.serde import dumps, loads
-from fleetflow_worker import _child
+from fleetflow_worker import _child, _codec
 from fleetflow_worker._child import run_task
 from fleetflow_worker.errors import TaskNotRegistered
 
 
 def error_of(payload) -> common_pb2.TaskError:
-    kind, data = payload
-    assert kind == "error", payload
-    return common_pb2.TaskError.FromString(data)
+    assert payload[0] == "error", payload
+    return _codec.error_of(payload)
 
 
 def test_success_returns_the_pickled_value(sample_tasks):
@@ -83,18 +81,41 @@ def test_registered_name_differs_from_the_function_name(sample_tasks):
     assert run_task("renamed", [], False, tasks=sample_tasks) == ("value", dumps("renamed"))
 
 
-def test_soft_timeout_interrupts_python_code(sample_tasks):
-    started = time.monotonic()
-    error = error_of(run_task("spin", [("seconds", dumps(5))], False, 0.1, tasks=sample_tasks))
-    assert time.monotonic() - started < 2
-    assert error.type == "builtins.TimeoutError"
-    assert error.message == "task spin exceeded its timeout of 0.1 s"
-    assert "in spin" in error.traceback  # where the task was interrupted
+def test_serve_answers_ready_then_one_payload_per_request(monkeypatch, sample_tasks_path):
+    import multiprocessing
+
+    monkeypatch.setattr(_child, "_TASKS", {})
+    monkeypatch.setattr(_child, "_die_with_parent", lambda: None)  # not in the test process
+    previous = signal.getsignal(signal.SIGINT)
+    pool_end, child_end = multiprocessing.Pipe()
+    pool_end.send(("double", [("x", dumps(4))], False))
+    pool_end.send(("boom", [("x", dumps(1))], False))
+    pool_end.send(None)
+    try:
+        _child.serve(child_end, [sample_tasks_path])  # returns on None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    status, count = pool_end.recv()
+    assert status == "ready" and count == len(_child._TASKS) > 5
+    assert pool_end.recv() == ("value", dumps(8))
+    assert error_of(pool_end.recv()).message == "bad value 1"
 
 
-def test_timeout_leaves_no_alarm_behind(sample_tasks):
-    assert run_task("double", [("x", dumps(1))], False, 0.05, tasks=sample_tasks)[0] == "value"
-    time.sleep(0.1)  # an armed SIGALRM would kill the test process here
+def test_serve_reports_a_module_that_fails_to_import(tmp_path, monkeypatch):
+    import multiprocessing
+
+    bad = tmp_path / "bad_tasks.py"
+    bad.write_text("raise ImportError('nope')\n")
+    monkeypatch.setattr(_child, "_TASKS", {})
+    monkeypatch.setattr(_child, "_die_with_parent", lambda: None)
+    previous = signal.getsignal(signal.SIGINT)
+    pool_end, child_end = multiprocessing.Pipe()
+    try:
+        _child.serve(child_end, [str(bad)])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    status, text = pool_end.recv()
+    assert status == "failed" and "ImportError: nope" in text
 
 
 def test_init_process_loads_the_modules_and_ignores_sigint(monkeypatch, sample_tasks_path):
@@ -107,3 +128,32 @@ def test_init_process_loads_the_modules_and_ignores_sigint(monkeypatch, sample_t
         signal.signal(signal.SIGINT, previous)
     assert _child.ping() == len(_child._TASKS) > 5
     assert run_task("double", [("x", dumps(2))], False) == ("value", dumps(4))
+
+
+def test_retry_directives_of_task_code(tmp_path):
+    from fleetflow import task
+    from fleetflow.api.v1 import worker_service_pb2
+    from fleetflow.errors import NonRetryableError, Retry
+
+    @task(retry_on=(KeyError,))
+    def picky(kind):
+        raise {"key": KeyError("k"), "value": ValueError("v"), "retry": Retry(delay=7)}[kind]
+
+    @task
+    def plain(kind):
+        raise {"nonretryable": NonRetryableError("stop"), "retry": Retry()}[kind]
+
+    tasks = {"picky": picky, "plain": plain}
+
+    def outcome(name, kind):
+        kind_, data = run_task(name, [("kind", dumps(kind))], False, tasks=tasks)
+        assert kind_ == "error"
+        return worker_service_pb2.Outcome.FromString(data)
+
+    assert not outcome("picky", "key").non_retryable, "in retry_on"
+    assert outcome("picky", "value").non_retryable, "outside retry_on"
+    retry = outcome("picky", "retry")
+    assert retry.retry_requested and retry.retry_delay_seconds == 7 and not retry.non_retryable
+    assert outcome("plain", "nonretryable").non_retryable
+    no_delay = outcome("plain", "retry")
+    assert not no_delay.retry_requested and not no_delay.non_retryable, "the policy decides"

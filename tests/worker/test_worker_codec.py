@@ -3,13 +3,14 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import pytest
-from fleetflow.api.v1 import common_pb2, worker_service_pb2
+from fleetflow.api.v1 import worker_service_pb2
 from fleetflow.serde import dumps, loads
 from fleetflow_worker._codec import (
     bind_arguments,
     decode_args,
     encode_error,
     encode_result,
+    error_of,
     to_outcome,
     wire_args,
 )
@@ -105,9 +106,9 @@ def test_encode_error_carries_type_message_traceback_and_pickle():
     try:
         raise ValueError("bad")
     except ValueError as exc:
-        kind, data = encode_error(exc)
-    assert kind == "error"
-    error = common_pb2.TaskError.FromString(data)
+        payload = encode_error(exc)
+    assert payload[0] == "error"
+    error = error_of(payload)
     assert error.type == "builtins.ValueError"
     assert error.message == "bad"
     assert "raise ValueError" in error.traceback

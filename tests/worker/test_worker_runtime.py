@@ -11,7 +11,15 @@ from fake_worker_service import FakeCoordinator, make_lease, start_server
 from fleetflow.api.v1 import worker_service_pb2 as pb
 from fleetflow.serde import loads
 from fleetflow_worker import Worker, WorkerSettings
-from fleetflow_worker.errors import TaskNotRegistered, TaskProcessDied, WorkerShutDown
+from fleetflow_worker.errors import (
+    MemoryLimitExceeded,
+    TaskNotRegistered,
+    TaskProcessDied,
+    TaskTimeout,
+    WorkerShutDown,
+)
+
+MIB = 1 << 20
 
 
 @pytest.fixture
@@ -121,13 +129,24 @@ async def test_task_failures_are_reported_as_errors(coordinator, make_worker):
 
 
 async def test_timeouts(coordinator, make_worker):
-    make_worker()
+    worker = make_worker()
     coordinator.leases.put_nowait(make_lease(1, "asleep", timeout_s=0.1, seconds=30))
     coordinator.leases.put_nowait(make_lease(2, "spin", timeout_s=0.2, seconds=30))
-    outcomes = await coordinator.wait_outcomes(2)
+    coordinator.leases.put_nowait(make_lease(3, "sleep_sync", timeout_s=0.3, seconds=30))
+    outcomes = await coordinator.wait_outcomes(3)
     assert outcomes[1, 1].error.message == "task asleep exceeded its timeout of 0.1 s"
     assert outcomes[2, 1].error.message == "task spin exceeded its timeout of 0.2 s"
-    assert outcomes[1, 1].error.type == outcomes[2, 1].error.type == "builtins.TimeoutError"
+    assert outcomes[3, 1].error.message == "task sleep_sync exceeded its timeout of 0.3 s"
+    for key in ((1, 1), (2, 1), (3, 1)):
+        outcome = outcomes[key]
+        assert outcome.timed_out and not outcome.infrastructure
+        assert outcome.error.type == "fleetflow_worker.errors.TaskTimeout"
+        assert isinstance(error_of(outcome), TaskTimeout)
+    assert "in asleep" in outcomes[1, 1].error.traceback  # where the coroutine was
+    assert worker.table.running == 0
+    # The worker carries on, in fresh task processes.
+    coordinator.leases.put_nowait(make_lease(4, "double", x=2))
+    assert value_of((await coordinator.wait_outcomes(4))[4, 1]) == 4
 
 
 async def test_a_dead_task_process_is_an_infrastructure_failure(coordinator, make_worker):
@@ -154,17 +173,53 @@ async def test_heartbeats_list_held_attempts_and_cancel_async_ones(coordinator, 
     assert list(coordinator.outcomes) == [(2, 3)], "a cancelled attempt reports nothing"
 
 
-async def test_cancelled_pool_attempt_runs_on_but_its_outcome_is_dropped(coordinator, make_worker):
-    worker = make_worker()
-    coordinator.leases.put_nowait(make_lease(1, "sleep_sync", seconds=0.5))
+async def test_cancelled_pool_attempt_is_killed_and_frees_its_slot(
+    coordinator, make_worker, tmp_path
+):
+    worker = make_worker(cpu=1)
+    ledger = tmp_path / "ledger"
+    coordinator.leases.put_nowait(make_lease(1, "sleep_then_mark", path=str(ledger), seconds=30))
     await coordinator.wait_for(lambda: (1, 1) in held(coordinator))
+    async with asyncio.timeout(10):
+        while not ledger.exists():
+            await asyncio.sleep(0.05)
+    pid = int(ledger.read_text().split()[1])
     coordinator.cancel = [pb.HeldTaskRun(task_run_id=1, attempt=1)]
     await coordinator.wait_for(lambda: not coordinator.cancel)
-    assert worker.table.running == 1, "the process keeps its slot until it is done"
+    async with asyncio.timeout(2):
+        while worker.table.running:
+            await asyncio.sleep(0.02)
     await coordinator.wait_for(lambda: (1, 1) not in held(coordinator))
-    coordinator.leases.put_nowait(make_lease(2, "double", x=1))
-    await coordinator.wait_outcomes(1)
-    assert list(coordinator.outcomes) == [(2, 1)]
+    coordinator.leases.put_nowait(make_lease(2, "getpid"))
+    new_pid = value_of((await coordinator.wait_outcomes(1))[2, 1])
+    assert new_pid != pid, "the one task process was replaced"
+    assert list(coordinator.outcomes) == [(2, 1)], "a cancelled attempt reports nothing"
+    assert ledger.read_text().split() == ["start", str(pid)]
+
+
+async def test_memory_limit_from_the_lease_kills_only_that_task(coordinator, make_worker):
+    worker = make_worker()
+    coordinator.leases.put_nowait(make_lease(1, "hog", memory=100 * MIB, mib=300, hold_s=10))
+    coordinator.leases.put_nowait(make_lease(2, "asleep", seconds=1.0))
+    outcome = (await coordinator.wait_outcomes(1, timeout_s=10))[1, 1]
+    assert not outcome.infrastructure and not outcome.timed_out
+    error = error_of(outcome)
+    assert isinstance(error, MemoryLimitExceeded)
+    assert "exceeded its memory request of 100 MiB (peak" in outcome.error.message
+    assert outcome.peak_memory_bytes > 170 * MIB
+    assert value_of((await coordinator.wait_outcomes(2))[2, 1]) == 1.0
+    assert not worker.run_task.done()
+
+
+async def test_outcomes_carry_measured_usage(coordinator, make_worker):
+    make_worker()
+    coordinator.leases.put_nowait(make_lease(1, "hog", mib=200))
+    coordinator.leases.put_nowait(make_lease(2, "burn_cpu", seconds=0.3))
+    coordinator.leases.put_nowait(make_lease(3, "adouble", x=1))
+    outcomes = await coordinator.wait_outcomes(3)
+    assert 150 * MIB < outcomes[1, 1].peak_memory_bytes < 400 * MIB
+    assert 0.2 <= outcomes[2, 1].cpu_seconds < 1.5
+    assert outcomes[3, 1].peak_memory_bytes == outcomes[3, 1].cpu_seconds == 0, "not measured"
 
 
 async def test_registers_again_when_the_coordinator_forgets_it(coordinator, make_worker):
@@ -228,15 +283,32 @@ async def test_drain_lets_running_attempts_finish(coordinator, make_worker):
     assert len(coordinator.lease_requests) == requests, "no leases asked for after stop"
 
 
-async def test_drain_grace_over_reports_worker_shut_down(coordinator, make_worker):
+async def test_drain_grace_over_hands_running_attempts_back(coordinator, make_worker):
     worker = make_worker(drain_grace_s=0.3)
     coordinator.leases.put_nowait(make_lease(1, "asleep", seconds=30))
     coordinator.leases.put_nowait(make_lease(2, "sleep_sync", seconds=30))
     await coordinator.wait_for(lambda: {(1, 1), (2, 1)} <= held(coordinator))
+    pids = worker.pool.pids
     started = time.monotonic()
     worker.stop()
     await asyncio.wait_for(worker.run_task, 10)
     assert time.monotonic() - started < 5
+    assert sorted(coordinator.released) == [(1, 1), (2, 1)]
+    assert coordinator.outcomes == {}, "handed back, not reported"
+    assert worker.pool.pids == [] and len(pids) == 2
+
+
+async def test_drain_falls_back_to_worker_shut_down_on_an_older_coordinator(
+    coordinator, make_worker
+):
+    coordinator.release_unimplemented = True
+    worker = make_worker(drain_grace_s=0.3)
+    coordinator.leases.put_nowait(make_lease(1, "asleep", seconds=30))
+    coordinator.leases.put_nowait(make_lease(2, "sleep_sync", seconds=30))
+    await coordinator.wait_for(lambda: {(1, 1), (2, 1)} <= held(coordinator))
+    worker.stop()
+    await asyncio.wait_for(worker.run_task, 10)
+    assert coordinator.released == []
     for key in ((1, 1), (2, 1)):
         outcome = coordinator.outcomes[key]
         assert outcome.infrastructure
@@ -291,6 +363,27 @@ async def test_a_forced_stop_skips_the_grace_period(coordinator, make_worker):
     worker.stop(force=True)
     await asyncio.wait_for(worker.run_task, 10)
     assert time.monotonic() - started < 5
-    for key in ((1, 1), (2, 1)):
-        error = error_of(coordinator.outcomes[key])
-        assert isinstance(error, WorkerShutDown) and error.forced
+    assert sorted(coordinator.released) == [(1, 1), (2, 1)]
+    assert coordinator.outcomes == {}
+
+
+async def test_registering_again_lists_the_attempts_still_held(coordinator, make_worker):
+    make_worker()
+    coordinator.leases.put_nowait(make_lease(5, "asleep", attempt=2, seconds=30))
+    await coordinator.wait_for(lambda: (5, 2) in held(coordinator))
+    assert list(coordinator.registrations[0].running) == []
+    coordinator.forget_workers()
+    await coordinator.wait_for(lambda: len(coordinator.registrations) >= 2)
+    again = coordinator.registrations[-1]
+    assert [(h.task_run_id, h.attempt) for h in again.running] == [(5, 2)]
+
+
+async def test_retry_directives_reach_the_outcome(coordinator, make_worker, tmp_path):
+    make_worker()
+    coordinator.leases.put_nowait(make_lease(1, "ask_retry", delay=4.5))
+    coordinator.leases.put_nowait(make_lease(2, "give_up"))
+    coordinator.leases.put_nowait(make_lease(3, "aask_retry", delay=1.5))
+    outcomes = await coordinator.wait_outcomes(3)
+    assert outcomes[1, 1].retry_requested and outcomes[1, 1].retry_delay_seconds == 4.5
+    assert outcomes[2, 1].non_retryable and not outcomes[2, 1].retry_requested
+    assert outcomes[3, 1].retry_requested and outcomes[3, 1].retry_delay_seconds == 1.5

@@ -23,6 +23,7 @@ def test_defaults_come_from_the_machine():
     assert settings.cpu == psutil.cpu_count(logical=True) == default_cpu()
     assert settings.memory == psutil.virtual_memory().total == default_memory()
     assert settings.max_concurrency == 1000
+    assert settings.task_nice == 10
     assert settings.capacity == {"cpu": settings.cpu, "memory": settings.memory}
     assert settings.pool_size == math.ceil(settings.cpu)
 
@@ -62,6 +63,11 @@ def test_settings_are_frozen_and_keyword_only():
         {"resources": {"gpu": -1.0}},
         {"lease_wait_s": 0},
         {"drain_grace_s": -1},
+        {"task_nice": -1},
+        {"task_nice": 20},
+        {"usage_sample_s": 0},
+        {"memory_margin_fraction": -0.1},
+        {"memory_margin_bytes": -1},
     ],
 )
 def test_invalid_settings(kwargs):
@@ -181,12 +187,14 @@ def test_cli_builds_settings_from_options(sample_tasks_path, fake_worker):
         "--resource", "gpu=1",
         "--max-concurrency", "7",
         "--worker-id", "w1",
+        "--task-nice", "3",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     settings = fake_worker.seen["settings"]
     assert settings.coordinator == "10.0.0.1:7000"
     assert settings.capacity == {"cpu": 3.5, "memory": 2.0**31, "gpu": 1.0}
     assert (settings.max_concurrency, settings.worker_id) == (7, "w1")
+    assert settings.task_nice == 3
     assert "double" in fake_worker.seen["tasks"] and "renamed" in fake_worker.seen["tasks"]
     assert fake_worker.seen["module_specs"] == [sample_tasks_path]
 
@@ -198,6 +206,7 @@ def test_cli_defaults(sample_tasks_path, fake_worker, monkeypatch):
     assert settings.coordinator == "127.0.0.1:50051"
     assert settings.capacity == {"cpu": default_cpu(), "memory": default_memory()}
     assert settings.max_concurrency == 1000
+    assert settings.task_nice == 10
 
 
 def test_cli_coordinator_from_the_environment(sample_tasks_path, fake_worker, monkeypatch):

@@ -57,7 +57,7 @@ def test_cancel_async_cancels_and_drops_the_outcome(table):
 
 def test_cancel_sync_keeps_the_slot_until_the_process_is_done(table):
     table.start(B, is_async=False)
-    assert table.cancel(B) is CancelAction.DROP_OUTCOME
+    assert table.cancel(B) is CancelAction.KILL_PROCESS
     assert table.running == 1
     assert table.finish(B) is False
     assert table.running == 0 and B not in table

@@ -1,18 +1,24 @@
-"""The pool-process side of plain ``def`` tasks.
+"""The task-process side of plain ``def`` tasks.
 
-Each pool process imports the worker's user modules once (:func:`init_process`)
-and then runs attempts by task name (:func:`run_task`). Arguments arrive
-pickled and the result leaves pickled, so the worker's event loop never spends
-time in cloudpickle for these tasks. This module must not import grpc: pool
-processes start from a forkserver and never talk to the coordinator.
+Each task process (started by :class:`~fleetflow_worker._pool.TaskProcessPool`
+from a forkserver) runs :func:`serve`: it imports the worker's user modules
+once, says it is ready, then runs one attempt at a time as the pool sends
+them down its pipe (:func:`run_task`). Arguments arrive pickled and the result
+leaves pickled, so the worker's event loop never spends time in cloudpickle
+for these tasks. Time and memory limits are enforced from outside, by killing
+the process, so nothing here needs to cooperate. This module must not import
+grpc: task processes never talk to the coordinator.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
-import threading
+import sys
+import traceback
 from collections.abc import Sequence
-from types import FrameType
+from multiprocessing.connection import Connection
 
 from fleetflow._task import Task, find_tasks
 from fleetflow.loader import load_module
@@ -23,14 +29,18 @@ from fleetflow_worker._codec import (
     bind_arguments,
     decode_args,
     encode_error,
+    encode_failure,
     encode_result,
 )
 from fleetflow_worker.errors import TaskNotRegistered
 
-__all__ = ["init_process", "load_tasks", "run_task", "ping"]
+__all__ = ["init_process", "load_tasks", "run_task", "serve", "ping"]
 
-#: Tasks of this pool process, ``{task_name: Task}``; filled by :func:`init_process`.
+#: Tasks of this task process, ``{task_name: Task}``; filled by :func:`init_process`.
 _TASKS: dict[str, Task] = {}
+
+#: Linux ``prctl`` option that delivers a signal when the parent exits.
+_PR_SET_PDEATHSIG = 1
 
 
 def load_tasks(module_specs: Sequence[str]) -> dict[str, Task]:
@@ -53,35 +63,74 @@ def load_tasks(module_specs: Sequence[str]) -> dict[str, Task]:
     return tasks
 
 
-def init_process(module_specs: Sequence[str]) -> None:
-    """Pool initializer: ignore Ctrl-C (the worker drains) and load the user modules.
+def init_process(module_specs: Sequence[str], nice: int = 0) -> None:
+    """Prepare a task process: ignore SIGINT, lower its priority, load the user modules.
+
+    Args:
+        module_specs: The worker's ``--module`` values.
+        nice: Added to the process's nice value (lower priority), so the
+            worker's own loop (heartbeats) keeps running when every CPU is
+            busy with tasks. 0 leaves the priority alone.
 
     Raises:
-        ImportError: a module cannot be imported (the pool then reports broken).
+        ImportError: a module cannot be imported.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C drains the worker, not tasks
+    if nice > 0:
+        os.nice(nice)
     _TASKS.clear()
     _TASKS.update(load_tasks(module_specs))
 
 
 def ping() -> int:
-    """Return the number of tasks this process loaded (the pool warm-up call)."""
+    """Return the number of tasks this process loaded."""
     return len(_TASKS)
 
 
-class _Timeout(BaseException):
-    """Raised by the SIGALRM handler; a BaseException so task code rarely swallows it."""
+def serve(conn: Connection, module_specs: Sequence[str], nice: int = 0) -> None:
+    """Main function of a task process: run attempts sent down ``conn`` until EOF.
 
+    Protocol (all messages pickled by ``Connection``):
 
-def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    raise _Timeout
+    * child -> pool, once: ``("ready", n_tasks)`` or ``("failed", traceback_text)``;
+    * pool -> child: ``(task_name, args, split_result)`` runs one attempt and
+      the child answers with its :data:`~fleetflow_worker._codec.Payload`;
+      ``None`` asks the child to exit.
+
+    Args:
+        conn: This process's end of its pipe to the pool.
+        module_specs: The worker's ``--module`` values.
+        nice: See :func:`init_process`.
+    """
+    _die_with_parent()
+    try:
+        init_process(module_specs, nice)
+    except BaseException:  # noqa: BLE001 - report any import failure, then exit
+        conn.send(("failed", traceback.format_exc()))
+        return
+    conn.send(("ready", len(_TASKS)))
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return  # the worker is gone
+        if request is None:
+            return
+        task_name, args, split_result = request
+        _reset_peak_memory()
+        payload = run_task(task_name, args, split_result)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            conn.send(payload)
+        except (BrokenPipeError, OSError):
+            return
 
 
 def run_task(
     task_name: str,
     args: Sequence[WireArg],
     split_result: bool,
-    timeout_s: float = 0.0,
     tasks: dict[str, Task] | None = None,
 ) -> Payload:
     """Run one attempt of a plain ``def`` task; never raises for task failures.
@@ -90,9 +139,6 @@ def run_task(
         task_name: Registered task name.
         args: ``[(name, pickled or [pickled, ...])]`` as leased.
         split_result: Return the result item by item (a downstream map needs it).
-        timeout_s: Soft time limit in seconds (0: none). Enforced with SIGALRM,
-            so it interrupts Python code but not a long call inside a C
-            extension; the task then fails with ``TimeoutError``.
         tasks: Registry to look the task up in; defaults to this process's.
 
     Returns:
@@ -104,33 +150,37 @@ def run_task(
         return encode_error(TaskNotRegistered(task_name, "task process"))
     try:
         call_args, call_kwargs = bind_arguments(task, decode_args(args))
-        try:
-            with _Alarm(timeout_s):
-                result = task.fn(*call_args, **call_kwargs)
-        except _Timeout as timeout:
-            # Keep the traceback of the interrupted frames: it shows where the task was.
-            raise TimeoutError(
-                f"task {task_name} exceeded its timeout of {timeout_s:g} s"
-            ).with_traceback(timeout.__traceback__) from None
-        return encode_result(task_name, result, split_result)
+    except BaseException as exc:  # noqa: BLE001 - bad arguments fail the attempt
+        return encode_error(exc)
+    try:
+        result = task.fn(*call_args, **call_kwargs)
     except BaseException as exc:  # noqa: BLE001 - sys.exit() in a task fails the task only
+        return encode_failure(exc, getattr(task, "retry_on", None))
+    try:
+        return encode_result(task_name, result, split_result)
+    except Exception as exc:  # noqa: BLE001 - an unpicklable or unsplittable result
         return encode_error(exc)
 
 
-class _Alarm:
-    """Arm SIGALRM for ``timeout_s`` seconds around a block (main thread only)."""
+def _reset_peak_memory() -> None:
+    """Reset this process's peak RSS (``VmHWM``) so it measures one attempt (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # elsewhere the pool's sampling gives the peak
 
-    def __init__(self, timeout_s: float) -> None:
-        main = threading.current_thread() is threading.main_thread()
-        self.timeout_s = timeout_s if main else 0.0
-        self.previous: object = None
 
-    def __enter__(self) -> None:
-        if self.timeout_s > 0:
-            self.previous = signal.signal(signal.SIGALRM, _on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent (the forkserver) exits.
 
-    def __exit__(self, *exc: object) -> None:
-        if self.timeout_s > 0:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, self.previous)  # type: ignore[arg-type]
+    The forkserver exits with the worker, so a task process never outlives a
+    worker that was killed outright. Best effort; a no-op off Linux.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass

@@ -7,7 +7,10 @@ picklable tuple a pool process sends back:
 * ``("value", bytes)``: success, the pickled return value;
 * ``("items", [bytes, ...])``: success of a ``split_result`` lease, each item
   pickled on its own;
-* ``("error", bytes)``: failure, a serialized ``TaskError`` message.
+* ``("error", bytes)``: failure, a serialized ``Outcome`` message holding
+  only ``error`` and the retry directives task code gave
+  (``non_retryable``, ``retry_requested``, ``retry_delay_seconds``; see
+  :func:`encode_failure`); :func:`error_of` reads its ``TaskError``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Literal, TypeAlias
 
 from fleetflow._task import Task, is_sequence_result
 from fleetflow.api.v1 import common_pb2, worker_service_pb2
+from fleetflow.errors import NonRetryableError, Retry
 from fleetflow.serde import dumps, error_from_exception, loads
 
 __all__ = [
@@ -29,6 +33,8 @@ __all__ = [
     "bind_arguments",
     "encode_result",
     "encode_error",
+    "encode_failure",
+    "error_of",
     "to_outcome",
 ]
 
@@ -119,12 +125,65 @@ def _dumps_result(task_name: str, value: Any) -> bytes:
 
 
 def encode_error(exc: BaseException) -> Payload:
-    """Capture an exception (type, message, traceback text, pickled) as a payload."""
-    return "error", error_from_exception(exc).SerializeToString()
+    """Capture an exception (type, message, traceback text, pickled) as a payload.
+
+    For failures the worker reports on its own (timeouts, bad arguments, a
+    dead process); task code's own exceptions go through :func:`encode_failure`.
+    """
+    outcome = worker_service_pb2.Outcome()
+    outcome.error.CopyFrom(error_from_exception(exc))
+    return "error", outcome.SerializeToString()
+
+
+def encode_failure(
+    exc: BaseException, retry_on: tuple[type[BaseException], ...] | None = None
+) -> Payload:
+    """Capture an exception raised by task code, with what it says about retrying.
+
+    * ``fleetflow.Retry(delay=d)``: retry after ``d`` seconds (within the
+      task's retries); ``Retry()`` without a delay leaves the delay to the policy.
+    * ``fleetflow.NonRetryableError`` (or a subclass): fail now.
+    * any other exception that is not an instance of ``retry_on`` (when the
+      task sets it): fail now.
+
+    Args:
+        exc: The exception task code raised.
+        retry_on: The task's ``retry_on`` types; None retries every exception.
+    """
+    outcome = worker_service_pb2.Outcome()
+    outcome.error.CopyFrom(error_from_exception(exc))
+    if isinstance(exc, Retry):
+        if exc.delay is not None:
+            outcome.retry_requested = True
+            outcome.retry_delay_seconds = exc.delay
+    elif isinstance(exc, NonRetryableError) or (
+        retry_on is not None and not isinstance(exc, retry_on)
+    ):
+        outcome.non_retryable = True
+    return "error", outcome.SerializeToString()
+
+
+def error_of(payload: Payload) -> common_pb2.TaskError:
+    """The ``TaskError`` of an ``"error"`` payload.
+
+    Raises:
+        ValueError: the payload is not an error.
+    """
+    kind, data = payload
+    if kind != "error":
+        raise ValueError(f"not an error payload: {kind!r}")
+    return worker_service_pb2.Outcome.FromString(data).error  # type: ignore[arg-type]
 
 
 def to_outcome(
-    task_run_id: int, attempt: int, payload: Payload, *, infrastructure: bool = False
+    task_run_id: int,
+    attempt: int,
+    payload: Payload,
+    *,
+    infrastructure: bool = False,
+    timed_out: bool = False,
+    cpu_seconds: float = 0.0,
+    peak_memory_bytes: float = 0.0,
 ) -> worker_service_pb2.Outcome:
     """Build the Outcome message reported for one attempt.
 
@@ -133,12 +192,20 @@ def to_outcome(
         attempt: The lease's attempt number (fencing token).
         payload: What the attempt produced.
         infrastructure: True when the worker, not task code, caused the failure.
+        timed_out: True when the attempt was stopped at its timeout.
+        cpu_seconds: CPU time the attempt used, seconds (0: not measured).
+        peak_memory_bytes: Peak resident memory of its process, bytes (0: not measured).
 
     Raises:
         ValueError: the payload kind is unknown.
     """
     outcome = worker_service_pb2.Outcome(
-        task_run_id=task_run_id, attempt=attempt, infrastructure=infrastructure
+        task_run_id=task_run_id,
+        attempt=attempt,
+        infrastructure=infrastructure,
+        timed_out=timed_out,
+        cpu_seconds=cpu_seconds,
+        peak_memory_bytes=peak_memory_bytes,
     )
     kind, data = payload
     if kind == "value":
@@ -146,8 +213,8 @@ def to_outcome(
     elif kind == "items":
         outcome.items.CopyFrom(common_pb2.ValueList(items=data))
     elif kind == "error":
+        outcome.MergeFromString(data)  # error and retry directives
         outcome.error.SetInParent()  # present even when the TaskError is empty
-        outcome.error.MergeFromString(data)
     else:
         raise ValueError(f"unknown payload kind {kind!r}")
     return outcome

@@ -1,9 +1,11 @@
-"""Execute leased attempts: ``async def`` tasks on the loop, plain ``def`` in the pool.
+"""Execute leased attempts: ``async def`` tasks on the loop, plain ``def`` in task processes.
 
 :class:`AttemptRunner` owns the :class:`~fleetflow_worker.state.AttemptTable`
 and one asyncio task per attempt. Every attempt ends in exactly one of: an
-Outcome handed to ``on_outcome``, or nothing (the coordinator cancelled it).
-Each attempt logs one ``task_run_finished`` line.
+Outcome handed to ``on_outcome``, or nothing (the coordinator cancelled it,
+or the drain handed it back). Cancelling an attempt cancels its coroutine or
+kills its task process, and frees its slot at once. Each attempt logs one
+``task_run_finished`` line.
 """
 
 from __future__ import annotations
@@ -15,28 +17,36 @@ from typing import Any
 
 import structlog
 from fleetflow._task import Task
-from fleetflow.api.v1 import common_pb2, worker_service_pb2
+from fleetflow.api.v1 import worker_service_pb2
 
 from fleetflow_worker._codec import (
-    Payload,
     WireArg,
     bind_arguments,
     decode_args,
     encode_error,
+    encode_failure,
     encode_result,
+    error_of,
     to_outcome,
     wire_args,
 )
-from fleetflow_worker._pool import TaskProcessPool
-from fleetflow_worker.errors import TaskNotRegistered, WorkerShutDown
+from fleetflow_worker._pool import PoolResult, TaskProcessPool
+from fleetflow_worker.errors import TaskNotRegistered, TaskTimeout
 from fleetflow_worker.state import AttemptKey, AttemptTable, CancelAction
 
-__all__ = ["AttemptRunner"]
+__all__ = ["AttemptRunner", "memory_request"]
 
 log = structlog.get_logger()
 
-#: What an attempt produced: ``(payload, infrastructure)``, or None when cancelled.
-_Result = tuple[Payload, bool] | None
+#: How an attempt ended, or None when it was cancelled (nothing to report).
+_Result = PoolResult | None
+
+
+def memory_request(lease: worker_service_pb2.Lease) -> float:
+    """The lease's memory request in bytes; 0 (no limit) when the coordinator sent none."""
+    if not lease.HasField("resources"):
+        return 0.0
+    return max(0.0, lease.resources.amounts.get("memory", 0.0))
 
 
 class AttemptRunner:
@@ -68,10 +78,8 @@ class AttemptRunner:
         self._on_slot_freed = on_slot_freed
         #: {AttemptKey: asyncio task running the attempt}
         self._attempts: dict[AttemptKey, asyncio.Task[None]] = {}
-        #: {AttemptKey: asyncio task of the user coroutine}, async tasks only.
-        self._coroutines: dict[AttemptKey, asyncio.Task[Any]] = {}
-        #: Set once the drain ended running attempts: their failures become this.
-        self._shutdown: WorkerShutDown | None = None
+        #: {AttemptKey: asyncio task of the user coroutine or of the pool call}
+        self._inner: dict[AttemptKey, asyncio.Future[PoolResult | None]] = {}
 
     @property
     def attempts(self) -> list[asyncio.Task[None]]:
@@ -91,20 +99,25 @@ class AttemptRunner:
         return True
 
     def cancel(self, key: AttemptKey) -> CancelAction:
-        """The coordinator took the lease back: stop or disown the attempt."""
+        """The coordinator took the lease back: stop the attempt; it reports nothing.
+
+        An ``async def`` attempt's coroutine is cancelled; a plain ``def``
+        attempt's process is killed (or, still waiting for one, never starts).
+        """
         action = self.table.cancel(key)
-        if action is CancelAction.CANCEL_TASK:
-            coroutine = self._coroutines.get(key)
-            if coroutine is not None:
-                coroutine.cancel()
+        if action is not CancelAction.NONE:
+            inner = self._inner.get(key)
+            if inner is not None:
+                inner.cancel()
         return action
 
-    def abort_all(self, reason: WorkerShutDown) -> None:
-        """End every running attempt now (drain over); each reports ``reason``."""
-        self._shutdown = reason
-        for coroutine in list(self._coroutines.values()):
-            coroutine.cancel()
-        self.pool.kill()
+    def abort_all(self) -> list[AttemptKey]:
+        """Stop every running attempt now (the drain is over); none reports an outcome.
+
+        Returns:
+            The attempts stopped, to hand back to the coordinator.
+        """
+        return [key for key in list(self._attempts) if self.cancel(key) is not CancelAction.NONE]
 
     async def _run(
         self, key: AttemptKey, lease: worker_service_pb2.Lease, task: Task | None
@@ -125,8 +138,16 @@ class AttemptRunner:
                 report = self.table.finish(key, has_outcome=result is not None)
                 self._on_slot_freed()
                 if report and result is not None:
-                    payload, infrastructure = result
-                    self._on_outcome(to_outcome(*key, payload, infrastructure=infrastructure))
+                    self._on_outcome(
+                        to_outcome(
+                            *key,
+                            result.payload,
+                            infrastructure=result.infrastructure,
+                            timed_out=result.timed_out,
+                            cpu_seconds=result.usage.cpu_seconds,
+                            peak_memory_bytes=result.usage.peak_memory_bytes,
+                        )
+                    )
                 _log_finished(result if report else None, time.monotonic() - started)
 
     async def _execute(
@@ -135,95 +156,89 @@ class AttemptRunner:
         if self.table.is_cancelled(key):  # cancelled before this task got to run
             return None
         if task is None:
-            return encode_error(TaskNotRegistered(lease.task_name)), True
+            return PoolResult(encode_error(TaskNotRegistered(lease.task_name)), infrastructure=True)
         try:
             args = wire_args(lease)
         except ValueError as exc:
-            return encode_error(exc), False
+            return PoolResult(encode_error(exc))
         if task.is_async:
-            return await self._execute_async(key, task, args, lease)
-        try:
-            payload = await self.pool.run(
-                task.name,
-                args,
-                lease.split_result,
-                lease.timeout_seconds,
-                skip=lambda: self.table.is_cancelled(key),
+            try:
+                call_args, call_kwargs = bind_arguments(task, decode_args(args))
+                coro = task.fn(*call_args, **call_kwargs)
+            except Exception as exc:  # noqa: BLE001 - bad arguments fail the attempt
+                return PoolResult(encode_error(exc))
+            inner = asyncio.ensure_future(
+                _guarded(coro, task, lease.split_result, lease.timeout_seconds)
             )
-        except Exception as exc:  # noqa: BLE001 - the process died, or the pool failed
-            if self._shutdown is not None:
-                return encode_error(self._shutdown), True
-            return encode_error(exc), True
-        return None if payload is None else (payload, False)
-
-    async def _execute_async(
-        self, key: AttemptKey, task: Task, args: list[WireArg], lease: worker_service_pb2.Lease
-    ) -> _Result:
+        else:
+            inner = asyncio.ensure_future(self._in_process(key, task, args, lease))
+        self._inner[key] = inner
         try:
-            call_args, call_kwargs = bind_arguments(task, decode_args(args))
-            coro = task.fn(*call_args, **call_kwargs)
-        except Exception as exc:  # noqa: BLE001 - bad arguments fail the attempt
-            return encode_error(exc), False
-        coroutine = asyncio.ensure_future(
-            _guarded(coro, task.name, lease.split_result, lease.timeout_seconds)
-        )
-        self._coroutines[key] = coroutine
-        try:
-            return await coroutine, False
+            return await inner
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # this attempt itself is being cancelled: not ours to handle
             if self.table.is_cancelled(key):
                 return None
-            if self._shutdown is not None:
-                return encode_error(self._shutdown), True
-            return encode_error(exc), False  # task code cancelled itself
+            return PoolResult(encode_error(exc))  # task code cancelled itself
+        except Exception as exc:  # noqa: BLE001 - the pool failed (e.g. closed)
+            return PoolResult(encode_error(exc), infrastructure=True)
         finally:
-            del self._coroutines[key]
+            del self._inner[key]
+
+    async def _in_process(
+        self, key: AttemptKey, task: Task, args: list[WireArg], lease: worker_service_pb2.Lease
+    ) -> PoolResult | None:
+        return await self.pool.run(
+            task.name,
+            args,
+            lease.split_result,
+            timeout_s=lease.timeout_seconds,
+            memory_request_bytes=memory_request(lease),
+            skip=lambda: self.table.is_cancelled(key),
+        )
 
 
-async def _guarded(coro: Any, task_name: str, split_result: bool, timeout_s: float) -> Payload:
+async def _guarded(coro: Any, task: Task, split_result: bool, timeout_s: float) -> PoolResult:
     """Await task code and encode how it ended; only CancelledError escapes."""
+    task_name = task.name
     timeout = asyncio.timeout(timeout_s if timeout_s > 0 else None)
     try:
         async with timeout:
             result = await coro
     except TimeoutError as exc:
         if not timeout.expired():
-            return encode_error(exc)
+            return PoolResult(encode_failure(exc, getattr(task, "retry_on", None)))
         interrupted = exc.__context__ or exc  # the CancelledError holds the task's frames
-        return encode_error(
-            TimeoutError(
-                f"task {task_name} exceeded its timeout of {timeout_s:g} s"
-            ).with_traceback(interrupted.__traceback__)
-        )
+        error = TaskTimeout(task_name, timeout_s).with_traceback(interrupted.__traceback__)
+        return PoolResult(encode_error(error), timed_out=True)
     except asyncio.CancelledError:
         raise
     except BaseException as exc:  # noqa: BLE001 - sys.exit() in a task fails the task only
-        return encode_error(exc)
+        return PoolResult(encode_failure(exc, getattr(task, "retry_on", None)))
     try:
-        return encode_result(task_name, result, split_result)
+        return PoolResult(encode_result(task_name, result, split_result))
     except Exception as exc:  # noqa: BLE001
-        return encode_error(exc)
+        return PoolResult(encode_error(exc))
 
 
 def _log_finished(result: _Result, duration_s: float) -> None:
     """The one canonical line per attempt."""
-    duration_s = round(duration_s, 6)
+    fields: dict[str, Any] = {"duration_s": round(duration_s, 6)}
     if result is None:
-        log.info("task_run_finished", outcome="cancelled", duration_s=duration_s)
+        log.info("task_run_finished", outcome="cancelled", **fields)
         return
-    (kind, data), infrastructure = result
-    if kind != "error":
-        log.info("task_run_finished", outcome="completed", duration_s=duration_s)
+    if result.usage.peak_memory_bytes:
+        fields["cpu_s"] = round(result.usage.cpu_seconds, 3)
+        fields["peak_memory_mib"] = round(result.usage.peak_memory_bytes / 2**20, 1)
+    if result.payload[0] != "error":
+        log.info("task_run_finished", outcome="completed", **fields)
         return
-    error = common_pb2.TaskError.FromString(data)
-    emit = log.warning if infrastructure else log.info
-    emit(
-        "task_run_finished",
-        outcome="infrastructure_failed" if infrastructure else "failed",
-        duration_s=duration_s,
-        error_type=error.type,
-        error=error.message,
-    )
+    error = error_of(result.payload)
+    if result.timed_out:
+        outcome = "timed_out"
+    else:
+        outcome = "infrastructure_failed" if result.infrastructure else "failed"
+    emit = log.warning if result.infrastructure else log.info
+    emit("task_run_finished", outcome=outcome, error_type=error.type, error=error.message, **fields)

@@ -1,85 +1,147 @@
-"""The process pool that runs plain ``def`` tasks, rebuilt when a process dies.
+"""The task processes that run plain ``def`` tasks, one attempt per process at a time.
 
-Processes come from a forkserver: the worker has a live gRPC channel and
-threads, and gRPC is not fork-safe, so a plain ``fork`` is never used. At most
-``size`` attempts are handed to the executor at once (the rest wait here, on
-a semaphore), so when a process dies only the attempts actually running in
-the pool fail with it, and an attempt cancelled while it waits never starts.
+The pool has ``size`` *seats*. A seat holds one task process (started from a
+forkserver: the worker has a live gRPC channel and threads, and gRPC is not
+fork-safe, so a plain ``fork`` is never used) and a pipe to it. An attempt
+takes a free seat, sends its request down the pipe and waits for the answer
+in a thread, while the event loop samples the process every
+``sample_interval_s`` seconds. So every attempt can be stopped on its own:
+
+* past its ``timeout_s`` the process is SIGKILLed and the attempt ends with
+  :class:`~fleetflow_worker.errors.TaskTimeout` (no code after the blocking
+  call, and no ``finally`` block, runs in the task);
+* above its memory limit (:func:`~fleetflow_worker._usage.memory_limit_bytes`)
+  it is SIGKILLed and ends with :class:`~fleetflow_worker.errors.MemoryLimitExceeded`;
+* cancelling the coroutine awaiting :meth:`TaskProcessPool.run` SIGKILLs it;
+* a process that dies on its own fails only its own attempt
+  (:class:`~fleetflow_worker.errors.TaskProcessDied`).
+
+A killed or dead process is replaced at once, in the background, so the seat
+is free again immediately; the next attempt on it waits for the new process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import multiprocessing
-import signal
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
 import structlog
 
-from fleetflow_worker import _child
-from fleetflow_worker._codec import Payload, WireArg
-from fleetflow_worker.errors import TaskProcessDied
+from fleetflow_worker._codec import Payload, WireArg, encode_error
+from fleetflow_worker._process import PoolStartError, TaskProcess, live_pids
+from fleetflow_worker._usage import AttemptUsage, ProcessMeter, memory_limit_bytes
+from fleetflow_worker.errors import MemoryLimitExceeded, TaskProcessDied, TaskTimeout
 
-__all__ = ["TaskProcessPool", "PoolStartError"]
+__all__ = ["TaskProcessPool", "PoolResult", "PoolStartError"]
 
 log = structlog.get_logger()
 
 
-class PoolStartError(RuntimeError):
-    """The pool's processes could not start (usually: a --module fails to import there)."""
+@dataclass(frozen=True, slots=True)
+class PoolResult:
+    """How one attempt in a task process ended.
+
+    Attributes:
+        payload: The result, or the failure (the task's own exception, or the
+            timeout, memory-limit or process-death error).
+        usage: CPU time and peak memory of the attempt.
+        timed_out: The attempt ran past its timeout and was killed.
+        infrastructure: The failure is not the task code's doing (its process
+            died or could not start).
+    """
+
+    payload: Payload
+    usage: AttemptUsage = field(default_factory=AttemptUsage)
+    timed_out: bool = False
+    infrastructure: bool = False
 
 
 @dataclass(eq=False)
-class _Generation:
-    """One ProcessPoolExecutor and what is known about its processes."""
+class _Seat:
+    """Room for one attempt: its process, or the replacement being started."""
 
-    executor: ProcessPoolExecutor
-    #: {pid: process}; every process this executor spawned (it forgets dead ones).
-    processes: dict[int, BaseProcess] = field(default_factory=dict)
-    broken: bool = False
-    #: Reads the exit code blamed for the break (same for every failed attempt).
-    blame: asyncio.Future[int | None] | None = None
-
-    def remember_processes(self) -> None:
-        self.processes.update(getattr(self.executor, "_processes", None) or {})
+    #: One of the ``size`` seats kept warm; the others exist only while busy.
+    core: bool = True
+    proc: TaskProcess | None = None
+    spawning: asyncio.Future[TaskProcess] | None = None
 
 
 class TaskProcessPool:
-    """Runs attempts of plain ``def`` tasks in pool processes.
+    """Runs attempts of plain ``def`` tasks, each in its own killable process.
+
+    When every seat is busy and fewer than ``max_size`` exist, an attempt gets
+    a new seat and process rather than waiting (the coordinator already
+    checked that the attempt fits the worker's capacity, e.g. two
+    ``cpu=0.5`` tasks per CPU); such a surplus seat is closed when its
+    attempt ends.
 
     Args:
-        size: Number of processes (and most attempts in the pool at once).
+        size: Number of seats kept warm (processes started by :meth:`start`).
+        max_size: Most seats at once; an attempt beyond waits for a free one.
+            Default ``size``.
         module_specs: User modules each process imports (``--module`` values).
         mp_context: multiprocessing context; ``forkserver`` by default.
+        nice: Niceness added to task processes (0: same priority as the worker).
+        sample_interval_s: How often a running attempt's process is sampled
+            for its memory limit and usage, seconds.
+        memory_margin_fraction: Relative margin above a memory request before
+            a kill (0.2: 20 %).
+        memory_margin_bytes: Fixed margin above a memory request, bytes.
+        start_timeout_s: Longest a new process may take to import the modules, seconds.
     """
 
     def __init__(
-        self, size: int, module_specs: Sequence[str], *, mp_context: BaseContext | None = None
+        self,
+        size: int,
+        module_specs: Sequence[str],
+        *,
+        max_size: int | None = None,
+        mp_context: BaseContext | None = None,
+        nice: int = 0,
+        sample_interval_s: float = 0.1,
+        memory_margin_fraction: float = 0.2,
+        memory_margin_bytes: float = 50 * 2**20,
+        start_timeout_s: float = 120.0,
     ) -> None:
         self.size = max(1, size)
+        self.max_size = max(self.size, max_size or 0)
         self._module_specs = list(module_specs)
         self._ctx = mp_context or multiprocessing.get_context("forkserver")
-        self._current: _Generation | None = None
-        self._slots = asyncio.Semaphore(self.size)
+        self.nice = nice
+        self.sample_interval_s = sample_interval_s
+        self.memory_margin_fraction = memory_margin_fraction
+        self.memory_margin_bytes = memory_margin_bytes
+        self.start_timeout_s = start_timeout_s
+        self._seat_list = [_Seat() for _ in range(self.size)]
+        self._seats: asyncio.Queue[_Seat] | None = None  # made on the running loop
+        #: Thread per blocking pipe call, process start and reap.
+        self._io = ThreadPoolExecutor(2 * self.max_size + 2, thread_name_prefix="fleetflow-pool")
+        #: Every process started and not yet reaped (including ones still starting).
+        self._processes: set[BaseProcess] = set()
+        #: Background reaps and replacements, kept referenced until done.
+        self._background: set[asyncio.Future[object]] = set()
+        #: Attempts waiting for a seat (all ``max_size`` are busy).
+        self._waiting = 0
         self._closed = False
 
-    def _generation(self) -> _Generation:
-        if self._closed:
-            raise RuntimeError("the task process pool is closed")
-        if self._current is None or self._current.broken:
-            executor = ProcessPoolExecutor(
-                max_workers=self.size,
-                mp_context=self._ctx,
-                initializer=_child.init_process,
-                initargs=(self._module_specs,),
-            )
-            self._current = _Generation(executor)
-        return self._current
+    def _queue(self) -> asyncio.Queue[_Seat]:
+        if self._seats is None:
+            self._seats = asyncio.Queue()
+            for seat in self._seat_list:
+                self._seats.put_nowait(seat)
+        return self._seats
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the live task processes, for tests and diagnostics."""
+        return live_pids(self._processes)
 
     async def start(self) -> None:
         """Start every process and check that it imports the user modules.
@@ -87,112 +149,239 @@ class TaskProcessPool:
         Raises:
             PoolStartError: a process failed to start or to import a module.
         """
-        await asyncio.to_thread(self._warm_up)
-
-    def _warm_up(self) -> None:
-        gen = self._generation()
-        futures = [gen.executor.submit(_child.ping) for _ in range(self.size)]
-        gen.remember_processes()
-        try:
-            for future in futures:
-                future.result()
-        except BrokenProcessPool as exc:
-            gen.broken = True
+        self._queue()
+        for seat in self._seat_list:
+            if seat.proc is None and seat.spawning is None:
+                seat.spawning = self._spawn()
+        results = await asyncio.gather(
+            *(s.spawning for s in self._seat_list if s.spawning), return_exceptions=True
+        )
+        for seat in self._seat_list:
+            if seat.spawning is not None and seat.spawning.done():
+                if seat.spawning.exception() is None:
+                    seat.proc = seat.spawning.result()
+                seat.spawning = None
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
             raise PoolStartError(
                 "the task processes failed to start; run the worker's --module imports "
-                f"in a fresh interpreter to see why ({exc})"
-            ) from exc
+                f"in a fresh interpreter to see why ({errors[0]})"
+            ) from errors[0]
 
     async def run(
         self,
         task_name: str,
         args: Sequence[WireArg],
         split_result: bool,
-        timeout_s: float = 0.0,
         *,
+        timeout_s: float = 0.0,
+        memory_request_bytes: float = 0.0,
         skip: Callable[[], bool] | None = None,
-    ) -> Payload | None:
-        """Run one attempt in a pool process once a process is free.
+    ) -> PoolResult | None:
+        """Run one attempt in a task process once a seat is free.
+
+        Cancelling the caller kills the process (and frees the seat) at once.
 
         Args:
             task_name: Registered task name.
             args: Pickled arguments as leased.
             split_result: Return the result item by item.
-            timeout_s: Soft time limit in seconds (0: none).
-            skip: Asked once a process is free; if it returns True the
-                attempt does not start and None is returned.
+            timeout_s: Hard time limit in seconds (0: none).
+            memory_request_bytes: The task's memory request, bytes (0: no limit).
+            skip: Asked once a seat is free; if it returns True the attempt
+                does not start and None is returned.
 
         Returns:
-            The payload the pool process sent back, or None when skipped.
+            How the attempt ended, or None when skipped.
 
         Raises:
-            TaskProcessDied: the pool broke (a process died) while the attempt
-                was in it; the pool is rebuilt for the next attempt.
+            RuntimeError: the pool is closed.
         """
-        async with self._slots:
+        if self._closed:
+            raise RuntimeError("the task process pool is closed")
+        seats = self._queue()
+        if seats.empty() and len(self._seat_list) < self.max_size:
+            seat = _Seat(core=False)
+            self._seat_list.append(seat)
+        else:
+            self._waiting += 1
+            try:
+                seat = await seats.get()
+            finally:
+                self._waiting -= 1
+        try:
+            if self._closed:
+                raise RuntimeError("the task process pool is closed")
             if skip is not None and skip():
                 return None
-            gen = self._generation()
             try:
-                future = gen.executor.submit(
-                    _child.run_task, task_name, list(args), split_result, timeout_s
+                proc = await self._process_for(seat)
+            except PoolStartError as exc:
+                return PoolResult(encode_error(exc), infrastructure=True)
+            request = (task_name, list(args), split_result)
+            return await self._attempt(seat, proc, request, timeout_s, memory_request_bytes)
+        finally:
+            if seat.core or self._waiting:
+                seats.put_nowait(seat)
+            else:
+                self._retire(seat)
+
+    async def _process_for(self, seat: _Seat) -> TaskProcess:
+        """The seat's live process, waiting for (or starting) a replacement if needed."""
+        if seat.proc is not None:
+            if seat.proc.alive():
+                return seat.proc
+            self._replace(seat)  # died while idle
+        if seat.spawning is None:
+            seat.spawning = self._spawn()
+        spawning = seat.spawning
+        try:
+            proc = await asyncio.shield(spawning)
+        except PoolStartError:
+            if seat.spawning is spawning:
+                seat.spawning = None
+            raise
+        if seat.spawning is spawning:
+            seat.proc, seat.spawning = proc, None
+        return proc
+
+    async def _attempt(
+        self,
+        seat: _Seat,
+        proc: TaskProcess,
+        request: tuple[str, list[WireArg], bool],
+        timeout_s: float,
+        memory_request_bytes: float,
+    ) -> PoolResult:
+        loop = asyncio.get_running_loop()
+        task_name = request[0]
+        meter = ProcessMeter(proc.ps)
+        limit = memory_limit_bytes(
+            memory_request_bytes, self.memory_margin_fraction, self.memory_margin_bytes
+        )
+        call = loop.run_in_executor(self._io, proc.call, request)
+        call.add_done_callback(_retrieve)
+        deadline = loop.time() + timeout_s if timeout_s > 0 else math.inf
+        error: BaseException | None = None
+        try:
+            while not call.done():
+                await asyncio.wait(
+                    [call], timeout=min(self.sample_interval_s, deadline - loop.time())
                 )
-            except BrokenProcessPool as exc:
-                raise TaskProcessDied(await self._blame(gen)) from exc
-            gen.remember_processes()
-            try:
-                return await asyncio.wrap_future(future)
-            except BrokenProcessPool as exc:
-                raise TaskProcessDied(await self._blame(gen)) from exc
+                if call.done():
+                    break
+                rss = meter.sample()
+                if limit and rss > limit:
+                    error = MemoryLimitExceeded(task_name, memory_request_bytes, rss, limit)
+                    break
+                if loop.time() >= deadline:
+                    error = TaskTimeout(task_name, timeout_s)
+                    break
+        except asyncio.CancelledError:
+            self._replace(seat)  # kills the process; the blocked call ends with EOF
+            raise
+        if error is None and call.exception() is None:
+            meter.sample(high_water_mark=True)
+            return PoolResult(call.result(), meter.usage())
+        if error is not None:  # stop it: sample first, the kill loses the numbers
+            meter.sample(high_water_mark=True)
+            if isinstance(error, MemoryLimitExceeded):
+                error.peak_bytes = max(error.peak_bytes, meter.rss_peak)
+            self._replace(seat)
+            await asyncio.wait([call], timeout=5.0)
+            log.info("task_process_killed", reason=type(error).__name__, pid=proc.process.pid)
+            timed_out = isinstance(error, TaskTimeout)
+            return PoolResult(encode_error(error), meter.usage(), timed_out=timed_out)
+        exitcode = await self._replace(seat)
+        log.warning("task_process_died", exitcode=exitcode, pid=proc.process.pid)
+        return PoolResult(
+            encode_error(TaskProcessDied(exitcode)), meter.usage(), infrastructure=True
+        )
 
-    async def _blame(self, gen: _Generation) -> int | None:
-        """Mark a generation broken (the next run builds a new one); return its exit code."""
-        gen.broken = True
-        if gen.blame is None:
-            gen.blame = asyncio.ensure_future(self._read_exitcode(gen))
-        return await asyncio.shield(gen.blame)
+    def _replace(self, seat: _Seat) -> asyncio.Future[int | None]:
+        """Kill the seat's process, reap it and start a replacement, all in the background.
 
-    async def _read_exitcode(self, gen: _Generation) -> int | None:
-        # The executor's manager thread reaps the processes of a broken pool;
-        # reading exit codes while it does can race (multiprocessing then
-        # reports 255), so let it finish first.
-        manager = getattr(gen.executor, "_executor_manager_thread", None)
-        if manager is not None:
-            await asyncio.to_thread(manager.join, 5.0)
-        exitcode = _dead_exitcode(gen.processes.values())
-        log.warning("task_process_died", exitcode=exitcode, pool_size=self.size)
-        gen.executor.shutdown(wait=False, cancel_futures=True)
+        Returns:
+            A future of the old process's exit code.
+        """
+        loop = asyncio.get_running_loop()
+        old, seat.proc = seat.proc, None
+        if old is None:
+            reaped: asyncio.Future[int | None] = loop.create_future()
+            reaped.set_result(None)
+        else:
+            old.kill()
+            reaped = loop.run_in_executor(self._io, self._reap, old)
+            self._keep(reaped)
+        if not self._closed and seat.core and seat.spawning is None:
+            seat.spawning = self._spawn()
+        return reaped
+
+    def _retire(self, seat: _Seat) -> None:
+        """Close a surplus seat: stop its process, and the one it may still be starting."""
+        self._seat_list.remove(seat)
+        self._replace(seat)
+        if seat.spawning is not None:
+            seat.spawning.add_done_callback(self._discard_started)
+            seat.spawning = None
+
+    def _discard_started(self, spawning: asyncio.Future[TaskProcess]) -> None:
+        if spawning.cancelled() or spawning.exception() is not None:
+            return
+        proc = spawning.result()
+        proc.kill()
+        with contextlib.suppress(RuntimeError):  # the pool closed meanwhile: kill() was enough
+            self._keep(asyncio.get_running_loop().run_in_executor(self._io, self._reap, proc))
+
+    def _reap(self, proc: TaskProcess) -> int | None:
+        exitcode = proc.reap(5.0)
+        self._processes.discard(proc.process)
         return exitcode
 
-    def kill(self) -> None:
-        """Kill every pool process now and start no more.
+    def _spawn(self) -> asyncio.Future[TaskProcess]:
+        future = asyncio.get_running_loop().run_in_executor(self._io, self._spawn_blocking)
+        self._keep(future)
+        return future
 
-        Attempts in the pool fail with :class:`TaskProcessDied`; attempts that
-        still wait for a process fail with ``RuntimeError``.
+    def _keep(self, future: asyncio.Future) -> None:  # type: ignore[type-arg]
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
+        future.add_done_callback(_retrieve)
+
+    def _spawn_blocking(self) -> TaskProcess:
+        if self._closed:
+            raise PoolStartError("the task process pool is closed")
+        return TaskProcess.start(
+            self._ctx, self._module_specs, self.nice, self.start_timeout_s, self._processes
+        )
+
+    def kill(self) -> None:
+        """SIGKILL every task process now and start no more.
+
+        Running attempts end as if their process died; later :meth:`run`
+        calls raise ``RuntimeError``.
         """
         self._closed = True
-        if self._current is not None:
-            for process in list(self._current.processes.values()):
-                if process.exitcode is None:
-                    process.kill()
+        for process in list(self._processes):
+            with contextlib.suppress(OSError, ValueError):
+                process.kill()
 
     async def close(self) -> None:
-        """Shut the pool down, waiting for running attempts (kill first to not wait)."""
-        self._closed = True
-        gen, self._current = self._current, None
-        if gen is not None:
-            await asyncio.to_thread(gen.executor.shutdown, wait=True, cancel_futures=True)
+        """Stop every task process (killing any that still runs) and release threads."""
+        self.kill()
+        spawning = [s.spawning for s in self._seat_list if s.spawning is not None]
+        await asyncio.gather(*spawning, *self._background, return_exceptions=True)
+        procs = [s.proc for s in self._seat_list if s.proc is not None]
+        procs += [f.result() for f in spawning if not f.exception()]
+        for seat in self._seat_list:
+            seat.proc = seat.spawning = None
+        for proc in procs:
+            proc.kill()
+        await asyncio.gather(*(asyncio.to_thread(self._reap, p) for p in procs))
+        await asyncio.to_thread(self._io.shutdown, wait=True)
 
 
-def _dead_exitcode(processes: Sequence[BaseProcess] | object) -> int | None:
-    """Pick the exit code of the process that broke the pool.
-
-    The executor terminates (SIGTERM) the survivors after a break, so an exit
-    code other than -SIGTERM points at the process that died first.
-    """
-    codes = [p.exitcode for p in processes]  # type: ignore[attr-defined]
-    dead = [c for c in codes if c is not None]
-    for code in dead:
-        if code != -signal.SIGTERM:
-            return code
-    return dead[0] if dead else None
+def _retrieve(future: asyncio.Future) -> None:  # type: ignore[type-arg]
+    """Mark a background future's exception as seen (it is handled elsewhere or moot)."""
+    if not future.cancelled():
+        future.exception()

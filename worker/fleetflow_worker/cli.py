@@ -113,6 +113,13 @@ def load_all_tasks(module_specs: tuple[str, ...] | list[str]) -> dict[str, Task]
     show_default=True,
     help="On SIGTERM/SIGINT, seconds running task runs may take to finish.",
 )
+@click.option(
+    "--task-nice",
+    type=click.IntRange(min=0, max=19),
+    default=10,
+    show_default=True,
+    help="Niceness added to task processes, so heartbeats flow when tasks use every CPU.",
+)
 @click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
 def command(
     coordinator: str,
@@ -123,12 +130,15 @@ def command(
     max_concurrency: int,
     worker_id: str | None,
     drain_grace_s: float,
+    task_nice: int,
     log_level: str,
 ) -> None:
     """Run the tasks of user modules for a coordinator until SIGTERM or SIGINT.
 
-    A first signal drains (no new task runs; running ones get --drain-grace
-    seconds; outcomes are reported), a second one skips the grace period.
+    A first signal drains: no new task runs; running ones get --drain-grace
+    seconds and their outcomes are reported; whatever still runs then is
+    stopped and handed back to the coordinator, which re-queues it at once.
+    A second signal skips the rest of the grace period. Exits 0.
     """
     configure_logging(log_level)
     tasks = load_all_tasks(modules)
@@ -141,6 +151,7 @@ def command(
             resources=resources,
             max_concurrency=max_concurrency,
             drain_grace_s=drain_grace_s,
+            task_nice=task_nice,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

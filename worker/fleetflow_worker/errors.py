@@ -15,6 +15,8 @@ __all__ = [
     "WorkerError",
     "TaskNotRegistered",
     "TaskProcessDied",
+    "TaskTimeout",
+    "MemoryLimitExceeded",
     "WorkerShutDown",
     "OutcomeTooLarge",
 ]
@@ -45,10 +47,9 @@ class TaskNotRegistered(WorkerError, LookupError):
 
 
 class TaskProcessDied(WorkerError):
-    """The pool process running a plain ``def`` task exited (crash, OOM kill, os._exit).
+    """The process running a plain ``def`` task exited (crash, OOM kill, os._exit).
 
-    Every attempt the pool held at that moment fails with this error, since
-    the pool cannot tell which one the dead process ran.
+    Only the attempt that process ran fails; the pool replaces the process.
 
     Attributes:
         exitcode: The dead process's exit code (negative: killed by that
@@ -69,6 +70,63 @@ class TaskProcessDied(WorkerError):
             except ValueError:
                 pass
         return text + ")"
+
+
+class TaskTimeout(WorkerError, TimeoutError):
+    """An attempt ran past its ``timeout_seconds`` and was stopped.
+
+    A plain ``def`` task's process was killed (SIGKILL: no ``finally`` block
+    or code after the blocking call runs); an ``async def`` task's coroutine
+    was cancelled. A ``TimeoutError``, so ``except TimeoutError`` catches it.
+
+    Attributes:
+        task_name: The registered task name.
+        timeout_s: The task's time limit, seconds.
+    """
+
+    def __init__(self, task_name: str, timeout_s: float) -> None:
+        super().__init__(task_name, timeout_s)
+        self.task_name = task_name
+        self.timeout_s = timeout_s
+
+    def __str__(self) -> str:
+        return f"task {self.task_name} exceeded its timeout of {self.timeout_s:g} s"
+
+
+class MemoryLimitExceeded(WorkerError, MemoryError):
+    """A task process grew past its memory request plus the margin, and was killed.
+
+    Attributes:
+        task_name: The registered task name.
+        request_bytes: The task's ``memory`` request, bytes.
+        peak_bytes: The largest resident size seen, bytes.
+        limit_bytes: The size that triggered the kill (request plus margin), bytes.
+    """
+
+    def __init__(
+        self, task_name: str, request_bytes: float, peak_bytes: float, limit_bytes: float
+    ) -> None:
+        super().__init__(task_name, request_bytes, peak_bytes, limit_bytes)
+        self.task_name = task_name
+        self.request_bytes = request_bytes
+        self.peak_bytes = peak_bytes
+        self.limit_bytes = limit_bytes
+
+    def __str__(self) -> str:
+        return (
+            f"task {self.task_name} exceeded its memory request of "
+            f"{format_bytes(self.request_bytes)} (peak {format_bytes(self.peak_bytes)}, "
+            f"killed above {format_bytes(self.limit_bytes)}); declare a larger "
+            "resources={'memory': ...} or use less memory"
+        )
+
+
+def format_bytes(n: float) -> str:
+    """Format a byte count for people: ``"100 MiB"``, ``"1.5 GiB"``, ``"512 B"``."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}".replace(".0 ", " ")
+    return f"{n:.0f} B"
 
 
 class WorkerShutDown(WorkerError):

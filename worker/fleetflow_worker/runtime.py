@@ -6,11 +6,18 @@ One gRPC channel and four concurrent loops:
   slots (the coordinator fits them to the registered capacity);
 * **execute**: one asyncio task per attempt (:mod:`fleetflow_worker._execute`);
 * **report**: batches outcomes into ReportOutcomes (:mod:`fleetflow_worker._reporter`);
-* **heartbeat**: renews leases, sends live usage, applies cancellations.
+* **heartbeat**: renews leases, sends live usage, applies cancellations
+  (an ``async def`` attempt is cancelled, a task process killed).
 
 Every RPC failure is retried with capped, jittered backoff, and an answer
 saying the coordinator does not know this worker (it restarted) triggers a
 new registration, so a coordinator restart never stops the worker.
+
+A drain (SIGTERM) stops leasing, lets running attempts finish within the
+grace period, then kills what still runs and hands it back with
+ReleaseLeases so the coordinator re-queues it at once. A coordinator without
+that RPC gets a ``WorkerShutDown`` infrastructure failure for each instead,
+which re-queues it at once too.
 """
 
 from __future__ import annotations
@@ -19,17 +26,18 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 import grpc
 import structlog
 from fleetflow._task import Task
 from fleetflow.api.v1 import common_pb2, worker_service_pb2, worker_service_pb2_grpc
 
+from fleetflow_worker._codec import encode_error, to_outcome
 from fleetflow_worker._execute import AttemptRunner
 from fleetflow_worker._pool import TaskProcessPool
 from fleetflow_worker._reporter import OutcomeReporter
+from fleetflow_worker._rpc import channel_options, recovered, supervised
 from fleetflow_worker.backoff import Backoff
 from fleetflow_worker.capacity import sample_usage
 from fleetflow_worker.errors import WorkerShutDown
@@ -66,7 +74,15 @@ class Worker:
         self.tasks = dict(tasks)
         self.module_specs = list(module_specs)
         self.table = AttemptTable(settings.max_concurrency)
-        self.pool = TaskProcessPool(settings.pool_size, self.module_specs)
+        self.pool = TaskProcessPool(
+            settings.pool_size,
+            self.module_specs,
+            max_size=settings.max_concurrency,
+            nice=settings.task_nice,
+            sample_interval_s=settings.usage_sample_s,
+            memory_margin_fraction=settings.memory_margin_fraction,
+            memory_margin_bytes=settings.memory_margin_bytes,
+        )
         self.reporter = OutcomeReporter(
             self._send_outcomes,
             self.table.acknowledged,
@@ -116,7 +132,7 @@ class Worker:
             fleetflow_worker._pool.PoolStartError: pool processes could not
                 import the user modules.
         """
-        options = _channel_options(self.settings.backoff_cap_s)
+        options = channel_options(self.settings.backoff_cap_s)
         channel = grpc.aio.insecure_channel(self.settings.coordinator, options=options)
         self._stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
         with structlog.contextvars.bound_contextvars(worker_id=self.settings.worker_id):
@@ -130,7 +146,7 @@ class Worker:
                         ("lease", self._lease_loop),
                     ):
                         self._loops[name] = asyncio.create_task(
-                            _supervised(name, loop), name=f"fleetflow-worker-{name}"
+                            supervised(name, loop), name=f"fleetflow-worker-{name}"
                         )
                 await self._stopping.wait()
                 await self._drain()
@@ -147,16 +163,21 @@ class Worker:
     # ------------------------------------------------------------ registration
 
     async def _register(self, *, give_up_on_stop: bool) -> bool:
-        """RegisterWorker, retrying until it succeeds; False if given up on stop."""
-        request = worker_service_pb2.RegisterWorkerRequest(
-            worker_id=self.settings.worker_id,
-            capacity=common_pb2.Resources(amounts=self.settings.capacity),
-            task_names=sorted(self.tasks),
-            hostname=socket.gethostname(),
-            pid=os.getpid(),
-        )
+        """RegisterWorker, retrying until it succeeds; False if given up on stop.
+
+        The request lists the attempts still held (a re-registration after a
+        coordinator restart), so the coordinator can re-attach them.
+        """
         backoff = self._backoff()
         while not (give_up_on_stop and self._stopping.is_set()):
+            request = worker_service_pb2.RegisterWorkerRequest(
+                worker_id=self.settings.worker_id,
+                capacity=common_pb2.Resources(amounts=self.settings.capacity),
+                task_names=sorted(self.tasks),
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                running=self._held(),
+            )
             try:
                 response = await self._rpc().RegisterWorker(
                     request, timeout=self.settings.rpc_timeout_s
@@ -224,7 +245,7 @@ class Worker:
             for lease in response.leases:
                 self.runner.start(lease)
             if response.known:
-                _recovered("lease_tasks", backoff)
+                recovered("lease_tasks", backoff)
             else:
                 await self._reregister(seen)
                 await self._pause(backoff.failed())  # no tight loop if it stays unknown
@@ -236,10 +257,7 @@ class Worker:
             usage = sample_usage()
             request = worker_service_pb2.HeartbeatRequest(
                 worker_id=self.settings.worker_id,
-                running=[
-                    worker_service_pb2.HeldTaskRun(task_run_id=k.task_run_id, attempt=k.attempt)
-                    for k in self.table.held()
-                ],
+                running=self._held(),
                 cpu_percent=usage.cpu_percent,
                 memory_available=usage.memory_available,
             )
@@ -249,7 +267,7 @@ class Worker:
                 delay = self._rpc_failed("heartbeat", backoff, exc)
                 await asyncio.sleep(min(delay, self.heartbeat_interval_s))
                 continue
-            _recovered("heartbeat", backoff)
+            recovered("heartbeat", backoff)
             if not response.known:
                 await self._reregister(seen)
             for held in response.cancel:
@@ -270,11 +288,41 @@ class Worker:
             forced = self._forced.is_set()
             if not forced:
                 log.warning("drain_grace_over", running=self.table.running, grace_s=grace_s)
-            self.runner.abort_all(WorkerShutDown(grace_s, forced=forced))
+            stopped = self.runner.abort_all()
             await self._wait_for_attempts(5.0, stop_early_on_force=False)
+            await self._hand_back(stopped, WorkerShutDown(grace_s, forced=forced))
         flush_s = 1.0 if self._forced.is_set() else self.settings.flush_timeout_s
         if self._loops and not await self.reporter.flush(flush_s):
             log.error("outcomes_not_reported", count=len(self.reporter), flush_timeout_s=flush_s)
+
+    async def _hand_back(self, keys: Sequence[AttemptKey], reason: WorkerShutDown) -> None:
+        """Tell the coordinator the stopped attempts will never report, so it re-queues them.
+
+        Uses ReleaseLeases; if the coordinator does not implement it (or the
+        call fails), each attempt is reported as an infrastructure failure
+        with ``reason`` instead, which also re-queues it at once.
+        """
+        if not keys or not self._loops:
+            return
+        released = [worker_service_pb2.HeldTaskRun(task_run_id=k[0], attempt=k[1]) for k in keys]
+        request = worker_service_pb2.ReleaseLeasesRequest(
+            worker_id=self.settings.worker_id, released=released
+        )
+        try:
+            await self._rpc().ReleaseLeases(request, timeout=min(5.0, self.settings.rpc_timeout_s))
+        except grpc.aio.AioRpcError as exc:
+            emit = log.info if exc.code() == grpc.StatusCode.UNIMPLEMENTED else log.warning
+            emit(
+                "release_leases_failed",
+                code=exc.code().name,
+                details=exc.details(),
+                fallback="report_worker_shut_down",
+                count=len(keys),
+            )
+            for key in keys:
+                self.reporter.put(to_outcome(*key, encode_error(reason), infrastructure=True))
+            return
+        log.info("leases_released", count=len(keys), via="ReleaseLeases")
 
     async def _wait_for_attempts(
         self, timeout_s: float, *, stop_early_on_force: bool = True
@@ -297,6 +345,12 @@ class Worker:
         return True
 
     # ----------------------------------------------------------------- helpers
+
+    def _held(self) -> list[worker_service_pb2.HeldTaskRun]:
+        return [
+            worker_service_pb2.HeldTaskRun(task_run_id=k.task_run_id, attempt=k.attempt)
+            for k in self.table.held()
+        ]
 
     def _rpc(self) -> worker_service_pb2_grpc.WorkerServiceStub:
         if self._stub is None:
@@ -344,37 +398,3 @@ class Worker:
             retry_in_s=round(delay, 3),
         )
         return delay
-
-
-def _recovered(rpc: str, backoff: Backoff) -> None:
-    failures = backoff.succeeded()
-    if failures:
-        log.info("coordinator_rpc_recovered", rpc=rpc, failed_calls=failures)
-
-
-async def _supervised(name: str, loop: Callable[[], Awaitable[Any]]) -> None:
-    """Run a loop forever: a bug that raises is logged and the loop restarts."""
-    while True:
-        try:
-            await loop()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("worker_loop_crashed", loop=name)
-            await asyncio.sleep(1.0)
-
-
-def _channel_options(backoff_cap_s: float) -> list[tuple[str, Any]]:
-    """Channel options: no receive limit for big leases, and fast reconnects.
-
-    gRPC's own reconnect backoff grows to 120 s by default; capping it keeps
-    a restarted coordinator from waiting that long for its workers.
-    """
-    cap_ms = max(100, int(backoff_cap_s * 1000))
-    return [
-        ("grpc.max_receive_message_length", -1),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", cap_ms),
-    ]

@@ -38,7 +38,8 @@ class WorkerSettings:
 
     cpu: float = field(default_factory=default_cpu)
     """CPU capacity offered, in logical CPUs. Default: all logical CPUs. It also
-    sizes the process pool for plain ``def`` tasks (``ceil(cpu)`` processes)."""
+    sizes the process pool for plain ``def`` tasks (``ceil(cpu)`` processes
+    kept warm; more start on demand, e.g. for ``cpu=0.5`` tasks)."""
 
     memory: float = field(default_factory=default_memory)
     """Memory capacity offered, in bytes. Default: the machine's total memory."""
@@ -71,6 +72,24 @@ class WorkerSettings:
     """Soft size limit of one ReportOutcomes call, bytes (the coordinator's
     gRPC receive limit is 4 MiB by default). Default 3 MiB."""
 
+    task_nice: int = 10
+    """Niceness added to task processes (0-19), so the worker's own loop, and
+    with it the heartbeats, keeps its share of a CPU when task processes
+    saturate every CPU. 0 keeps the worker's priority. Default 10."""
+
+    usage_sample_s: float = 0.1
+    """How often a running task process is sampled (memory limit, peak
+    memory, CPU time), seconds. Default 0.1."""
+
+    memory_margin_fraction: float = 0.2
+    """A task process is killed when its resident memory exceeds its memory
+    request times ``1 + memory_margin_fraction`` plus ``memory_margin_bytes``.
+    Default 0.2 (20 %)."""
+
+    memory_margin_bytes: float = 50 * 2**20
+    """Fixed part of that margin (the interpreter and imported modules), bytes.
+    Default 50 MiB."""
+
     def __post_init__(self) -> None:
         if not self.coordinator or ":" not in self.coordinator:
             raise ValueError(f"coordinator must be HOST:PORT, got {self.coordinator!r}")
@@ -93,6 +112,12 @@ class WorkerSettings:
         for name in ("lease_wait_s", "rpc_timeout_s", "backoff_cap_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
+        if not 0 <= self.task_nice <= 19:
+            raise ValueError(f"task_nice must be in 0..19, got {self.task_nice!r}")
+        if not self.usage_sample_s > 0:
+            raise ValueError("usage_sample_s must be > 0")
+        if self.memory_margin_fraction < 0 or self.memory_margin_bytes < 0:
+            raise ValueError("memory_margin_fraction and memory_margin_bytes must be >= 0")
         if self.report_batch_size < 1 or self.report_batch_bytes < 1:
             raise ValueError("report_batch_size and report_batch_bytes must be >= 1")
 

@@ -37,8 +37,8 @@ class CancelAction(enum.Enum):
     NONE = "none"
     #: An ``async def`` task: cancel its asyncio task; its outcome is dropped.
     CANCEL_TASK = "cancel_task"
-    #: A pool task cannot be interrupted: let it run, drop its outcome.
-    DROP_OUTCOME = "drop_outcome"
+    #: A plain ``def`` task: SIGKILL its process (the pool replaces it); no outcome.
+    KILL_PROCESS = "kill_process"
 
 
 @dataclass(slots=True)
@@ -127,7 +127,7 @@ class AttemptTable:
         if entry.cancelled:
             return CancelAction.NONE
         entry.cancelled = True
-        return CancelAction.CANCEL_TASK if entry.is_async else CancelAction.DROP_OUTCOME
+        return CancelAction.CANCEL_TASK if entry.is_async else CancelAction.KILL_PROCESS
 
     def is_cancelled(self, key: AttemptKey) -> bool:
         """Whether the coordinator cancelled this (running) attempt."""

@@ -80,6 +80,8 @@ class EventKind(IntEnum):
     LATE_RESULT_REJECTED = 13
     TASK_RUN_UNSCHEDULABLE = 14
     NODE_FAILED = 15
+    TASK_RUN_CANCELLED = 16
+    TASK_RUN_TIMED_OUT = 17
 
 
 class ArgKind(IntEnum):
@@ -127,6 +129,9 @@ class NodeRecord:
         "failed",
         "terminal",
         "unschedulable_reported",
+        "policy",
+        "tags",
+        "concurrency_limit",
     )
 
     def __init__(
@@ -168,6 +173,10 @@ class NodeRecord:
         self.failed = False
         self.terminal = False
         self.unschedulable_reported = False
+        #: RetryPolicy (set at validation; typed loosely to keep model imports flat)
+        self.policy: Any = None
+        self.tags: tuple[str, ...] = ()
+        self.concurrency_limit = 0
 
 
 class TaskRun:
@@ -249,6 +258,11 @@ class FlowRun:
         "first_error",
         "n_terminal_nodes",
         "any_failed",
+        "spec_blob",
+        "durable_seq",
+        "priority",
+        "any_cancelled",
+        "cancel_requested",
     )
 
     def __init__(self, flow_run_id: str, name: str, created_at: float) -> None:
@@ -267,6 +281,14 @@ class FlowRun:
         self.first_error: tuple[str, Any, str] | None = None
         self.n_terminal_nodes = 0
         self.any_failed = False
+        #: The submitted spec as the edge received it (opaque), for the store.
+        self.spec_blob = b""
+        #: Highest event seq known to be stored durably (set by the edge);
+        #: watchers are only shown events up to here.
+        self.durable_seq = 0
+        self.priority = 0
+        self.any_cancelled = False
+        self.cancel_requested = False
 
     @property
     def terminal(self) -> bool:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fleetflow_coordinator.core.model import (
+    TERMINAL_TASK_STATES,
     Arg,
     ArgKind,
     EventKind,
@@ -32,10 +34,32 @@ from fleetflow_coordinator.core.model import (
     TaskRunState,
     WorkerRecord,
 )
+from fleetflow_coordinator.core.retry import RetryPolicy, retry_delay
 
-__all__ = ["Scheduler", "NodeSpec", "InvalidFlowSpec", "LeaseGrant", "Outcome", "Ack"]
+__all__ = [
+    "Scheduler",
+    "NodeSpec",
+    "InvalidFlowSpec",
+    "LeaseGrant",
+    "Outcome",
+    "Ack",
+    "Changes",
+    "RestoredFlow",
+    "RestoredTaskRun",
+]
 
 _EPS = 1e-9
+
+
+class Lane:
+    """Ready task runs of one node, in FIFO order."""
+
+    __slots__ = ("node", "flow", "queue")
+
+    def __init__(self, flow: FlowRun, node: NodeRecord) -> None:
+        self.flow = flow
+        self.node = node
+        self.queue: deque[TaskRun] = deque()
 
 
 class InvalidFlowSpec(ValueError):
@@ -53,6 +77,12 @@ class NodeSpec:
     retries: int = 0
     retry_delay_s: float = 0.0
     timeout_s: float = 0.0
+    retry_delays_s: tuple[float, ...] = ()
+    backoff: float = 1.0
+    max_delay_s: float = 0.0
+    jitter: float = 0.0
+    tags: tuple[str, ...] = ()
+    concurrency_limit: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +112,87 @@ class Outcome:
     items: list[bytes] | None = None
     error: Any = None
     infrastructure: bool = False
+    #: The attempt ran past its timeout and was stopped.
+    timed_out: bool = False
+    #: Fail now whatever retries are left (NonRetryableError, or not in retry_on).
+    non_retryable: bool = False
+    #: A delay the task asked for with fleetflow.Retry(delay=...), seconds.
+    retry_delay_s: float | None = None
+
+
+@dataclass(slots=True)
+class Changes:
+    """What changed since the last :meth:`Scheduler.drain_changes`: the store's input.
+
+    Attributes:
+        new_flows: Flow runs submitted since (their spec is written once).
+        flows: Flow runs whose state, end time or first error may have changed.
+        nodes: ``(flow, node)`` pairs expanded or failed.
+        task_runs: Task runs whose row changed.
+        events: ``(flow_run_id, EventRecord)`` appended, in order.
+        pruned: Ids of flow runs removed by retention.
+    """
+
+    new_flows: list[FlowRun]
+    flows: set[FlowRun]
+    nodes: set[tuple[FlowRun, NodeRecord]]
+    task_runs: set[TaskRun]
+    events: list[tuple[str, EventRecord]]
+    pruned: list[str]
+
+    def __len__(self) -> int:
+        return (
+            len(self.new_flows)
+            + len(self.flows)
+            + len(self.nodes)
+            + len(self.task_runs)
+            + len(self.events)
+            + len(self.pruned)
+        )
+
+
+@dataclass(slots=True)
+class RestoredTaskRun:
+    """A task run row as loaded by a store; ``error`` stays opaque."""
+
+    id: int
+    node: int
+    index: int
+    state: int
+    attempt: int
+    worker_id: str
+    leased_at: float
+    result: bytes | None
+    items: list[bytes] | None
+    error: Any
+    code_failures: int
+    infra_failures: int
+    retry_at: float
+
+
+@dataclass(slots=True)
+class RestoredFlow:
+    """A flow run as loaded by a store, with its nodes already converted.
+
+    ``node_rows`` is ``{node index: (expanded, failed)}``; ``first_error`` is
+    ``(task_name, opaque error or None, message)`` or None.
+    """
+
+    id: str
+    name: str
+    nodes: list[NodeSpec]
+    spec_blob: bytes
+    state: int
+    created_at: float
+    ended_at: float
+    output_node: int | None
+    output_literal: bytes
+    idempotency_key: str
+    first_error: tuple[str, Any, str] | None
+    node_rows: dict[int, tuple[bool, bool]]
+    priority: int
+    task_runs: list[RestoredTaskRun]
+    events: list[EventRecord]
 
 
 class Ack:
@@ -102,18 +213,35 @@ class Scheduler:
             run fails; separate from the task's own ``retries``.
     """
 
-    def __init__(self, *, lease_ttl_s: float = 10.0, max_infra_failures: int = 3) -> None:
+    def __init__(
+        self,
+        *,
+        lease_ttl_s: float = 10.0,
+        max_infra_failures: int = 3,
+        max_result_bytes: int = 1 << 20,
+        uniform: Callable[[], float] = lambda: 0.5,
+        concurrency_limits: dict[str, int] | None = None,
+    ) -> None:
         self.lease_ttl_s = lease_ttl_s
         self.max_infra_failures = max_infra_failures
+        self.max_result_bytes = max_result_bytes
+        #: Returns a float in [0, 1) for retry jitter; injected (no random here).
+        self.uniform = uniform
+        #: {tag: limit} named concurrency limits
+        self.limits: dict[str, int] = dict(concurrency_limits or {})
+        #: {("tag", name) | ("task", task_name): task runs holding a slot}
+        self.slots_held: dict[tuple[str, str], int] = {}
+        self._rr = 0
         #: {flow_run_id: FlowRun}
         self.flows: dict[str, FlowRun] = {}
         #: {task_run_id: TaskRun}
         self.task_runs: dict[int, TaskRun] = {}
         #: {worker_id: WorkerRecord}
         self.workers: dict[str, WorkerRecord] = {}
-        #: {task_name: {shape: deque[TaskRun]}}; entries go stale when a task
-        #: run leaves SCHEDULED and are skipped when popped.
-        self.ready: dict[str, dict[tuple, deque[TaskRun]]] = {}
+        #: {task_name: {(flow_run_id, node index): Lane}}: one FIFO lane per
+        #: node, so that flow runs take turns (fairness); entries go stale when
+        #: a task run leaves SCHEDULED and are skipped when popped.
+        self.ready: dict[str, dict[tuple[str, int], Lane]] = {}
         #: heap of (due time, tie-breaker, TaskRun, attempt) for retry delays
         self._timers: list[tuple[float, int, TaskRun, int]] = []
         self._timer_seq = 0
@@ -122,6 +250,28 @@ class Scheduler:
         self._next_task_run_id = 1
         self._changed_flows: set[str] = set()
         self._work_added = False
+        #: Task runs that were RUNNING when the state was restored, waiting for
+        #: their worker to re-attach: {task_run_id: TaskRun}, until _orphans_due.
+        self._orphans: dict[int, TaskRun] = {}
+        self._orphans_due = 0.0
+        self._changes = self._empty_changes()
+
+    @staticmethod
+    def _empty_changes() -> Changes:
+        return Changes([], set(), set(), set(), [], [])
+
+    def drain_changes(self) -> Changes:
+        """Return and forget everything that changed, for the store."""
+        changes, self._changes = self._changes, self._empty_changes()
+        return changes
+
+    def has_changes(self) -> bool:
+        """Whether anything changed since the last :meth:`drain_changes`."""
+        return len(self._changes) > 0
+
+    def pending_changes(self) -> int:
+        """How many rows the next :meth:`drain_changes` would return (a batch size hint)."""
+        return len(self._changes)
 
     # ------------------------------------------------------------------ outputs
 
@@ -147,6 +297,8 @@ class Scheduler:
         output_node: int | None = None,
         output_literal: bytes = b"",
         idempotency_key: str = "",
+        spec_blob: bytes = b"",
+        priority: int = 0,
     ) -> tuple[FlowRun, bool]:
         """Accept a flow run whole, or reject it whole.
 
@@ -158,6 +310,8 @@ class Scheduler:
             output_node: Node whose result is the flow's result, if any.
             output_literal: Pickled constant result when ``output_node`` is None.
             idempotency_key: Optional; a known key returns the existing run.
+            spec_blob: The spec as received (opaque), kept for the store.
+            priority: Higher is leased first among ready task runs that fit.
 
         Returns:
             ``(flow_run, created)``; ``created`` is False for a known key.
@@ -173,7 +327,10 @@ class Scheduler:
         flow.output_node = output_node
         flow.output_literal = output_literal
         flow.idempotency_key = idempotency_key
+        flow.spec_blob = spec_blob
+        flow.priority = priority
         self.flows[flow_run_id] = flow
+        self._changes.new_flows.append(flow)
         if idempotency_key:
             self.idempotency[idempotency_key] = flow_run_id
         self._event(flow, EventKind.FLOW_RUN_SUBMITTED, now, count=len(records))
@@ -193,11 +350,15 @@ class Scheduler:
         *,
         hostname: str = "",
         pid: int = 0,
+        running: list[tuple[int, int]] = (),
     ) -> WorkerRecord:
         """Add a worker, or refresh one that registers again.
 
         A worker that registers again keeps its running task runs (it may have
         lost its connection only); its capacity and task names are replaced.
+        ``running`` (``[(task_run_id, attempt)]``) re-attaches attempts the
+        worker still holds, e.g. after a coordinator restart; attempts that are
+        not current are ignored here and cancelled by the next heartbeat.
         """
         worker = self.workers.get(worker_id)
         if worker is None:
@@ -207,6 +368,20 @@ class Scheduler:
             worker.capacity = dict(capacity)
             worker.task_names = task_names
             worker.last_seen = now
+        for task_run_id, attempt in running:
+            tr = self.task_runs.get(task_run_id)
+            if (
+                tr is None
+                or tr.attempt != attempt
+                or tr.state != TaskRunState.RUNNING
+                or tr.worker_id != worker_id
+                or task_run_id in worker.running
+            ):
+                continue
+            self._orphans.pop(task_run_id, None)
+            worker.running[task_run_id] = tr
+            for resource, amount in tr.node.resources.items():
+                worker.allocated[resource] = worker.allocated.get(resource, 0.0) + amount
         self._work_added = True
         self._recheck_unschedulable()
         return worker
@@ -271,24 +446,97 @@ class Scheduler:
         if worker is None:
             return None
         worker.last_seen = now
-        grants: list[LeaseGrant] = []
+        lanes: list[Lane] = []
+        ready = self.ready
         for task_name in worker.task_names:
-            queues = self.ready.get(task_name)
-            if not queues:
-                continue
-            for shape, queue in list(queues.items()):
-                if len(grants) >= max_task_runs:
-                    return grants
-                room = _room_for(worker, shape[1])
-                while queue and room > 0 and len(grants) < max_task_runs:
-                    tr = queue.popleft()
-                    if tr.state != TaskRunState.SCHEDULED:
-                        continue  # stale entry
-                    grants.append(self._grant(tr, worker, now))
-                    room -= 1
-                if not queue:
-                    del queues[shape]
+            by_node = ready.get(task_name)
+            if by_node:
+                lanes.extend(by_node.values())
+        grants: list[LeaseGrant] = []
+        if not lanes:
+            return grants
+        if len(lanes) > 1:
+            # Higher priority first; within a priority, flow runs take turns,
+            # starting one lane further on every call.
+            self._rr += 1
+            rotate = self._rr % len(lanes)
+            lanes = lanes[rotate:] + lanes[:rotate]
+            lanes.sort(key=lambda lane: -lane.flow.priority)
+        start = 0
+        while start < len(lanes) and len(grants) < max_task_runs:
+            # One priority level at a time: lower levels get only what is left.
+            priority = lanes[start].flow.priority
+            end = start
+            while end < len(lanes) and lanes[end].flow.priority == priority:
+                end += 1
+            self._lease_round_robin(worker, lanes[start:end], grants, max_task_runs, now)
+            start = end
         return grants
+
+    def _lease_round_robin(
+        self,
+        worker: WorkerRecord,
+        lanes: list[Lane],
+        grants: list[LeaseGrant],
+        max_task_runs: int,
+        now: float,
+    ) -> None:
+        """Take one task run from each lane in turn while the worker has room."""
+        while lanes and len(grants) < max_task_runs:
+            open_lanes = []
+            for lane in lanes:
+                tr = self._next_ready(lane)
+                if tr is None:
+                    continue
+                node = lane.node
+                if _room_for(worker, node.shape[1]) <= 0 or not self._slot_free(node):
+                    continue  # this lane waits; others may still fit
+                lane.queue.popleft()
+                grants.append(self._grant(tr, worker, now))
+                open_lanes.append(lane)
+                if len(grants) >= max_task_runs:
+                    return
+            lanes = open_lanes
+
+    def _next_ready(self, lane: Lane) -> TaskRun | None:
+        """The lane's first task run that is still SCHEDULED; drops stale ones."""
+        queue = lane.queue
+        while queue:
+            tr = queue[0]
+            if tr.state == TaskRunState.SCHEDULED:
+                return tr
+            queue.popleft()
+        by_node = self.ready.get(lane.node.task_name)
+        if by_node is not None:
+            by_node.pop((lane.flow.id, lane.node.index), None)
+        return None
+
+    def _slot_keys(self, node: NodeRecord) -> list[tuple[tuple[str, str], int]]:
+        keys = [(("tag", t), self.limits[t]) for t in node.tags if t in self.limits]
+        if node.concurrency_limit:
+            keys.append((("task", node.task_name), node.concurrency_limit))
+        return keys
+
+    def _slot_free(self, node: NodeRecord) -> bool:
+        held = self.slots_held
+        return all(held.get(key, 0) < limit for key, limit in self._slot_keys(node))
+
+    def _take_slots(self, node: NodeRecord, delta: int) -> None:
+        held = self.slots_held
+        for tag in node.tags:
+            key = ("tag", tag)
+            held[key] = held.get(key, 0) + delta
+        if node.concurrency_limit:
+            key = ("task", node.task_name)
+            held[key] = held.get(key, 0) + delta
+
+    def set_limit(self, tag: str, limit: int | None) -> None:
+        """Set a named concurrency limit (None removes it); work may become leasable."""
+        if limit is None:
+            self.limits.pop(tag, None)
+        else:
+            self.limits[tag] = limit
+        self._work_added = True
 
     # ------------------------------------------------------------------ outcomes
 
@@ -325,9 +573,25 @@ class Scheduler:
                 if outcome.infrastructure:
                     self._infra_failure(tr, now, outcome.error, "task process failed")
                 else:
-                    self._code_failure(tr, now, outcome.error)
+                    self._code_failure(
+                        tr,
+                        now,
+                        outcome.error,
+                        timed_out=outcome.timed_out,
+                        non_retryable=outcome.non_retryable,
+                        requested_delay_s=outcome.retry_delay_s,
+                    )
             elif tr.node.split and outcome.items is None:
                 self._code_failure(tr, now, None, "worker did not split the result for a map")
+            elif (size := _result_size(outcome)) > self.max_result_bytes:
+                tr.error = None
+                self._end_failed(
+                    tr,
+                    now,
+                    TaskRunState.FAILED,
+                    message=f"result is {size} bytes, over the inline result limit of "
+                    f"{self.max_result_bytes} bytes (setting max_result_bytes)",
+                )
             else:
                 tr.result = outcome.value
                 tr.items = outcome.items
@@ -343,6 +607,13 @@ class Scheduler:
             _, _, tr, attempt = heapq.heappop(timers)
             if tr.state == TaskRunState.AWAITING_RETRY and tr.attempt == attempt:
                 self._schedule(tr, now)
+        if self._orphans and now >= self._orphans_due:
+            orphans, self._orphans = self._orphans, {}
+            for tr in orphans.values():
+                if tr.state == TaskRunState.RUNNING:
+                    self._lose_attempt(
+                        tr, now, "coordinator restarted; the worker did not re-attach in time"
+                    )
         deadline = now - self.lease_ttl_s
         for worker in [w for w in self.workers.values() if w.last_seen < deadline]:
             self.lose_worker(worker.worker_id, now, "lease expired: no heartbeat within the TTL")
@@ -355,6 +626,173 @@ class Scheduler:
         for tr in list(worker.running.values()):
             self._lose_attempt(tr, now, reason)
         self._recheck_unschedulable()
+
+    # --------------------------------------------------------------- cancellation
+
+    def cancel_flow(self, flow_run_id: str, now: float) -> int | None:
+        """Cancel a flow run: every task run that has not ended, at once.
+
+        Pending and queued task runs end CANCELLED; running ones end CANCELLED
+        too and release their resources and slots now, and their workers are
+        told to stop them at their next heartbeat (the attempt is no longer
+        theirs). Nothing new starts afterwards. The flow run ends CANCELLED.
+
+        Returns:
+            How many task runs were cancelled, or None for an unknown flow run.
+        """
+        flow = self.flows.get(flow_run_id)
+        if flow is None:
+            return None
+        if flow.terminal:
+            return 0
+        flow.cancel_requested = True
+        return sum(self._cancel_node(flow, node, now) for node in flow.nodes)
+
+    def cancel_task_run(self, task_run_id: int, now: float) -> int | None:
+        """Cancel one task run; its dependents end UPSTREAM_FAILED.
+
+        Returns:
+            1 if it was cancelled, 0 if it had ended already, None if unknown.
+        """
+        tr = self.task_runs.get(task_run_id)
+        if tr is None:
+            return None
+        if tr.state in TERMINAL_TASK_STATES:
+            return 0
+        self._end_failed(tr, now, TaskRunState.CANCELLED, message="cancelled")
+        return 1
+
+    def cancel_node(self, flow_run_id: str, node_index: int, now: float) -> int | None:
+        """Cancel every task run of one node (a map: all its children).
+
+        Returns:
+            How many task runs were cancelled, or None if the node is unknown.
+        """
+        flow = self.flows.get(flow_run_id)
+        if flow is None or not 0 <= node_index < len(flow.nodes):
+            return None
+        return self._cancel_node(flow, flow.nodes[node_index], now)
+
+    def _cancel_node(self, flow: FlowRun, node: NodeRecord, now: float) -> int:
+        if node.terminal:
+            return 0
+        if not node.expanded:
+            flow.any_cancelled = True
+            self._fail_node(flow, node, now, "cancelled before it started")
+            return 0
+        cancelled = 0
+        for tr in node.children:
+            if tr.state not in TERMINAL_TASK_STATES:
+                self._end_failed(tr, now, TaskRunState.CANCELLED, message="cancelled")
+                cancelled += 1
+        return cancelled
+
+    # ------------------------------------------------------------------ retention
+
+    def prune(self, ended_before: float) -> list[str]:
+        """Forget finished flow runs that ended before ``ended_before`` (epoch seconds).
+
+        Returns:
+            The ids of the pruned flow runs (also reported in the next Changes).
+        """
+        pruned = [
+            f.id for f in self.flows.values() if f.terminal and f.ended_at < ended_before
+        ]
+        for flow_run_id in pruned:
+            flow = self.flows.pop(flow_run_id)
+            if flow.idempotency_key:
+                self.idempotency.pop(flow.idempotency_key, None)
+            for node in flow.nodes:
+                for tr in node.children:
+                    self.task_runs.pop(tr.id, None)
+        self._changes.pruned.extend(pruned)
+        return pruned
+
+    # -------------------------------------------------------------------- restore
+
+    def restore(self, flows: list[RestoredFlow], now: float) -> None:
+        """Rebuild the state from stored rows after a restart (see docs: Recovery).
+
+        Task runs that were RUNNING wait one lease TTL for their workers to
+        re-attach (:meth:`register_worker` with ``running``); after that they
+        become new attempts. SCHEDULED ones are queued again, and retry delays
+        in progress keep their original due time.
+
+        Raises:
+            InvalidFlowSpec: a stored spec no longer validates.
+        """
+        for stored in flows:
+            self._restore_flow(stored)
+        self._orphans_due = now + self.lease_ttl_s
+        self._changes = self._empty_changes()
+
+    def _restore_flow(self, stored: RestoredFlow) -> None:
+        records = _validate_and_link(stored.nodes, stored.output_node)
+        flow = FlowRun(stored.id, stored.name, stored.created_at)
+        flow.nodes = records
+        flow.state = FlowRunState(stored.state)
+        flow.ended_at = stored.ended_at
+        flow.output_node = stored.output_node
+        flow.output_literal = stored.output_literal
+        flow.idempotency_key = stored.idempotency_key
+        flow.first_error = stored.first_error
+        flow.spec_blob = stored.spec_blob
+        flow.priority = stored.priority
+        flow.events = stored.events
+        flow.durable_seq = len(stored.events)
+        self.flows[flow.id] = flow
+        if flow.idempotency_key:
+            self.idempotency[flow.idempotency_key] = flow.id
+        for row in sorted(stored.task_runs, key=lambda r: (r.node, r.index)):
+            node = records[row.node]
+            tr = TaskRun(row.id, flow, node, row.index)
+            tr.state = TaskRunState(row.state)
+            tr.attempt = row.attempt
+            tr.worker_id = row.worker_id or None
+            tr.leased_at = row.leased_at
+            tr.result = row.result
+            tr.items = row.items
+            tr.error = row.error
+            tr.code_failures = row.code_failures
+            tr.infra_failures = row.infra_failures
+            tr.retry_at = row.retry_at
+            node.children.append(tr)
+            node.counts[tr.state] += 1
+            self.task_runs[tr.id] = tr
+            self._next_task_run_id = max(self._next_task_run_id, tr.id + 1)
+        for index, (expanded, failed) in stored.node_rows.items():
+            node = records[index]
+            node.expanded = expanded
+            if failed and not expanded:
+                node.failed = node.terminal = True
+        for node in records:
+            if node.expanded:
+                node.n_terminal = sum(
+                    1 for tr in node.children if tr.state in TERMINAL_TASK_STATES
+                )
+                node.failed = any(tr.state in _FAILED_STATES for tr in node.children)
+                node.terminal = node.n_terminal == len(node.children)
+        flow.n_terminal_nodes = sum(1 for node in records if node.terminal)
+        flow.any_failed = any(node.failed for node in records)
+        for node in records:
+            node.whole_pending = sum(
+                1 for u in node.whole_deps if not (records[u].terminal and not records[u].failed)
+            )
+            for tr in node.children:
+                tr.pending = sum(
+                    1
+                    for u in node.item_deps
+                    if records[u].children[tr.index].state != TaskRunState.COMPLETED
+                )
+                if tr.state == TaskRunState.SCHEDULED:
+                    self._enqueue(tr)
+                    self._work_added = True
+                elif tr.state == TaskRunState.AWAITING_RETRY:
+                    self._timer_seq += 1
+                    heapq.heappush(self._timers, (tr.retry_at, self._timer_seq, tr, tr.attempt))
+                elif tr.state == TaskRunState.RUNNING:
+                    self._orphans[tr.id] = tr
+                    self._take_slots(node, +1)
 
     # ----------------------------------------------------------------- internals
 
@@ -376,8 +814,18 @@ class Scheduler:
         if node is not None:
             fields["node"] = node.index
             fields["task_name"] = node.task_name
-        flow.events.append(EventRecord(len(flow.events) + 1, kind, now, **fields))
+        event = EventRecord(len(flow.events) + 1, kind, now, **fields)
+        flow.events.append(event)
         self._changed_flows.add(flow.id)
+        changes = self._changes
+        changes.events.append((flow.id, event))
+        if tr is not None:
+            changes.task_runs.add(tr)
+        if kind in _FLOW_ROW_EVENTS:
+            changes.flows.add(flow)
+        if kind == EventKind.NODE_EXPANDED or kind == EventKind.NODE_FAILED:
+            changes.nodes.add((flow, node))
+            changes.task_runs.update(node.children)
 
     def _set_state(self, tr: TaskRun, state: TaskRunState) -> None:
         counts = tr.node.counts
@@ -445,11 +893,7 @@ class Scheduler:
     def _schedule(self, tr: TaskRun, now: float) -> None:
         node = tr.node
         self._set_state(tr, TaskRunState.SCHEDULED)
-        queues = self.ready.setdefault(node.task_name, {})
-        queue = queues.get(node.shape)
-        if queue is None:
-            queue = queues[node.shape] = deque()
-        queue.append(tr)
+        self._enqueue(tr)
         self._work_added = True
         self._event(tr.flow, EventKind.TASK_RUN_SCHEDULED, now, tr=tr)
         if not node.unschedulable_reported:
@@ -457,6 +901,17 @@ class Scheduler:
             if reason:
                 node.unschedulable_reported = True
                 self._event(tr.flow, EventKind.TASK_RUN_UNSCHEDULABLE, now, tr=tr, message=reason)
+
+    def _enqueue(self, tr: TaskRun) -> None:
+        node = tr.node
+        by_node = self.ready.get(node.task_name)
+        if by_node is None:
+            by_node = self.ready[node.task_name] = {}
+        key = (tr.flow.id, node.index)
+        lane = by_node.get(key)
+        if lane is None:
+            lane = by_node[key] = Lane(tr.flow, node)
+        lane.queue.append(tr)
 
     def _unschedulable_reason(self, node: NodeRecord) -> str:
         offering = [w for w in self.workers.values() if node.task_name in w.task_names]
@@ -486,6 +941,7 @@ class Scheduler:
         tr.worker_id = worker.worker_id
         tr.leased_at = now
         worker.running[tr.id] = tr
+        self._take_slots(tr.node, +1)
         allocated = worker.allocated
         for resource, amount in tr.node.resources.items():
             allocated[resource] = allocated.get(resource, 0.0) + amount
@@ -515,7 +971,11 @@ class Scheduler:
         return out
 
     def _release(self, tr: TaskRun) -> None:
-        worker = self.workers.get(tr.worker_id or "")
+        if tr.worker_id is None:
+            return
+        self._take_slots(tr.node, -1)
+        self._work_added = True
+        worker = self.workers.get(tr.worker_id)
         if worker is not None and worker.running.pop(tr.id, None) is not None:
             allocated = worker.allocated
             for resource, amount in tr.node.resources.items():
@@ -540,12 +1000,25 @@ class Scheduler:
         tr.attempt += 1
         self._schedule(tr, now)
 
-    def _code_failure(self, tr: TaskRun, now: float, error: Any, message: str = "") -> None:
+    def _code_failure(
+        self,
+        tr: TaskRun,
+        now: float,
+        error: Any,
+        message: str = "",
+        *,
+        timed_out: bool = False,
+        non_retryable: bool = False,
+        requested_delay_s: float | None = None,
+    ) -> None:
         tr.code_failures += 1
         tr.error = error
         node = tr.node
-        if tr.code_failures <= node.retries:
-            tr.retry_at = now + node.retry_delay_s
+        if timed_out and not message:
+            message = f"timed out after {node.timeout_s:g} s"
+        if not non_retryable and tr.code_failures <= node.retries:
+            delay = retry_delay(node.policy, tr.code_failures, self.uniform, requested_delay_s)
+            tr.retry_at = now + delay
             self._set_state(tr, TaskRunState.AWAITING_RETRY)
             self._event(
                 tr.flow,
@@ -560,7 +1033,8 @@ class Scheduler:
             self._timer_seq += 1
             heapq.heappush(self._timers, (tr.retry_at, self._timer_seq, tr, tr.attempt))
             return
-        self._end_failed(tr, now, TaskRunState.FAILED, message=message)
+        state = TaskRunState.TIMED_OUT if timed_out else TaskRunState.FAILED
+        self._end_failed(tr, now, state, message=message)
 
     def _complete(self, tr: TaskRun, now: float) -> None:
         flow = tr.flow
@@ -588,13 +1062,13 @@ class Scheduler:
         self._set_state(tr, state)
         node.n_terminal += 1
         node.failed = True
-        flow.any_failed = True
-        if state == TaskRunState.FAILED:
-            kind = EventKind.TASK_RUN_FAILED
+        kind = _END_EVENTS[state]
+        if state == TaskRunState.CANCELLED:
+            flow.any_cancelled = True
+        elif state != TaskRunState.UPSTREAM_FAILED:
+            flow.any_failed = True
             if flow.first_error is None:
                 flow.first_error = (node.task_name, tr.error, message)
-        else:
-            kind = EventKind.TASK_RUN_UPSTREAM_FAILED
         self._event(flow, kind, now, tr=tr, error=tr.error, message=message)
         nodes = flow.nodes
         for c in node.whole_consumers:
@@ -619,9 +1093,10 @@ class Scheduler:
                     self._end_failed(tr, now, TaskRunState.UPSTREAM_FAILED)
             return
         node.failed = True
-        flow.any_failed = True
-        if own and flow.first_error is None:
-            flow.first_error = (node.task_name, None, message)
+        if own:
+            flow.any_failed = True
+            if flow.first_error is None:
+                flow.first_error = (node.task_name, None, message)
         self._event(flow, EventKind.NODE_FAILED, now, node=node, message=message)
         node.terminal = True
         flow.n_terminal_nodes += 1
@@ -645,7 +1120,10 @@ class Scheduler:
         if flow.terminal or flow.n_terminal_nodes < len(flow.nodes):
             return
         flow.ended_at = now
-        if flow.any_failed:
+        if flow.cancel_requested or (flow.any_cancelled and not flow.any_failed):
+            flow.state = FlowRunState.CANCELLED
+            self._event(flow, EventKind.FLOW_RUN_CANCELLED, now)
+        elif flow.any_failed:
             flow.state = FlowRunState.FAILED
             self._event(flow, EventKind.FLOW_RUN_FAILED, now)
         else:
@@ -662,6 +1140,27 @@ class Scheduler:
             return flow.output_literal
         return whole_value(flow.nodes[flow.output_node])
 
+
+#: The event that records each failed ending.
+_END_EVENTS = {
+    TaskRunState.FAILED: EventKind.TASK_RUN_FAILED,
+    TaskRunState.TIMED_OUT: EventKind.TASK_RUN_TIMED_OUT,
+    TaskRunState.CANCELLED: EventKind.TASK_RUN_CANCELLED,
+    TaskRunState.UPSTREAM_FAILED: EventKind.TASK_RUN_UPSTREAM_FAILED,
+}
+
+#: Events after which the flow run's own row changes (state, end, first error).
+_FLOW_ROW_EVENTS = frozenset(
+    {
+        EventKind.FLOW_RUN_SUBMITTED,
+        EventKind.FLOW_RUN_COMPLETED,
+        EventKind.FLOW_RUN_FAILED,
+        EventKind.FLOW_RUN_CANCELLED,
+        EventKind.TASK_RUN_FAILED,
+        EventKind.TASK_RUN_TIMED_OUT,
+        EventKind.NODE_FAILED,
+    }
+)
 
 _FAILED_STATES = frozenset(
     {
@@ -681,6 +1180,12 @@ def whole_value(node: NodeRecord) -> bytes | list[bytes]:
     if child.items is not None:
         return child.items
     return child.result or b""
+
+
+def _result_size(outcome: Outcome) -> int:
+    if outcome.items is not None:
+        return sum(len(item) for item in outcome.items)
+    return len(outcome.value or b"")
 
 
 def _whole_single(node: NodeRecord) -> bytes:
@@ -722,9 +1227,14 @@ def _validate_and_link(nodes: list[NodeSpec], output_node: int | None) -> list[N
                 raise InvalidFlowSpec(
                     f"{where}.resources[{resource!r}] = {amount}: must be finite and >= 0"
                 )
+        if not 0 <= spec.jitter <= 1:
+            raise InvalidFlowSpec(f"{where}.retry.jitter = {spec.jitter}: must be in [0, 1]")
         for field, value in (
             ("retry_delay_seconds", spec.retry_delay_s),
             ("timeout_seconds", spec.timeout_s),
+            ("retry.backoff", spec.backoff),
+            ("retry.max_delay_seconds", spec.max_delay_s),
+            *(("retry.retry_delays_seconds", d) for d in spec.retry_delays_s),
         ):
             if not math.isfinite(value) or value < 0:
                 raise InvalidFlowSpec(f"{where}.{field} = {value}: must be finite and >= 0")
@@ -738,6 +1248,16 @@ def _validate_and_link(nodes: list[NodeSpec], output_node: int | None) -> list[N
             spec.retry_delay_s,
             spec.timeout_s,
         )
+        record.policy = RetryPolicy(
+            retries=spec.retries,
+            delay_s=spec.retry_delay_s,
+            delays_s=tuple(spec.retry_delays_s),
+            backoff=spec.backoff or 1.0,
+            max_delay_s=spec.max_delay_s,
+            jitter=spec.jitter,
+        )
+        record.tags = tuple(spec.tags)
+        record.concurrency_limit = spec.concurrency_limit
         names = set()
         literal_lengths = set()
         whole: set[int] = set()

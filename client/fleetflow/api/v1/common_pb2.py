@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66leetflow/api/v1/common.proto\x12\x10\x66leetflow.api.v1\"v\n\tResources\x12\x39\n\x07\x61mounts\x18\x01 \x03(\x0b\x32(.fleetflow.api.v1.Resources.AmountsEntry\x1a.\n\x0c\x41mountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\";\n\x0bRetryPolicy\x12\x0f\n\x07retries\x18\x01 \x01(\r\x12\x1b\n\x13retry_delay_seconds\x18\x02 \x01(\x01\"\x1a\n\tValueList\x12\r\n\x05items\x18\x01 \x03(\x0c\"O\n\x05Value\x12\x11\n\x07pickled\x18\x01 \x01(\x0cH\x00\x12+\n\x04list\x18\x02 \x01(\x0b\x32\x1b.fleetflow.api.v1.ValueListH\x00\x42\x06\n\x04kind\"\xb7\x01\n\x07\x41rgSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07literal\x18\x02 \x01(\x0cH\x00\x12\x34\n\rliteral_items\x18\x03 \x01(\x0b\x32\x1b.fleetflow.api.v1.ValueListH\x00\x12\x0e\n\x04node\x18\x04 \x01(\rH\x00\x12+\n\x05nodes\x18\x05 \x01(\x0b\x32\x1a.fleetflow.api.v1.NodeListH\x00\x12\x0e\n\x06mapped\x18\x06 \x01(\x08\x42\x08\n\x06source\"\x19\n\x08NodeList\x12\r\n\x05nodes\x18\x01 \x03(\r\"\xca\x01\n\x08TaskNode\x12\x11\n\ttask_name\x18\x01 \x01(\t\x12\'\n\x04\x61rgs\x18\x02 \x03(\x0b\x32\x19.fleetflow.api.v1.ArgSpec\x12\x0b\n\x03map\x18\x03 \x01(\x08\x12.\n\tresources\x18\x04 \x01(\x0b\x32\x1b.fleetflow.api.v1.Resources\x12,\n\x05retry\x18\x05 \x01(\x0b\x32\x1d.fleetflow.api.v1.RetryPolicy\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x01\"\x92\x01\n\x08\x46lowSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x05nodes\x18\x02 \x03(\x0b\x32\x1a.fleetflow.api.v1.TaskNode\x12\x15\n\x0boutput_node\x18\x03 \x01(\rH\x00\x12\x18\n\x0eoutput_literal\x18\x04 \x01(\x0cH\x00\x12\x12\n\nparameters\x18\x05 \x01(\x0c\x42\x08\n\x06output\"N\n\tTaskError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x0f\n\x07pickled\x18\x04 \x01(\x0c\"\xa9\x02\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.fleetflow.api.v1.EventKind\x12\x13\n\x0b\x66low_run_id\x18\x03 \x01(\t\x12\x0c\n\x04time\x18\x04 \x01(\x01\x12\x0c\n\x04node\x18\x05 \x01(\r\x12\x11\n\ttask_name\x18\x06 \x01(\t\x12\x13\n\x0btask_run_id\x18\x07 \x01(\x04\x12\r\n\x05index\x18\x08 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\x12\x11\n\tworker_id\x18\n \x01(\t\x12\r\n\x05\x63ount\x18\x0b \x01(\r\x12\x0f\n\x07message\x18\x0c \x01(\t\x12*\n\x05\x65rror\x18\r \x01(\x0b\x32\x1b.fleetflow.api.v1.TaskError\x12\x10\n\x08retry_at\x18\x0e \x01(\x01*\xc0\x02\n\x0cTaskRunState\x12\x1e\n\x1aTASK_RUN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_RUN_STATE_PENDING\x10\x01\x12\x1c\n\x18TASK_RUN_STATE_SCHEDULED\x10\x02\x12\x1a\n\x16TASK_RUN_STATE_RUNNING\x10\x03\x12!\n\x1dTASK_RUN_STATE_AWAITING_RETRY\x10\x04\x12\x1c\n\x18TASK_RUN_STATE_COMPLETED\x10\x05\x12\x19\n\x15TASK_RUN_STATE_FAILED\x10\x06\x12\"\n\x1eTASK_RUN_STATE_UPSTREAM_FAILED\x10\x07\x12\x1c\n\x18TASK_RUN_STATE_CANCELLED\x10\x08\x12\x1c\n\x18TASK_RUN_STATE_TIMED_OUT\x10\t*\xa1\x01\n\x0c\x46lowRunState\x12\x1e\n\x1a\x46LOW_RUN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46LOW_RUN_STATE_RUNNING\x10\x01\x12\x1c\n\x18\x46LOW_RUN_STATE_COMPLETED\x10\x02\x12\x19\n\x15\x46LOW_RUN_STATE_FAILED\x10\x03\x12\x1c\n\x18\x46LOW_RUN_STATE_CANCELLED\x10\x04*\xaf\x04\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12!\n\x1d\x45VENT_KIND_FLOW_RUN_SUBMITTED\x10\x01\x12!\n\x1d\x45VENT_KIND_FLOW_RUN_COMPLETED\x10\x02\x12\x1e\n\x1a\x45VENT_KIND_FLOW_RUN_FAILED\x10\x03\x12!\n\x1d\x45VENT_KIND_FLOW_RUN_CANCELLED\x10\x04\x12\x1c\n\x18\x45VENT_KIND_NODE_EXPANDED\x10\x05\x12!\n\x1d\x45VENT_KIND_TASK_RUN_SCHEDULED\x10\x06\x12\x1f\n\x1b\x45VENT_KIND_TASK_RUN_STARTED\x10\x07\x12!\n\x1d\x45VENT_KIND_TASK_RUN_COMPLETED\x10\x08\x12\x1e\n\x1a\x45VENT_KIND_TASK_RUN_FAILED\x10\t\x12 \n\x1c\x45VENT_KIND_TASK_RUN_RETRYING\x10\n\x12\'\n#EVENT_KIND_TASK_RUN_UPSTREAM_FAILED\x10\x0b\x12%\n!EVENT_KIND_TASK_RUN_LEASE_EXPIRED\x10\x0c\x12#\n\x1f\x45VENT_KIND_LATE_RESULT_REJECTED\x10\r\x12%\n!EVENT_KIND_TASK_RUN_UNSCHEDULABLE\x10\x0e\x12\x1a\n\x16\x45VENT_KIND_NODE_FAILED\x10\x0f\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66leetflow/api/v1/common.proto\x12\x10\x66leetflow.api.v1\"v\n\tResources\x12\x39\n\x07\x61mounts\x18\x01 \x03(\x0b\x32(.fleetflow.api.v1.Resources.AmountsEntry\x1a.\n\x0c\x41mountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x95\x01\n\x0bRetryPolicy\x12\x0f\n\x07retries\x18\x01 \x01(\r\x12\x1b\n\x13retry_delay_seconds\x18\x02 \x01(\x01\x12\x1c\n\x14retry_delays_seconds\x18\x03 \x03(\x01\x12\x0f\n\x07\x62\x61\x63koff\x18\x04 \x01(\x01\x12\x19\n\x11max_delay_seconds\x18\x05 \x01(\x01\x12\x0e\n\x06jitter\x18\x06 \x01(\x01\"\x1a\n\tValueList\x12\r\n\x05items\x18\x01 \x03(\x0c\"O\n\x05Value\x12\x11\n\x07pickled\x18\x01 \x01(\x0cH\x00\x12+\n\x04list\x18\x02 \x01(\x0b\x32\x1b.fleetflow.api.v1.ValueListH\x00\x42\x06\n\x04kind\"\xb7\x01\n\x07\x41rgSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07literal\x18\x02 \x01(\x0cH\x00\x12\x34\n\rliteral_items\x18\x03 \x01(\x0b\x32\x1b.fleetflow.api.v1.ValueListH\x00\x12\x0e\n\x04node\x18\x04 \x01(\rH\x00\x12+\n\x05nodes\x18\x05 \x01(\x0b\x32\x1a.fleetflow.api.v1.NodeListH\x00\x12\x0e\n\x06mapped\x18\x06 \x01(\x08\x42\x08\n\x06source\"\x19\n\x08NodeList\x12\r\n\x05nodes\x18\x01 \x03(\r\"\xf3\x01\n\x08TaskNode\x12\x11\n\ttask_name\x18\x01 \x01(\t\x12\'\n\x04\x61rgs\x18\x02 \x03(\x0b\x32\x19.fleetflow.api.v1.ArgSpec\x12\x0b\n\x03map\x18\x03 \x01(\x08\x12.\n\tresources\x18\x04 \x01(\x0b\x32\x1b.fleetflow.api.v1.Resources\x12,\n\x05retry\x18\x05 \x01(\x0b\x32\x1d.fleetflow.api.v1.RetryPolicy\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x01\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\x19\n\x11\x63oncurrency_limit\x18\x08 \x01(\r\"\xa4\x01\n\x08\x46lowSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x05nodes\x18\x02 \x03(\x0b\x32\x1a.fleetflow.api.v1.TaskNode\x12\x15\n\x0boutput_node\x18\x03 \x01(\rH\x00\x12\x18\n\x0eoutput_literal\x18\x04 \x01(\x0cH\x00\x12\x12\n\nparameters\x18\x05 \x01(\x0c\x12\x10\n\x08priority\x18\x06 \x01(\x05\x42\x08\n\x06output\"N\n\tTaskError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x0f\n\x07pickled\x18\x04 \x01(\x0c\"\xa9\x02\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.fleetflow.api.v1.EventKind\x12\x13\n\x0b\x66low_run_id\x18\x03 \x01(\t\x12\x0c\n\x04time\x18\x04 \x01(\x01\x12\x0c\n\x04node\x18\x05 \x01(\r\x12\x11\n\ttask_name\x18\x06 \x01(\t\x12\x13\n\x0btask_run_id\x18\x07 \x01(\x04\x12\r\n\x05index\x18\x08 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\x12\x11\n\tworker_id\x18\n \x01(\t\x12\r\n\x05\x63ount\x18\x0b \x01(\r\x12\x0f\n\x07message\x18\x0c \x01(\t\x12*\n\x05\x65rror\x18\r \x01(\x0b\x32\x1b.fleetflow.api.v1.TaskError\x12\x10\n\x08retry_at\x18\x0e \x01(\x01*\xc0\x02\n\x0cTaskRunState\x12\x1e\n\x1aTASK_RUN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_RUN_STATE_PENDING\x10\x01\x12\x1c\n\x18TASK_RUN_STATE_SCHEDULED\x10\x02\x12\x1a\n\x16TASK_RUN_STATE_RUNNING\x10\x03\x12!\n\x1dTASK_RUN_STATE_AWAITING_RETRY\x10\x04\x12\x1c\n\x18TASK_RUN_STATE_COMPLETED\x10\x05\x12\x19\n\x15TASK_RUN_STATE_FAILED\x10\x06\x12\"\n\x1eTASK_RUN_STATE_UPSTREAM_FAILED\x10\x07\x12\x1c\n\x18TASK_RUN_STATE_CANCELLED\x10\x08\x12\x1c\n\x18TASK_RUN_STATE_TIMED_OUT\x10\t*\xa1\x01\n\x0c\x46lowRunState\x12\x1e\n\x1a\x46LOW_RUN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46LOW_RUN_STATE_RUNNING\x10\x01\x12\x1c\n\x18\x46LOW_RUN_STATE_COMPLETED\x10\x02\x12\x19\n\x15\x46LOW_RUN_STATE_FAILED\x10\x03\x12\x1c\n\x18\x46LOW_RUN_STATE_CANCELLED\x10\x04*\xf5\x04\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12!\n\x1d\x45VENT_KIND_FLOW_RUN_SUBMITTED\x10\x01\x12!\n\x1d\x45VENT_KIND_FLOW_RUN_COMPLETED\x10\x02\x12\x1e\n\x1a\x45VENT_KIND_FLOW_RUN_FAILED\x10\x03\x12!\n\x1d\x45VENT_KIND_FLOW_RUN_CANCELLED\x10\x04\x12\x1c\n\x18\x45VENT_KIND_NODE_EXPANDED\x10\x05\x12!\n\x1d\x45VENT_KIND_TASK_RUN_SCHEDULED\x10\x06\x12\x1f\n\x1b\x45VENT_KIND_TASK_RUN_STARTED\x10\x07\x12!\n\x1d\x45VENT_KIND_TASK_RUN_COMPLETED\x10\x08\x12\x1e\n\x1a\x45VENT_KIND_TASK_RUN_FAILED\x10\t\x12 \n\x1c\x45VENT_KIND_TASK_RUN_RETRYING\x10\n\x12\'\n#EVENT_KIND_TASK_RUN_UPSTREAM_FAILED\x10\x0b\x12%\n!EVENT_KIND_TASK_RUN_LEASE_EXPIRED\x10\x0c\x12#\n\x1f\x45VENT_KIND_LATE_RESULT_REJECTED\x10\r\x12%\n!EVENT_KIND_TASK_RUN_UNSCHEDULABLE\x10\x0e\x12\x1a\n\x16\x45VENT_KIND_NODE_FAILED\x10\x0f\x12!\n\x1d\x45VENT_KIND_TASK_RUN_CANCELLED\x10\x10\x12!\n\x1d\x45VENT_KIND_TASK_RUN_TIMED_OUT\x10\x11\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,32 +33,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RESOURCES_AMOUNTSENTRY']._loaded_options = None
   _globals['_RESOURCES_AMOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKRUNSTATE']._serialized_start=1289
-  _globals['_TASKRUNSTATE']._serialized_end=1609
-  _globals['_FLOWRUNSTATE']._serialized_start=1612
-  _globals['_FLOWRUNSTATE']._serialized_end=1773
-  _globals['_EVENTKIND']._serialized_start=1776
-  _globals['_EVENTKIND']._serialized_end=2335
+  _globals['_TASKRUNSTATE']._serialized_start=1439
+  _globals['_TASKRUNSTATE']._serialized_end=1759
+  _globals['_FLOWRUNSTATE']._serialized_start=1762
+  _globals['_FLOWRUNSTATE']._serialized_end=1923
+  _globals['_EVENTKIND']._serialized_start=1926
+  _globals['_EVENTKIND']._serialized_end=2555
   _globals['_RESOURCES']._serialized_start=51
   _globals['_RESOURCES']._serialized_end=169
   _globals['_RESOURCES_AMOUNTSENTRY']._serialized_start=123
   _globals['_RESOURCES_AMOUNTSENTRY']._serialized_end=169
-  _globals['_RETRYPOLICY']._serialized_start=171
-  _globals['_RETRYPOLICY']._serialized_end=230
-  _globals['_VALUELIST']._serialized_start=232
-  _globals['_VALUELIST']._serialized_end=258
-  _globals['_VALUE']._serialized_start=260
-  _globals['_VALUE']._serialized_end=339
-  _globals['_ARGSPEC']._serialized_start=342
-  _globals['_ARGSPEC']._serialized_end=525
-  _globals['_NODELIST']._serialized_start=527
-  _globals['_NODELIST']._serialized_end=552
-  _globals['_TASKNODE']._serialized_start=555
-  _globals['_TASKNODE']._serialized_end=757
-  _globals['_FLOWSPEC']._serialized_start=760
-  _globals['_FLOWSPEC']._serialized_end=906
-  _globals['_TASKERROR']._serialized_start=908
-  _globals['_TASKERROR']._serialized_end=986
-  _globals['_EVENT']._serialized_start=989
-  _globals['_EVENT']._serialized_end=1286
+  _globals['_RETRYPOLICY']._serialized_start=172
+  _globals['_RETRYPOLICY']._serialized_end=321
+  _globals['_VALUELIST']._serialized_start=323
+  _globals['_VALUELIST']._serialized_end=349
+  _globals['_VALUE']._serialized_start=351
+  _globals['_VALUE']._serialized_end=430
+  _globals['_ARGSPEC']._serialized_start=433
+  _globals['_ARGSPEC']._serialized_end=616
+  _globals['_NODELIST']._serialized_start=618
+  _globals['_NODELIST']._serialized_end=643
+  _globals['_TASKNODE']._serialized_start=646
+  _globals['_TASKNODE']._serialized_end=889
+  _globals['_FLOWSPEC']._serialized_start=892
+  _globals['_FLOWSPEC']._serialized_end=1056
+  _globals['_TASKERROR']._serialized_start=1058
+  _globals['_TASKERROR']._serialized_end=1136
+  _globals['_EVENT']._serialized_start=1139
+  _globals['_EVENT']._serialized_end=1436
 # @@protoc_insertion_point(module_scope)

@@ -46,6 +46,8 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_LATE_RESULT_REJECTED: _ClassVar[EventKind]
     EVENT_KIND_TASK_RUN_UNSCHEDULABLE: _ClassVar[EventKind]
     EVENT_KIND_NODE_FAILED: _ClassVar[EventKind]
+    EVENT_KIND_TASK_RUN_CANCELLED: _ClassVar[EventKind]
+    EVENT_KIND_TASK_RUN_TIMED_OUT: _ClassVar[EventKind]
 TASK_RUN_STATE_UNSPECIFIED: TaskRunState
 TASK_RUN_STATE_PENDING: TaskRunState
 TASK_RUN_STATE_SCHEDULED: TaskRunState
@@ -77,6 +79,8 @@ EVENT_KIND_TASK_RUN_LEASE_EXPIRED: EventKind
 EVENT_KIND_LATE_RESULT_REJECTED: EventKind
 EVENT_KIND_TASK_RUN_UNSCHEDULABLE: EventKind
 EVENT_KIND_NODE_FAILED: EventKind
+EVENT_KIND_TASK_RUN_CANCELLED: EventKind
+EVENT_KIND_TASK_RUN_TIMED_OUT: EventKind
 
 class Resources(_message.Message):
     __slots__ = ("amounts",)
@@ -92,12 +96,20 @@ class Resources(_message.Message):
     def __init__(self, amounts: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
-    __slots__ = ("retries", "retry_delay_seconds")
+    __slots__ = ("retries", "retry_delay_seconds", "retry_delays_seconds", "backoff", "max_delay_seconds", "jitter")
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     RETRY_DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_DELAYS_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
     retries: int
     retry_delay_seconds: float
-    def __init__(self, retries: _Optional[int] = ..., retry_delay_seconds: _Optional[float] = ...) -> None: ...
+    retry_delays_seconds: _containers.RepeatedScalarFieldContainer[float]
+    backoff: float
+    max_delay_seconds: float
+    jitter: float
+    def __init__(self, retries: _Optional[int] = ..., retry_delay_seconds: _Optional[float] = ..., retry_delays_seconds: _Optional[_Iterable[float]] = ..., backoff: _Optional[float] = ..., max_delay_seconds: _Optional[float] = ..., jitter: _Optional[float] = ...) -> None: ...
 
 class ValueList(_message.Message):
     __slots__ = ("items",)
@@ -136,34 +148,40 @@ class NodeList(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TaskNode(_message.Message):
-    __slots__ = ("task_name", "args", "map", "resources", "retry", "timeout_seconds")
+    __slots__ = ("task_name", "args", "map", "resources", "retry", "timeout_seconds", "tags", "concurrency_limit")
     TASK_NAME_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     MAP_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
     task_name: str
     args: _containers.RepeatedCompositeFieldContainer[ArgSpec]
     map: bool
     resources: Resources
     retry: RetryPolicy
     timeout_seconds: float
-    def __init__(self, task_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[ArgSpec, _Mapping]]] = ..., map: _Optional[bool] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    concurrency_limit: int
+    def __init__(self, task_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[ArgSpec, _Mapping]]] = ..., map: _Optional[bool] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., concurrency_limit: _Optional[int] = ...) -> None: ...
 
 class FlowSpec(_message.Message):
-    __slots__ = ("name", "nodes", "output_node", "output_literal", "parameters")
+    __slots__ = ("name", "nodes", "output_node", "output_literal", "parameters", "priority")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_NODE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_LITERAL_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     nodes: _containers.RepeatedCompositeFieldContainer[TaskNode]
     output_node: int
     output_literal: bytes
     parameters: bytes
-    def __init__(self, name: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[TaskNode, _Mapping]]] = ..., output_node: _Optional[int] = ..., output_literal: _Optional[bytes] = ..., parameters: _Optional[bytes] = ...) -> None: ...
+    priority: int
+    def __init__(self, name: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[TaskNode, _Mapping]]] = ..., output_node: _Optional[int] = ..., output_literal: _Optional[bytes] = ..., parameters: _Optional[bytes] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class TaskError(_message.Message):
     __slots__ = ("type", "message", "traceback", "pickled")

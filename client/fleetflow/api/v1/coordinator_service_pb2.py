@@ -25,33 +25,61 @@ _sym_db = _symbol_database.Default()
 from fleetflow.api.v1 import common_pb2 as fleetflow_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*fleetflow/api/v1/coordinator_service.proto\x12\x10\x66leetflow.api.v1\x1a\x1d\x66leetflow/api/v1/common.proto\"Y\n\x14SubmitFlowRunRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.fleetflow.api.v1.FlowSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"=\n\x15SubmitFlowRunResponse\x12\x13\n\x0b\x66low_run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"V\n\x11GetFlowRunRequest\x12\x13\n\x0b\x66low_run_id\x18\x01 \x01(\t\x12\x16\n\x0einclude_result\x18\x02 \x01(\x08\x12\x14\n\x0cwait_seconds\x18\x03 \x01(\x01\"\xf8\x01\n\nTaskCounts\x12\x0c\n\x04node\x18\x01 \x01(\r\x12\x11\n\ttask_name\x18\x02 \x01(\t\x12\x0b\n\x03map\x18\x03 \x01(\x08\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0f\n\x07pending\x18\x05 \x01(\x04\x12\x11\n\tscheduled\x18\x06 \x01(\x04\x12\x0f\n\x07running\x18\x07 \x01(\x04\x12\x16\n\x0e\x61waiting_retry\x18\x08 \x01(\x04\x12\x11\n\tcompleted\x18\t \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\n \x01(\x04\x12\x17\n\x0fupstream_failed\x18\x0b \x01(\x04\x12\x11\n\tcancelled\x18\x0c \x01(\x04\x12\x11\n\ttimed_out\x18\r \x01(\x04\"\xc4\x01\n\x0b\x46lowRunInfo\x12\x13\n\x0b\x66low_run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.fleetflow.api.v1.FlowRunState\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x10\n\x08\x65nded_at\x18\x05 \x01(\x01\x12\x10\n\x08last_seq\x18\x06 \x01(\x04\x12+\n\x05nodes\x18\x07 \x03(\x0b\x32\x1c.fleetflow.api.v1.TaskCounts\"\xaf\x01\n\x12GetFlowRunResponse\x12+\n\x04info\x18\x01 \x01(\x0b\x32\x1d.fleetflow.api.v1.FlowRunInfo\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x17.fleetflow.api.v1.Value\x12*\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1b.fleetflow.api.v1.TaskError\x12\x17\n\x0f\x65rror_task_name\x18\x04 \x01(\t\"\x15\n\x13ListFlowRunsRequest\"H\n\x14ListFlowRunsResponse\x12\x30\n\tflow_runs\x18\x01 \x03(\x0b\x32\x1d.fleetflow.api.v1.FlowRunInfo\"=\n\x13WatchFlowRunRequest\x12\x13\n\x0b\x66low_run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\"?\n\x14WatchFlowRunResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.fleetflow.api.v1.Event2\x8f\x03\n\x12\x43oordinatorService\x12`\n\rSubmitFlowRun\x12&.fleetflow.api.v1.SubmitFlowRunRequest\x1a\'.fleetflow.api.v1.SubmitFlowRunResponse\x12W\n\nGetFlowRun\x12#.fleetflow.api.v1.GetFlowRunRequest\x1a$.fleetflow.api.v1.GetFlowRunResponse\x12]\n\x0cListFlowRuns\x12%.fleetflow.api.v1.ListFlowRunsRequest\x1a&.fleetflow.api.v1.ListFlowRunsResponse\x12_\n\x0cWatchFlowRun\x12%.fleetflow.api.v1.WatchFlowRunRequest\x1a&.fleetflow.api.v1.WatchFlowRunResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*fleetflow/api/v1/coordinator_service.proto\x12\x10\x66leetflow.api.v1\x1a\x1d\x66leetflow/api/v1/common.proto\"2\n\x14PruneFlowRunsRequest\x12\x1a\n\x12older_than_seconds\x18\x01 \x01(\x01\"4\n\x15PruneFlowRunsResponse\x12\x1b\n\x13pruned_flow_run_ids\x18\x01 \x03(\t\"Y\n\x14SubmitFlowRunRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.fleetflow.api.v1.FlowSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"=\n\x15SubmitFlowRunResponse\x12\x13\n\x0b\x66low_run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"V\n\x11GetFlowRunRequest\x12\x13\n\x0b\x66low_run_id\x18\x01 \x01(\t\x12\x16\n\x0einclude_result\x18\x02 \x01(\x08\x12\x14\n\x0cwait_seconds\x18\x03 \x01(\x01\"\xf8\x01\n\nTaskCounts\x12\x0c\n\x04node\x18\x01 \x01(\r\x12\x11\n\ttask_name\x18\x02 \x01(\t\x12\x0b\n\x03map\x18\x03 \x01(\x08\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0f\n\x07pending\x18\x05 \x01(\x04\x12\x11\n\tscheduled\x18\x06 \x01(\x04\x12\x0f\n\x07running\x18\x07 \x01(\x04\x12\x16\n\x0e\x61waiting_retry\x18\x08 \x01(\x04\x12\x11\n\tcompleted\x18\t \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\n \x01(\x04\x12\x17\n\x0fupstream_failed\x18\x0b \x01(\x04\x12\x11\n\tcancelled\x18\x0c \x01(\x04\x12\x11\n\ttimed_out\x18\r \x01(\x04\"\xc4\x01\n\x0b\x46lowRunInfo\x12\x13\n\x0b\x66low_run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.fleetflow.api.v1.FlowRunState\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x10\n\x08\x65nded_at\x18\x05 \x01(\x01\x12\x10\n\x08last_seq\x18\x06 \x01(\x04\x12+\n\x05nodes\x18\x07 \x03(\x0b\x32\x1c.fleetflow.api.v1.TaskCounts\"\xaf\x01\n\x12GetFlowRunResponse\x12+\n\x04info\x18\x01 \x01(\x0b\x32\x1d.fleetflow.api.v1.FlowRunInfo\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x17.fleetflow.api.v1.Value\x12*\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1b.fleetflow.api.v1.TaskError\x12\x17\n\x0f\x65rror_task_name\x18\x04 \x01(\t\"\x15\n\x13ListFlowRunsRequest\"H\n\x14ListFlowRunsResponse\x12\x30\n\tflow_runs\x18\x01 \x03(\x0b\x32\x1d.fleetflow.api.v1.FlowRunInfo\"=\n\x13WatchFlowRunRequest\x12\x13\n\x0b\x66low_run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\"?\n\x14WatchFlowRunResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.fleetflow.api.v1.Event\"\x14\n\x12ListWorkersRequest\"\xa6\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12-\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x1b.fleetflow.api.v1.Resources\x12.\n\tallocated\x18\x05 \x01(\x0b\x32\x1b.fleetflow.api.v1.Resources\x12\x0f\n\x07running\x18\x06 \x01(\r\x12\x12\n\ntask_names\x18\x07 \x03(\t\x12\x13\n\x0b\x63pu_percent\x18\x08 \x01(\x01\x12\x18\n\x10memory_available\x18\t \x01(\x01\x12\x14\n\x0clast_seen_at\x18\n \x01(\x01\x12\x1d\n\x15heartbeat_age_seconds\x18\x0b \x01(\x01\"D\n\x13ListWorkersResponse\x12-\n\x07workers\x18\x01 \x03(\x0b\x32\x1c.fleetflow.api.v1.WorkerInfo\"+\n\x14\x43\x61ncelFlowRunRequest\x12\x13\n\x0b\x66low_run_id\x18\x01 \x01(\t\"*\n\x15\x43\x61ncelFlowRunResponse\x12\x11\n\tcancelled\x18\x01 \x01(\r\"_\n\x14\x43\x61ncelTaskRunRequest\x12\x13\n\x0btask_run_id\x18\x01 \x01(\x04\x12\x13\n\x0b\x66low_run_id\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\r\x12\x0f\n\x07\x62y_node\x18\x04 \x01(\x08\"*\n\x15\x43\x61ncelTaskRunResponse\x12\x11\n\tcancelled\x18\x01 \x01(\r\"(\n\x11GetTaskRunRequest\x12\x13\n\x0btask_run_id\x18\x01 \x01(\x04\"\xb9\x01\n\x07\x41ttempt\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x10\n\x08\x65nded_at\x18\x04 \x01(\x01\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12*\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x1b.fleetflow.api.v1.TaskError\x12\x16\n\x0einfrastructure\x18\x07 \x01(\x08\x12\x0f\n\x07message\x18\x08 \x01(\t\"\x8b\x02\n\x12GetTaskRunResponse\x12\x13\n\x0btask_run_id\x18\x01 \x01(\x04\x12\x13\n\x0b\x66low_run_id\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\r\x12\r\n\x05index\x18\x04 \x01(\r\x12\x11\n\ttask_name\x18\x05 \x01(\t\x12-\n\x05state\x18\x06 \x01(\x0e\x32\x1e.fleetflow.api.v1.TaskRunState\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12+\n\x08\x61ttempts\x18\x08 \x03(\x0b\x32\x19.fleetflow.api.v1.Attempt\x12.\n\tresources\x18\t \x01(\x0b\x32\x1b.fleetflow.api.v1.Resources\"8\n\x1aSetConcurrencyLimitRequest\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"\x1d\n\x1bSetConcurrencyLimitResponse2\xde\x07\n\x12\x43oordinatorService\x12`\n\rSubmitFlowRun\x12&.fleetflow.api.v1.SubmitFlowRunRequest\x1a\'.fleetflow.api.v1.SubmitFlowRunResponse\x12W\n\nGetFlowRun\x12#.fleetflow.api.v1.GetFlowRunRequest\x1a$.fleetflow.api.v1.GetFlowRunResponse\x12]\n\x0cListFlowRuns\x12%.fleetflow.api.v1.ListFlowRunsRequest\x1a&.fleetflow.api.v1.ListFlowRunsResponse\x12_\n\x0cWatchFlowRun\x12%.fleetflow.api.v1.WatchFlowRunRequest\x1a&.fleetflow.api.v1.WatchFlowRunResponse0\x01\x12`\n\rPruneFlowRuns\x12&.fleetflow.api.v1.PruneFlowRunsRequest\x1a\'.fleetflow.api.v1.PruneFlowRunsResponse\x12`\n\rCancelFlowRun\x12&.fleetflow.api.v1.CancelFlowRunRequest\x1a\'.fleetflow.api.v1.CancelFlowRunResponse\x12`\n\rCancelTaskRun\x12&.fleetflow.api.v1.CancelTaskRunRequest\x1a\'.fleetflow.api.v1.CancelTaskRunResponse\x12W\n\nGetTaskRun\x12#.fleetflow.api.v1.GetTaskRunRequest\x1a$.fleetflow.api.v1.GetTaskRunResponse\x12r\n\x13SetConcurrencyLimit\x12,.fleetflow.api.v1.SetConcurrencyLimitRequest\x1a-.fleetflow.api.v1.SetConcurrencyLimitResponse\x12Z\n\x0bListWorkers\x12$.fleetflow.api.v1.ListWorkersRequest\x1a%.fleetflow.api.v1.ListWorkersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fleetflow.api.v1.coordinator_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITFLOWRUNREQUEST']._serialized_start=95
-  _globals['_SUBMITFLOWRUNREQUEST']._serialized_end=184
-  _globals['_SUBMITFLOWRUNRESPONSE']._serialized_start=186
-  _globals['_SUBMITFLOWRUNRESPONSE']._serialized_end=247
-  _globals['_GETFLOWRUNREQUEST']._serialized_start=249
-  _globals['_GETFLOWRUNREQUEST']._serialized_end=335
-  _globals['_TASKCOUNTS']._serialized_start=338
-  _globals['_TASKCOUNTS']._serialized_end=586
-  _globals['_FLOWRUNINFO']._serialized_start=589
-  _globals['_FLOWRUNINFO']._serialized_end=785
-  _globals['_GETFLOWRUNRESPONSE']._serialized_start=788
-  _globals['_GETFLOWRUNRESPONSE']._serialized_end=963
-  _globals['_LISTFLOWRUNSREQUEST']._serialized_start=965
-  _globals['_LISTFLOWRUNSREQUEST']._serialized_end=986
-  _globals['_LISTFLOWRUNSRESPONSE']._serialized_start=988
-  _globals['_LISTFLOWRUNSRESPONSE']._serialized_end=1060
-  _globals['_WATCHFLOWRUNREQUEST']._serialized_start=1062
-  _globals['_WATCHFLOWRUNREQUEST']._serialized_end=1123
-  _globals['_WATCHFLOWRUNRESPONSE']._serialized_start=1125
-  _globals['_WATCHFLOWRUNRESPONSE']._serialized_end=1188
-  _globals['_COORDINATORSERVICE']._serialized_start=1191
-  _globals['_COORDINATORSERVICE']._serialized_end=1590
+  _globals['_PRUNEFLOWRUNSREQUEST']._serialized_start=95
+  _globals['_PRUNEFLOWRUNSREQUEST']._serialized_end=145
+  _globals['_PRUNEFLOWRUNSRESPONSE']._serialized_start=147
+  _globals['_PRUNEFLOWRUNSRESPONSE']._serialized_end=199
+  _globals['_SUBMITFLOWRUNREQUEST']._serialized_start=201
+  _globals['_SUBMITFLOWRUNREQUEST']._serialized_end=290
+  _globals['_SUBMITFLOWRUNRESPONSE']._serialized_start=292
+  _globals['_SUBMITFLOWRUNRESPONSE']._serialized_end=353
+  _globals['_GETFLOWRUNREQUEST']._serialized_start=355
+  _globals['_GETFLOWRUNREQUEST']._serialized_end=441
+  _globals['_TASKCOUNTS']._serialized_start=444
+  _globals['_TASKCOUNTS']._serialized_end=692
+  _globals['_FLOWRUNINFO']._serialized_start=695
+  _globals['_FLOWRUNINFO']._serialized_end=891
+  _globals['_GETFLOWRUNRESPONSE']._serialized_start=894
+  _globals['_GETFLOWRUNRESPONSE']._serialized_end=1069
+  _globals['_LISTFLOWRUNSREQUEST']._serialized_start=1071
+  _globals['_LISTFLOWRUNSREQUEST']._serialized_end=1092
+  _globals['_LISTFLOWRUNSRESPONSE']._serialized_start=1094
+  _globals['_LISTFLOWRUNSRESPONSE']._serialized_end=1166
+  _globals['_WATCHFLOWRUNREQUEST']._serialized_start=1168
+  _globals['_WATCHFLOWRUNREQUEST']._serialized_end=1229
+  _globals['_WATCHFLOWRUNRESPONSE']._serialized_start=1231
+  _globals['_WATCHFLOWRUNRESPONSE']._serialized_end=1294
+  _globals['_LISTWORKERSREQUEST']._serialized_start=1296
+  _globals['_LISTWORKERSREQUEST']._serialized_end=1316
+  _globals['_WORKERINFO']._serialized_start=1319
+  _globals['_WORKERINFO']._serialized_end=1613
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=1615
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=1683
+  _globals['_CANCELFLOWRUNREQUEST']._serialized_start=1685
+  _globals['_CANCELFLOWRUNREQUEST']._serialized_end=1728
+  _globals['_CANCELFLOWRUNRESPONSE']._serialized_start=1730
+  _globals['_CANCELFLOWRUNRESPONSE']._serialized_end=1772
+  _globals['_CANCELTASKRUNREQUEST']._serialized_start=1774
+  _globals['_CANCELTASKRUNREQUEST']._serialized_end=1869
+  _globals['_CANCELTASKRUNRESPONSE']._serialized_start=1871
+  _globals['_CANCELTASKRUNRESPONSE']._serialized_end=1913
+  _globals['_GETTASKRUNREQUEST']._serialized_start=1915
+  _globals['_GETTASKRUNREQUEST']._serialized_end=1955
+  _globals['_ATTEMPT']._serialized_start=1958
+  _globals['_ATTEMPT']._serialized_end=2143
+  _globals['_GETTASKRUNRESPONSE']._serialized_start=2146
+  _globals['_GETTASKRUNRESPONSE']._serialized_end=2413
+  _globals['_SETCONCURRENCYLIMITREQUEST']._serialized_start=2415
+  _globals['_SETCONCURRENCYLIMITREQUEST']._serialized_end=2471
+  _globals['_SETCONCURRENCYLIMITRESPONSE']._serialized_start=2473
+  _globals['_SETCONCURRENCYLIMITRESPONSE']._serialized_end=2502
+  _globals['_COORDINATORSERVICE']._serialized_start=2505
+  _globals['_COORDINATORSERVICE']._serialized_end=3495
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PruneFlowRunsRequest(_message.Message):
+    __slots__ = ("older_than_seconds",)
+    OLDER_THAN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    older_than_seconds: float
+    def __init__(self, older_than_seconds: _Optional[float] = ...) -> None: ...
+
+class PruneFlowRunsResponse(_message.Message):
+    __slots__ = ("pruned_flow_run_ids",)
+    PRUNED_FLOW_RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    pruned_flow_run_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pruned_flow_run_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class SubmitFlowRunRequest(_message.Message):
     __slots__ = ("spec", "idempotency_key")
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -116,3 +128,129 @@ class WatchFlowRunResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]
     def __init__(self, events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ...) -> None: ...
+
+class ListWorkersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerInfo(_message.Message):
+    __slots__ = ("worker_id", "hostname", "pid", "capacity", "allocated", "running", "task_names", "cpu_percent", "memory_available", "last_seen_at", "heartbeat_age_seconds")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAMES_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_AT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    hostname: str
+    pid: int
+    capacity: _common_pb2.Resources
+    allocated: _common_pb2.Resources
+    running: int
+    task_names: _containers.RepeatedScalarFieldContainer[str]
+    cpu_percent: float
+    memory_available: float
+    last_seen_at: float
+    heartbeat_age_seconds: float
+    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., allocated: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., running: _Optional[int] = ..., task_names: _Optional[_Iterable[str]] = ..., cpu_percent: _Optional[float] = ..., memory_available: _Optional[float] = ..., last_seen_at: _Optional[float] = ..., heartbeat_age_seconds: _Optional[float] = ...) -> None: ...
+
+class ListWorkersResponse(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
+
+class CancelFlowRunRequest(_message.Message):
+    __slots__ = ("flow_run_id",)
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    def __init__(self, flow_run_id: _Optional[str] = ...) -> None: ...
+
+class CancelFlowRunResponse(_message.Message):
+    __slots__ = ("cancelled",)
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    cancelled: int
+    def __init__(self, cancelled: _Optional[int] = ...) -> None: ...
+
+class CancelTaskRunRequest(_message.Message):
+    __slots__ = ("task_run_id", "flow_run_id", "node", "by_node")
+    TASK_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    BY_NODE_FIELD_NUMBER: _ClassVar[int]
+    task_run_id: int
+    flow_run_id: str
+    node: int
+    by_node: bool
+    def __init__(self, task_run_id: _Optional[int] = ..., flow_run_id: _Optional[str] = ..., node: _Optional[int] = ..., by_node: _Optional[bool] = ...) -> None: ...
+
+class CancelTaskRunResponse(_message.Message):
+    __slots__ = ("cancelled",)
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    cancelled: int
+    def __init__(self, cancelled: _Optional[int] = ...) -> None: ...
+
+class GetTaskRunRequest(_message.Message):
+    __slots__ = ("task_run_id",)
+    TASK_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    task_run_id: int
+    def __init__(self, task_run_id: _Optional[int] = ...) -> None: ...
+
+class Attempt(_message.Message):
+    __slots__ = ("attempt", "worker_id", "started_at", "ended_at", "outcome", "error", "infrastructure", "message")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    INFRASTRUCTURE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    worker_id: str
+    started_at: float
+    ended_at: float
+    outcome: str
+    error: _common_pb2.TaskError
+    infrastructure: bool
+    message: str
+    def __init__(self, attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., outcome: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., infrastructure: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetTaskRunResponse(_message.Message):
+    __slots__ = ("task_run_id", "flow_run_id", "node", "index", "task_name", "state", "attempt", "attempts", "resources")
+    TASK_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    task_run_id: int
+    flow_run_id: str
+    node: int
+    index: int
+    task_name: str
+    state: _common_pb2.TaskRunState
+    attempt: int
+    attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
+    resources: _common_pb2.Resources
+    def __init__(self, task_run_id: _Optional[int] = ..., flow_run_id: _Optional[str] = ..., node: _Optional[int] = ..., index: _Optional[int] = ..., task_name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TaskRunState, str]] = ..., attempt: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ...) -> None: ...
+
+class SetConcurrencyLimitRequest(_message.Message):
+    __slots__ = ("tag", "limit")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    tag: str
+    limit: int
+    def __init__(self, tag: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class SetConcurrencyLimitResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

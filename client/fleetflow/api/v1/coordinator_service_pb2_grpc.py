@@ -54,6 +54,36 @@ class CoordinatorServiceStub:
                 request_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.WatchFlowRunRequest.SerializeToString,
                 response_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.WatchFlowRunResponse.FromString,
                 _registered_method=True)
+        self.PruneFlowRuns = channel.unary_unary(
+                '/fleetflow.api.v1.CoordinatorService/PruneFlowRuns',
+                request_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.PruneFlowRunsRequest.SerializeToString,
+                response_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.PruneFlowRunsResponse.FromString,
+                _registered_method=True)
+        self.CancelFlowRun = channel.unary_unary(
+                '/fleetflow.api.v1.CoordinatorService/CancelFlowRun',
+                request_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.CancelFlowRunRequest.SerializeToString,
+                response_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.CancelFlowRunResponse.FromString,
+                _registered_method=True)
+        self.CancelTaskRun = channel.unary_unary(
+                '/fleetflow.api.v1.CoordinatorService/CancelTaskRun',
+                request_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.CancelTaskRunRequest.SerializeToString,
+                response_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.CancelTaskRunResponse.FromString,
+                _registered_method=True)
+        self.GetTaskRun = channel.unary_unary(
+                '/fleetflow.api.v1.CoordinatorService/GetTaskRun',
+                request_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetTaskRunRequest.SerializeToString,
+                response_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetTaskRunResponse.FromString,
+                _registered_method=True)
+        self.SetConcurrencyLimit = channel.unary_unary(
+                '/fleetflow.api.v1.CoordinatorService/SetConcurrencyLimit',
+                request_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.SetConcurrencyLimitRequest.SerializeToString,
+                response_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.SetConcurrencyLimitResponse.FromString,
+                _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/fleetflow.api.v1.CoordinatorService/ListWorkers',
+                request_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -87,6 +117,50 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PruneFlowRuns(self, request, context):
+        """Deletes finished flow runs (and their task runs and events) that ended
+        more than older_than_seconds ago.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelFlowRun(self, request, context):
+        """Cancels a flow run: pending task runs at once, running ones on their
+        workers; nothing new starts once this returns.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTaskRun(self, request, context):
+        """Cancels one task run (a map node's task runs: all of them, by node).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTaskRun(self, request, context):
+        """One task run with its attempt history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetConcurrencyLimit(self, request, context):
+        """Sets (or with limit < 0 removes) a named concurrency limit for a tag.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkers(self, request, context):
+        """Lists the connected workers: capacity, allocations and their last heartbeat.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +183,36 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.WatchFlowRun,
                     request_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.WatchFlowRunRequest.FromString,
                     response_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.WatchFlowRunResponse.SerializeToString,
+            ),
+            'PruneFlowRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneFlowRuns,
+                    request_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.PruneFlowRunsRequest.FromString,
+                    response_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.PruneFlowRunsResponse.SerializeToString,
+            ),
+            'CancelFlowRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelFlowRun,
+                    request_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.CancelFlowRunRequest.FromString,
+                    response_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.CancelFlowRunResponse.SerializeToString,
+            ),
+            'CancelTaskRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTaskRun,
+                    request_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.CancelTaskRunRequest.FromString,
+                    response_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.CancelTaskRunResponse.SerializeToString,
+            ),
+            'GetTaskRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTaskRun,
+                    request_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetTaskRunRequest.FromString,
+                    response_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetTaskRunResponse.SerializeToString,
+            ),
+            'SetConcurrencyLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetConcurrencyLimit,
+                    request_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.SetConcurrencyLimitRequest.FromString,
+                    response_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.SetConcurrencyLimitResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListWorkersRequest.FromString,
+                    response_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListWorkersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +323,168 @@ class CoordinatorService:
             '/fleetflow.api.v1.CoordinatorService/WatchFlowRun',
             fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.WatchFlowRunRequest.SerializeToString,
             fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.WatchFlowRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneFlowRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetflow.api.v1.CoordinatorService/PruneFlowRuns',
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.PruneFlowRunsRequest.SerializeToString,
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.PruneFlowRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelFlowRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetflow.api.v1.CoordinatorService/CancelFlowRun',
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.CancelFlowRunRequest.SerializeToString,
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.CancelFlowRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTaskRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetflow.api.v1.CoordinatorService/CancelTaskRun',
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.CancelTaskRunRequest.SerializeToString,
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.CancelTaskRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTaskRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetflow.api.v1.CoordinatorService/GetTaskRun',
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetTaskRunRequest.SerializeToString,
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetTaskRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetConcurrencyLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetflow.api.v1.CoordinatorService/SetConcurrencyLimit',
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.SetConcurrencyLimitRequest.SerializeToString,
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.SetConcurrencyLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetflow.api.v1.CoordinatorService/ListWorkers',
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListWorkersRequest.SerializeToString,
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,18 +20,20 @@ OUTCOME_ACK_REJECTED_STALE: OutcomeAck
 OUTCOME_ACK_REJECTED_UNKNOWN: OutcomeAck
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "capacity", "task_names", "hostname", "pid")
+    __slots__ = ("worker_id", "capacity", "task_names", "hostname", "pid", "running")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     TASK_NAMES_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     capacity: _common_pb2.Resources
     task_names: _containers.RepeatedScalarFieldContainer[str]
     hostname: str
     pid: int
-    def __init__(self, worker_id: _Optional[str] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., task_names: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    running: _containers.RepeatedCompositeFieldContainer[HeldTaskRun]
+    def __init__(self, worker_id: _Optional[str] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., task_names: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., running: _Optional[_Iterable[_Union[HeldTaskRun, _Mapping]]] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("lease_ttl_seconds", "heartbeat_interval_seconds")
@@ -88,7 +90,7 @@ class ArgValue(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[_Union[_common_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("task_run_id", "attempt", "task_name", "flow_run_id", "node", "index", "args", "split_result", "timeout_seconds")
+    __slots__ = ("task_run_id", "attempt", "task_name", "flow_run_id", "node", "index", "args", "split_result", "timeout_seconds", "resources")
     TASK_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     TASK_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +100,7 @@ class Lease(_message.Message):
     ARGS_FIELD_NUMBER: _ClassVar[int]
     SPLIT_RESULT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
     task_run_id: int
     attempt: int
     task_name: str
@@ -107,7 +110,8 @@ class Lease(_message.Message):
     args: _containers.RepeatedCompositeFieldContainer[ArgValue]
     split_result: bool
     timeout_seconds: float
-    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., task_name: _Optional[str] = ..., flow_run_id: _Optional[str] = ..., node: _Optional[int] = ..., index: _Optional[int] = ..., args: _Optional[_Iterable[_Union[ArgValue, _Mapping]]] = ..., split_result: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+    resources: _common_pb2.Resources
+    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., task_name: _Optional[str] = ..., flow_run_id: _Optional[str] = ..., node: _Optional[int] = ..., index: _Optional[int] = ..., args: _Optional[_Iterable[_Union[ArgValue, _Mapping]]] = ..., split_result: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ...) -> None: ...
 
 class LeaseTasksResponse(_message.Message):
     __slots__ = ("leases", "known")
@@ -118,20 +122,32 @@ class LeaseTasksResponse(_message.Message):
     def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., known: _Optional[bool] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("task_run_id", "attempt", "value", "items", "error", "infrastructure")
+    __slots__ = ("task_run_id", "attempt", "value", "items", "error", "infrastructure", "timed_out", "cpu_seconds", "peak_memory_bytes", "non_retryable", "retry_requested", "retry_delay_seconds")
     TASK_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     INFRASTRUCTURE_FIELD_NUMBER: _ClassVar[int]
+    TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NON_RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    RETRY_DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     task_run_id: int
     attempt: int
     value: bytes
     items: _common_pb2.ValueList
     error: _common_pb2.TaskError
     infrastructure: bool
-    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., value: _Optional[bytes] = ..., items: _Optional[_Union[_common_pb2.ValueList, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., infrastructure: _Optional[bool] = ...) -> None: ...
+    timed_out: bool
+    cpu_seconds: float
+    peak_memory_bytes: float
+    non_retryable: bool
+    retry_requested: bool
+    retry_delay_seconds: float
+    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., value: _Optional[bytes] = ..., items: _Optional[_Union[_common_pb2.ValueList, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., infrastructure: _Optional[bool] = ..., timed_out: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[float] = ..., non_retryable: _Optional[bool] = ..., retry_requested: _Optional[bool] = ..., retry_delay_seconds: _Optional[float] = ...) -> None: ...
 
 class ReportOutcomesRequest(_message.Message):
     __slots__ = ("worker_id", "outcomes")
@@ -146,3 +162,15 @@ class ReportOutcomesResponse(_message.Message):
     ACKS_FIELD_NUMBER: _ClassVar[int]
     acks: _containers.RepeatedScalarFieldContainer[OutcomeAck]
     def __init__(self, acks: _Optional[_Iterable[_Union[OutcomeAck, str]]] = ...) -> None: ...
+
+class ReleaseLeasesRequest(_message.Message):
+    __slots__ = ("worker_id", "released")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    released: _containers.RepeatedCompositeFieldContainer[HeldTaskRun]
+    def __init__(self, worker_id: _Optional[str] = ..., released: _Optional[_Iterable[_Union[HeldTaskRun, _Mapping]]] = ...) -> None: ...
+
+class ReleaseLeasesResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -54,6 +54,11 @@ class WorkerServiceStub:
                 request_serializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReportOutcomesRequest.SerializeToString,
                 response_deserializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReportOutcomesResponse.FromString,
                 _registered_method=True)
+        self.ReleaseLeases = channel.unary_unary(
+                '/fleetflow.api.v1.WorkerService/ReleaseLeases',
+                request_serializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReleaseLeasesRequest.SerializeToString,
+                response_deserializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReleaseLeasesResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -88,6 +93,15 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseLeases(self, request, context):
+        """Hands back attempts a draining worker stopped before they finished, so
+        they are re-queued at once rather than after the lease TTL. Sent after
+        the worker killed them: none of them reports an outcome.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +124,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.ReportOutcomes,
                     request_deserializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReportOutcomesRequest.FromString,
                     response_serializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReportOutcomesResponse.SerializeToString,
+            ),
+            'ReleaseLeases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLeases,
+                    request_deserializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReleaseLeasesRequest.FromString,
+                    response_serializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReleaseLeasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +239,33 @@ class WorkerService:
             '/fleetflow.api.v1.WorkerService/ReportOutcomes',
             fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReportOutcomesRequest.SerializeToString,
             fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReportOutcomesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLeases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetflow.api.v1.WorkerService/ReleaseLeases',
+            fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReleaseLeasesRequest.SerializeToString,
+            fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReleaseLeasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

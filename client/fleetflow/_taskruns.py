@@ -1,0 +1,89 @@
+"""Task run views returned by ``Client.get_task_run``: state and attempt history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleetflow.api.v1 import common_pb2
+from fleetflow.api.v1 import coordinator_service_pb2 as pb
+from fleetflow.events import TaskErrorInfo
+
+__all__ = ["AttemptInfo", "TaskRunInfo"]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptInfo:
+    """One attempt of a task run.
+
+    Attributes:
+        attempt: 1 for the first attempt.
+        worker_id: The worker it was leased to ("" if it never started).
+        started_at: Seconds since the epoch; 0 if unknown.
+        ended_at: Seconds since the epoch; 0 while running.
+        outcome: COMPLETED, FAILED, RETRYING, LEASE_EXPIRED, TIMED_OUT,
+            CANCELLED or RUNNING.
+        error: The error of a failed attempt.
+        infrastructure: The attempt ended through the infrastructure (its
+            worker was lost), not through the task's code.
+        message: Details from the coordinator.
+    """
+
+    attempt: int
+    worker_id: str
+    started_at: float
+    ended_at: float
+    outcome: str
+    error: TaskErrorInfo | None
+    infrastructure: bool
+    message: str
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from start to end, or None while running or unknown."""
+        if self.started_at and self.ended_at:
+            return self.ended_at - self.started_at
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRunInfo:
+    """A task run and every attempt it made."""
+
+    task_run_id: int
+    flow_run_id: str
+    node: int
+    index: int
+    task_name: str
+    state: str
+    attempt: int
+    resources: dict[str, float]
+    attempts: list[AttemptInfo]
+
+    @classmethod
+    def from_proto(cls, message: pb.GetTaskRunResponse) -> TaskRunInfo:
+        """Decode a GetTaskRunResponse."""
+        return cls(
+            task_run_id=message.task_run_id,
+            flow_run_id=message.flow_run_id,
+            node=message.node,
+            index=message.index,
+            task_name=message.task_name,
+            state=common_pb2.TaskRunState.Name(message.state).removeprefix("TASK_RUN_STATE_"),
+            attempt=message.attempt,
+            resources=dict(message.resources.amounts),
+            attempts=[
+                AttemptInfo(
+                    attempt=a.attempt,
+                    worker_id=a.worker_id,
+                    started_at=a.started_at,
+                    ended_at=a.ended_at,
+                    outcome=a.outcome,
+                    error=TaskErrorInfo(a.error.type, a.error.message, a.error.traceback)
+                    if a.HasField("error")
+                    else None,
+                    infrastructure=a.infrastructure,
+                    message=a.message,
+                )
+                for a in message.attempts
+            ],
+        )

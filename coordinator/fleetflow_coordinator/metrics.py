@@ -1,0 +1,241 @@
+"""Prometheus metrics of a coordinator, served as ``/metrics`` on its HTTP port.
+
+Three sources, none of which touches the pure core:
+
+* counters the gRPC edge increments right after a core call (leases granted,
+  outcomes by ack, heartbeats, registrations, workers lost);
+* counters and histograms fed by folding the flow runs' event logs
+  (:class:`fleetflow_coordinator.observe.Observer`): events published, task
+  run attempt duration, queue wait;
+* gauges read from the core's state at scrape time by a custom collector
+  (task runs by state, flow runs by state, queue depth per task and resource
+  shape, workers connected, heartbeat age, capacity and allocations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from fleetflow_coordinator.core import EventKind, FlowRunState, Scheduler, TaskRunState
+from fleetflow_coordinator.observe import shape_label
+
+__all__ = ["Metrics", "CONTENT_TYPE"]
+
+#: The text exposition format's content type.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Histogram buckets for task run durations and queue waits, seconds.
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1800.0, 3600.0, float("inf"),
+)  # fmt: skip
+
+_ACK_NAMES = {1: "accepted", 2: "rejected_stale", 3: "rejected_unknown"}
+
+
+class Metrics:
+    """The coordinator's metrics, in a registry of their own.
+
+    Each coordinator (and each test runtime) has its own registry, so several
+    can live in one process without clashing in the global default registry.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.leases_granted = Counter(
+            "fleetflow_leases_granted", "Task run attempts leased to workers.", registry=r
+        )
+        self.outcomes = Counter(
+            "fleetflow_outcomes_reported",
+            "Outcomes reported by workers, by the coordinator's answer.",
+            ["ack"],
+            registry=r,
+        )
+        self.heartbeats = Counter(
+            "fleetflow_heartbeats_received", "Worker heartbeats received.", registry=r
+        )
+        self.registrations = Counter(
+            "fleetflow_worker_registrations", "RegisterWorker calls accepted.", registry=r
+        )
+        self.workers_lost = Counter(
+            "fleetflow_workers_lost", "Workers declared lost (silent past the TTL).", registry=r
+        )
+        self.flow_runs_submitted = Counter(
+            "fleetflow_flow_runs_submitted", "Flow runs accepted.", registry=r
+        )
+        self.events_published = Counter(
+            "fleetflow_events_published",
+            "Events appended to flow run event logs, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.task_duration = Histogram(
+            "fleetflow_task_run_duration_seconds",
+            "Attempt duration from lease to outcome, by task and outcome "
+            "(completed, failed, retrying, lost).",
+            ["task", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "fleetflow_task_run_queue_wait_seconds",
+            "Seconds a task run waited SCHEDULED before a worker leased it, by task.",
+            ["task"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        ProcessCollector(registry=r)
+
+    # ----------------------------------------------------- edge hooks (servicers)
+
+    def leased(self, n: int) -> None:
+        """A LeaseTasks call answered with ``n`` leases."""
+        self.leases_granted.inc(n)
+
+    def reported(self, acks: list[int]) -> None:
+        """A ReportOutcomes call answered with these acks."""
+        for ack in acks:
+            self.outcomes.labels(_ACK_NAMES.get(ack, "unknown")).inc()
+
+    # ------------------------------------------- event sink (observe.Observer)
+
+    def event(self, kind: EventKind) -> None:
+        """One event was appended to a flow run's log."""
+        self.events_published.labels(kind.name).inc()
+
+    def started(self, task_name: str, queue_wait_s: float | None) -> None:
+        """An attempt was leased after ``queue_wait_s`` seconds SCHEDULED."""
+        if queue_wait_s is not None:
+            self.queue_wait.labels(task_name).observe(queue_wait_s)
+
+    def finished(self, flow_run_id: str, attempt: dict[str, Any]) -> None:
+        """An attempt ended."""
+        self.task_duration.labels(attempt["task_name"], attempt["outcome"]).observe(
+            attempt["duration_s"]
+        )
+
+    # ------------------------------------------------------------- scrape time
+
+    def bind_state(self, runtime: Any) -> None:
+        """Register the collector that reads gauges from ``runtime.core`` at scrape time."""
+        self.registry.register(_StateCollector(runtime))
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    """Gauges computed from the core's counters when scraped: O(flow runs x nodes + workers)."""
+
+    def __init__(self, runtime: Any) -> None:
+        self._rt = runtime
+
+    def describe(self) -> list:
+        return []  # computed on collect; nothing to check at registration
+
+    def collect(self) -> Iterator[Any]:
+        core: Scheduler = self._rt.core
+        now = self._rt.clock()
+        task_states = [0] * (max(int(s) for s in TaskRunState) + 1)
+        flow_states = dict.fromkeys((s.name for s in FlowRunState), 0)
+        #: {(task, shape label): task runs SCHEDULED}
+        queued: dict[tuple[str, str], int] = {}
+        for flow in core.flows.values():
+            flow_states[flow.state.name] += 1
+            for node in flow.nodes:
+                counts = node.counts
+                for state in TaskRunState:
+                    task_states[state] += counts[state]
+                if not flow.terminal and counts[TaskRunState.SCHEDULED]:
+                    key = (node.task_name, shape_label(node.resources))
+                    queued[key] = queued.get(key, 0) + counts[TaskRunState.SCHEDULED]
+
+        g = GaugeMetricFamily(
+            "fleetflow_task_runs", "Task runs held by the coordinator, by state.", labels=["state"]
+        )
+        for state in TaskRunState:
+            g.add_metric([state.name], task_states[state])
+        yield g
+        g = GaugeMetricFamily(
+            "fleetflow_flow_runs", "Flow runs held by the coordinator, by state.", labels=["state"]
+        )
+        for name, n in flow_states.items():
+            g.add_metric([name], n)
+        yield g
+        g = GaugeMetricFamily(
+            "fleetflow_queue_depth",
+            "Task runs ready (SCHEDULED) and waiting for a worker, by task and resource shape.",
+            labels=["task", "shape"],
+        )
+        for (task, shape), n in sorted(queued.items()):
+            g.add_metric([task, shape], n)
+        yield g
+        yield from self._workers(core, now)
+        last_commit_s = getattr(self._rt, "last_commit_s", None)
+        if last_commit_s is not None:
+            g = GaugeMetricFamily(
+                "fleetflow_store_last_commit_seconds",
+                "Duration of the latest group commit to the store.",
+            )
+            g.add_metric([], last_commit_s)
+            yield g
+
+    @staticmethod
+    def _workers(core: Scheduler, now: float) -> Iterator[Any]:
+        workers = list(core.workers.values())
+        g = GaugeMetricFamily("fleetflow_workers_connected", "Workers registered and alive.")
+        g.add_metric([], len(workers))
+        yield g
+        age = GaugeMetricFamily(
+            "fleetflow_worker_heartbeat_age_seconds",
+            "Seconds since the worker's last RPC.",
+            labels=["worker"],
+        )
+        running = GaugeMetricFamily(
+            "fleetflow_worker_running_task_runs",
+            "Attempts leased to the worker.",
+            labels=["worker"],
+        )
+        cpu = GaugeMetricFamily(
+            "fleetflow_worker_cpu_percent",
+            "Machine CPU use the worker last reported, percent.",
+            labels=["worker"],
+        )
+        memory = GaugeMetricFamily(
+            "fleetflow_worker_memory_available_bytes",
+            "Available memory the worker last reported.",
+            labels=["worker"],
+        )
+        capacity = GaugeMetricFamily(
+            "fleetflow_worker_capacity",
+            "Resources the worker offers.",
+            labels=["worker", "resource"],
+        )
+        allocated = GaugeMetricFamily(
+            "fleetflow_worker_allocated",
+            "Resources allocated to attempts running on the worker.",
+            labels=["worker", "resource"],
+        )
+        for w in workers:
+            wid = w.worker_id
+            age.add_metric([wid], max(0.0, now - w.last_seen))
+            running.add_metric([wid], len(w.running))
+            cpu.add_metric([wid], w.cpu_percent)
+            memory.add_metric([wid], w.memory_available)
+            for resource, amount in sorted(w.capacity.items()):
+                capacity.add_metric([wid, resource], amount)
+                allocated.add_metric([wid, resource], w.allocated.get(resource, 0.0))
+        yield from (age, running, cpu, memory, capacity, allocated)

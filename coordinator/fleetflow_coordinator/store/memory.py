@@ -1,0 +1,61 @@
+"""MemoryStore: the store contract held in dictionaries (tests, ``--db :memory:``)."""
+
+from __future__ import annotations
+
+from fleetflow_coordinator.store.base import RowBatch, RowSnapshot
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Keeps rows in memory; a new Runtime over the same instance sees them again."""
+
+    def __init__(self) -> None:
+        #: {flow_id: flow row}
+        self.flows: dict[str, tuple] = {}
+        #: {(flow_id, node): node row}
+        self.nodes: dict[tuple[str, int], tuple] = {}
+        #: {task_run_id: task run row}
+        self.task_runs: dict[int, tuple] = {}
+        #: {flow_id: {seq: event row}}
+        self.events: dict[str, dict[int, tuple]] = {}
+        self.writes = 0
+
+    def load(self) -> RowSnapshot:
+        """Return every stored row, grouped by flow run."""
+        nodes: dict[str, list[tuple]] = {}
+        for row in self.nodes.values():
+            nodes.setdefault(row[0], []).append(row)
+        task_runs: dict[str, list[tuple]] = {}
+        for row in self.task_runs.values():
+            task_runs.setdefault(row[1], []).append(row)
+        events = {fid: [rows[s] for s in sorted(rows)] for fid, rows in self.events.items()}
+        return RowSnapshot(list(self.flows.values()), nodes, task_runs, events)
+
+    def write(self, batch: RowBatch) -> None:
+        """Apply a batch (atomic, since nothing here can fail half-way)."""
+        for row in batch.flows:
+            self.flows[row[0]] = row
+        for state, ended_at, error_task, error, error_message, flow_id in batch.flow_updates:
+            old = self.flows.get(flow_id)
+            if old is not None:
+                self.flows[flow_id] = (
+                    *old[:3], state, old[4], ended_at, old[6], error_task, error, error_message
+                )
+        for row in batch.nodes:
+            self.nodes[(row[0], row[1])] = row
+        for row in batch.task_runs:
+            self.task_runs[row[0]] = row
+        for row in batch.events:
+            self.events.setdefault(row[0], {})[row[1]] = row
+        for flow_id in batch.pruned:
+            self.flows.pop(flow_id, None)
+            self.events.pop(flow_id, None)
+            for key in [k for k in self.nodes if k[0] == flow_id]:
+                del self.nodes[key]
+            for key in [k for k, r in self.task_runs.items() if r[1] == flow_id]:
+                del self.task_runs[key]
+        self.writes += 1
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,162 @@
+"""Core records <-> store rows. Opaque errors and item lists become protobuf blobs."""
+
+from __future__ import annotations
+
+from fleetflow.api.v1 import common_pb2
+
+from fleetflow_coordinator.core.model import EventKind, EventRecord, FlowRun, TaskRun
+from fleetflow_coordinator.core.scheduler import Changes, RestoredFlow, RestoredTaskRun
+from fleetflow_coordinator.store.base import RowBatch, RowSnapshot
+
+__all__ = ["changes_to_batch", "snapshot_to_flows"]
+
+
+def _error_blob(error: common_pb2.TaskError | None) -> bytes | None:
+    return None if error is None else error.SerializeToString()
+
+
+def _error_from_blob(blob: bytes | None) -> common_pb2.TaskError | None:
+    return None if blob is None else common_pb2.TaskError.FromString(blob)
+
+
+def _flow_row(flow: FlowRun) -> tuple:
+    task, error, message = flow.first_error or (None, None, None)
+    return (
+        flow.id,
+        flow.name,
+        flow.spec_blob,
+        int(flow.state),
+        flow.created_at,
+        flow.ended_at,
+        flow.idempotency_key,
+        task,
+        _error_blob(error),
+        message,
+    )
+
+
+def _flow_update(flow: FlowRun) -> tuple:
+    task, error, message = flow.first_error or (None, None, None)
+    return (int(flow.state), flow.ended_at, task, _error_blob(error), message, flow.id)
+
+
+def _task_run_row(tr: TaskRun) -> tuple:
+    items = tr.items
+    return (
+        tr.id,
+        tr.flow.id,
+        tr.node.index,
+        tr.index,
+        int(tr.state),
+        tr.attempt,
+        tr.worker_id or "",
+        tr.leased_at,
+        tr.result,
+        None if items is None else common_pb2.ValueList(items=items).SerializeToString(),
+        _error_blob(tr.error),
+        tr.code_failures,
+        tr.infra_failures,
+        tr.retry_at,
+    )
+
+
+def changes_to_batch(changes: Changes) -> RowBatch:
+    """Turn drained core changes into one batch of rows."""
+    batch = RowBatch()
+    new_ids = set()
+    for flow in changes.new_flows:
+        new_ids.add(flow.id)
+        batch.flows.append(_flow_row(flow))
+    batch.flow_updates = [_flow_update(f) for f in changes.flows if f.id not in new_ids]
+    batch.nodes = [
+        (flow.id, node.index, int(node.expanded), int(node.failed and not node.expanded))
+        for flow, node in changes.nodes
+    ]
+    batch.task_runs = [_task_run_row(tr) for tr in changes.task_runs]
+    batch.events = [
+        (
+            flow_id,
+            e.seq,
+            int(e.kind),
+            e.time,
+            e.node,
+            e.task_name,
+            e.task_run_id,
+            e.index,
+            e.attempt,
+            e.worker_id,
+            e.count,
+            e.message,
+            _error_blob(e.error),
+            e.retry_at,
+        )
+        for flow_id, e in changes.events
+    ]
+    batch.pruned = list(changes.pruned)
+    return batch
+
+
+def snapshot_to_flows(snapshot: RowSnapshot) -> list[RestoredFlow]:
+    """Decode stored rows into what :meth:`Scheduler.restore` takes."""
+    from fleetflow_coordinator.convert import node_specs  # the spec decoding lives there
+
+    flows = []
+    for row in snapshot.flows:
+        flow_id, name, spec_blob, state, created_at, ended_at, key, err_task, err, err_msg = row
+        spec = common_pb2.FlowSpec.FromString(spec_blob)
+        task_runs = [
+            RestoredTaskRun(
+                id=r[0],
+                node=r[2],
+                index=r[3],
+                state=r[4],
+                attempt=r[5],
+                worker_id=r[6],
+                leased_at=r[7],
+                result=r[8],
+                items=None if r[9] is None else list(common_pb2.ValueList.FromString(r[9]).items),
+                error=_error_from_blob(r[10]),
+                code_failures=r[11],
+                infra_failures=r[12],
+                retry_at=r[13],
+            )
+            for r in snapshot.task_runs.get(flow_id, [])
+        ]
+        events = [
+            EventRecord(
+                seq=e[1],
+                kind=EventKind(e[2]),
+                time=e[3],
+                node=e[4],
+                task_name=e[5],
+                task_run_id=e[6],
+                index=e[7],
+                attempt=e[8],
+                worker_id=e[9],
+                count=e[10],
+                message=e[11],
+                error=_error_from_blob(e[12]),
+                retry_at=e[13],
+            )
+            for e in snapshot.events.get(flow_id, [])
+        ]
+        flows.append(
+            RestoredFlow(
+                id=flow_id,
+                name=name,
+                nodes=node_specs(spec),
+                spec_blob=spec_blob,
+                state=state,
+                created_at=created_at,
+                ended_at=ended_at,
+                output_node=spec.output_node if spec.HasField("output_node") else None,
+                output_literal=spec.output_literal,
+                idempotency_key=key,
+                first_error=None if err_task is None else (err_task, _error_from_blob(err), err_msg),
+                node_rows={n[1]: (bool(n[2]), bool(n[3])) for n in snapshot.nodes.get(flow_id, [])},
+                task_runs=task_runs,
+                events=events,
+                priority=spec.priority,
+            )
+        )
+    return flows

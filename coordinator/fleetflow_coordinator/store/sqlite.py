@@ -1,0 +1,213 @@
+"""SqliteStore: the embedded default, stdlib ``sqlite3`` in WAL mode.
+
+Durability: with ``synchronous=NORMAL`` (the default) a committed batch
+survives a crash or SIGKILL of the coordinator process; ``synchronous=FULL``
+also survives power loss, at the cost of an fsync per group commit
+(see https://www.sqlite.org/pragma.html#pragma_synchronous).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from fleetflow_coordinator.store.base import (
+    EVENT_COLUMNS,
+    FLOW_COLUMNS,
+    FLOW_UPDATE_COLUMNS,
+    NODE_COLUMNS,
+    SCHEMA_VERSION,
+    TASK_RUN_COLUMNS,
+    RowBatch,
+    RowSnapshot,
+    Store,
+    StoreError,
+)
+from fleetflow_coordinator.store.memory import MemoryStore
+
+__all__ = ["SqliteStore", "open_store"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS flows (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, spec BLOB NOT NULL, state INTEGER NOT NULL,
+    created_at REAL NOT NULL, ended_at REAL NOT NULL, idempotency_key TEXT NOT NULL,
+    error_task TEXT, error BLOB, error_message TEXT
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    flow_id TEXT NOT NULL, node INTEGER NOT NULL, expanded INTEGER NOT NULL,
+    failed INTEGER NOT NULL, PRIMARY KEY (flow_id, node)
+);
+CREATE TABLE IF NOT EXISTS task_runs (
+    id INTEGER PRIMARY KEY, flow_id TEXT NOT NULL, node INTEGER NOT NULL, idx INTEGER NOT NULL,
+    state INTEGER NOT NULL, attempt INTEGER NOT NULL, worker_id TEXT NOT NULL,
+    leased_at REAL NOT NULL, result BLOB, items BLOB, error BLOB,
+    code_failures INTEGER NOT NULL, infra_failures INTEGER NOT NULL, retry_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS task_runs_flow ON task_runs (flow_id);
+CREATE TABLE IF NOT EXISTS events (
+    flow_id TEXT NOT NULL, seq INTEGER NOT NULL, kind INTEGER NOT NULL, time REAL NOT NULL,
+    node INTEGER NOT NULL, task_name TEXT NOT NULL, task_run_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL, attempt INTEGER NOT NULL, worker_id TEXT NOT NULL,
+    count INTEGER NOT NULL, message TEXT NOT NULL, error BLOB, retry_at REAL NOT NULL,
+    PRIMARY KEY (flow_id, seq)
+) WITHOUT ROWID;
+"""
+
+
+def _insert(table: str, columns: tuple[str, ...], verb: str = "INSERT OR REPLACE") -> str:
+    marks = ", ".join("?" for _ in columns)
+    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+
+
+_INSERT_FLOW = _insert("flows", FLOW_COLUMNS)
+_UPDATE_FLOW = (
+    "UPDATE flows SET "
+    + ", ".join(f"{c} = ?" for c in FLOW_UPDATE_COLUMNS[:-1])
+    + " WHERE id = ?"
+)
+_INSERT_NODE = _insert("nodes", NODE_COLUMNS)
+_INSERT_TASK_RUN = _insert("task_runs", TASK_RUN_COLUMNS)
+_INSERT_EVENT = _insert("events", EVENT_COLUMNS)
+
+
+class SqliteStore(Store):
+    """Flow state in one SQLite file.
+
+    Args:
+        path: Database file; its folder is created if missing.
+        synchronous: SQLite ``synchronous`` pragma: ``"NORMAL"`` or ``"FULL"``.
+
+    Raises:
+        StoreError: the path cannot be created or written, the file is not a
+            fleetflow database (or is corrupt), or its schema version is newer
+            or unknown. Never falls back to memory.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> None:
+        self.path = Path(path)
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise StoreError(f"synchronous={synchronous!r}: must be NORMAL or FULL")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"database folder {self.path.parent} cannot be created: {exc}") from None
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path} cannot be opened: {exc}") from None
+        try:
+            self._db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"database {self.path}: WAL mode unavailable (got {mode})")
+            self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(
+                f"database {self.path} is corrupt, unwritable or not a fleetflow database: {exc}"
+            ) from None
+        except StoreError:
+            self._db.close()
+            raise
+
+    def _check_schema(self) -> None:
+        db = self._db
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise StoreError(
+                f"database {self.path} is not a fleetflow database (tables: {sorted(tables)})"
+            )
+        if not tables:
+            db.execute("BEGIN")
+            for statement in _statements():
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+            db.execute("COMMIT")
+            return
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = int(row[0]) if row and str(row[0]).isdigit() else None
+        if version is None:
+            raise StoreError(f"database {self.path} records no schema version; refusing to use it")
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database {self.path} has schema version {version}, newer than this "
+                f"fleetflow understands ({SCHEMA_VERSION}); upgrade fleetflow"
+            )
+        if version < SCHEMA_VERSION:
+            raise StoreError(
+                f"database {self.path} has unknown schema version {version} "
+                f"(this fleetflow uses {SCHEMA_VERSION})"
+            )
+
+    def load(self) -> RowSnapshot:
+        """Read every stored row."""
+        db = self._db
+        flows = db.execute(f"SELECT {', '.join(FLOW_COLUMNS)} FROM flows ORDER BY created_at").fetchall()
+        nodes: dict[str, list[tuple]] = {}
+        for row in db.execute(f"SELECT {', '.join(NODE_COLUMNS)} FROM nodes"):
+            nodes.setdefault(row[0], []).append(row)
+        task_runs: dict[str, list[tuple]] = {}
+        for row in db.execute(f"SELECT {', '.join(TASK_RUN_COLUMNS)} FROM task_runs"):
+            task_runs.setdefault(row[1], []).append(row)
+        events: dict[str, list[tuple]] = {}
+        for row in db.execute(
+            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events ORDER BY flow_id, seq"
+        ):
+            events.setdefault(row[0], []).append(row)
+        return RowSnapshot(flows, nodes, task_runs, events)
+
+    def write(self, batch: RowBatch) -> None:
+        """Write one batch in one transaction.
+
+        Raises:
+            StoreError: SQLite failed; the transaction was rolled back.
+        """
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            if batch.flows:
+                db.executemany(_INSERT_FLOW, batch.flows)
+            if batch.flow_updates:
+                db.executemany(_UPDATE_FLOW, batch.flow_updates)
+            if batch.nodes:
+                db.executemany(_INSERT_NODE, batch.nodes)
+            if batch.task_runs:
+                db.executemany(_INSERT_TASK_RUN, batch.task_runs)
+            if batch.events:
+                db.executemany(_INSERT_EVENT, batch.events)
+            for flow_id in batch.pruned:
+                for table, column in (
+                    ("events", "flow_id"),
+                    ("task_runs", "flow_id"),
+                    ("nodes", "flow_id"),
+                    ("flows", "id"),
+                ):
+                    db.execute(f"DELETE FROM {table} WHERE {column} = ?", (flow_id,))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreError(f"database {self.path}: write failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the connection (the WAL is checkpointed by SQLite)."""
+        self._db.close()
+
+
+def _statements() -> list[str]:
+    return [s.strip() for s in _SCHEMA.split(";") if s.strip()]
+
+
+def open_store(db: str, *, synchronous: str = "NORMAL") -> Store:
+    """Open the store a ``--db`` value names: ``":memory:"`` or a file path.
+
+    Raises:
+        StoreError: see :class:`SqliteStore`.
+    """
+    if db == ":memory:":
+        return MemoryStore()
+    return SqliteStore(db, synchronous=synchronous)

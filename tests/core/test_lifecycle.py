@@ -1,0 +1,145 @@
+"""Issue 5 in the pure core: timeouts, cancellation, retry policies, limits, priorities."""
+
+from __future__ import annotations
+
+import pickle
+
+from fleetflow_coordinator.core import NodeSpec, Outcome, TaskRunState
+from fleetflow_coordinator.core.model import EventKind, FlowRunState
+
+from .harness import FakeError, Fleet, items, lit, node, ref
+
+
+def _fail(fleet, worker, **flags):
+    grants = fleet.core.lease(worker, 1, fleet.now)
+    assert grants, "nothing was leased"
+    g = grants[0]
+    fleet.core.report(
+        worker, [Outcome(g.task_run.id, g.attempt, error=FakeError("x"), **flags)], fleet.now
+    )
+    return g.task_run
+
+
+def test_timeouts_are_retried_then_end_timed_out():
+    fleet = Fleet()
+    fleet.add_worker("w", ["slow"])
+    flow = fleet.submit([node("slow", retries=3)])
+    for _ in range(4):
+        tr = _fail(fleet, "w", timed_out=True)
+        fleet.advance(0.01)
+    assert tr.state == TaskRunState.TIMED_OUT and tr.attempt == 4
+    assert flow.state == FlowRunState.FAILED
+    kinds = fleet.kinds(flow)
+    assert kinds.count(EventKind.TASK_RUN_RETRYING) == 3
+    assert EventKind.TASK_RUN_TIMED_OUT in kinds
+
+
+def test_non_retryable_fails_at_once_and_requested_delay_is_honoured():
+    fleet = Fleet()
+    fleet.add_worker("w", ["a", "b"])
+    flow = fleet.submit([node("a", retries=5)])
+    tr = _fail(fleet, "w", non_retryable=True)
+    assert tr.state == TaskRunState.FAILED and flow.state == FlowRunState.FAILED
+    fleet.submit([node("b", retries=5, delay=100.0)])
+    tr = _fail(fleet, "w", retry_delay_s=2.0)
+    assert tr.state == TaskRunState.AWAITING_RETRY and tr.retry_at == fleet.now + 2.0
+
+
+def test_exponential_backoff_with_cap_through_the_core():
+    fleet = Fleet()
+    fleet.add_worker("w", ["a"])
+    spec = NodeSpec(
+        "a", False, [], {"cpu": 1.0}, retries=4, retry_delay_s=1.0, backoff=2.0, max_delay_s=3.0
+    )
+    fleet.submit([spec])
+    gaps = []
+    for _ in range(4):
+        tr = _fail(fleet, "w")
+        gaps.append(tr.retry_at - fleet.now)
+        fleet.advance(tr.retry_at - fleet.now)
+    assert gaps == [1.0, 2.0, 3.0, 3.0]
+
+
+def test_cancel_flow_ends_everything_and_nothing_new_starts():
+    fleet = Fleet()
+    fleet.add_worker("w", ["a", "b", "c"], cpu=2)
+    flow = fleet.submit(
+        [
+            node("a", items("x", list(range(10))), map_=True),
+            node("b", ref("xs", 0)),
+            node("c", lit("y", 1)),
+        ]
+    )
+    running = fleet.core.lease("w", 10, fleet.now)
+    assert len(running) == 2
+    cancelled = fleet.core.cancel_flow(flow.id, fleet.now)
+    assert cancelled == 11  # 10 map children + c; b never expanded
+    assert flow.state == FlowRunState.CANCELLED
+    assert fleet.core.lease("w", 10, fleet.now) == []
+    assert fleet.core.workers["w"].allocated["cpu"] == 0.0
+    # The worker is told to stop what it still runs; its late outcome is fenced.
+    _, cancel = fleet.core.heartbeat("w", [(g.task_run.id, g.attempt) for g in running], fleet.now)
+    assert sorted(cancel) == sorted((g.task_run.id, g.attempt) for g in running)
+    acks = fleet.core.report("w", [Outcome(running[0].task_run.id, 1, value=b"x")], fleet.now)
+    assert acks == [2] and flow.state == FlowRunState.CANCELLED
+
+
+def test_cancel_one_node_fails_its_dependents_upstream():
+    fleet = Fleet()
+    fleet.add_worker("w", ["a", "b"])
+    flow = fleet.submit([node("a", items("x", [1, 2]), map_=True), node("b", ref("xs", 0))])
+    assert fleet.core.cancel_node(flow.id, 0, fleet.now) == 2
+    assert flow.nodes[1].terminal and flow.state == FlowRunState.CANCELLED
+
+
+def test_tag_limit_bounds_running_task_runs_across_flows_and_frees_on_loss():
+    fleet = Fleet(lease_ttl_s=2.0)
+    fleet.core.set_limit("warehouse", 1)
+    fleet.add_worker("w1", ["load"], cpu=8)
+    fleet.add_worker("w2", ["load"], cpu=8)
+    spec = NodeSpec("load", True, [items("x", [1, 2, 3])], {"cpu": 1.0}, tags=("warehouse",))
+    fleet.submit([spec])
+    fleet.submit([spec])
+    assert len(fleet.core.lease("w1", 10, fleet.now)) == 1
+    assert fleet.core.lease("w2", 10, fleet.now) == []
+    fleet.advance(1.0)
+    fleet.core.heartbeat("w2", [], fleet.now)
+    fleet.advance(1.5)  # w1 silent past the TTL: its slot comes back
+    assert "w1" not in fleet.core.workers
+    assert len(fleet.core.lease("w2", 10, fleet.now)) == 1
+    assert fleet.core.slots_held[("tag", "warehouse")] == 1
+
+
+def test_per_task_concurrency_limit():
+    fleet = Fleet()
+    fleet.add_worker("w", ["t"], cpu=16)
+    spec = NodeSpec("t", True, [items("x", list(range(9)))], {"cpu": 1.0}, concurrency_limit=3)
+    fleet.submit([spec])
+    assert len(fleet.core.lease("w", 100, fleet.now)) == 3
+
+
+def test_priority_first_then_flow_runs_take_turns():
+    fleet = Fleet()
+    fleet.add_worker("w", ["t"], cpu=1000)
+    big = fleet.submit([node("t", items("x", list(range(1000))), map_=True)])
+    small = fleet.submit([node("t", items("x", list(range(10))), map_=True)])
+    grants = fleet.core.lease("w", 20, fleet.now)
+    from_small = sum(1 for g in grants if g.task_run.flow is small)
+    assert from_small == 10, "a small flow run submitted later is not starved"
+    urgent, _ = fleet.core.submit(
+        "u", "flow", [node("t", items("x", [1, 2, 3]), map_=True)], fleet.now, priority=5
+    )
+    grants = fleet.core.lease("w", 3, fleet.now)
+    assert [g.task_run.flow for g in grants] == [urgent] * 3
+    assert big.state == FlowRunState.RUNNING
+
+
+def test_result_over_the_limit_fails_with_a_clear_message():
+    fleet = Fleet()
+    fleet.core.max_result_bytes = 10
+    fleet.add_worker("w", ["a"])
+    flow = fleet.submit([node("a")])
+    g = fleet.core.lease("w", 1, fleet.now)[0]
+    fleet.core.report("w", [Outcome(g.task_run.id, 1, value=pickle.dumps("x" * 100))], fleet.now)
+    assert flow.state == FlowRunState.FAILED
+    assert "over the inline result limit of 10 bytes" in flow.first_error[2]

@@ -1,0 +1,262 @@
+"""One contract suite over both stores, plus restore through the pure core."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sqlite3
+
+import pytest
+from fleetflow.api.v1 import common_pb2
+from fleetflow_coordinator.core import Outcome, Scheduler, TaskRunState
+from fleetflow_coordinator.core.model import EventKind, FlowRunState
+from fleetflow_coordinator.store import MemoryStore, RowBatch, SqliteStore, StoreError, open_store
+from fleetflow_coordinator.store.base import SCHEMA_VERSION
+from fleetflow_coordinator.store.rows import changes_to_batch, snapshot_to_flows
+
+from ..core.harness import Fleet, items, lit, node, ref
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    s = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "db" / "ff.db")
+    yield s
+    s.close()
+
+
+def _flow_row(flow_id="f1", created=1.0):
+    return (flow_id, "flow", b"spec", 1, created, 0.0, "key", None, None, None)
+
+
+def test_rows_round_trip_and_updates(store):
+    store.write(
+        RowBatch(
+            flows=[_flow_row()],
+            nodes=[("f1", 0, 1, 0)],
+            task_runs=[(7, "f1", 0, 0, 3, 1, "w", 5.0, None, None, None, 0, 0, 0.0)],
+            events=[("f1", 1, 1, 1.0, 0, "", 0, 0, 0, "", 1, "", None, 0.0)],
+        )
+    )
+    store.write(
+        RowBatch(
+            flow_updates=[(2, 9.0, None, None, None, "f1")],
+            task_runs=[(7, "f1", 0, 0, 5, 1, "", 5.0, b"r", None, None, 0, 0, 0.0)],
+            events=[("f1", 2, 8, 2.0, 0, "t", 7, 0, 1, "w", 0, "", b"e", 0.0)],
+        )
+    )
+    snap = store.load()
+    assert snap.flows == [("f1", "flow", b"spec", 2, 1.0, 9.0, "key", None, None, None)]
+    assert snap.task_runs["f1"] == [(7, "f1", 0, 0, 5, 1, "", 5.0, b"r", None, None, 0, 0, 0.0)]
+    assert [e[1] for e in snap.events["f1"]] == [1, 2]
+    assert snap.nodes["f1"] == [("f1", 0, 1, 0)]
+
+
+def test_pruning_deletes_a_flow_run_with_everything_it_owns(store):
+    store.write(
+        RowBatch(
+            flows=[_flow_row("a"), _flow_row("b", 2.0)],
+            nodes=[("a", 0, 1, 0), ("b", 0, 1, 0)],
+            task_runs=[
+                (1, "a", 0, 0, 5, 1, "", 0.0, b"", None, None, 0, 0, 0.0),
+                (2, "b", 0, 0, 5, 1, "", 0.0, b"", None, None, 0, 0, 0.0),
+            ],
+            events=[
+                ("a", 1, 1, 1.0, 0, "", 0, 0, 0, "", 0, "", None, 0.0),
+                ("b", 1, 1, 1.0, 0, "", 0, 0, 0, "", 0, "", None, 0.0),
+            ],
+        )
+    )
+    store.write(RowBatch(pruned=["a"]))
+    snap = store.load()
+    assert [f[0] for f in snap.flows] == ["b"]
+    assert set(snap.task_runs) == {"b"} and set(snap.events) == {"b"} and set(snap.nodes) == {"b"}
+
+
+def _drive(fleet: Fleet, store) -> None:
+    store.write(changes_to_batch(fleet.core.drain_changes()))
+
+
+def test_restore_rebuilds_state_and_the_flow_finishes(store):
+    fleet = Fleet(lease_ttl_s=3.0)
+    fleet.add_worker("w", ["inc", "collect", "listing"])
+    # A real spec blob is needed for restore: build one that matches the nodes.
+    spec = common_pb2.FlowSpec(name="flow", output_node=2)
+    n0 = spec.nodes.add(task_name="listing", resources=common_pb2.Resources(amounts={"cpu": 1}))
+    n0.args.add(name="n", literal=pickle.dumps(6))
+    n1 = spec.nodes.add(
+        task_name="inc", map=True, resources=common_pb2.Resources(amounts={"cpu": 1})
+    )
+    n1.args.add(name="x", node=0, mapped=True)
+    n2 = spec.nodes.add(task_name="collect", resources=common_pb2.Resources(amounts={"cpu": 1}))
+    n2.args.add(name="xs", node=1)
+    nodes = [
+        node("listing", lit("n", 6)),
+        node("inc", ref("x", 0, mapped=True), map_=True),
+        node("collect", ref("xs", 1)),
+    ]
+    flow, _ = fleet.core.submit(
+        "f1",
+        "flow",
+        nodes,
+        fleet.now,
+        output_node=2,
+        spec_blob=spec.SerializeToString(),
+        idempotency_key="k",
+    )
+    fns = {
+        "listing": lambda n: list(range(n)),
+        "inc": lambda x: x + 1,
+        "collect": lambda xs: list(xs),
+    }
+    # Run the listing, then lease part of the map and leave it in flight.
+    g = fleet.core.lease("w", 1, fleet.now)[0]
+    fleet.core.report(
+        "w", [Outcome(g.task_run.id, 1, items=[pickle.dumps(i) for i in range(6)])], fleet.now
+    )
+    inflight = fleet.core.lease("w", 2, fleet.now)
+    done = fleet.core.lease("w", 1, fleet.now)[0]
+    fleet.core.report("w", [Outcome(done.task_run.id, 1, value=pickle.dumps(99))], fleet.now)
+    _drive(fleet, store)
+    events_before = [(e.seq, e.kind) for e in flow.events]
+
+    # "Restart": a new scheduler from the stored rows only.
+    restored = Scheduler(lease_ttl_s=3.0)
+    restored.restore(snapshot_to_flows(store.load()), fleet.now)
+    again = restored.flows["f1"]
+    assert [(e.seq, e.kind) for e in again.events] == events_before
+    assert again.durable_seq == len(events_before)
+    assert [c.state for c in again.nodes[1].children].count(TaskRunState.RUNNING) == 2
+    assert restored.idempotency == {"k": "f1"}
+    assert restored.submit("x", "flow", nodes, fleet.now, idempotency_key="k")[0] is again
+
+    fleet.core = restored
+    fleet.add_worker("w2", ["inc", "collect", "listing"])
+    # The old worker re-attaches one of its two in-flight attempts.
+    kept, lost = inflight
+    restored.register_worker(
+        "w", {"cpu": 4.0}, frozenset(["inc"]), fleet.now, running=[(kept.task_run.id, kept.attempt)]
+    )
+    restored.report(
+        "w", [Outcome(kept.task_run.id, kept.attempt, value=pickle.dumps(1))], fleet.now
+    )
+    fleet.run("w2", fns)
+    assert again.state == FlowRunState.RUNNING  # the un-attached one waits out the TTL
+    fleet.core.heartbeat("w2", [], fleet.now)
+    fleet.now += 3.5
+    fleet.core.heartbeat("w2", [], fleet.now)
+    fleet.core.tick(fleet.now)
+    assert restored.task_runs[lost.task_run.id].attempt == 2
+    fleet.run("w2", fns)
+    assert again.state == FlowRunState.COMPLETED
+    result = pickle.loads(fleet.core.flow_result(again))
+    assert result[done.task_run.index] == 99 and result[kept.task_run.index] == 1
+    assert EventKind.TASK_RUN_LEASE_EXPIRED in [e.kind for e in again.events]
+
+
+def test_restore_keeps_a_retry_delay_in_progress(store):
+    fleet = Fleet()
+    fleet.add_worker("w", ["bad"])
+    spec = common_pb2.FlowSpec(name="flow")
+    spec.nodes.add(
+        task_name="bad",
+        resources=common_pb2.Resources(amounts={"cpu": 1}),
+        retry=common_pb2.RetryPolicy(retries=1, retry_delay_seconds=30),
+    )
+    flow, _ = fleet.core.submit(
+        "f1",
+        "flow",
+        [node("bad", retries=1, delay=30.0)],
+        fleet.now,
+        spec_blob=spec.SerializeToString(),
+    )
+    g = fleet.core.lease("w", 1, fleet.now)[0]
+    err = common_pb2.TaskError(type="builtins.ValueError", message="x")
+    fleet.core.report("w", [Outcome(g.task_run.id, 1, error=err)], fleet.now)
+    _drive(fleet, store)
+    restored = Scheduler()
+    restored.restore(snapshot_to_flows(store.load()), fleet.now + 10)
+    restored.register_worker("w", {"cpu": 1.0}, frozenset(["bad"]), fleet.now + 10)
+    tr = restored.flows["f1"].nodes[0].children[0]
+    assert tr.state == TaskRunState.AWAITING_RETRY and tr.error.message == "x"
+    restored.tick(fleet.now + 29.9)
+    assert tr.state == TaskRunState.AWAITING_RETRY
+    restored.tick(fleet.now + 30.0)
+    assert tr.state == TaskRunState.SCHEDULED and tr.attempt == 2
+
+
+def test_prune_is_stored(store):
+    fleet = Fleet()
+    fleet.add_worker("w", ["inc"])
+    spec = common_pb2.FlowSpec(name="flow").SerializeToString()
+    fleet.core.submit("old", "flow", [node("inc", lit("x", 1))], fleet.now, spec_blob=spec)
+    fleet.run("w", {"inc": lambda x: x + 1})
+    fleet.now += 100
+    fleet.core.submit("new", "flow", [node("inc", lit("x", 1))], fleet.now, spec_blob=spec)
+    _drive(fleet, store)
+    assert fleet.core.prune(fleet.now - 50) == ["old"]
+    _drive(fleet, store)
+    assert [f[0] for f in store.load().flows] == ["new"]
+
+
+def test_newer_schema_version_is_refused(tmp_path):
+    path = tmp_path / "ff.db"
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="newer than this fleetflow"):
+        SqliteStore(path)
+
+
+def test_foreign_database_is_refused(tmp_path):
+    path = tmp_path / "other.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE users (id INTEGER)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="not a fleetflow database"):
+        SqliteStore(path)
+
+
+def test_corrupt_database_fails_clearly(tmp_path):
+    path = tmp_path / "corrupt.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="corrupt"):
+        SqliteStore(path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_path_fails_clearly(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    with pytest.raises(StoreError):
+        SqliteStore(folder / "sub" / "ff.db")
+
+
+def test_path_under_a_file_fails_clearly(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cannot be created"):
+        SqliteStore(blocker / "ff.db")
+
+
+def test_memory_is_only_used_when_asked_for(tmp_path):
+    assert isinstance(open_store(":memory:"), MemoryStore)
+    assert isinstance(open_store(str(tmp_path / "x.db")), SqliteStore)
+
+
+def test_changes_cover_every_row_a_restore_needs():
+    fleet = Fleet()
+    fleet.add_worker("w", ["inc"])
+    fleet.core.submit(
+        "f", "flow", [node("inc", items("x", [1, 2, 3]), map_=True)], fleet.now, spec_blob=b""
+    )
+    changes = fleet.core.drain_changes()
+    assert len(changes.new_flows) == 1 and len(changes.task_runs) == 3 and len(changes.nodes) == 1
+    assert [e.kind for _, e in changes.events][:2] == [
+        EventKind.FLOW_RUN_SUBMITTED,
+        EventKind.NODE_EXPANDED,
+    ]
+    assert fleet.core.drain_changes().events == []

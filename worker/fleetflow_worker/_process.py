@@ -1,0 +1,127 @@
+"""One task process: start it, send it attempts over its pipe, kill it, reap it.
+
+Used by :mod:`fleetflow_worker._pool`, which decides when; the process side is
+:func:`fleetflow_worker._child.serve`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterable, Sequence
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+
+import psutil
+
+from fleetflow_worker import _child
+from fleetflow_worker._codec import Payload, WireArg
+
+__all__ = ["PoolStartError", "TaskProcess", "live_pids"]
+
+
+class PoolStartError(RuntimeError):
+    """A task process could not start (usually: a --module fails to import there)."""
+
+
+#: Serializes what reads a forkserver child's exit status: ``start()`` (it
+#: polls every earlier child), ``is_alive()``, ``join()`` and ``exitcode``.
+#: Two threads reading one status pipe at once make one of them see 255.
+_STATUS_LOCK = threading.Lock()
+
+
+class TaskProcess:
+    """One live task process and the pool's end of its pipe."""
+
+    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self.ps = psutil.Process(process.pid)
+
+    @classmethod
+    def start(
+        cls,
+        ctx: BaseContext,
+        module_specs: Sequence[str],
+        nice: int,
+        timeout_s: float,
+        registry: set[BaseProcess],
+    ) -> TaskProcess:
+        """Start one task process and wait until it imported the modules (blocking).
+
+        Args:
+            ctx: multiprocessing context (forkserver or spawn).
+            module_specs: The worker's ``--module`` values.
+            nice: Niceness added to the process.
+            timeout_s: Longest the imports may take, seconds.
+            registry: Receives the process as soon as it exists (so a
+                concurrent kill reaches it) and loses it if it fails.
+
+        Raises:
+            PoolStartError: it failed to import them, exited or took too long.
+        """
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        process = ctx.Process(  # type: ignore[attr-defined]
+            target=_child.serve, args=(child_conn, list(module_specs), nice), name="fleetflow-task"
+        )
+        with _STATUS_LOCK:
+            process.start()
+        registry.add(process)
+        child_conn.close()  # the child's copy is its only one: its death means EOF here
+        try:
+            if not parent_conn.poll(timeout_s):
+                raise PoolStartError(f"no answer within {timeout_s:g} s")
+            status, detail = parent_conn.recv()
+            if status != "ready":
+                raise PoolStartError(f"a --module failed to import:\n{detail}")
+            return cls(process, parent_conn)
+        except (EOFError, OSError, PoolStartError) as exc:
+            process.kill()
+            exitcode = _reap(process, 5.0, parent_conn)
+            registry.discard(process)
+            if isinstance(exc, PoolStartError):
+                raise
+            raise PoolStartError(
+                f"the task process exited while starting (exit code {exitcode})"
+            ) from exc
+
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        with _STATUS_LOCK:
+            return self.process.is_alive()
+
+    def call(self, request: tuple[str, list[WireArg], bool]) -> Payload:
+        """Run one attempt (blocking; called in a thread).
+
+        Raises:
+            EOFError: the process died (or was killed) before answering.
+            OSError: the pipe broke.
+        """
+        self.conn.send(request)
+        return self.conn.recv()  # type: ignore[no-any-return]
+
+    def kill(self) -> None:
+        """SIGKILL the process (no-op if it already exited)."""
+        with contextlib.suppress(OSError, ValueError):
+            self.process.kill()
+
+    def reap(self, timeout_s: float) -> int | None:
+        """Wait for the process to exit (blocking) and close the pipe; returns its exit code."""
+        return _reap(self.process, timeout_s, self.conn)
+
+
+def _reap(process: BaseProcess, timeout_s: float, conn: Connection | None = None) -> int | None:
+    wait([process.sentinel], timeout_s)  # select only: the status is read under the lock
+    with _STATUS_LOCK:
+        process.join(0)
+        exitcode = process.exitcode
+    if conn is not None:
+        conn.close()
+    return exitcode
+
+
+def live_pids(processes: Iterable[BaseProcess]) -> list[int]:
+    """Process ids of those of ``processes`` that still run."""
+    with _STATUS_LOCK:
+        return [p.pid for p in list(processes) if p.pid and p.is_alive()]
