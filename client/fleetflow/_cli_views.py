@@ -212,15 +212,21 @@ def _local_time(epoch_s: float | None) -> str:
 
 
 @click.command("inspect")
-@click.argument("flow_run_id")
+@click.argument("flow_run_id", metavar="FLOW_RUN_ID|TASK_RUN_ID")
 @_coordinator_option
 @_json_option
 def inspect_command(flow_run_id: str, address: str, as_json: bool) -> None:
-    """Show one flow run: state, duration, per-task counts and its first failure.
+    """Show a flow run (state, per-task counts, first failure) or a task run's attempts.
 
-    A mapped task is one row however many task runs it has. Exits 0 unless
-    the flow run failed or was cancelled.
+    A mapped task is one row however many task runs it has. A task run id (a
+    number, as in events) shows every attempt: worker, times, outcome, error.
+    Exits 0 unless the run failed or was cancelled.
     """
+    if flow_run_id.isdigit():
+        from fleetflow._cli_control import show_task_run
+
+        show_task_run(int(flow_run_id), address, as_json)
+        return
     try:
         with Client(address) as client:
             info = client.get(flow_run_id)

@@ -44,6 +44,7 @@ from rich.progress import (
 from rich.table import Column, Table
 from rich.text import Text
 
+from fleetflow._cli_control import cancel_command, limit_command, prune_command
 from fleetflow._cli_views import inspect_command, workers_command
 from fleetflow._client import DEFAULT_ADDRESS, Client, FlowRunInfo
 from fleetflow._task import Flow
@@ -731,6 +732,9 @@ def watch_command(flow_run_id: str, address: str, after_seq: int) -> None:
 
 cli.add_command(workers_command)
 cli.add_command(inspect_command)
+cli.add_command(cancel_command)
+cli.add_command(limit_command)
+cli.add_command(prune_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

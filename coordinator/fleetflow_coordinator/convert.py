@@ -86,6 +86,7 @@ def lease_to_proto(grant: LeaseGrant) -> worker_service_pb2.Lease:
         ],
         split_result=node.split,
         timeout_seconds=node.timeout_s,
+        resources=common_pb2.Resources(amounts=node.resources),
     )
 
 

@@ -319,6 +319,20 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
                 return ws.LeaseTasksResponse(known=True)
             await rt.wait_for_work(remaining)
 
+    async def ReleaseLeases(  # noqa: N802
+        self, request: ws.ReleaseLeasesRequest, context: grpc.aio.ServicerContext
+    ) -> ws.ReleaseLeasesResponse:
+        """Re-queue attempts a draining worker handed back."""
+        requeued = self.rt.core.release_leases(
+            request.worker_id,
+            [(h.task_run_id, h.attempt) for h in request.released],
+            self.rt.clock(),
+        )
+        self.rt.after_change()
+        await self.rt.durable()
+        log.info("leases_released", worker_id=request.worker_id, requeued=requeued)
+        return ws.ReleaseLeasesResponse()
+
     async def ReportOutcomes(  # noqa: N802
         self, request: ws.ReportOutcomesRequest, context: grpc.aio.ServicerContext
     ) -> ws.ReportOutcomesResponse:

@@ -143,3 +143,17 @@ def test_result_over_the_limit_fails_with_a_clear_message():
     fleet.core.report("w", [Outcome(g.task_run.id, 1, value=pickle.dumps("x" * 100))], fleet.now)
     assert flow.state == FlowRunState.FAILED
     assert "over the inline result limit of 10 bytes" in flow.first_error[2]
+
+
+def test_drained_worker_hands_back_without_using_budgets():
+    fleet = Fleet()
+    fleet.add_worker("w", ["a"])
+    flow = fleet.submit([node("a", retries=0)])
+    g = fleet.core.lease("w", 1, fleet.now)[0]
+    assert fleet.core.release_leases("w", [(g.task_run.id, g.attempt)], fleet.now) == 1
+    tr = g.task_run
+    assert tr.state == TaskRunState.SCHEDULED and tr.attempt == 2
+    assert tr.infra_failures == 0 and tr.code_failures == 0
+    assert fleet.core.workers["w"].allocated["cpu"] == 0.0
+    assert fleet.core.release_leases("w", [(tr.id, 1)], fleet.now) == 0
+    assert flow.state == FlowRunState.RUNNING

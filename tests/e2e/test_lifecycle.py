@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -70,7 +71,6 @@ def test_always_failing_task_makes_four_attempts_with_steady_gaps(fleet, tmp_pat
     assert info.failed == 1
 
 
-@pytest.mark.xfail(reason="worker-side Retry/NonRetryableError: next commit", strict=True)
 def test_non_retryable_error_and_retry_on_fail_at_once(fleet, tmp_path):
     address = fleet.start_coordinator()
     fleet.start_worker()
@@ -85,7 +85,6 @@ def test_non_retryable_error_and_retry_on_fail_at_once(fleet, tmp_path):
         assert len(_lines(ledger)) == 1
 
 
-@pytest.mark.xfail(reason="worker-side Retry/NonRetryableError: next commit", strict=True)
 def test_task_asking_for_a_retry_gets_its_delay(fleet, tmp_path):
     address = fleet.start_coordinator()
     fleet.start_worker()
@@ -126,3 +125,48 @@ def test_tag_limit_of_one_across_flow_runs_and_after_a_worker_is_killed(fleet, t
         wait_until(lambda: len(_lines(slow)) >= 2, 10, what="the next tagged task")
         assert float(_lines(slow)[1][2]) - killed <= 2.0 + 2.0
         client.cancel(run.id)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    from .fleet import ROOT
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(str(ROOT / p) for p in ("client", "coordinator", "worker"))
+    return subprocess.run(
+        [sys.executable, "-m", "fleetflow.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_cli_cancel_limit_prune_and_task_run_inspect(fleet, tmp_path):
+    address = fleet.start_coordinator(heartbeat=0.3)
+    fleet.start_worker()
+    ledger = tmp_path / "ledger"
+    with Client(address) as client:
+        failing = client.submit(flows.always_failing, ledger=str(ledger))
+        slow = client.submit(flows.slow_flow, ledger=str(tmp_path / "slow"), seconds=30)
+        wait_until(lambda: _lines(tmp_path / "slow"), 30, what="the slow task to start")
+        out = _cli("cancel", slow.id, "--coordinator", address)
+        assert out.returncode == 0 and "1 task runs cancelled" in out.stdout, out.stderr
+        assert client.get(slow.id).state == "CANCELLED"
+        with pytest.raises(ValueError):
+            failing.result(timeout=60)
+        task_run_id = next(e.task_run_id for e in client.watch(failing.id) if e.task_run_id)
+        out = _cli("inspect", str(task_run_id), "--coordinator", address, "--json")
+        assert out.returncode == 1, out.stderr  # the task run failed
+        import json
+
+        data = json.loads(out.stdout)
+        assert [a["outcome"] for a in data["attempts"]] == ["RETRYING"] * 3 + ["FAILED"]
+        out = _cli("limit", "warehouse", "2", "--coordinator", address)
+        assert out.returncode == 0 and "warehouse: 2" in out.stdout
+        assert _cli("limit", "warehouse", "--coordinator", address).returncode != 0
+        out = _cli("prune", "--older-than", "0", "--coordinator", address)
+        assert out.returncode == 0 and "pruned 2 flow runs" in out.stdout, out.stdout
+        assert client.list_flow_runs() == []

@@ -114,11 +114,6 @@ def test_heartbeats_flow_while_task_processes_use_every_cpu(fleet, tmp_path):
     assert len(starts) == 2 and starts[0].split()[2] != starts[1].split()[2], "ran side by side"
 
 
-@pytest.mark.xfail(
-    reason="needs coordinator support: Lease.resources filled from the task's resource "
-    "request (the worker reads the memory limit from it)",
-    strict=False,
-)
 def test_a_task_past_its_memory_request_is_killed_and_the_worker_survives(fleet):
     address = fleet.start_coordinator()
     worker = fleet.start_worker(module=FLOWS, cpu=2)
@@ -167,11 +162,6 @@ def test_sigterm_hands_back_a_task_outliving_the_grace_period_at_once(fleet, tmp
     assert _gone(int(starts[0].split()[1])), "the first attempt's process was killed"
 
 
-@pytest.mark.xfail(
-    reason="needs coordinator support: WorkerService.ReleaseLeases (re-queue the released "
-    "attempts at once); without it the worker falls back to WorkerShutDown outcomes",
-    strict=False,
-)
 def test_sigterm_releases_leases_with_release_leases(fleet, tmp_path):
     address = fleet.start_coordinator(lease_ttl=30.0)
     worker = fleet.start_worker("--drain-grace", "0.5", module=FLOWS, cpu=1)
@@ -185,11 +175,6 @@ def test_sigterm_releases_leases_with_release_leases(fleet, tmp_path):
         wait_until(lambda: client.get(run.id).nodes[0].scheduled == 1, 5, what="re-queue")
 
 
-@pytest.mark.xfail(
-    reason="needs coordinator and client support: cancelling a flow run lists its running "
-    "attempts in HeartbeatResponse.cancel",
-    strict=False,
-)
 def test_cancel_kills_the_running_task_process(fleet, tmp_path):
     address = fleet.start_coordinator()
     worker = fleet.start_worker(module=FLOWS, cpu=1)

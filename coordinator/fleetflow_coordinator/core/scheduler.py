@@ -618,6 +618,38 @@ class Scheduler:
         for worker in [w for w in self.workers.values() if w.last_seen < deadline]:
             self.lose_worker(worker.worker_id, now, "lease expired: no heartbeat within the TTL")
 
+    def release_leases(self, worker_id: str, released: list[tuple[int, int]], now: float) -> int:
+        """A draining worker hands back attempts it stopped: re-queue them at once.
+
+        A hand-back is orderly, so it uses up neither the task's retries nor its
+        infrastructure budget. Attempts that are not current are ignored.
+
+        Returns:
+            How many attempts were re-queued.
+        """
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return 0
+        worker.last_seen = now
+        requeued = 0
+        for task_run_id, attempt in released:
+            tr = worker.running.get(task_run_id)
+            if tr is None or tr.attempt != attempt or tr.state != TaskRunState.RUNNING:
+                continue
+            self._release(tr)
+            self._event(
+                tr.flow,
+                EventKind.TASK_RUN_LEASE_EXPIRED,
+                now,
+                tr=tr,
+                worker_id=worker_id,
+                message="handed back by a draining worker",
+            )
+            tr.attempt += 1
+            self._schedule(tr, now)
+            requeued += 1
+        return requeued
+
     def lose_worker(self, worker_id: str, now: float, reason: str) -> None:
         """Forget a worker and re-queue every attempt it held as a new attempt."""
         worker = self.workers.pop(worker_id, None)
@@ -1014,7 +1046,7 @@ class Scheduler:
         tr.code_failures += 1
         tr.error = error
         node = tr.node
-        if timed_out and not message:
+        if timed_out and not message and error is None:
             message = f"timed out after {node.timeout_s:g} s"
         if not non_retryable and tr.code_failures <= node.retries:
             delay = retry_delay(node.policy, tr.code_failures, self.uniform, requested_delay_s)

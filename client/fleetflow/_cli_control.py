@@ -1,0 +1,121 @@
+"""CLI commands that change or drill into a running fleet: cancel, limit, prune, task runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from fleetflow._client import DEFAULT_ADDRESS, Client
+from fleetflow._taskruns import TaskRunInfo
+from fleetflow.errors import FleetflowError
+
+__all__ = ["cancel_command", "limit_command", "prune_command", "show_task_run"]
+
+_coordinator = click.option(
+    "--coordinator",
+    "address",
+    envvar="FLEETFLOW_COORDINATOR",
+    default=DEFAULT_ADDRESS,
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Coordinator address HOST:PORT.",
+)
+
+
+@click.command("cancel")
+@click.argument("flow_run_id")
+@_coordinator
+def cancel_command(flow_run_id: str, address: str) -> None:
+    """Cancel a flow run: queued task runs at once, running ones on their workers."""
+    try:
+        with Client(address) as client:
+            cancelled = client.cancel(flow_run_id)
+    except FleetflowError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"flow run {flow_run_id}: {cancelled} task runs cancelled")
+
+
+@click.command("limit")
+@click.argument("tag")
+@click.argument("limit", required=False, type=click.IntRange(min=0))
+@click.option("--remove", is_flag=True, help="Remove the limit instead of setting it.")
+@_coordinator
+def limit_command(tag: str, limit: int | None, remove: bool, address: str) -> None:
+    """Allow at most LIMIT task runs tagged TAG to run at once across the fleet."""
+    if (limit is None) != remove:
+        raise click.UsageError("give LIMIT, or --remove")
+    try:
+        with Client(address) as client:
+            client.set_concurrency_limit(tag, None if remove else limit)
+    except FleetflowError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{tag}: {'no limit' if remove else limit}")
+
+
+@click.command("prune")
+@click.option(
+    "--older-than",
+    "older_than_s",
+    type=click.FloatRange(min=0),
+    default=7 * 86400.0,
+    show_default=True,
+    help="Delete finished flow runs that ended more than this many seconds ago.",
+)
+@_coordinator
+def prune_command(older_than_s: float, address: str) -> None:
+    """Delete finished flow runs (with their task runs and events) past an age."""
+    try:
+        with Client(address) as client:
+            pruned = client.prune(older_than_s)
+    except FleetflowError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"pruned {len(pruned)} flow runs")
+
+
+def _time(epoch_s: float) -> str:
+    if not epoch_s:
+        return "-"
+    return dt.datetime.fromtimestamp(epoch_s).strftime("%H:%M:%S.%f")[:-3]
+
+
+def show_task_run(task_run_id: int, address: str, as_json: bool) -> None:
+    """Print one task run with its attempt history (``fleetflow inspect TASK_RUN_ID``)."""
+    try:
+        with Client(address) as client:
+            info: TaskRunInfo = client.get_task_run(task_run_id)
+    except FleetflowError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(info), indent=2, default=str))
+    else:
+        console = Console()
+        console.print(
+            f"[bold]task run {info.task_run_id}[/bold] {info.task_name}[{info.index}] "
+            f"of flow run {info.flow_run_id} (node {info.node}): [bold]{info.state}[/bold]"
+        )
+        table = Table("attempt", "worker", "started", "ended", "seconds", "outcome", "error")
+        for a in info.attempts:
+            error = f"{a.error.type}: {a.error.message}" if a.error else a.message
+            seconds = f"{a.duration_s:.3f}" if a.duration_s is not None else "-"
+            outcome = a.outcome + (" (infrastructure)" if a.infrastructure else "")
+            table.add_row(
+                str(a.attempt),
+                a.worker_id or "-",
+                _time(a.started_at),
+                _time(a.ended_at),
+                seconds,
+                outcome,
+                error,
+            )
+        console.print(table)
+        last = next((a for a in reversed(info.attempts) if a.error and a.error.traceback), None)
+        if last is not None:
+            console.print(f"[dim]traceback of attempt {last.attempt}:[/dim]")
+            console.print(last.error.traceback, markup=False, highlight=False)
+    sys.exit(1 if info.state in ("FAILED", "TIMED_OUT", "CANCELLED", "UPSTREAM_FAILED") else 0)
