@@ -122,7 +122,7 @@ def _metrics(entry: str, row: dict) -> list[Metric]:
         serial = statistics.median(row["serial_s"]) if row.get("serial_s") else None
         return [
             Metric(f"W4 {row['n']} × ~50 ms CPU, speedup over serial (ideal 2)", "×",
-                   lambda r, rep: serial / rep["wall_s"], True),
+                   lambda r, rep: rep.get("speedup") or serial / rep["wall_s"], True),
             Metric(f"W4 wall s (serial in one process: {_fmt(serial)} s)", " s",
                    lambda r, rep: rep["wall_s"], False),
         ]
@@ -165,7 +165,9 @@ def render(results: dict) -> str:
         "",
         "## Run",
         "",
-        f"- Command: `{results['command']}`",
+        f"- Command: `{results['command']}`"
+        + "".join(f"; then `{m['command']}` (its rows replace those of the first run)"
+                  for m in results.get("merged_commands", [])),
         f"- Date (UTC): {m['date_utc']}; fleetflow commit {m['commit']}",
         f"- Machine: {m['nproc']} logical CPUs ({m['cpu_model']}), {m['memory_gib']} GiB "
         f"memory, Linux {m['kernel']}, {m['implementation']} {m['python']}",
@@ -173,7 +175,9 @@ def render(results: dict) -> str:
         f"- Repetitions: {results['reps']} per (system, workload) unless a row says otherwise; "
         "cells show the **median** and (min–max) over repetitions.",
         f"- Total run time: {results.get('total_s', 0) / 60:.1f} min"
-        + ("" if "total_s" in results else " (run still going or interrupted)"),
+        + ("" if "total_s" in results else " (run still going or interrupted)")
+        + "".join(f" + {m['total_s'] / 60:.1f} min (`--merge` run)"
+                  for m in results.get("merged_commands", []) if "total_s" in m),
         "- Peers ran inside a network namespace with only loopback (`unshare -n`), with "
         "`DO_NOT_TRACK=1` and `PREFECT_SERVER_ANALYTICS_ENABLED=false`."
         + (f" **Peers could not run: {results['netns_problem']}**"

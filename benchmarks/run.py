@@ -400,6 +400,7 @@ class Args:
         self.systems = [s.strip() for s in ns.systems.split(",") if s.strip()]
         self.long_s = ns.long_s
         self.output = Path(ns.output)
+        self.merge = ns.merge
         self.command = " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
 
     def size(self, key: str) -> int:
@@ -424,12 +425,17 @@ def main() -> int:
     parser.add_argument("--long-s", type=float, default=90.0,
                         help="a first repetition longer than this is not repeated [90]")
     parser.add_argument("--output", default=str(BENCH / "RESULTS.md"))
+    parser.add_argument("--merge", action="store_true",
+                        help="update out/results.json of the last run instead of starting anew")
     args = Args(parser.parse_args())
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
     OUT.mkdir(exist_ok=True)
-    for old in OUT.iterdir():  # logs and results of the previous run (profile/ stays)
+    previous = None
+    if args.merge and (OUT / "results.json").exists():
+        previous = json.loads((OUT / "results.json").read_text())
+    for old in [] if args.merge else OUT.iterdir():  # the previous run's files (not profile/)
         if old.name == "profile":
             continue
         if old.is_dir():
@@ -450,23 +456,37 @@ def main() -> int:
     iters = 0
     results: dict = {"machine": info, "command": args.command, "quick": args.quick,
                      "reps": args.reps, "entries": {}, "netns_problem": netns_problem}
+    if previous is not None:
+        # --merge: keep every (entry, system) of the last run that this run does not redo.
+        results = previous
+        results.setdefault("merged_commands", []).append(
+            {"command": args.command, "date_utc": info["date_utc"], "commit": info["commit"]}
+        )
+        results["netns_problem"] = results.get("netns_problem") or netns_problem
     for entry, workload, size_key in PLAN:
         if not args.wants(entry, workload):
             continue
         n = args.size(size_key)
-        row: dict = {"workload": workload, "n": n, "systems": {}}
-        results["entries"][entry] = row
+        row = results["entries"].get(entry)
+        if row is None or row["n"] != n:
+            row = {"workload": workload, "n": n, "systems": {}}
+            results["entries"][entry] = row
+        else:
+            # Entries keep the plan's order whatever order --merge runs added them in.
+            pass
         if workload == "W4":
-            if not iters:
-                iters = workloads.calibrate_cpu_burn()
-                results["w4_iters"] = iters
-            serial = []
-            for _ in range(args.reps):
-                t0 = time.perf_counter()
-                for i in range(n):
-                    workloads.cpu_burn(i, iters)
-                serial.append(time.perf_counter() - t0)
-            row["serial_s"] = serial
+            # A --merge run keeps the first run's task size and serial baseline.
+            iters = results.get("w4_iters") or workloads.calibrate_cpu_burn()
+            results["w4_iters"] = iters
+            if not row.get("serial_s"):
+                serial = []
+                for _ in range(args.reps):
+                    t0 = time.perf_counter()
+                    for i in range(n):
+                        workloads.cpu_burn(i, iters)
+                    serial.append(time.perf_counter() - t0)
+                row["serial_s"] = serial
+            serial = row["serial_s"]
             log(f"W4: {iters} iterations per task; serial {statistics.median(serial):.2f} s")
         for system in args.systems:
             if entry not in DEFAULT_ENTRIES[system][1 if args.quick else 0]:
@@ -488,25 +508,36 @@ def main() -> int:
             else:
                 res = run_peer(system, entry, workload, n, args.reps, args, iters)
             res["elapsed_total_s"] = time.perf_counter() - t0
+            if workload == "W4":  # speedup against the serial time measured for this row
+                for rep in res.get("reps") or []:
+                    rep["speedup"] = statistics.median(row["serial_s"]) / rep["wall_s"]
             res["loadavg_before"] = load
             res["loadavg_after"] = os.getloadavg()[0]
             row["systems"][system] = res
             log(f"  -> {res.get('status')} in {res['elapsed_total_s']:.1f} s "
                 f"{_brief(workload, res)}")
             _save(results, args)
-    results["total_s"] = time.perf_counter() - t_run
+    order = [entry for entry, _, _ in PLAN]
+    results["entries"] = dict(
+        sorted(results["entries"].items(), key=lambda kv: order.index(kv[0]))
+    )
+    if previous is None:
+        results["total_s"] = time.perf_counter() - t_run
+    else:
+        results["merged_commands"][-1]["total_s"] = time.perf_counter() - t_run
     _save(results, args)
-    log(f"done in {results['total_s'] / 60:.1f} min; wrote {args.output}")
+    log(f"done in {(time.perf_counter() - t_run) / 60:.1f} min; wrote {args.output}")
     return 0
 
 
 def _skip_reason(results: dict, system: str, entry: str, workload: str) -> str | None:
     """Skip a larger size when a smaller one of the same workload did not finish."""
+    order = [e for e, _, _ in PLAN]
     for other, row in results["entries"].items():
-        if other == entry or row["workload"] != workload:
+        if row["workload"] != workload or order.index(other) >= order.index(entry):
             continue
         res = row["systems"].get(system)
-        if res and res.get("status") in ("did_not_finish", "failed", "skipped"):
+        if res and res.get("status") != "ok" and not res.get("reps"):
             return f"not run: {other} already {res.get('status').replace('_', ' ')}"
     return None
 

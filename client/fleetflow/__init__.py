@@ -26,6 +26,8 @@ from fleetflow._client import (
     TaskCounts,
     WorkerInfo,
 )
+from fleetflow._logging import TaskLogger, get_logger
+from fleetflow._stats import FlowRunStats, ResourceAdvice, TaskUsage, TimeInState
 from fleetflow._task import Flow, Task, TaskFuture, flow, task, unmapped
 from fleetflow._taskruns import AttemptInfo, TaskRunInfo
 from fleetflow.errors import (
@@ -74,4 +76,10 @@ __all__ = [
     "InvalidResourceError",
     "parse_quantity",
     "parse_resources",
+    "get_logger",
+    "TaskLogger",
+    "FlowRunStats",
+    "TaskUsage",
+    "ResourceAdvice",
+    "TimeInState",
 ]

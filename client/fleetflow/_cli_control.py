@@ -15,7 +15,7 @@ from fleetflow._client import DEFAULT_ADDRESS, Client
 from fleetflow._taskruns import TaskRunInfo
 from fleetflow.errors import FleetflowError
 
-__all__ = ["cancel_command", "limit_command", "prune_command", "show_task_run"]
+__all__ = ["cancel_command", "limit_command", "prune_command", "queue_command", "show_task_run"]
 
 _coordinator = click.option(
     "--coordinator",
@@ -76,6 +76,30 @@ def prune_command(older_than_s: float, address: str) -> None:
     except FleetflowError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"pruned {len(pruned)} flow runs")
+
+
+@click.command("queue")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts and autoscalers).")
+@_coordinator
+def queue_command(as_json: bool, address: str) -> None:
+    """Show queued demand per worker pool and resource shape, and why any is unschedulable."""
+    from fleetflow.resources import format_quantity
+
+    try:
+        with Client(address) as client:
+            demand = client.demand()
+    except FleetflowError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(d) for d in demand], indent=2))
+        return
+    table = Table("pool", "each needs", "waiting", "tasks", "unschedulable")
+    for d in demand:
+        shape = ", ".join(f"{k}={format_quantity(k, v)}" for k, v in sorted(d.resources.items()))
+        table.add_row(
+            d.pool, shape, str(d.waiting), ", ".join(d.task_names), d.unschedulable_reason or "-"
+        )
+    Console().print(table if demand else "nothing is waiting for a worker")
 
 
 def _time(epoch_s: float) -> str:

@@ -1,7 +1,7 @@
-"""``fleetflow workers`` and ``fleetflow inspect``: read-only views of a coordinator.
+"""``fleetflow workers``, ``fleetflow inspect`` and ``watch``'s progress bars.
 
-Rich tables for people, ``--json`` for scripts. Registered on the ``fleetflow``
-group by :mod:`fleetflow.cli`.
+Read-only views of a coordinator: rich tables for people, ``--json`` for
+scripts. Registered on the ``fleetflow`` group by :mod:`fleetflow.cli`.
 """
 
 from __future__ import annotations
@@ -10,22 +10,37 @@ import dataclasses
 import datetime as dt
 import json
 import sys
+import time
 from typing import Any
 
 import click
 from rich.console import Console, Group, RenderableType
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.progress_bar import ProgressBar
 from rich.table import Column, Table
 from rich.text import Text
 
 from fleetflow._client import DEFAULT_ADDRESS, Client, FlowRunInfo, TaskCounts, WorkerInfo
-from fleetflow.errors import FleetflowError, FlowRunCancelled, FlowRunFailed
+from fleetflow._stats import FlowRunStats, TaskUsage
+from fleetflow.errors import FleetflowError, FlowRunCancelled, FlowRunFailed, RPCError
 from fleetflow.serde import RemoteTaskError
 
-__all__ = ["workers_command", "inspect_command", "format_bytes", "flow_run_json"]
+__all__ = [
+    "workers_command",
+    "inspect_command",
+    "format_bytes",
+    "flow_run_json",
+    "flow_run_summary_json",
+    "follow_progress",
+    "print_outcome",
+]
 
 #: A worker whose last RPC is older than this is shown as late, seconds.
 LATE_HEARTBEAT_S = 5.0
+#: How often ``fleetflow watch`` polls the coordinator, seconds.
+WATCH_INTERVAL_S = 0.2
+#: Most per-task bars ``fleetflow watch`` shows; further tasks share one bar.
+MAX_TASK_BARS = 30
 
 
 def _coordinator_option(fn: Any) -> Any:
@@ -126,8 +141,29 @@ def workers_command(address: str, as_json: bool) -> None:
 # ------------------------------------------------------------------- inspect
 
 
-def flow_run_json(info: FlowRunInfo, error: dict[str, Any] | None) -> dict[str, Any]:
-    """A flow run as ``fleetflow inspect --json`` prints it."""
+def flow_run_json(
+    info: FlowRunInfo, error: dict[str, Any] | None, stats: FlowRunStats | None = None
+) -> dict[str, Any]:
+    """A flow run as ``fleetflow inspect --json`` prints it.
+
+    ``usage`` holds requested against used per task (median, p95 and max over
+    measured attempts) with ``advice``; ``fleet_usage`` the same task names
+    over every flow run; ``time_in_state`` task-run seconds per state. All
+    three are null when the coordinator does not serve GetFlowRunStats.
+    """
+    data = flow_run_summary_json(info)
+    data.update(
+        error=error,
+        usage=None if stats is None else [dataclasses.asdict(t) for t in stats.tasks],
+        fleet_usage=None if stats is None else [dataclasses.asdict(t) for t in stats.fleet_tasks],
+        advice=None if stats is None else [a.message for a in stats.advice],
+        time_in_state=None if stats is None else _time_json(stats),
+    )
+    return data
+
+
+def flow_run_summary_json(info: FlowRunInfo) -> dict[str, Any]:
+    """A flow run with its per-node counts and totals (``fleetflow flow-runs --json``)."""
     data = dataclasses.asdict(info)
     data["nodes"] = [{**dataclasses.asdict(n), "finished": n.finished} for n in info.nodes]
     data.update(
@@ -136,9 +172,28 @@ def flow_run_json(info: FlowRunInfo, error: dict[str, Any] | None) -> dict[str, 
         completed=info.completed,
         failed=info.failed,
         duration_s=info.duration_s,
-        error=error,
     )
     return data
+
+
+def _time_json(stats: FlowRunStats) -> dict[str, float]:
+    t = stats.time
+    return {
+        "pending_s": t.pending_s,
+        "queued_s": t.queued_s,
+        "running_s": t.running_s,
+        "awaiting_retry_s": t.awaiting_retry_s,
+    }
+
+
+def _stats_of(client: Client, flow_run_id: str) -> FlowRunStats | None:
+    """The flow run's usage and time in state; None from a coordinator without the RPC."""
+    try:
+        return client.get_flow_run_stats(flow_run_id)
+    except RPCError as exc:
+        if exc.code == "UNIMPLEMENTED":
+            return None
+        raise
 
 
 def _nodes_table(info: FlowRunInfo) -> Table:
@@ -231,16 +286,19 @@ def inspect_command(flow_run_id: str, address: str, as_json: bool) -> None:
         with Client(address) as client:
             info = client.get(flow_run_id)
             error = _error_of(client, info)
+            stats = _stats_of(client, flow_run_id)
     except FleetflowError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        _print_json(flow_run_json(info, error))
+        _print_json(flow_run_json(info, error, stats))
     else:
-        Console().print(_inspect_view(info, error))
+        Console().print(_inspect_view(info, error, stats))
     sys.exit(1 if info.state in ("FAILED", "CANCELLED") else 0)
 
 
-def _inspect_view(info: FlowRunInfo, error: dict[str, Any] | None) -> RenderableType:
+def _inspect_view(
+    info: FlowRunInfo, error: dict[str, Any] | None, stats: FlowRunStats | None = None
+) -> RenderableType:
     style = {"COMPLETED": "green", "FAILED": "red", "RUNNING": "blue"}.get(info.state, "yellow")
     header = Text.assemble(
         (info.name, "bold"),
@@ -255,7 +313,193 @@ def _inspect_view(info: FlowRunInfo, error: dict[str, Any] | None) -> Renderable
         style="dim",
     )
     parts: list[RenderableType] = [header, meta, _nodes_table(info)]
+    if stats is not None:
+        parts.append(_time_view(stats))
+        if stats.tasks:
+            parts.append(_usage_table(stats.tasks))
+        parts.extend(Text(f"advice: {a.message}", style="yellow") for a in stats.advice)
     if error is not None:
         parts.append(Text(f"{error['type']}: {error['message']}", style="bold red"))
         parts.extend(Text(str(note)) for note in error["notes"])
     return Group(*parts)
+
+
+# ------------------------------------------------------ usage and time in state
+
+
+def _quantity(resource: str, value: float) -> str:
+    return format_bytes(value) if resource == "memory" else f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _usage_table(rows: tuple[TaskUsage, ...]) -> Table:
+    """Requested against used per task: cpu in cores, memory as peak resident size."""
+    table = Table(
+        Column("#", justify="right"),
+        "task",
+        Column("measured", justify="right"),
+        Column("cpu req", justify="right"),
+        Column("cpu used p50 / p95", justify="right"),
+        Column("memory req", justify="right"),
+        Column("memory peak p50 / p95", justify="right"),
+        Column("duration p50 / p95", justify="right"),
+        title="requested vs used (completed attempts)",
+        title_justify="left",
+    )
+    for t in rows:
+        cpu = t.requested.get("cpu", 0.0)
+        memory = t.requested.get("memory", 0.0)
+        advised = {a.resource for a in t.advice}
+        table.add_row(
+            str(t.node),
+            t.task_name,
+            f"{t.measured_attempts:,}",
+            _quantity("cpu", cpu) if cpu else "-",
+            Text(
+                f"{_quantity('cpu', t.cpu_cores.median)} / {_quantity('cpu', t.cpu_cores.p95)}",
+                style="yellow" if "cpu" in advised else "",
+            ),
+            format_bytes(memory) if memory else "-",
+            Text(
+                f"{format_bytes(t.peak_memory_bytes.median)} / "
+                f"{format_bytes(t.peak_memory_bytes.p95)}",
+                style="yellow" if "memory" in advised else "",
+            ),
+            f"{t.duration_seconds.median:.2f} s / {t.duration_seconds.p95:.2f} s",
+        )
+    return table
+
+
+def _time_view(stats: FlowRunStats) -> RenderableType:
+    """Where the time went: task-run seconds per state, with shares."""
+    t = stats.time
+    total = t.total_s
+    parts = [
+        ("pending (upstream)", t.pending_s),
+        ("queued (for a worker)", t.queued_s),
+        ("running", t.running_s),
+        ("awaiting retry", t.awaiting_retry_s),
+    ]
+    text = Text("where time went (task-run seconds): ", style="bold")
+    text.append(
+        ", ".join(
+            f"{name} {seconds:,.1f} s ({100 * seconds / total:.0f}%)" if total else f"{name} 0 s"
+            for name, seconds in parts
+        ),
+        style="",
+    )
+    return text
+
+
+# -------------------------------------------------------------- watch's bars
+
+
+def _bar_label(n: TaskCounts) -> str:
+    return f"{n.node} {n.task_name}" + (" (map)" if n.map else "")
+
+
+def follow_progress(
+    client: Client,
+    flow_run_id: str,
+    console: Console,
+    *,
+    interval_s: float = WATCH_INTERVAL_S,
+    timeout_s: float | None = None,
+) -> FlowRunInfo:
+    """Show live progress bars, one per task (node) and one in all, until the run ends.
+
+    A map node is one bar however many task runs it has; beyond
+    :data:`MAX_TASK_BARS` tasks, the rest share one bar.
+
+    Args:
+        client: A connected client.
+        flow_run_id: The flow run.
+        console: Where the bars are drawn.
+        interval_s: Seconds between polls.
+        timeout_s: Give up after this long (None: wait until the run ends).
+
+    Returns:
+        The flow run's final info.
+
+    Raises:
+        TimeoutError: ``timeout_s`` passed first.
+        FleetflowError: the flow run does not exist, or the coordinator failed.
+    """
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[blue]{task.fields[running]} running"),
+        TextColumn("[green]{task.fields[ok]} ok"),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+    )
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with Progress(*columns, console=console) as progress:
+        info = client.get(flow_run_id)
+        overall = progress.add_task(f"[bold]{info.name}", total=None, running=0, ok=0, failed=0)
+        bars: dict[int, Any] = {}
+        while True:
+            rest = [0, 0, 0, 0, 0]  # finished, total, running, completed, failed
+            for n in info.nodes:
+                fields = {
+                    "completed": n.finished,
+                    "total": n.total or None,
+                    "running": n.running,
+                    "ok": n.completed,
+                    "failed": n.failed + n.timed_out + n.upstream_failed,
+                }
+                if n.node < MAX_TASK_BARS:
+                    if n.node not in bars:
+                        bars[n.node] = progress.add_task(
+                            "  " + _bar_label(n), total=None, running=0, ok=0, failed=0
+                        )
+                    progress.update(bars[n.node], **fields)
+                else:
+                    for i, key in enumerate(("completed", "total", "running", "ok", "failed")):
+                        rest[i] += fields[key] or 0
+            if len(info.nodes) > MAX_TASK_BARS:
+                if -1 not in bars:
+                    more = len(info.nodes) - MAX_TASK_BARS
+                    bars[-1] = progress.add_task(
+                        f"  ({more} more tasks)", total=None, running=0, ok=0, failed=0
+                    )
+                progress.update(
+                    bars[-1],
+                    completed=rest[0],
+                    total=rest[1] or None,
+                    running=rest[2],
+                    ok=rest[3],
+                    failed=rest[4],
+                )
+            progress.update(
+                overall,
+                completed=info.finished,
+                total=info.total or None,
+                running=sum(n.running for n in info.nodes),
+                ok=info.completed,
+                failed=info.failed + sum(n.upstream_failed for n in info.nodes),
+            )
+            if info.is_terminal:
+                return info
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"flow run {flow_run_id} did not end in time")
+            time.sleep(interval_s)
+            info = client.get(flow_run_id)
+
+
+def print_outcome(client: Client, info: FlowRunInfo, console: Console) -> None:
+    """One line with the final state and duration, then the first failure (if any)."""
+    style = {"COMPLETED": "green", "FAILED": "red"}.get(info.state, "yellow")
+    duration = "" if info.duration_s is None else f" in {info.duration_s:.2f} s"
+    console.print(
+        Text.assemble(
+            (f"flow run {info.flow_run_id} ", ""),
+            (info.state, f"bold {style}"),
+            f"{duration}: {info.completed:,} completed, {info.failed:,} failed",
+        )
+    )
+    error = _error_of(client, info)
+    if error is not None:
+        console.print(Text(f"{error['type']}: {error['message']}", style="bold red"))
+        for note in error["notes"]:
+            console.print(Text(str(note)), highlight=False)

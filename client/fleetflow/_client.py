@@ -22,8 +22,9 @@ from typing import Any, Generic, TypeVar
 import grpc
 import grpc.aio
 
+from fleetflow._stats import FlowRunStats
 from fleetflow._task import Flow
-from fleetflow._taskruns import TaskRunInfo
+from fleetflow._taskruns import DemandInfo, TaskRunInfo
 from fleetflow.api.v1 import common_pb2
 from fleetflow.api.v1 import coordinator_service_pb2 as pb
 from fleetflow.api.v1 import coordinator_service_pb2_grpc as pb_grpc
@@ -636,10 +637,26 @@ class Client:
         request = pb.GetTaskRunRequest(task_run_id=task_run_id)
         return TaskRunInfo.from_proto(self._call(self._stub.GetTaskRun, request))
 
+    def get_flow_run_stats(self, flow_run_id: str) -> FlowRunStats:
+        """Measured usage per task against its request (with advice), and time per state.
+
+        Raises:
+            FlowRunNotFound: no flow run has this id.
+            RPCError: the coordinator failed or stayed unavailable.
+        """
+        request = pb.GetFlowRunStatsRequest(flow_run_id=flow_run_id)
+        response = self._call(self._stub.GetFlowRunStats, request, flow_run_id=flow_run_id)
+        return FlowRunStats.from_proto(response)
+
     def set_concurrency_limit(self, tag: str, limit: int | None) -> None:
         """Allow at most ``limit`` task runs tagged ``tag`` at once (None removes it)."""
         request = pb.SetConcurrencyLimitRequest(tag=tag, limit=-1 if limit is None else limit)
         self._call(self._stub.SetConcurrencyLimit, request)
+
+    def demand(self) -> list[DemandInfo]:
+        """Queued demand per worker pool and resource shape (what an autoscaler adds)."""
+        response = self._call(self._stub.GetDemand, pb.GetDemandRequest())
+        return [DemandInfo.from_proto(d) for d in response.demand]
 
     def prune(self, older_than_s: float) -> list[str]:
         """Delete finished flow runs that ended more than ``older_than_s`` seconds ago."""
@@ -906,6 +923,12 @@ class AsyncClient:
         """One task run with its attempt history; see :meth:`Client.get_task_run`."""
         request = pb.GetTaskRunRequest(task_run_id=task_run_id)
         return TaskRunInfo.from_proto(await self._call(self._stub.GetTaskRun, request))
+
+    async def get_flow_run_stats(self, flow_run_id: str) -> FlowRunStats:
+        """Usage against requests and time per state; see :meth:`Client.get_flow_run_stats`."""
+        request = pb.GetFlowRunStatsRequest(flow_run_id=flow_run_id)
+        response = await self._call(self._stub.GetFlowRunStats, request, flow_run_id=flow_run_id)
+        return FlowRunStats.from_proto(response)
 
     async def _poll_until_ended(
         self, flow_run_id: str, timeout: float | None, *, include_result: bool

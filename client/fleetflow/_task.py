@@ -62,6 +62,7 @@ class Task(Generic[P, R]):
         retry_on: Exception types worth a retry; others fail at once. None: all.
         timeout_seconds: Per-attempt time limit in seconds, or None.
         tags: Concurrency-limit tags (limits are set on the coordinator).
+        pool: Worker pool that runs it (``fleetflow worker --pool NAME``).
         concurrency_limit: At most this many task runs of this task at once.
         is_async: True for ``async def`` functions (run on the worker's loop).
     """
@@ -81,6 +82,7 @@ class Task(Generic[P, R]):
         timeout_seconds: float | None = None,
         tags: Sequence[str] = (),
         concurrency_limit: int | None = None,
+        pool: str = "default",
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {type(fn).__name__}")
@@ -132,6 +134,9 @@ class Task(Generic[P, R]):
         self.timeout_seconds = timeout_seconds
         self.tags = tuple(tags)
         self.concurrency_limit = concurrency_limit
+        if not isinstance(pool, str) or not pool:
+            raise ValueError(f"task {self.name!r}: pool must be a non-empty string")
+        self.pool = pool
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
@@ -153,6 +158,7 @@ class Task(Generic[P, R]):
             "timeout_seconds": self.timeout_seconds,
             "tags": self.tags,
             "concurrency_limit": self.concurrency_limit,
+            "pool": self.pool,
         }
         merged.update(options)
         return Task(self.fn, **merged)
@@ -236,6 +242,7 @@ class _FlowRecorder:
             timeout_seconds=task.timeout_seconds or 0.0,
             tags=task.tags,
             concurrency_limit=task.concurrency_limit or 0,
+            pool=task.pool,
         )
         literal_lengths: dict[str, int] = {}
         for name, value in bound.arguments.items():
@@ -401,6 +408,7 @@ def task(
     timeout_seconds: float | None = ...,
     tags: Sequence[str] = ...,
     concurrency_limit: int | None = ...,
+    pool: str = ...,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
     """Declare a task: ``@task`` or ``@task(resources=..., retries=..., ...)``.
@@ -413,7 +421,8 @@ def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
             ``retry_backoff`` (>= 1, default 1), ``retry_max_delay_seconds``,
             ``retry_jitter`` (0..1, default 0.2), ``retry_on`` (exception types),
             ``timeout_seconds`` (seconds or None), ``tags`` (concurrency-limit
-            tags), ``concurrency_limit`` (int >= 1 or None). See :class:`Task`.
+            tags), ``concurrency_limit`` (int >= 1 or None), ``pool`` (worker
+            pool, default ``"default"``). See :class:`Task`.
 
     Raises:
         ValueError: an option is out of range.

@@ -8,7 +8,7 @@ from fleetflow.api.v1 import common_pb2
 from fleetflow.api.v1 import coordinator_service_pb2 as pb
 from fleetflow.events import TaskErrorInfo
 
-__all__ = ["AttemptInfo", "TaskRunInfo"]
+__all__ = ["AttemptInfo", "DemandInfo", "TaskRunInfo"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,9 @@ class TaskRunInfo:
                     started_at=a.started_at,
                     ended_at=a.ended_at,
                     outcome=a.outcome,
-                    error=TaskErrorInfo(a.error.type, a.error.message, a.error.traceback)
+                    error=TaskErrorInfo(
+                        a.error.type, a.error.message, a.error.traceback, tuple(a.error.log_tail)
+                    )
                     if a.HasField("error")
                     else None,
                     infrastructure=a.infrastructure,
@@ -86,4 +88,34 @@ class TaskRunInfo:
                 )
                 for a in message.attempts
             ],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DemandInfo:
+    """Task runs waiting for a worker, for one pool and resource shape.
+
+    Attributes:
+        pool: The worker pool they need.
+        resources: What one of them needs (cpu in CPUs, memory in bytes, ...).
+        waiting: How many wait now.
+        task_names: Which tasks they are.
+        unschedulable_reason: Why no connected worker could run them, if so.
+    """
+
+    pool: str
+    resources: dict[str, float]
+    waiting: int
+    task_names: list[str]
+    unschedulable_reason: str
+
+    @classmethod
+    def from_proto(cls, message: pb.Demand) -> DemandInfo:
+        """Decode one Demand entry."""
+        return cls(
+            pool=message.pool,
+            resources=dict(message.resources.amounts),
+            waiting=message.waiting,
+            task_names=list(message.task_names),
+            unschedulable_reason=message.unschedulable_reason,
         )

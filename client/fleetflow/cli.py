@@ -44,8 +44,14 @@ from rich.progress import (
 from rich.table import Column, Table
 from rich.text import Text
 
-from fleetflow._cli_control import cancel_command, limit_command, prune_command
-from fleetflow._cli_views import inspect_command, workers_command
+from fleetflow._cli_control import cancel_command, limit_command, prune_command, queue_command
+from fleetflow._cli_views import (
+    flow_run_summary_json,
+    follow_progress,
+    inspect_command,
+    print_outcome,
+    workers_command,
+)
 from fleetflow._client import DEFAULT_ADDRESS, Client, FlowRunInfo
 from fleetflow._task import Flow
 from fleetflow.errors import FleetflowError
@@ -675,13 +681,17 @@ def _local_time(epoch_s: float) -> str:
 
 @cli.command("flow-runs")
 @_coordinator_option
-def flow_runs_command(address: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def flow_runs_command(address: str, as_json: bool) -> None:
     """List the coordinator's flow runs."""
     try:
         with Client(address) as client:
             runs = client.list_flow_runs()
     except FleetflowError as exc:
         raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps([flow_run_summary_json(run) for run in runs], indent=2))
+        return
     id_width = max((len(run.flow_run_id) for run in runs), default=2)
     table = Table(
         Column("id", no_wrap=True, min_width=id_width),
@@ -710,13 +720,31 @@ def flow_runs_command(address: str) -> None:
 @click.argument("flow_run_id")
 @_coordinator_option
 @click.option(
-    "--after-seq", type=click.IntRange(min=0), default=0, help="Skip events up to this seq."
+    "--events", "events", is_flag=True, help="Print one line per event instead of progress bars."
 )
-def watch_command(flow_run_id: str, address: str, after_seq: int) -> None:
-    """Print a flow run's events as they happen, until it ends.
+@click.option(
+    "--after-seq",
+    type=click.IntRange(min=0),
+    default=0,
+    help="With --events: skip events up to this seq.",
+)
+def watch_command(flow_run_id: str, address: str, events: bool, after_seq: int) -> None:
+    """Follow a flow run until it ends: live progress bars per task, or its events.
 
-    Exits 0 when the flow run completed, 1 otherwise.
+    A mapped task is one bar however many task runs it has. Exits 0 when the
+    flow run completed, 1 otherwise.
     """
+    if not events:
+        console = Console(stderr=False)
+        try:
+            with Client(address) as client:
+                info = follow_progress(client, flow_run_id, console)
+                print_outcome(client, info, console)
+        except FleetflowError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            sys.exit(130)
+        sys.exit(0 if info.state == "COMPLETED" else 1)
     last: FlowEvent | None = None
     try:
         with Client(address) as client:
@@ -735,6 +763,7 @@ cli.add_command(inspect_command)
 cli.add_command(cancel_command)
 cli.add_command(limit_command)
 cli.add_command(prune_command)
+cli.add_command(queue_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

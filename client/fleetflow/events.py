@@ -27,18 +27,25 @@ class TaskErrorInfo:
         type: Qualified exception type, e.g. ``"builtins.ValueError"``.
         message: ``str(exception)``.
         traceback: Traceback text captured on the worker ("" if none).
+        log_tail: The last lines the failed attempt logged, oldest first.
     """
 
     type: str
     message: str
     traceback: str = ""
+    log_tail: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(cls, error: common_pb2.TaskError) -> TaskErrorInfo | None:
         """Decode a TaskError message; None when it carries nothing."""
         if not (error.type or error.message or error.traceback):
             return None
-        return cls(type=error.type, message=error.message, traceback=error.traceback)
+        return cls(
+            type=error.type,
+            message=error.message,
+            traceback=error.traceback,
+            log_tail=tuple(error.log_tail),
+        )
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}"

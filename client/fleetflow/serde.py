@@ -12,6 +12,7 @@ from typing import Any
 
 import cloudpickle
 
+from fleetflow._logging import current_tail
 from fleetflow.api.v1 import common_pb2
 
 __all__ = ["dumps", "loads", "error_from_exception", "exception_from_error", "RemoteTaskError"]
@@ -55,8 +56,10 @@ def error_from_exception(exc: BaseException, *, tb: str | None = None) -> common
         tb: Traceback text; formatted from ``exc`` when omitted.
 
     Returns:
-        A TaskError with type, message, traceback text and, when the exception
-        pickles, the pickled exception.
+        A TaskError with type, message, traceback text, the last lines the
+        running attempt logged (inside a worker's attempt scope, see
+        :mod:`fleetflow._logging`) and, when the exception pickles, the
+        pickled exception.
     """
     if tb is None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -65,7 +68,11 @@ def error_from_exception(exc: BaseException, *, tb: str | None = None) -> common
     except Exception:  # noqa: BLE001 - an unpicklable exception still reports its text
         pickled = b""
     return common_pb2.TaskError(
-        type=_qualname(type(exc)), message=str(exc), traceback=tb, pickled=pickled
+        type=_qualname(type(exc)),
+        message=str(exc),
+        traceback=tb,
+        pickled=pickled,
+        log_tail=current_tail(),
     )
 
 
@@ -91,4 +98,6 @@ def exception_from_error(error: common_pb2.TaskError) -> BaseException:
         exc = RemoteTaskError(error.type, error.message, error.traceback)
     if error.traceback:
         exc.add_note("Remote traceback (from the fleetflow worker):\n" + error.traceback.rstrip())
+    if error.log_tail:
+        exc.add_note("Last log lines of the failed attempt:\n" + "\n".join(error.log_tail))
     return exc

@@ -43,6 +43,21 @@ __all__ = ["command"]
     "[default: 127.0.0.1:8265, skipped with a warning if taken].",
 )
 @click.option("--http-port-file", default=None, help="Write the bound HTTP port here.")
+@click.option(
+    "--unschedulable-timeout",
+    "unschedulable_timeout_s",
+    type=float,
+    default=None,
+    help="Fail task runs no connected worker could run after this many seconds "
+    "[default: 300; 0 waits forever].",
+)
+@click.option(
+    "--limit",
+    "limits",
+    multiple=True,
+    metavar="TAG=N",
+    help="Concurrency limit for a tag (repeatable).",
+)
 @click.option("--log-level", default="info", show_default=True)
 def command(
     listen: str | None,
@@ -53,6 +68,8 @@ def command(
     retention_s: float | None,
     http: str | None,
     http_port_file: str | None,
+    unschedulable_timeout_s: float | None,
+    limits: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Run the coordinator: holds flow state and leases task runs to workers."""
@@ -69,6 +86,8 @@ def command(
             retention_s=retention_s,
             http=http,
             http_port_file=http_port_file,
+            unschedulable_timeout_s=unschedulable_timeout_s,
+            concurrency_limits=",".join(limits) or None,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

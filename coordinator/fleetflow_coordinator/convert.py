@@ -7,6 +7,7 @@ from fleetflow.api.v1 import common_pb2, coordinator_service_pb2, worker_service
 from fleetflow_coordinator.core import Arg, ArgKind, InvalidFlowSpec, NodeSpec, Outcome
 from fleetflow_coordinator.core.model import EventRecord, FlowRun, TaskRunState, WorkerRecord
 from fleetflow_coordinator.core.scheduler import LeaseGrant
+from fleetflow_coordinator.usage import QuantileSketch, TaskUsageStats, advise
 
 __all__ = [
     "node_specs",
@@ -15,6 +16,7 @@ __all__ = [
     "event_to_proto",
     "flow_info",
     "worker_info",
+    "flow_stats",
 ]
 
 
@@ -57,6 +59,7 @@ def node_specs(spec: common_pb2.FlowSpec) -> list[NodeSpec]:
                 jitter=node.retry.jitter,
                 tags=tuple(node.tags),
                 concurrency_limit=node.concurrency_limit,
+                pool=node.pool or "default",
             )
         )
     return out
@@ -181,4 +184,52 @@ def worker_info(worker: WorkerRecord, now: float) -> coordinator_service_pb2.Wor
         memory_available=worker.memory_available,
         last_seen_at=worker.last_seen,
         heartbeat_age_seconds=max(0.0, now - worker.last_seen),
+    )
+
+
+def _task_usage(stats: TaskUsageStats) -> coordinator_service_pb2.TaskUsage:
+    def quantiles(sketch: QuantileSketch) -> coordinator_service_pb2.UsageQuantiles:
+        return coordinator_service_pb2.UsageQuantiles(**sketch.summary())
+
+    return coordinator_service_pb2.TaskUsage(
+        node=stats.node,
+        task_name=stats.task_name,
+        requested=common_pb2.Resources(amounts=stats.requested),
+        measured_attempts=stats.measured,
+        cpu_cores=quantiles(stats.cpu_cores),
+        cpu_seconds=quantiles(stats.cpu_seconds),
+        peak_memory_bytes=quantiles(stats.peak_memory_bytes),
+        duration_seconds=quantiles(stats.duration_seconds),
+        advice=[
+            coordinator_service_pb2.ResourceAdvice(
+                resource=a.resource,
+                requested=a.requested,
+                used_p95=a.used_p95,
+                suggested=a.suggested,
+                message=a.message,
+            )
+            for a in advise(stats)
+        ],
+    )
+
+
+def flow_stats(
+    flow_run_id: str,
+    tasks: list[TaskUsageStats],
+    fleet_tasks: list[TaskUsageStats],
+    time_in_state: dict[str, float],
+    folded_seq: int,
+) -> coordinator_service_pb2.GetFlowRunStatsResponse:
+    """Build the GetFlowRunStats answer from usage rows and the time fold."""
+    return coordinator_service_pb2.GetFlowRunStatsResponse(
+        flow_run_id=flow_run_id,
+        tasks=[_task_usage(t) for t in tasks],
+        fleet_tasks=[_task_usage(t) for t in fleet_tasks],
+        time=coordinator_service_pb2.TimeInState(
+            pending_seconds=time_in_state.get("pending", 0.0),
+            queued_seconds=time_in_state.get("queued", 0.0),
+            running_seconds=time_in_state.get("running", 0.0),
+            awaiting_retry_seconds=time_in_state.get("awaiting_retry", 0.0),
+        ),
+        folded_seq=folded_seq,
     )

@@ -89,8 +89,12 @@ class Dashboard:
         self.rt = runtime
         self.push_interval_s = push_interval_s
         self.observer = Observer(
-            lambda: runtime.core, runtime.clock, sink=AttemptLog(runtime.metrics)
+            lambda: runtime.core,
+            runtime.clock,
+            sink=AttemptLog(runtime.metrics),
+            usage=runtime.usage,
         )
+        runtime.observer = self.observer  # GetFlowRunStats reads the same fold
         runtime.metrics.bind_state(runtime)
         self.app = web.Application()
         self.app.add_routes(
@@ -213,7 +217,11 @@ class Dashboard:
         if flow is None:
             return self._json({"error": f"no flow run {flow_run_id!r}"}, status=404)
         detail = flow_detail(
-            flow, self.observer.digest(flow.id), self.rt.clock(), self.rt.core.workers.values()
+            flow,
+            self.observer.digest(flow.id),
+            self.rt.clock(),
+            self.rt.core.workers.values(),
+            usage=self.rt.usage,
         )
         return self._json(detail)
 

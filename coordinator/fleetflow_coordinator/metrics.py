@@ -41,6 +41,9 @@ DURATION_BUCKETS = (
     120.0, 300.0, 600.0, 1800.0, 3600.0, float("inf"),
 )  # fmt: skip
 
+#: Histogram buckets for peak memory, bytes (16 MiB to 64 GiB, doubling).
+MEMORY_BUCKETS = (*(float(2**k) for k in range(24, 37)), float("inf"))
+
 _ACK_NAMES = {1: "accepted", 2: "rejected_stale", 3: "rejected_unknown"}
 
 
@@ -96,6 +99,20 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.task_cpu = Histogram(
+            "fleetflow_task_run_cpu_seconds",
+            "CPU seconds of completed attempts, as measured by workers, by task.",
+            ["task"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.task_memory = Histogram(
+            "fleetflow_task_run_peak_memory_bytes",
+            "Peak resident memory of completed attempts' processes, by task.",
+            ["task"],
+            buckets=MEMORY_BUCKETS,
+            registry=r,
+        )
         ProcessCollector(registry=r)
 
     # ----------------------------------------------------- edge hooks (servicers)
@@ -108,6 +125,11 @@ class Metrics:
         """A ReportOutcomes call answered with these acks."""
         for ack in acks:
             self.outcomes.labels(_ACK_NAMES.get(ack, "unknown")).inc()
+
+    def measured(self, task_name: str, cpu_s: float, peak_bytes: float) -> None:
+        """A completed attempt's measured usage (usage.UsageBook)."""
+        self.task_cpu.labels(task_name).observe(cpu_s)
+        self.task_memory.labels(task_name).observe(peak_bytes)
 
     # ------------------------------------------- event sink (observe.Observer)
 

@@ -24,6 +24,7 @@ import structlog
 
 from fleetflow_coordinator.core import EventKind, FlowRunState, Scheduler, TaskRunState
 from fleetflow_coordinator.core.model import EventRecord, FlowRun, NodeRecord, WorkerRecord
+from fleetflow_coordinator.usage import UsageBook
 
 __all__ = [
     "AttemptLog",
@@ -36,6 +37,7 @@ __all__ = [
     "shape_label",
     "series",
     "recent_rate",
+    "TIME_STATES",
 ]
 
 _attempt_log = structlog.get_logger("fleetflow_coordinator.attempts")
@@ -69,6 +71,34 @@ _FINISHED = (
     TaskRunState.TIMED_OUT,
 )
 _FAILED = (TaskRunState.FAILED, TaskRunState.TIMED_OUT)
+
+#: The states time is accounted in, per flow run (``FlowDigest.time_in_state``).
+TIME_STATES = ("pending", "queued", "running", "awaiting_retry")
+_PENDING, _SCHEDULED, _RUNNING, _AWAITING = range(4)
+#: {event kind: the state it moves a task run to (an index of TIME_STATES),
+#: _ENDS when it leaves them all, _LOST when its attempt was lost (a new state
+#: follows), _EXPANDS for new PENDING task runs}
+_ENDS, _LOST, _EXPANDS = -1, -2, -3
+_TIME_TARGET = {
+    int(EventKind.NODE_EXPANDED): _EXPANDS,
+    int(EventKind.TASK_RUN_SCHEDULED): _SCHEDULED,
+    int(EventKind.TASK_RUN_STARTED): _RUNNING,
+    int(EventKind.TASK_RUN_RETRYING): _AWAITING,
+    int(EventKind.TASK_RUN_COMPLETED): _ENDS,
+    int(EventKind.TASK_RUN_FAILED): _ENDS,
+    int(EventKind.TASK_RUN_TIMED_OUT): _ENDS,
+    int(EventKind.TASK_RUN_CANCELLED): _ENDS,
+    int(EventKind.TASK_RUN_UPSTREAM_FAILED): _ENDS,
+    int(EventKind.TASK_RUN_LEASE_EXPIRED): _LOST,
+}
+#: Events on a RUNNING task run that the fold does not close an attempt on.
+_DROPS_RUNNING = frozenset(
+    {
+        int(EventKind.TASK_RUN_SCHEDULED),
+        int(EventKind.TASK_RUN_CANCELLED),
+        int(EventKind.TASK_RUN_UPSTREAM_FAILED),
+    }
+)
 
 
 class EventSink(Protocol):
@@ -180,6 +210,15 @@ class FlowDigest:
     buckets: dict[int, list[int]] = field(default_factory=dict)
     first_time: float = 0.0
     last_time: float = 0.0
+    #: Task runs in each waiting/running state now, as folded: [pending,
+    #: scheduled, running, awaiting_retry] (see :data:`TIME_STATES`).
+    live: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    #: Task-run seconds spent in each of those states up to ``last_time``.
+    seconds: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    #: Task runs AWAITING_RETRY now.
+    awaiting: set[int] = field(default_factory=set)
+    #: Task runs whose attempt was lost and that have no new state yet.
+    limbo: set[int] = field(default_factory=set)
 
     def fold(
         self,
@@ -204,7 +243,8 @@ class FlowDigest:
         kind = e.kind
         if not self.first_time:
             self.first_time = e.time
-        self.last_time = e.time
+        self._account(e)
+        self.last_time = max(self.last_time, e.time)
         if kind == EventKind.TASK_RUN_SCHEDULED:
             self.scheduled_at[e.task_run_id] = e.time
         elif kind == EventKind.TASK_RUN_STARTED:
@@ -219,7 +259,7 @@ class FlowDigest:
         elif kind == EventKind.TASK_RUN_RETRYING:
             self.n_retries += 1
             self._failure(e, self._end_attempt(e, "retrying", sink))
-        elif kind == EventKind.TASK_RUN_FAILED:
+        elif kind == EventKind.TASK_RUN_FAILED or kind == EventKind.TASK_RUN_TIMED_OUT:
             self._failure(e, self._end_attempt(e, "failed", sink))
             self._count(e.time, failed=True, on_finish=on_finish)
         elif kind == EventKind.TASK_RUN_LEASE_EXPIRED:
@@ -233,6 +273,64 @@ class FlowDigest:
             self.unschedulable[e.node] = e.message
         elif kind == EventKind.LATE_RESULT_REJECTED:
             self.n_late += 1
+
+    def _account(self, e: EventRecord) -> None:
+        """Integrate time in state up to ``e``, then move the task run ``e`` is about.
+
+        Runs before the other bookkeeping of ``e``: where a task run comes
+        from is read from ``scheduled_at``, ``running``, ``awaiting`` and
+        ``limbo`` (none of them: PENDING) as they were before the event.
+        """
+        live = self.live
+        last = self.last_time
+        if e.time > last and last:
+            pending, scheduled, running, awaiting = live
+            if pending or scheduled or running or awaiting:
+                elapsed = e.time - last
+                seconds = self.seconds
+                seconds[0] += pending * elapsed
+                seconds[1] += scheduled * elapsed
+                seconds[2] += running * elapsed
+                seconds[3] += awaiting * elapsed
+        kind = e.kind
+        target = _TIME_TARGET.get(kind)
+        if target is None:
+            return
+        if target == _EXPANDS:
+            live[_PENDING] += e.count
+            return
+        tid = e.task_run_id
+        if tid in self.running:
+            live[_RUNNING] -= 1
+            if kind in _DROPS_RUNNING:
+                # Its attempt ended without an event the fold closes it on (a
+                # reported infrastructure failure, a cancellation): forget it.
+                del self.running[tid]
+        elif tid in self.scheduled_at:
+            live[_SCHEDULED] -= 1
+            if target < 0:
+                del self.scheduled_at[tid]
+        elif tid in self.awaiting:
+            self.awaiting.discard(tid)
+            live[_AWAITING] -= 1
+        elif tid in self.limbo:
+            self.limbo.discard(tid)
+        else:
+            live[_PENDING] -= 1
+        if target >= 0:
+            live[target] += 1
+            if target == _AWAITING:
+                self.awaiting.add(tid)
+        elif target == _LOST:
+            self.limbo.add(tid)
+
+    def time_in_state(self, now: float, ended: bool) -> dict[str, float]:
+        """Task-run seconds per state, up to ``now`` (or the last event once ``ended``)."""
+        seconds = list(self.seconds)
+        if not ended and self.last_time and now > self.last_time:
+            for i in range(4):
+                seconds[i] += self.live[i] * (now - self.last_time)
+        return dict(zip(TIME_STATES, seconds, strict=True))
 
     def _end_attempt(self, e: EventRecord, outcome: str, sink: EventSink) -> str:
         """Close the attempt ``e`` is about; return the worker that ran it ("" if unknown)."""
@@ -304,6 +402,8 @@ class Observer:
             may replace it, e.g. after recovery from a store).
         clock: Current time, seconds since the epoch.
         sink: Told about every folded event (the metrics); optional.
+        usage: Measured usage per task (:mod:`fleetflow_coordinator.usage`),
+            shown with each flow run; optional.
     """
 
     def __init__(
@@ -311,10 +411,12 @@ class Observer:
         core: Callable[[], Scheduler],
         clock: Callable[[], float],
         sink: EventSink | None = None,
+        usage: UsageBook | None = None,
     ) -> None:
         self._core = core
         self.clock = clock
         self.sink: EventSink = sink or _NullSink()
+        self.usage = usage
         #: {flow_run_id: FlowDigest}
         self.digests: dict[str, FlowDigest] = {}
         #: {second since epoch: [completed, failed]}, the last FLEET_WINDOW_S seconds.
@@ -341,6 +443,21 @@ class Observer:
                 del digests[gone]
         self._prune_fleet()
         return folded
+
+    def fold_flow(self, flow_run_id: str, budget: int = FOLD_BUDGET) -> bool:
+        """Fold up to ``budget`` new events of one flow run; True once it is caught up."""
+        flow = self.core.flows.get(flow_run_id)
+        if flow is None:
+            return True
+        digest = self.digests.get(flow_run_id)
+        if digest is None:
+            digest = self.digests[flow_run_id] = FlowDigest(flow_run_id)
+        digest.fold(flow, budget, self.sink, self._fleet_finish)
+        flows = self.core.flows
+        if len(self.digests) > len(flows):
+            for gone in [f for f in self.digests if f not in flows]:
+                del self.digests[gone]
+        return digest.cursor >= len(flow.events)
 
     def _fleet_finish(self, second: int, failed: bool) -> None:
         bucket = self.fleet_buckets.get(second)
@@ -405,7 +522,13 @@ class Observer:
             "selected": selected.id if selected is not None else None,
             "requested": flow_run_id,
             "flow": (
-                flow_detail(selected, self.digest(selected.id), now, core.workers.values())
+                flow_detail(
+                    selected,
+                    self.digest(selected.id),
+                    now,
+                    core.workers.values(),
+                    usage=self.usage,
+                )
                 if selected is not None
                 else None
             ),
@@ -502,6 +625,8 @@ def flow_detail(
     digest: FlowDigest,
     now: float,
     core_workers: Iterable[WorkerRecord] | None = None,
+    *,
+    usage: UsageBook | None = None,
 ) -> dict[str, Any]:
     """A flow run in detail: per-node counters, slowest attempts, failures, throughput.
 
@@ -511,6 +636,7 @@ def flow_detail(
         now: Current time, seconds since the epoch.
         core_workers: The connected workers; an unschedulable warning is shown
             only while none of them could run the node. None shows every one.
+        usage: Measured usage; adds requested-against-used rows with advice.
     """
     summary = flow_summary(flow, now)
     running = heapq.nsmallest(
@@ -561,6 +687,8 @@ def flow_detail(
         "throughput": series(digest.buckets, start, end, points=SERIES_POINTS),
         "rate_per_s": recent_rate(digest.buckets, now, since=start),
         "folded": digest.cursor >= len(flow.events),
+        "time_in_state": digest.time_in_state(now, flow.terminal),
+        "usage": [] if usage is None else [stats.view() for stats in usage.flow(flow.id)],
     }
 
 

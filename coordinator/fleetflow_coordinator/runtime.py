@@ -23,9 +23,11 @@ import structlog
 from fleetflow_coordinator.core import Scheduler
 from fleetflow_coordinator.core.model import FlowRun
 from fleetflow_coordinator.metrics import Metrics
+from fleetflow_coordinator.observe import Observer
 from fleetflow_coordinator.settings import Settings
 from fleetflow_coordinator.store import MemoryStore, Store, StoreError
 from fleetflow_coordinator.store.rows import changes_to_batch, snapshot_to_flows
+from fleetflow_coordinator.usage import UsageBook
 
 __all__ = ["Runtime"]
 
@@ -55,10 +57,16 @@ class Runtime:
             max_result_bytes=settings.max_result_bytes,
             uniform=random.random,
             concurrency_limits=settings.limits(),
+            unschedulable_timeout_s=settings.unschedulable_timeout_s,
         )
         self.clock = clock
         #: Counters the edge increments after core calls (served on /metrics).
         self.metrics = Metrics()
+        #: Measured usage per task, fed by ReportOutcomes (see usage.py).
+        self.usage = UsageBook(sink=self.metrics)
+        #: The event-log fold behind the dashboard and GetFlowRunStats; set by
+        #: the dashboard, or made on first use (see observe.py).
+        self.observer: Observer | None = None
         self._work = asyncio.Event()
         #: {flow_run_id: asyncio.Event set when the flow run's stored events grow}
         self._flow_signals: dict[str, asyncio.Event] = {}
@@ -230,6 +238,7 @@ class Runtime:
     async def prune(self, older_than_s: float) -> list[str]:
         """Delete finished flow runs that ended more than ``older_than_s`` seconds ago."""
         pruned = self.core.prune(self.clock() - older_than_s)
+        self.usage.forget(pruned)
         for flow_run_id in pruned:
             self._flow_signals.pop(flow_run_id, None)
         self.after_change()

@@ -28,6 +28,7 @@ from fleetflow_coordinator import convert
 from fleetflow_coordinator.core import FlowRunState, InvalidFlowSpec
 from fleetflow_coordinator.core.model import FlowRun
 from fleetflow_coordinator.core.queries import attempt_history
+from fleetflow_coordinator.observe import Observer
 from fleetflow_coordinator.runtime import Runtime
 
 __all__ = ["CoordinatorServicer", "WorkerServicer"]
@@ -223,6 +224,47 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
         log.info("concurrency_limit_set", tag=request.tag, limit=request.limit)
         return cs.SetConcurrencyLimitResponse()
 
+    async def GetDemand(  # noqa: N802
+        self, request: cs.GetDemandRequest, context: grpc.aio.ServicerContext
+    ) -> cs.GetDemandResponse:
+        """Queued demand per pool and resource shape, for autoscalers."""
+        return cs.GetDemandResponse(
+            demand=[
+                cs.Demand(
+                    pool=pool,
+                    resources=common_pb2.Resources(amounts=resources),
+                    waiting=waiting,
+                    task_names=names,
+                    unschedulable_reason=reason,
+                )
+                for pool, resources, waiting, names, reason in self.rt.core.demand()
+            ]
+        )
+
+    async def GetFlowRunStats(  # noqa: N802
+        self, request: cs.GetFlowRunStatsRequest, context: grpc.aio.ServicerContext
+    ) -> cs.GetFlowRunStatsResponse:
+        """Measured usage against requests (with advice) and time per task run state."""
+        flow = await self._flow(request.flow_run_id, context)
+        observer = self.rt.observer
+        if observer is None:  # no dashboard: fold on demand
+            rt = self.rt
+            observer = rt.observer = Observer(lambda: rt.core, rt.clock, usage=rt.usage)
+        for _ in range(1000):  # bounded: FOLD_BUDGET events per pass, yielding between
+            if observer.fold_flow(flow.id):
+                break
+            await asyncio.sleep(0)
+        digest = observer.digest(flow.id)
+        usage = self.rt.usage
+        rows = usage.flow(flow.id)
+        return convert.flow_stats(
+            flow.id,
+            rows,
+            usage.fleet(r.task_name for r in rows),
+            digest.time_in_state(self.rt.clock(), flow.terminal),
+            digest.cursor,
+        )
+
     async def PruneFlowRuns(  # noqa: N802
         self, request: cs.PruneFlowRunsRequest, context: grpc.aio.ServicerContext
     ) -> cs.PruneFlowRunsResponse:
@@ -260,6 +302,7 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
             hostname=request.hostname or socket.gethostname(),
             pid=request.pid,
             running=[(h.task_run_id, h.attempt) for h in request.running],
+            pools=frozenset(request.pools) or frozenset({"default"}),
         )
         self.rt.after_change()
         self.rt.metrics.registrations.inc()
@@ -338,7 +381,9 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
     ) -> ws.ReportOutcomesResponse:
         """Apply a batch of outcomes; one ack each, in order."""
         outcomes = [convert.outcome_from_proto(o) for o in request.outcomes]
-        acks = self.rt.core.report(request.worker_id, outcomes, self.rt.clock())
+        now = self.rt.clock()
+        acks = self.rt.core.report(request.worker_id, outcomes, now)
+        self.rt.usage.record_outcomes(self.rt.core, request.outcomes, acks, now)
         self.rt.after_change()
         self.rt.metrics.reported(acks)
         await self.rt.durable()  # the worker drops an outcome once acked

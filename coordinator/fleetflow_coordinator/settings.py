@@ -40,6 +40,10 @@ class Settings:
         prune_interval_s: How often retention runs, seconds.
         concurrency_limits: Named limits, ``"tag=N,tag2=M"``: at most N task runs
             tagged ``tag`` run at once across the fleet.
+        unschedulable_timeout_s: A task run that no connected worker could ever
+            run (no worker offers it, or none is big enough) fails after this many
+            seconds (default 300; 0 waits forever). A fitting worker that joins in
+            time runs it.
         http: ``HOST:PORT`` of the dashboard and ``/metrics``; port 0 picks a
             free port; ``""`` or ``"off"`` serves no HTTP.
         http_port_file: If set, the bound HTTP port is written there once serving.
@@ -60,6 +64,7 @@ class Settings:
     retention_s: float = 7 * 86400.0
     prune_interval_s: float = 3600.0
     concurrency_limits: str = ""
+    unschedulable_timeout_s: float = 300.0
     http: str = "127.0.0.1:8265"
     http_port_file: str | None = None
 

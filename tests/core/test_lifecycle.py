@@ -157,3 +157,64 @@ def test_drained_worker_hands_back_without_using_budgets():
     assert fleet.core.workers["w"].allocated["cpu"] == 0.0
     assert fleet.core.release_leases("w", [(tr.id, 1)], fleet.now) == 0
     assert flow.state == FlowRunState.RUNNING
+
+
+def test_pools_route_tasks_to_their_workers_only():
+    fleet = Fleet()
+    fleet.add_worker("cpu", ["train"])
+    flow = fleet.submit([NodeSpec("train", False, [], {"cpu": 1.0}, pool="gpu")])
+    assert fleet.core.lease("cpu", 10, fleet.now) == []
+    reasons = [e.message for e in flow.events if e.kind == EventKind.TASK_RUN_UNSCHEDULABLE]
+    assert reasons == ["no connected worker offers task 'train' in pool 'gpu'"]
+    fleet.core.register_worker("g", {"cpu": 1.0}, frozenset(["train"]), fleet.now,
+                               pools=frozenset({"gpu"}))
+    assert len(fleet.core.lease("g", 10, fleet.now)) == 1
+
+
+def test_unschedulable_fails_after_the_timeout_unless_a_big_worker_joins():
+    fleet = Fleet()
+    fleet.core.unschedulable_timeout_s = 10.0
+    fleet.add_worker("small", ["big"], cpu=16)
+    doomed = fleet.submit([node("big", resources={"cpu": 64.0})])
+    saved = fleet.submit([node("big", resources={"cpu": 32.0})])
+    fleet.core.heartbeat("small", [], fleet.now)
+    fleet.advance(5.0)
+    fleet.core.heartbeat("small", [], fleet.now)
+    fleet.add_worker("large", ["big"], cpu=32)  # joins in time for the 32-CPU request
+    fleet.advance(5.5)
+    assert doomed.state == FlowRunState.FAILED
+    assert "needs cpu=64; the largest worker offers 32" in doomed.first_error[2]
+    assert saved.state == FlowRunState.RUNNING
+    assert len(fleet.core.lease("large", 10, fleet.now)) == 1
+
+
+def test_demand_groups_waiting_task_runs_by_pool_and_shape():
+    fleet = Fleet()
+    fleet.submit([node("a", items("x", [1, 2, 3]), map_=True, resources={"cpu": 2.0})])
+    fleet.submit([NodeSpec("b", False, [], {"cpu": 1.0, "gpu": 1.0}, pool="gpu")])
+    demand = fleet.core.demand()
+    assert demand[0][:3] == ("default", {"cpu": 2.0}, 3)
+    assert demand[1][0] == "gpu" and demand[1][1] == {"cpu": 1.0, "gpu": 1.0}
+    assert "no connected worker offers task 'b'" in demand[1][4]
+
+
+def test_large_request_is_not_starved_by_small_ones():
+    from fleetflow_coordinator.core.scheduler import MAX_OVERTAKES
+
+    fleet = Fleet()
+    fleet.add_worker("w", ["small", "big"], cpu=4)
+    fleet.submit([node("small", items("x", list(range(500))), map_=True)])
+    running = fleet.core.lease("w", 100, fleet.now)  # the worker is full of small ones
+    big = fleet.submit([node("big", resources={"cpu": 4.0})])
+    overtakes = 0
+    # Small tasks finish one by one; each time the worker has room for one more.
+    for _ in range(200):
+        done = running.pop(0)
+        fleet.core.report("w", [Outcome(done.task_run.id, done.attempt, value=b"1")], fleet.now)
+        grants = fleet.core.lease("w", 100, fleet.now)
+        if any(g.task_run.flow is big for g in grants):
+            break
+        overtakes += len(grants)
+        running.extend(grants)
+    assert big.nodes[0].children[0].state == TaskRunState.RUNNING
+    assert overtakes <= MAX_OVERTAKES  # the documented bound

@@ -218,3 +218,64 @@ def wrong_kind(ledger: str) -> None:
 @flow
 def retry_on_flow(ledger: str):
     return wrong_kind(ledger)
+
+
+@task(resources={"cpu": 1})
+def small_sleep(x: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return x
+
+
+@flow
+def many_small(n: int, seconds: float = 0.05):
+    return collect(small_sleep.map(range(n), seconds=seconds))
+
+
+@task(resources={"cpu": 4})
+def needs_four(ledger: str) -> float:
+    _ledger_line(ledger, "big", time.time())
+    return time.time()
+
+
+@flow
+def one_big(ledger: str):
+    return needs_four(ledger)
+
+
+@task(resources={"cpu": 8})
+def needs_8() -> str:
+    return "ran on a big worker"
+
+
+@flow
+def too_big():
+    return needs_8()
+
+
+@task
+def kills_its_worker(ledger: str) -> None:
+    import signal as _signal
+
+    import psutil
+
+    _ledger_line(ledger, "attempt", os.getpid(), time.time())
+    for ancestor in psutil.Process().parents():  # task process -> forkserver -> worker
+        if "fleetflow_worker" in " ".join(ancestor.cmdline()):
+            os.kill(ancestor.pid, _signal.SIGKILL)
+            break
+    time.sleep(30)
+
+
+@flow
+def worker_killer(ledger: str):
+    return kills_its_worker(ledger)
+
+
+@task(pool="gpu", resources={"cpu": 1, "gpu": 1})
+def on_gpu(x: int) -> str:
+    return f"{x} on {os.environ.get('FLEETFLOW_TEST_POOL', '?')}"
+
+
+@flow
+def gpu_flow():
+    return on_gpu(1)

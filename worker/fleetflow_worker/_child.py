@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
+from fleetflow._logging import attempt_scope
 from fleetflow._task import Task, find_tasks
 from fleetflow.loader import load_module
 
@@ -87,22 +88,33 @@ def ping() -> int:
     return len(_TASKS)
 
 
-def serve(conn: Connection, module_specs: Sequence[str], nice: int = 0) -> None:
+def serve(
+    conn: Connection, module_specs: Sequence[str], nice: int = 0, log_level: str | None = None
+) -> None:
     """Main function of a task process: run attempts sent down ``conn`` until EOF.
 
     Protocol (all messages pickled by ``Connection``):
 
     * child -> pool, once: ``("ready", n_tasks)`` or ``("failed", traceback_text)``;
-    * pool -> child: ``(task_name, args, split_result)`` runs one attempt and
-      the child answers with its :data:`~fleetflow_worker._codec.Payload`;
+    * pool -> child: ``(task_name, args, split_result, ids)`` runs one attempt
+      and the child answers with its :data:`~fleetflow_worker._codec.Payload`;
+      ``ids`` (the attempt's ``flow_run_id``, ``task_run_id``, ``attempt``,
+      ``worker_id``, ``task_name``; may be left out) are bound to every log
+      line of the attempt, and a failure keeps its last log lines;
       ``None`` asks the child to exit.
 
     Args:
         conn: This process's end of its pipe to the pool.
         module_specs: The worker's ``--module`` values.
         nice: See :func:`init_process`.
+        log_level: Configure structlog like the worker (JSON lines on stderr
+            unless it is a terminal) at this level; None leaves it alone.
     """
     _die_with_parent()
+    if log_level:
+        from fleetflow_worker.logs import configure_logging
+
+        configure_logging(log_level)
     try:
         init_process(module_specs, nice)
     except BaseException:  # noqa: BLE001 - report any import failure, then exit
@@ -116,9 +128,10 @@ def serve(conn: Connection, module_specs: Sequence[str], nice: int = 0) -> None:
             return  # the worker is gone
         if request is None:
             return
-        task_name, args, split_result = request
+        task_name, args, split_result, *rest = request
         _reset_peak_memory()
-        payload = run_task(task_name, args, split_result)
+        with attempt_scope(rest[0] if rest else {}):
+            payload = run_task(task_name, args, split_result)
         sys.stdout.flush()
         sys.stderr.flush()
         try:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
+from fleetflow._logging import start_tail
 from fleetflow._task import Task
 from fleetflow.api.v1 import worker_service_pb2
 
@@ -78,6 +79,8 @@ class AttemptRunner:
         self._on_slot_freed = on_slot_freed
         #: {AttemptKey: asyncio task running the attempt}
         self._attempts: dict[AttemptKey, asyncio.Task[None]] = {}
+        #: {AttemptKey: flow_run_id} of running attempts
+        self._flow_run_ids: dict[AttemptKey, str] = {}
         #: {AttemptKey: asyncio task of the user coroutine or of the pool call}
         self._inner: dict[AttemptKey, asyncio.Future[PoolResult | None]] = {}
 
@@ -91,12 +94,22 @@ class AttemptRunner:
         key = AttemptKey(lease.task_run_id, lease.attempt)
         task = self.tasks.get(lease.task_name)
         if not self.table.start(key, is_async=task is not None and task.is_async):
-            log.warning("duplicate_lease_ignored", task_run_id=key[0], attempt=key[1])
+            log.warning(
+                "duplicate_lease_ignored",
+                flow_run_id=lease.flow_run_id,
+                task_run_id=key[0],
+                attempt=key[1],
+            )
             return False
         self._attempts[key] = asyncio.create_task(
             self._run(key, lease, task), name=f"attempt-{key[0]}-{key[1]}"
         )
+        self._flow_run_ids[key] = lease.flow_run_id
         return True
+
+    def flow_run_id(self, key: AttemptKey) -> str | None:
+        """The flow run of a running attempt, for log lines about it (None if unknown)."""
+        return self._flow_run_ids.get(key)
 
     def cancel(self, key: AttemptKey) -> CancelAction:
         """The coordinator took the lease back: stop the attempt; it reports nothing.
@@ -135,6 +148,7 @@ class AttemptRunner:
                 result = await self._execute(key, lease, task)
             finally:
                 self._attempts.pop(key, None)
+                self._flow_run_ids.pop(key, None)
                 report = self.table.finish(key, has_outcome=result is not None)
                 self._on_slot_freed()
                 if report and result is not None:
@@ -197,12 +211,14 @@ class AttemptRunner:
             timeout_s=lease.timeout_seconds,
             memory_request_bytes=memory_request(lease),
             skip=lambda: self.table.is_cancelled(key),
+            log_ids=structlog.contextvars.get_contextvars(),
         )
 
 
 async def _guarded(coro: Any, task: Task, split_result: bool, timeout_s: float) -> PoolResult:
     """Await task code and encode how it ended; only CancelledError escapes."""
     task_name = task.name
+    start_tail()  # this attempt's own context: a failure keeps its last log lines
     timeout = asyncio.timeout(timeout_s if timeout_s > 0 else None)
     try:
         async with timeout:

@@ -26,11 +26,12 @@ import asyncio
 import contextlib
 import math
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import structlog
 
@@ -95,6 +96,8 @@ class TaskProcessPool:
             a kill (0.2: 20 %).
         memory_margin_bytes: Fixed margin above a memory request, bytes.
         start_timeout_s: Longest a new process may take to import the modules, seconds.
+        log_level: Task processes configure structlog like the worker, at this
+            level; None leaves their logging alone.
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class TaskProcessPool:
         memory_margin_fraction: float = 0.2,
         memory_margin_bytes: float = 50 * 2**20,
         start_timeout_s: float = 120.0,
+        log_level: str | None = None,
     ) -> None:
         self.size = max(1, size)
         self.max_size = max(self.size, max_size or 0)
@@ -119,6 +123,7 @@ class TaskProcessPool:
         self.memory_margin_fraction = memory_margin_fraction
         self.memory_margin_bytes = memory_margin_bytes
         self.start_timeout_s = start_timeout_s
+        self.log_level = log_level
         self._seat_list = [_Seat() for _ in range(self.size)]
         self._seats: asyncio.Queue[_Seat] | None = None  # made on the running loop
         #: Thread per blocking pipe call, process start and reap.
@@ -177,6 +182,7 @@ class TaskProcessPool:
         timeout_s: float = 0.0,
         memory_request_bytes: float = 0.0,
         skip: Callable[[], bool] | None = None,
+        log_ids: Mapping[str, Any] | None = None,
     ) -> PoolResult | None:
         """Run one attempt in a task process once a seat is free.
 
@@ -190,6 +196,8 @@ class TaskProcessPool:
             memory_request_bytes: The task's memory request, bytes (0: no limit).
             skip: Asked once a seat is free; if it returns True the attempt
                 does not start and None is returned.
+            log_ids: Bound to every log line of the attempt in its process
+                (``flow_run_id``, ``task_run_id``, ``attempt``, ``worker_id``...).
 
         Returns:
             How the attempt ended, or None when skipped.
@@ -218,7 +226,7 @@ class TaskProcessPool:
                 proc = await self._process_for(seat)
             except PoolStartError as exc:
                 return PoolResult(encode_error(exc), infrastructure=True)
-            request = (task_name, list(args), split_result)
+            request = (task_name, list(args), split_result, dict(log_ids or {}))
             return await self._attempt(seat, proc, request, timeout_s, memory_request_bytes)
         finally:
             if seat.core or self._waiting:
@@ -249,7 +257,7 @@ class TaskProcessPool:
         self,
         seat: _Seat,
         proc: TaskProcess,
-        request: tuple[str, list[WireArg], bool],
+        request: tuple[str, list[WireArg], bool, dict[str, Any]],
         timeout_s: float,
         memory_request_bytes: float,
     ) -> PoolResult:
@@ -352,7 +360,12 @@ class TaskProcessPool:
         if self._closed:
             raise PoolStartError("the task process pool is closed")
         return TaskProcess.start(
-            self._ctx, self._module_specs, self.nice, self.start_timeout_s, self._processes
+            self._ctx,
+            self._module_specs,
+            self.nice,
+            self.start_timeout_s,
+            self._processes,
+            self.log_level,
         )
 
     def kill(self) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import psutil
 
@@ -47,6 +48,7 @@ class TaskProcess:
         nice: int,
         timeout_s: float,
         registry: set[BaseProcess],
+        log_level: str | None = None,
     ) -> TaskProcess:
         """Start one task process and wait until it imported the modules (blocking).
 
@@ -57,13 +59,16 @@ class TaskProcess:
             timeout_s: Longest the imports may take, seconds.
             registry: Receives the process as soon as it exists (so a
                 concurrent kill reaches it) and loses it if it fails.
+            log_level: The process configures structlog at this level (None: not).
 
         Raises:
             PoolStartError: it failed to import them, exited or took too long.
         """
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         process = ctx.Process(  # type: ignore[attr-defined]
-            target=_child.serve, args=(child_conn, list(module_specs), nice), name="fleetflow-task"
+            target=_child.serve,
+            args=(child_conn, list(module_specs), nice, log_level),
+            name="fleetflow-task",
         )
         with _STATUS_LOCK:
             process.start()
@@ -91,7 +96,7 @@ class TaskProcess:
         with _STATUS_LOCK:
             return self.process.is_alive()
 
-    def call(self, request: tuple[str, list[WireArg], bool]) -> Payload:
+    def call(self, request: tuple[str, list[WireArg], bool, dict[str, Any]]) -> Payload:
         """Run one attempt (blocking; called in a thread).
 
         Raises:

@@ -104,6 +104,14 @@ def load_all_tasks(module_specs: tuple[str, ...] | list[str]) -> dict[str, Task]
     show_default=True,
     help="Most task runs executing at once.",
 )
+@click.option(
+    "--pool",
+    "pools",
+    multiple=True,
+    metavar="NAME",
+    help="Worker pool to serve (repeatable); tasks declare theirs with @task(pool=...).  "
+    "[default: default]",
+)
 @click.option("--worker-id", default=None, help="[default: HOSTNAME-PID-RANDOM]")
 @click.option(
     "--drain-grace",
@@ -128,6 +136,7 @@ def command(
     memory: float | None,
     resources: dict[str, float],
     max_concurrency: int,
+    pools: tuple[str, ...],
     worker_id: str | None,
     drain_grace_s: float,
     task_nice: int,
@@ -150,6 +159,7 @@ def command(
             memory=default_memory() if memory is None else memory,
             resources=resources,
             max_concurrency=max_concurrency,
+            pools=tuple(pools) or ("default",),
             drain_grace_s=drain_grace_s,
             task_nice=task_nice,
         )

@@ -8,10 +8,18 @@ from typing import TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "LEVELS"]
+__all__ = ["configure_logging", "configured_level", "LEVELS"]
 
 #: Accepted ``--log-level`` names.
 LEVELS = ("debug", "info", "warning", "error")
+
+#: The level :func:`configure_logging` last set in this process ("" before).
+_configured = {"level": ""}
+
+
+def configured_level() -> str | None:
+    """The level this process was configured with, so task processes match it; None if none."""
+    return _configured["level"] or None
 
 
 def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> None:
@@ -40,6 +48,7 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> N
         processors.append(structlog.dev.ConsoleRenderer())
     else:
         processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+    _configured["level"] = level
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),

@@ -41,6 +41,7 @@ from fleetflow_worker._rpc import channel_options, recovered, supervised
 from fleetflow_worker.backoff import Backoff
 from fleetflow_worker.capacity import sample_usage
 from fleetflow_worker.errors import WorkerShutDown
+from fleetflow_worker.logs import configured_level
 from fleetflow_worker.settings import WorkerSettings
 from fleetflow_worker.state import AttemptKey, AttemptTable
 
@@ -82,6 +83,7 @@ class Worker:
             sample_interval_s=settings.usage_sample_s,
             memory_margin_fraction=settings.memory_margin_fraction,
             memory_margin_bytes=settings.memory_margin_bytes,
+            log_level=configured_level(),
         )
         self.reporter = OutcomeReporter(
             self._send_outcomes,
@@ -177,6 +179,7 @@ class Worker:
                 hostname=socket.gethostname(),
                 pid=os.getpid(),
                 running=self._held(),
+                pools=list(self.settings.pools),
             )
             try:
                 response = await self._rpc().RegisterWorker(
@@ -272,8 +275,15 @@ class Worker:
                 await self._reregister(seen)
             for held in response.cancel:
                 key = AttemptKey(held.task_run_id, held.attempt)
+                flow_run_id = self.runner.flow_run_id(key)
                 action = self.runner.cancel(key)
-                log.info("task_run_cancel", task_run_id=key[0], attempt=key[1], action=action.value)
+                log.info(
+                    "task_run_cancel",
+                    flow_run_id=flow_run_id,
+                    task_run_id=key[0],
+                    attempt=key[1],
+                    action=action.value,
+                )
             await asyncio.sleep(self.heartbeat_interval_s)
 
     # ------------------------------------------------------------------- drain

@@ -47,6 +47,9 @@ class WorkerSettings:
     resources: Mapping[str, float] = field(default_factory=dict)
     """Custom capacity, ``{name: amount}`` (e.g. ``{"gpu": 1}``). Default none."""
 
+    pools: tuple[str, ...] = ("default",)
+    """Worker pools this worker serves (tasks pick one with ``@task(pool=...)``)."""
+
     max_concurrency: int = 1000
     """Most task runs executing at once on this worker. Default 1000."""
 

@@ -132,6 +132,7 @@ class NodeRecord:
         "policy",
         "tags",
         "concurrency_limit",
+        "pool",
     )
 
     def __init__(
@@ -177,6 +178,7 @@ class NodeRecord:
         self.policy: Any = None
         self.tags: tuple[str, ...] = ()
         self.concurrency_limit = 0
+        self.pool = "default"
 
 
 class TaskRun:
@@ -313,3 +315,5 @@ class WorkerRecord:
     running: dict[int, TaskRun] = field(default_factory=dict)
     cpu_percent: float = 0.0
     memory_available: float = 0.0
+    #: Worker pools this worker serves.
+    pools: frozenset[str] = frozenset({"default"})

@@ -51,15 +51,25 @@ __all__ = [
 _EPS = 1e-9
 
 
+#: How many smaller task runs may overtake a task run that a worker could hold
+#: when empty but has no room for now; then that worker is reserved for it.
+MAX_OVERTAKES = 16
+
+
 class Lane:
     """Ready task runs of one node, in FIFO order."""
 
-    __slots__ = ("node", "flow", "queue")
+    __slots__ = ("node", "flow", "queue", "overtaken", "reserved_worker")
 
     def __init__(self, flow: FlowRun, node: NodeRecord) -> None:
         self.flow = flow
         self.node = node
         self.queue: deque[TaskRun] = deque()
+        #: Task runs of other lanes granted on workers that could hold this
+        #: lane's head once cleared (reset when this lane is granted).
+        self.overtaken = 0
+        #: The worker being cleared for this lane's head, if any.
+        self.reserved_worker: str | None = None
 
 
 class InvalidFlowSpec(ValueError):
@@ -83,6 +93,7 @@ class NodeSpec:
     jitter: float = 0.0
     tags: tuple[str, ...] = ()
     concurrency_limit: int = 0
+    pool: str = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,12 +232,20 @@ class Scheduler:
         max_result_bytes: int = 1 << 20,
         uniform: Callable[[], float] = lambda: 0.5,
         concurrency_limits: dict[str, int] | None = None,
+        unschedulable_timeout_s: float = 300.0,
     ) -> None:
         self.lease_ttl_s = lease_ttl_s
         self.max_infra_failures = max_infra_failures
         self.max_result_bytes = max_result_bytes
         #: Returns a float in [0, 1) for retry jitter; injected (no random here).
         self.uniform = uniform
+        #: A task run that no connected worker could ever run fails after this
+        #: many seconds (0: never).
+        self.unschedulable_timeout_s = unschedulable_timeout_s
+        #: {(flow_run_id, node index): (node, since, reason)} nodes reported unschedulable
+        self._unschedulable: dict[tuple[str, int], tuple[NodeRecord, float, str]] = {}
+        #: {worker_id: Lane} workers being cleared for a starving large request
+        self._reservations: dict[str, Lane] = {}
         #: {tag: limit} named concurrency limits
         self.limits: dict[str, int] = dict(concurrency_limits or {})
         #: {("tag", name) | ("task", task_name): task runs holding a slot}
@@ -351,6 +370,7 @@ class Scheduler:
         hostname: str = "",
         pid: int = 0,
         running: list[tuple[int, int]] = (),
+        pools: frozenset[str] = frozenset({"default"}),
     ) -> WorkerRecord:
         """Add a worker, or refresh one that registers again.
 
@@ -368,6 +388,7 @@ class Scheduler:
             worker.capacity = dict(capacity)
             worker.task_names = task_names
             worker.last_seen = now
+        worker.pools = pools or frozenset({"default"})
         for task_run_id, attempt in running:
             tr = self.task_runs.get(task_run_id)
             if (
@@ -383,7 +404,7 @@ class Scheduler:
             for resource, amount in tr.node.resources.items():
                 worker.allocated[resource] = worker.allocated.get(resource, 0.0) + amount
         self._work_added = True
-        self._recheck_unschedulable()
+        self._recheck_unschedulable(now)
         return worker
 
     def heartbeat(
@@ -446,13 +467,26 @@ class Scheduler:
         if worker is None:
             return None
         worker.last_seen = now
+        grants: list[LeaseGrant] = []
+        reserved = self._reservations.get(worker_id)
+        if reserved is not None:
+            tr = self._next_ready(reserved)
+            if tr is None or reserved.node.pool not in worker.pools:
+                self._unreserve(reserved)
+            elif _room_for(worker, reserved.node.shape[1]) > 0 and self._slot_free(reserved.node):
+                reserved.queue.popleft()
+                grants.append(self._grant(tr, worker, now))
+                self._unreserve(reserved)
+                reserved.overtaken = 0
+            else:
+                return grants  # being cleared for the reserved task run: nothing smaller
         lanes: list[Lane] = []
         ready = self.ready
+        pools = worker.pools
         for task_name in worker.task_names:
             by_node = ready.get(task_name)
             if by_node:
-                lanes.extend(by_node.values())
-        grants: list[LeaseGrant] = []
+                lanes.extend(lane for lane in by_node.values() if lane.node.pool in pools)
         if not lanes:
             return grants
         if len(lanes) > 1:
@@ -481,7 +515,22 @@ class Scheduler:
         max_task_runs: int,
         now: float,
     ) -> None:
-        """Take one task run from each lane in turn while the worker has room."""
+        """Take one task run from each lane in turn while the worker has room.
+
+        A lane whose head the worker could hold once cleared, but has no room
+        for now, counts the task runs that overtake it; after
+        :data:`MAX_OVERTAKES` the worker is reserved for it (see :meth:`lease`).
+        """
+        # Lanes the worker could hold once cleared but has no room for now: every
+        # grant to another lane overtakes them (room only shrinks within a call).
+        starving = [
+            lane
+            for lane in lanes
+            if lane.reserved_worker is None
+            and self._next_ready(lane) is not None
+            and _room_for(worker, lane.node.shape[1]) <= 0
+            and _could_hold(worker, lane.node.shape[1])
+        ]
         while lanes and len(grants) < max_task_runs:
             open_lanes = []
             for lane in lanes:
@@ -489,14 +538,26 @@ class Scheduler:
                 if tr is None:
                     continue
                 node = lane.node
-                if _room_for(worker, node.shape[1]) <= 0 or not self._slot_free(node):
+                if not self._slot_free(node) or _room_for(worker, node.shape[1]) <= 0:
                     continue  # this lane waits; others may still fit
                 lane.queue.popleft()
                 grants.append(self._grant(tr, worker, now))
+                lane.overtaken = 0
                 open_lanes.append(lane)
+                for waiting in starving:
+                    waiting.overtaken += 1
+                    if waiting.overtaken >= MAX_OVERTAKES and waiting.reserved_worker is None:
+                        waiting.reserved_worker = worker.worker_id
+                        self._reservations[worker.worker_id] = waiting
+                        return
                 if len(grants) >= max_task_runs:
                     return
             lanes = open_lanes
+
+    def _unreserve(self, lane: Lane) -> None:
+        if lane.reserved_worker is not None:
+            self._reservations.pop(lane.reserved_worker, None)
+            lane.reserved_worker = None
 
     def _next_ready(self, lane: Lane) -> TaskRun | None:
         """The lane's first task run that is still SCHEDULED; drops stale ones."""
@@ -614,6 +675,8 @@ class Scheduler:
                     self._lose_attempt(
                         tr, now, "coordinator restarted; the worker did not re-attach in time"
                     )
+        if self._unschedulable and self.unschedulable_timeout_s > 0:
+            self._fail_unschedulable(now)
         deadline = now - self.lease_ttl_s
         for worker in [w for w in self.workers.values() if w.last_seen < deadline]:
             self.lose_worker(worker.worker_id, now, "lease expired: no heartbeat within the TTL")
@@ -655,9 +718,42 @@ class Scheduler:
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return
+        lane = self._reservations.pop(worker_id, None)
+        if lane is not None:
+            lane.reserved_worker = None
         for tr in list(worker.running.values()):
             self._lose_attempt(tr, now, reason)
-        self._recheck_unschedulable()
+        self._recheck_unschedulable(now)
+
+    # -------------------------------------------------------------------- demand
+
+    def demand(self) -> list[tuple[str, dict[str, float], int, list[str], str]]:
+        """Queued demand: ``[(pool, resources, waiting, task_names, unschedulable reason)]``.
+
+        One entry per pool and resource shape, largest first, from the ready
+        lanes' per-node counters (no walk over task runs).
+        """
+        groups: dict[tuple[str, tuple], list] = {}
+        for by_node in self.ready.values():
+            for lane in by_node.values():
+                node = lane.node
+                waiting = node.counts[TaskRunState.SCHEDULED]
+                if not waiting:
+                    continue
+                key = (node.pool, node.shape[1])
+                entry = groups.get(key)
+                if entry is None:
+                    entry = groups[key] = [0, set(), ""]
+                entry[0] += waiting
+                entry[1].add(node.task_name)
+                if node.unschedulable_reported and not entry[2]:
+                    entry[2] = self._unschedulable_reason(node)
+        out = [
+            (pool, dict(shape), count, sorted(names), reason)
+            for (pool, shape), (count, names, reason) in groups.items()
+        ]
+        out.sort(key=lambda d: -d[2])
+        return out
 
     # --------------------------------------------------------------- cancellation
 
@@ -931,8 +1027,7 @@ class Scheduler:
         if not node.unschedulable_reported:
             reason = self._unschedulable_reason(node)
             if reason:
-                node.unschedulable_reported = True
-                self._event(tr.flow, EventKind.TASK_RUN_UNSCHEDULABLE, now, tr=tr, message=reason)
+                self._report_unschedulable(tr.flow, node, now, reason, tr)
 
     def _enqueue(self, tr: TaskRun) -> None:
         node = tr.node
@@ -945,10 +1040,27 @@ class Scheduler:
             lane = by_node[key] = Lane(tr.flow, node)
         lane.queue.append(tr)
 
+    def _report_unschedulable(
+        self, flow: FlowRun, node: NodeRecord, now: float, reason: str, tr: TaskRun | None
+    ) -> None:
+        node.unschedulable_reported = True
+        key = (flow.id, node.index)
+        since = self._unschedulable[key][1] if key in self._unschedulable else now
+        self._unschedulable[key] = (node, since, reason)
+        if tr is None:
+            self._event(flow, EventKind.TASK_RUN_UNSCHEDULABLE, now, node=node, message=reason)
+        else:
+            self._event(flow, EventKind.TASK_RUN_UNSCHEDULABLE, now, tr=tr, message=reason)
+
     def _unschedulable_reason(self, node: NodeRecord) -> str:
-        offering = [w for w in self.workers.values() if node.task_name in w.task_names]
+        offering = [
+            w
+            for w in self.workers.values()
+            if node.task_name in w.task_names and node.pool in w.pools
+        ]
         if not offering:
-            return f"no connected worker offers task {node.task_name!r}"
+            where = "" if node.pool == "default" else f" in pool {node.pool!r}"
+            return f"no connected worker offers task {node.task_name!r}{where}"
         for worker in offering:
             if all(worker.capacity.get(r, 0.0) + _EPS >= a for r, a in node.resources.items()):
                 return ""
@@ -959,14 +1071,40 @@ class Scheduler:
                 parts.append(f"needs {resource}={amount:g}; the largest worker offers {largest:g}")
         return "; ".join(parts)
 
-    def _recheck_unschedulable(self) -> None:
-        """Let a node report again once the fleet changed."""
-        for flow in self.flows.values():
-            if flow.terminal:
+    def _recheck_unschedulable(self, now: float) -> None:
+        """After the fleet changed: clear nodes that fit now, report ones that no longer do."""
+        for key, (node, _, reported) in list(self._unschedulable.items()):
+            reason = self._unschedulable_reason(node)
+            if reason == "":
+                node.unschedulable_reported = False
+                del self._unschedulable[key]
+            elif reason != reported:  # still stuck, for a new reason: say so
+                self._report_unschedulable(self.flows[key[0]], node, now, reason, None)
+        for by_node in self.ready.values():
+            for lane in by_node.values():
+                node = lane.node
+                if node.unschedulable_reported or not node.counts[TaskRunState.SCHEDULED]:
+                    continue
+                reason = self._unschedulable_reason(node)
+                if reason:
+                    self._report_unschedulable(lane.flow, node, now, reason, None)
+
+    def _fail_unschedulable(self, now: float) -> None:
+        """Fail queued task runs that no worker could run for unschedulable_timeout_s."""
+        timeout = self.unschedulable_timeout_s
+        for key, (node, since, _) in list(self._unschedulable.items()):
+            if now - since < timeout:
                 continue
-            for node in flow.nodes:
-                if node.unschedulable_reported and self._unschedulable_reason(node) == "":
-                    node.unschedulable_reported = False
+            del self._unschedulable[key]
+            reason = self._unschedulable_reason(node)
+            if not reason:
+                node.unschedulable_reported = False
+                continue
+            message = f"unschedulable for {timeout:g} s: {reason}"
+            for tr in node.children:
+                if tr.state == TaskRunState.SCHEDULED:
+                    tr.error = None
+                    self._end_failed(tr, now, TaskRunState.FAILED, message=message)
 
     def _grant(self, tr: TaskRun, worker: WorkerRecord, now: float) -> LeaseGrant:
         self._set_state(tr, TaskRunState.RUNNING)
@@ -1241,6 +1379,12 @@ def _room_for(worker: WorkerRecord, shape: tuple) -> int:
     return 1_000_000 if room == math.inf else int(room)
 
 
+def _could_hold(worker: WorkerRecord, shape: tuple) -> bool:
+    """Whether the worker could run this shape at all, once nothing else runs on it."""
+    capacity = worker.capacity
+    return all(capacity.get(resource, 0.0) + _EPS >= amount for resource, amount in shape)
+
+
 def _validate_and_link(nodes: list[NodeSpec], output_node: int | None) -> list[NodeRecord]:
     """Check every rule of a submission and build linked node records.
 
@@ -1290,6 +1434,7 @@ def _validate_and_link(nodes: list[NodeSpec], output_node: int | None) -> list[N
         )
         record.tags = tuple(spec.tags)
         record.concurrency_limit = spec.concurrency_limit
+        record.pool = spec.pool or "default"
         names = set()
         literal_lengths = set()
         whole: set[int] = set()

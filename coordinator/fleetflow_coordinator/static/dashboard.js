@@ -210,6 +210,51 @@ function failureItem(key, kind, where, type, message, traceback) {
     `<pre>${esc(traceback)}</pre></details>`;
 }
 
+// Where the flow run's time went: task-run seconds per state (summed over task runs).
+function renderTime(flow) {
+  const t = flow.time_in_state || {};
+  const parts = [["pending", "pending (upstream)", t.pending || 0], ["queued", "queued (for a worker)", t.queued || 0],
+    ["running", "running", t.running || 0], ["awaiting", "awaiting retry", t.awaiting_retry || 0]];
+  const total = parts.reduce((sum, p) => sum + p[2], 0);
+  $("#time-in-state").innerHTML = `<div class="bar time">${parts.filter((p) => p[2] > 0).map(([cls, , s]) =>
+    `<span class="${cls}" style="width:${(100 * s / total).toFixed(3)}%"></span>`).join("")}</div>` +
+    `<div class="time-legend">${parts.map(([cls, label, s]) =>
+      `<span><i class="seg ${cls}"></i>${label} <b>${duration(s)}</b>` +
+      `${total ? ` (${Math.round(100 * s / total)}%)` : ""}</span>`).join("")}</div>`;
+  $("#time-total").textContent = total ? `(${duration(total)} of task-run time)` : "";
+}
+
+function pair(q, fmt) {
+  return `${fmt(q.median)} / ${fmt(q.p95)}`;
+}
+
+function cores(n) {
+  return (Math.round(n * 100) / 100).toString();
+}
+
+// Requested against measured use per task, with right-sizing advice.
+function renderUsage(flow) {
+  const rows = flow.usage || [];
+  $("#usage tbody").innerHTML = rows.map((u) => {
+    const advised = new Set(u.advice.map((a) => a.resource));
+    const cpu = u.requested.cpu;
+    const memory = u.requested.memory;
+    return `<tr data-usage="${esc(u.task_name)}">
+      <td class="num">${u.node}</td><td>${esc(u.task_name)}</td>
+      <td class="num">${num(u.measured_attempts)}</td>
+      <td class="num">${cpu ? cores(cpu) : "-"}</td>
+      <td class="num ${advised.has("cpu") ? "advised" : ""}">${pair(u.cpu_cores, cores)}</td>
+      <td class="num">${memory ? bytes(memory) : "-"}</td>
+      <td class="num ${advised.has("memory") ? "advised" : ""}">${pair(u.peak_memory_bytes, bytes)}</td>
+      <td class="num">${pair(u.duration_seconds, duration)}</td>
+    </tr>`;
+  }).join("");
+  $("#advice").innerHTML = rows.flatMap((u) => u.advice).map((a) =>
+    `<div class="advice">${esc(a.message)}</div>`).join("");
+  show("#usage", rows.length > 0);
+  show("#usage-empty", rows.length === 0);
+}
+
 function renderWorkers(data) {
   const now = data.server_time;
   const items = data.workers.map((w) => {
@@ -296,6 +341,8 @@ function render(data) {
   if (changed("slowest", [flow.slowest, flow.running_longest.map((r) => [r.task_run_id, Math.floor(r.running_s)])])) {
     renderSlowest(flow);
   }
+  if (changed("time", [flow.id, flow.time_in_state])) renderTime(flow);
+  if (changed("usage", [flow.id, flow.usage])) renderUsage(flow);
   if (changed("failures", [flow.id, flow.failures_total, flow.first_error && flow.first_error.type])) renderFailures(flow);
   if (changed("flow-chart", flow.throughput)) {
     drawChart($("#flow-chart"), flow.throughput);

@@ -148,7 +148,7 @@ class NodeList(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TaskNode(_message.Message):
-    __slots__ = ("task_name", "args", "map", "resources", "retry", "timeout_seconds", "tags", "concurrency_limit")
+    __slots__ = ("task_name", "args", "map", "resources", "retry", "timeout_seconds", "tags", "concurrency_limit", "pool")
     TASK_NAME_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     MAP_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,7 @@ class TaskNode(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
     task_name: str
     args: _containers.RepeatedCompositeFieldContainer[ArgSpec]
     map: bool
@@ -165,7 +166,8 @@ class TaskNode(_message.Message):
     timeout_seconds: float
     tags: _containers.RepeatedScalarFieldContainer[str]
     concurrency_limit: int
-    def __init__(self, task_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[ArgSpec, _Mapping]]] = ..., map: _Optional[bool] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., concurrency_limit: _Optional[int] = ...) -> None: ...
+    pool: str
+    def __init__(self, task_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[ArgSpec, _Mapping]]] = ..., map: _Optional[bool] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., concurrency_limit: _Optional[int] = ..., pool: _Optional[str] = ...) -> None: ...
 
 class FlowSpec(_message.Message):
     __slots__ = ("name", "nodes", "output_node", "output_literal", "parameters", "priority")
@@ -184,16 +186,18 @@ class FlowSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[TaskNode, _Mapping]]] = ..., output_node: _Optional[int] = ..., output_literal: _Optional[bytes] = ..., parameters: _Optional[bytes] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class TaskError(_message.Message):
-    __slots__ = ("type", "message", "traceback", "pickled")
+    __slots__ = ("type", "message", "traceback", "pickled", "log_tail")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TRACEBACK_FIELD_NUMBER: _ClassVar[int]
     PICKLED_FIELD_NUMBER: _ClassVar[int]
+    LOG_TAIL_FIELD_NUMBER: _ClassVar[int]
     type: str
     message: str
     traceback: str
     pickled: bytes
-    def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., pickled: _Optional[bytes] = ...) -> None: ...
+    log_tail: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., pickled: _Optional[bytes] = ..., log_tail: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("seq", "kind", "flow_run_id", "time", "node", "task_name", "task_run_id", "index", "attempt", "worker_id", "count", "message", "error", "retry_at")

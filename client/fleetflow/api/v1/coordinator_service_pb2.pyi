@@ -254,3 +254,105 @@ class SetConcurrencyLimitRequest(_message.Message):
 class SetConcurrencyLimitResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetDemandRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Demand(_message.Message):
+    __slots__ = ("pool", "resources", "waiting", "task_names", "unschedulable_reason")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAMES_FIELD_NUMBER: _ClassVar[int]
+    UNSCHEDULABLE_REASON_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    resources: _common_pb2.Resources
+    waiting: int
+    task_names: _containers.RepeatedScalarFieldContainer[str]
+    unschedulable_reason: str
+    def __init__(self, pool: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., waiting: _Optional[int] = ..., task_names: _Optional[_Iterable[str]] = ..., unschedulable_reason: _Optional[str] = ...) -> None: ...
+
+class GetDemandResponse(_message.Message):
+    __slots__ = ("demand",)
+    DEMAND_FIELD_NUMBER: _ClassVar[int]
+    demand: _containers.RepeatedCompositeFieldContainer[Demand]
+    def __init__(self, demand: _Optional[_Iterable[_Union[Demand, _Mapping]]] = ...) -> None: ...
+
+class GetFlowRunStatsRequest(_message.Message):
+    __slots__ = ("flow_run_id",)
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    def __init__(self, flow_run_id: _Optional[str] = ...) -> None: ...
+
+class UsageQuantiles(_message.Message):
+    __slots__ = ("median", "p95", "max")
+    MEDIAN_FIELD_NUMBER: _ClassVar[int]
+    P95_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    median: float
+    p95: float
+    max: float
+    def __init__(self, median: _Optional[float] = ..., p95: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
+
+class ResourceAdvice(_message.Message):
+    __slots__ = ("resource", "requested", "used_p95", "suggested", "message")
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    USED_P95_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    resource: str
+    requested: float
+    used_p95: float
+    suggested: float
+    message: str
+    def __init__(self, resource: _Optional[str] = ..., requested: _Optional[float] = ..., used_p95: _Optional[float] = ..., suggested: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class TaskUsage(_message.Message):
+    __slots__ = ("node", "task_name", "requested", "measured_attempts", "cpu_cores", "cpu_seconds", "peak_memory_bytes", "duration_seconds", "advice")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CPU_CORES_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ADVICE_FIELD_NUMBER: _ClassVar[int]
+    node: int
+    task_name: str
+    requested: _common_pb2.Resources
+    measured_attempts: int
+    cpu_cores: UsageQuantiles
+    cpu_seconds: UsageQuantiles
+    peak_memory_bytes: UsageQuantiles
+    duration_seconds: UsageQuantiles
+    advice: _containers.RepeatedCompositeFieldContainer[ResourceAdvice]
+    def __init__(self, node: _Optional[int] = ..., task_name: _Optional[str] = ..., requested: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., measured_attempts: _Optional[int] = ..., cpu_cores: _Optional[_Union[UsageQuantiles, _Mapping]] = ..., cpu_seconds: _Optional[_Union[UsageQuantiles, _Mapping]] = ..., peak_memory_bytes: _Optional[_Union[UsageQuantiles, _Mapping]] = ..., duration_seconds: _Optional[_Union[UsageQuantiles, _Mapping]] = ..., advice: _Optional[_Iterable[_Union[ResourceAdvice, _Mapping]]] = ...) -> None: ...
+
+class TimeInState(_message.Message):
+    __slots__ = ("pending_seconds", "queued_seconds", "running_seconds", "awaiting_retry_seconds")
+    PENDING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    AWAITING_RETRY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    pending_seconds: float
+    queued_seconds: float
+    running_seconds: float
+    awaiting_retry_seconds: float
+    def __init__(self, pending_seconds: _Optional[float] = ..., queued_seconds: _Optional[float] = ..., running_seconds: _Optional[float] = ..., awaiting_retry_seconds: _Optional[float] = ...) -> None: ...
+
+class GetFlowRunStatsResponse(_message.Message):
+    __slots__ = ("flow_run_id", "tasks", "fleet_tasks", "time", "folded_seq")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    FLEET_TASKS_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    FOLDED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskUsage]
+    fleet_tasks: _containers.RepeatedCompositeFieldContainer[TaskUsage]
+    time: TimeInState
+    folded_seq: int
+    def __init__(self, flow_run_id: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskUsage, _Mapping]]] = ..., fleet_tasks: _Optional[_Iterable[_Union[TaskUsage, _Mapping]]] = ..., time: _Optional[_Union[TimeInState, _Mapping]] = ..., folded_seq: _Optional[int] = ...) -> None: ...

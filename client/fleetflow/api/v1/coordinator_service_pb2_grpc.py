@@ -79,10 +79,20 @@ class CoordinatorServiceStub:
                 request_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.SetConcurrencyLimitRequest.SerializeToString,
                 response_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.SetConcurrencyLimitResponse.FromString,
                 _registered_method=True)
+        self.GetDemand = channel.unary_unary(
+                '/fleetflow.api.v1.CoordinatorService/GetDemand',
+                request_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetDemandRequest.SerializeToString,
+                response_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetDemandResponse.FromString,
+                _registered_method=True)
         self.ListWorkers = channel.unary_unary(
                 '/fleetflow.api.v1.CoordinatorService/ListWorkers',
                 request_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListWorkersRequest.SerializeToString,
                 response_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
+        self.GetFlowRunStats = channel.unary_unary(
+                '/fleetflow.api.v1.CoordinatorService/GetFlowRunStats',
+                request_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetFlowRunStatsRequest.SerializeToString,
+                response_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetFlowRunStatsResponse.FromString,
                 _registered_method=True)
 
 
@@ -154,8 +164,23 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDemand(self, request, context):
+        """Queued demand per pool and resource shape: what an autoscaler should add.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWorkers(self, request, context):
         """Lists the connected workers: capacity, allocations and their last heartbeat.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFlowRunStats(self, request, context):
+        """Measured usage per task against its request, with right-sizing advice,
+        and where the flow run's time went (seconds per task run state).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,10 +234,20 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     request_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.SetConcurrencyLimitRequest.FromString,
                     response_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.SetConcurrencyLimitResponse.SerializeToString,
             ),
+            'GetDemand': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDemand,
+                    request_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetDemandRequest.FromString,
+                    response_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetDemandResponse.SerializeToString,
+            ),
             'ListWorkers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkers,
                     request_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListWorkersRequest.FromString,
                     response_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'GetFlowRunStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFlowRunStats,
+                    request_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetFlowRunStatsRequest.FromString,
+                    response_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetFlowRunStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -469,6 +504,33 @@ class CoordinatorService:
             _registered_method=True)
 
     @staticmethod
+    def GetDemand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetflow.api.v1.CoordinatorService/GetDemand',
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetDemandRequest.SerializeToString,
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetDemandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListWorkers(request,
             target,
             options=(),
@@ -485,6 +547,33 @@ class CoordinatorService:
             '/fleetflow.api.v1.CoordinatorService/ListWorkers',
             fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListWorkersRequest.SerializeToString,
             fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFlowRunStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetflow.api.v1.CoordinatorService/GetFlowRunStats',
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetFlowRunStatsRequest.SerializeToString,
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetFlowRunStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

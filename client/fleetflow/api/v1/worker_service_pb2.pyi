@@ -20,20 +20,22 @@ OUTCOME_ACK_REJECTED_STALE: OutcomeAck
 OUTCOME_ACK_REJECTED_UNKNOWN: OutcomeAck
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "capacity", "task_names", "hostname", "pid", "running")
+    __slots__ = ("worker_id", "capacity", "task_names", "hostname", "pid", "running", "pools")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     TASK_NAMES_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    POOLS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     capacity: _common_pb2.Resources
     task_names: _containers.RepeatedScalarFieldContainer[str]
     hostname: str
     pid: int
     running: _containers.RepeatedCompositeFieldContainer[HeldTaskRun]
-    def __init__(self, worker_id: _Optional[str] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., task_names: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., running: _Optional[_Iterable[_Union[HeldTaskRun, _Mapping]]] = ...) -> None: ...
+    pools: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., task_names: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., running: _Optional[_Iterable[_Union[HeldTaskRun, _Mapping]]] = ..., pools: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("lease_ttl_seconds", "heartbeat_interval_seconds")

@@ -1,0 +1,401 @@
+"""Measured usage of task runs against their requests, and right-sizing advice.
+
+Workers measure each attempt of a plain ``def`` task (CPU seconds and the peak
+resident memory of the process that ran it) and send both with its outcome.
+The gRPC edge hands every accepted, successful outcome to
+:meth:`UsageBook.record_outcomes`, which folds it into fixed-size quantile
+sketches: one set per (flow run, node) and one per task name across every flow
+run. Nothing here touches the pure core; it reads the task run an outcome is
+about (node, request, lease time) and keeps its own numbers.
+
+Bounded memory: a :class:`QuantileSketch` keeps about :data:`MAX_BINS`
+logarithmic bins at most, whatever the number of values, so a 100,000-task map costs
+the same as a 10-task one; flow runs are forgotten when the core prunes them
+and at most :data:`MAX_FLOWS` are kept.
+
+The advice rule (also in ``docs/architecture.md``):
+
+* **memory**: suggest ``p95 peak x 1.25``, rounded up to the next of
+  64, 96, 128, 192, 256, 384, 512, 768 MiB, 1, 1.5, 2, 3 GiB... (powers of two
+  and 1.5 times powers of two, at least 64 MiB). Advise when the request is at
+  least twice the suggestion, when the p95 peak is above the request (the
+  worker kills a task process at the request plus its margin), or when there is
+  no request and the p95 peak is 256 MiB or more.
+* **cpu**: per attempt, cores used = CPU seconds / lease-to-outcome seconds.
+  Suggest ``p95 x 1.25`` rounded up to a tenth of a CPU below 1, to half a CPU
+  above. Advise when the request is at least twice the suggestion (and at
+  least 0.25 CPU above it), or when the p95 is above 1.5 times the request,
+  and only for tasks whose median attempt lasts :data:`MIN_CPU_ADVICE_S` or
+  more (shorter ones are dominated by scheduling overhead).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fleetflow_coordinator.core import Scheduler
+
+__all__ = [
+    "QuantileSketch",
+    "TaskUsageStats",
+    "UsageBook",
+    "UsageSink",
+    "Advice",
+    "advise",
+    "suggest_memory",
+    "suggest_cpu",
+    "format_bytes",
+]
+
+#: Relative accuracy of every quantile (1 %).
+RELATIVE_ACCURACY = 0.01
+#: Most bins one sketch keeps; the lowest are merged beyond this.
+MAX_BINS = 512
+#: Bins allowed above MAX_BINS before the lowest are merged (amortizes the merge).
+_BIN_SLACK = 64
+#: Values at or below this count as zero.
+_TINY = 1e-9
+#: Flow runs whose usage is kept (oldest forgotten first).
+MAX_FLOWS = 2000
+
+#: Memory suggestion = p95 peak x this, rounded up to a "nice" quantity.
+MEMORY_HEADROOM = 1.25
+#: Smallest memory suggestion, bytes.
+MIN_MEMORY_SUGGESTION = 64 * 2**20
+#: With no memory request, advise one once the p95 peak reaches this, bytes.
+UNREQUESTED_MEMORY_ADVICE = 256 * 2**20
+#: CPU suggestion = p95 cores x this, rounded up.
+CPU_HEADROOM = 1.25
+#: Advise lowering a request that is at least this many times the suggestion.
+OVER_REQUEST_FACTOR = 2.0
+#: Advise raising a cpu request when the p95 is above the request times this.
+CPU_UNDER_FACTOR = 1.5
+#: No cpu advice for tasks whose median attempt is shorter than this, seconds.
+MIN_CPU_ADVICE_S = 0.5
+
+_SUCCESS = 1  # OutcomeAck ACCEPTED
+
+
+class QuantileSketch:
+    """Quantiles of a stream of non-negative numbers in bounded memory.
+
+    A DDSketch-style log-bucketed histogram: a value ``x`` goes into bin
+    ``ceil(log(x) / log(gamma))`` with ``gamma = (1 + a) / (1 - a)``, and a
+    bin answers with a value within ``a`` (relative) of every value in it.
+    Exact count, sum, min and max are kept beside the bins.
+
+    Args:
+        relative_accuracy: ``a``, e.g. 0.01 for 1 %.
+        max_bins: Bins kept (512 cover a range of about 28,000:1 at 1 %);
+            beyond, the lowest ones are merged, so only low quantiles of
+            values spread wider than that lose accuracy.
+    """
+
+    __slots__ = ("_gamma_log", "_gamma", "max_bins", "bins", "zeros", "count", "total", "lo", "hi")
+
+    def __init__(
+        self, relative_accuracy: float = RELATIVE_ACCURACY, max_bins: int = MAX_BINS
+    ) -> None:
+        self._gamma = (1 + relative_accuracy) / (1 - relative_accuracy)
+        self._gamma_log = math.log(self._gamma)
+        self.max_bins = max_bins
+        #: {bin index: values in it}
+        self.bins: dict[int, int] = {}
+        self.zeros = 0
+        self.count = 0
+        self.total = 0.0
+        self.lo = math.inf
+        self.hi = 0.0
+
+    def add(self, value: float) -> None:
+        """Add one value (negative values count as 0)."""
+        value = max(0.0, float(value))
+        self.count += 1
+        self.total += value
+        self.lo = min(self.lo, value)
+        self.hi = max(self.hi, value)
+        if value <= _TINY:
+            self.zeros += 1
+            return
+        key = math.ceil(math.log(value) / self._gamma_log)
+        bins = self.bins
+        bins[key] = bins.get(key, 0) + 1
+        if len(bins) > self.max_bins + _BIN_SLACK:
+            # Merge the lowest bins into one, back down to max_bins (amortized).
+            keys = sorted(bins)
+            keep = keys[-self.max_bins]
+            bins[keep] += sum(bins.pop(k) for k in keys[: -self.max_bins])
+
+    def quantile(self, q: float) -> float:
+        """The nearest-rank ``q``-quantile: the ``ceil(q * count)``-th smallest value.
+
+        So the p95 of 2 values is the larger one, and the median of 4 the
+        second. 0 when empty; within the relative accuracy of the exact
+        value, and never outside ``[min, max]``.
+        """
+        if self.count == 0:
+            return 0.0
+        rank = max(0, math.ceil(round(min(max(q, 0.0), 1.0) * self.count, 9)) - 1)
+        seen = self.zeros
+        if seen > rank:
+            return 0.0 if self.lo <= _TINY else self.lo
+        for key in sorted(self.bins):
+            seen += self.bins[key]
+            if seen > rank:
+                estimate = 2 * self._gamma**key / (self._gamma + 1)
+                return min(max(estimate, self.lo), self.hi)
+        return self.hi
+
+    def summary(self) -> dict[str, float]:
+        """``{"median", "p95", "max"}``."""
+        return {"median": self.quantile(0.5), "p95": self.quantile(0.95), "max": self.hi}
+
+
+@dataclass
+class TaskUsageStats:
+    """What the completed, measured attempts of one task used.
+
+    Attributes:
+        task_name: The task.
+        node: Its node in the flow run (0 for fleet-wide rows).
+        requested: The latest request seen (cpu in CPUs, memory in bytes).
+    """
+
+    task_name: str
+    node: int = 0
+    requested: dict[str, float] = field(default_factory=dict)
+    cpu_cores: QuantileSketch = field(default_factory=QuantileSketch)
+    cpu_seconds: QuantileSketch = field(default_factory=QuantileSketch)
+    peak_memory_bytes: QuantileSketch = field(default_factory=QuantileSketch)
+    duration_seconds: QuantileSketch = field(default_factory=QuantileSketch)
+
+    @property
+    def measured(self) -> int:
+        """Attempts folded in."""
+        return self.peak_memory_bytes.count
+
+    def add(self, cpu_s: float, peak_bytes: float, duration_s: float) -> None:
+        """Fold in one attempt."""
+        self.cpu_seconds.add(cpu_s)
+        self.peak_memory_bytes.add(peak_bytes)
+        self.duration_seconds.add(duration_s)
+        self.cpu_cores.add(cpu_s / duration_s if duration_s > 0 else 0.0)
+
+    def view(self) -> dict[str, Any]:
+        """JSON-ready: request, quantiles and advice."""
+        return {
+            "node": self.node,
+            "task_name": self.task_name,
+            "requested": dict(self.requested),
+            "measured_attempts": self.measured,
+            "cpu_cores": self.cpu_cores.summary(),
+            "cpu_seconds": self.cpu_seconds.summary(),
+            "peak_memory_bytes": self.peak_memory_bytes.summary(),
+            "duration_seconds": self.duration_seconds.summary(),
+            "advice": [a.__dict__ for a in advise(self)],
+        }
+
+
+class UsageSink(Protocol):
+    """Told about every measured attempt (the metrics implement it)."""
+
+    def measured(self, task_name: str, cpu_s: float, peak_bytes: float) -> None:
+        """One completed attempt used ``cpu_s`` CPU seconds and peaked at ``peak_bytes``."""
+
+
+class UsageBook:
+    """Measured usage per (flow run, node) and per task name, fed by the gRPC edge.
+
+    Args:
+        sink: Also told about every measured attempt (the metrics); optional.
+        max_flows: Flow runs kept; the oldest is forgotten beyond.
+    """
+
+    def __init__(self, sink: UsageSink | None = None, max_flows: int = MAX_FLOWS) -> None:
+        self.sink = sink
+        self.max_flows = max_flows
+        #: {task_name: stats over every flow run}
+        self.by_task: dict[str, TaskUsageStats] = {}
+        #: {flow_run_id: {node index: stats}}, oldest flow run first
+        self.by_flow: dict[str, dict[int, TaskUsageStats]] = {}
+
+    def record(
+        self,
+        flow_run_id: str,
+        node: int,
+        task_name: str,
+        requested: dict[str, float],
+        cpu_s: float,
+        peak_bytes: float,
+        duration_s: float,
+    ) -> None:
+        """Fold in one completed attempt."""
+        nodes = self.by_flow.get(flow_run_id)
+        if nodes is None:
+            nodes = self.by_flow[flow_run_id] = {}
+            if len(self.by_flow) > self.max_flows:
+                del self.by_flow[next(iter(self.by_flow))]
+        stats = nodes.get(node)
+        if stats is None:
+            stats = nodes[node] = TaskUsageStats(task_name, node, dict(requested))
+        stats.add(cpu_s, peak_bytes, duration_s)
+        overall = self.by_task.get(task_name)
+        if overall is None:
+            overall = self.by_task[task_name] = TaskUsageStats(task_name)
+        overall.requested = dict(requested)
+        overall.add(cpu_s, peak_bytes, duration_s)
+        if self.sink is not None:
+            self.sink.measured(task_name, cpu_s, peak_bytes)
+
+    def record_outcomes(
+        self, core: Scheduler, outcomes: Sequence[Any], acks: Sequence[int], now: float
+    ) -> int:
+        """Fold in the measured, successful outcomes the core just accepted.
+
+        Args:
+            core: The scheduler, read only: the task run an outcome is about
+                gives its flow run, node, request and lease time.
+            outcomes: ``worker_service_pb2.Outcome`` messages as reported.
+            acks: The core's answer to each, in order.
+            now: Current time, seconds since the epoch.
+
+        Returns:
+            How many were folded in.
+        """
+        folded = 0
+        task_runs = core.task_runs
+        for outcome, ack in zip(outcomes, acks, strict=False):
+            if ack != _SUCCESS or outcome.peak_memory_bytes <= 0:
+                continue
+            if outcome.WhichOneof("result") not in ("value", "items"):
+                continue
+            tr = task_runs.get(outcome.task_run_id)
+            if tr is None:
+                continue
+            node = tr.node
+            self.record(
+                tr.flow.id,
+                node.index,
+                node.task_name,
+                node.resources,
+                outcome.cpu_seconds,
+                outcome.peak_memory_bytes,
+                max(0.0, now - tr.leased_at),
+            )
+            folded += 1
+        return folded
+
+    def forget(self, flow_run_ids: Iterable[str]) -> None:
+        """Drop pruned flow runs."""
+        for flow_run_id in flow_run_ids:
+            self.by_flow.pop(flow_run_id, None)
+
+    def flow(self, flow_run_id: str) -> list[TaskUsageStats]:
+        """The flow run's rows, in node order."""
+        nodes = self.by_flow.get(flow_run_id) or {}
+        return [nodes[i] for i in sorted(nodes)]
+
+    def fleet(self, task_names: Iterable[str]) -> list[TaskUsageStats]:
+        """Fleet-wide rows of these task names (those measured), sorted by name."""
+        return [self.by_task[n] for n in sorted(set(task_names)) if n in self.by_task]
+
+
+# ------------------------------------------------------------------- advice
+
+
+@dataclass(frozen=True)
+class Advice:
+    """A right-sizing suggestion for one resource of one task.
+
+    Attributes:
+        resource: ``"cpu"`` or ``"memory"``.
+        requested: The request (CPUs, bytes); 0 when none.
+        used_p95: p95 of what the attempts used (cores, peak bytes).
+        suggested: The suggested request.
+        message: For people.
+    """
+
+    resource: str
+    requested: float
+    used_p95: float
+    suggested: float
+    message: str
+
+
+def format_bytes(n: float) -> str:
+    """``268435456`` -> ``"256MiB"``; ``1610612736`` -> ``"1.5GiB"`` (binary units)."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            value = n / size
+            text = f"{value:.0f}" if value >= 10 or value == int(value) else f"{value:.1f}"
+            return f"{text}{unit}"
+    return f"{n:.0f}B"
+
+
+def suggest_memory(p95_bytes: float) -> float:
+    """``p95 x 1.25`` rounded up to 64, 96, 128, 192, 256, 384... MiB (at least 64 MiB)."""
+    target = max(p95_bytes * MEMORY_HEADROOM, MIN_MEMORY_SUGGESTION)
+    size = float(MIN_MEMORY_SUGGESTION)
+    while True:
+        if size >= target:
+            return size
+        if size * 1.5 >= target:
+            return size * 1.5
+        size *= 2
+
+
+def suggest_cpu(p95_cores: float) -> float:
+    """``p95 x 1.25`` rounded up to 0.1 CPU below 1 CPU, to 0.5 CPU above (at least 0.1)."""
+    target = p95_cores * CPU_HEADROOM
+    if target <= 1.0:
+        return max(0.1, math.ceil(round(target * 10, 6)) / 10)
+    return math.ceil(round(target * 2, 6)) / 2
+
+
+def _cpu_label(cores: float) -> str:
+    return f"{cores:.2f}".rstrip("0").rstrip(".") or "0"
+
+
+def advise(stats: TaskUsageStats) -> list[Advice]:
+    """Right-sizing advice for one task's measured attempts (the module's rule)."""
+    if not stats.measured:
+        return []
+    out: list[Advice] = []
+    name = stats.task_name
+    memory = stats.requested.get("memory", 0.0)
+    peak = stats.peak_memory_bytes.quantile(0.95)
+    suggested = suggest_memory(peak)
+    if memory > 0 and memory >= OVER_REQUEST_FACTOR * suggested:
+        message = (
+            f"{name} requests memory {format_bytes(memory)}, p95 used {format_bytes(peak)}: "
+            f"consider {format_bytes(suggested)}"
+        )
+        out.append(Advice("memory", memory, peak, suggested, message))
+    elif memory > 0 and peak > memory:
+        message = (
+            f"{name} requests memory {format_bytes(memory)} but p95 used "
+            f"{format_bytes(peak)}: consider {format_bytes(suggested)}"
+        )
+        out.append(Advice("memory", memory, peak, suggested, message))
+    elif memory <= 0 and peak >= UNREQUESTED_MEMORY_ADVICE:
+        message = (
+            f"{name} requests no memory, p95 used {format_bytes(peak)}: consider "
+            f"{format_bytes(suggested)} so that workers are not over-committed"
+        )
+        out.append(Advice("memory", 0.0, peak, suggested, message))
+    cpu = stats.requested.get("cpu", 0.0)
+    if cpu > 0 and stats.duration_seconds.quantile(0.5) >= MIN_CPU_ADVICE_S:
+        cores = stats.cpu_cores.quantile(0.95)
+        suggested = suggest_cpu(cores)
+        over = cpu >= OVER_REQUEST_FACTOR * suggested and cpu - suggested >= 0.25
+        if over or cores > CPU_UNDER_FACTOR * cpu:
+            verb = "requests" if over else "requests only"
+            message = (
+                f"{name} {verb} cpu {_cpu_label(cpu)}, p95 used {_cpu_label(cores)} cores: "
+                f"consider {_cpu_label(suggested)}"
+            )
+            out.append(Advice("cpu", cpu, cores, suggested, message))
+    return out
