@@ -29,9 +29,23 @@ from fleetflow import flow, task, unmapped
 SKIPPED_DIRS = frozenset({"site-packages", "__pycache__"})
 
 
+def stdlib_root() -> str:
+    """The standard library folder of the Python running this code."""
+    return sysconfig.get_paths()["stdlib"]
+
+
 @task
-def list_sources(root: str) -> list[str]:
-    """Every ``.py`` file under ``root``, sorted, skipping installed packages and caches."""
+def list_sources(root: str | None = None) -> list[str]:
+    """Every ``.py`` file under ``root``, sorted, skipping installed packages and caches.
+
+    ``root`` defaults to the standard library of the worker that runs this.
+
+    Raises:
+        NotADirectoryError: ``root`` is not a folder (so a typo is not a summary of zeros).
+    """
+    root = root or stdlib_root()
+    if not os.path.isdir(root):
+        raise NotADirectoryError(f"root {root!r} is not a folder")
     paths = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS]
@@ -43,10 +57,11 @@ def list_sources(root: str) -> list[str]:
 def parse_module(path: str, root: str | None = None) -> dict:
     """Count what one module defines; a file that does not parse is reported, not raised.
 
-    ``module`` is the path relative to ``root`` when it is given.
+    ``module`` is the path relative to ``root`` (default: the standard library).
     """
+    root = root or stdlib_root()
     stats = {
-        "module": os.path.relpath(path, root) if root else path,
+        "module": os.path.relpath(path, root),
         "lines": 0,
         "functions": 0,
         "classes": 0,
@@ -98,8 +113,12 @@ def summarize(stats: list[dict]) -> dict:
 
 
 @flow
-def stdlib_stats(root: str = sysconfig.get_paths()["stdlib"]) -> dict:
-    """Statistics of every module under ``root`` (default: this Python's standard library)."""
+def stdlib_stats(root: str | None = None) -> dict:
+    """Statistics of every module under ``root``.
+
+    ``root`` defaults to the standard library of the workers (resolved where the
+    tasks run, so a client on another machine needs no path of theirs).
+    """
     paths = list_sources(root)  # one task run: the list of files
     stats = parse_module.map(paths, root=unmapped(root))  # one task run per file, in parallel
     return summarize(stats)  # fan-in: receives the list of per-file dicts, in order

@@ -12,15 +12,22 @@ __all__ = ["command"]
 
 
 @click.command(name="coordinator")
-@click.option("--listen", default=None, help="HOST:PORT to bind [default: 127.0.0.1:50051].")
+@click.option(
+    "--listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Address to bind [default: 127.0.0.1:50051].",
+)
 @click.option("--port-file", default=None, help="Write the bound port here once serving.")
-@click.option("--lease-ttl", "lease_ttl_s", type=float, default=None, help="Lease TTL, seconds.")
+@click.option(
+    "--lease-ttl", "lease_ttl_s", type=float, default=None, help="Lease TTL, seconds [default: 10]."
+)
 @click.option(
     "--heartbeat-interval",
     "heartbeat_interval_s",
     type=float,
     default=None,
-    help="Worker heartbeat interval, seconds.",
+    help="Worker heartbeat interval, seconds [default: 1].",
 )
 @click.option(
     "--db",
@@ -58,7 +65,12 @@ __all__ = ["command"]
     metavar="TAG=N",
     help="Concurrency limit for a tag (repeatable).",
 )
-@click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
 def command(
     listen: str | None,
     port_file: str | None,

@@ -26,6 +26,9 @@ log = structlog.get_logger(__name__)
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    # gRPC sets SO_REUSEPORT on Linux by default, which lets a second coordinator
+    # bind the same port and split the clients between two states: refuse that.
+    ("grpc.so_reuseport", 0),
 ]
 
 _SERVICES = (

@@ -56,10 +56,18 @@ def test_parse_module_counts(example, tmp_path):
     }
 
 
-def test_parse_module_without_root_reports_the_path(example, tmp_path):
-    path = tmp_path / "empty.py"
-    path.write_text("")
-    assert example.parse_module(str(path))["module"] == str(path)
+def test_parse_module_without_root_is_relative_to_the_stdlib(example):
+    import json
+    import os
+
+    path = json.__file__
+    assert example.parse_module(path)["module"] == os.path.join("json", "__init__.py")
+
+
+def test_list_sources_refuses_a_missing_root(example, tmp_path):
+    with pytest.raises(NotADirectoryError, match="is not a folder"):
+        example.list_sources(str(tmp_path / "nope"))
+    assert example.list_sources(None)[0].startswith(example.stdlib_root())
 
 
 @pytest.mark.parametrize(

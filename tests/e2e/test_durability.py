@@ -77,8 +77,10 @@ def test_kill_during_submission_leaves_whole_or_nothing(fleet, tmp_path):
     outcome: dict[str, object] = {}
 
     def submit() -> None:
+        from fleetflow._client import Backoff
+
         try:
-            with Client(address) as client:
+            with Client(address, backoff=Backoff(give_up_s=2.0)) as client:
                 outcome["handle"] = client.submit(flows.map_inc, n=n, idempotency_key="once")
         except Exception as exc:  # noqa: BLE001 - the coordinator dies mid-call
             outcome["error"] = exc

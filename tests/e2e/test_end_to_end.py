@@ -188,3 +188,10 @@ def test_compose_healthcheck_passes_against_a_real_coordinator(fleet):
     fleet.coordinator.stop()
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
     assert proc.returncode != 0
+
+
+def test_a_second_coordinator_cannot_take_a_port_in_use(fleet):
+    address = fleet.start_coordinator()
+    port = int(address.rsplit(":", 1)[1])
+    with pytest.raises(RuntimeError, match="cannot listen"):
+        fleet.start_coordinator(port=port, db=str(fleet.tmp / "other.db"))
