@@ -216,14 +216,15 @@ def run_dask_w5(args: argparse.Namespace) -> dict:
             count = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
             if count < n:
                 time.sleep(0.2)
-        _RESULT["accepted_s"] = time.perf_counter() - t0
+        _RESULT["all_pending_s"] = time.perf_counter() - t0
         _RESULT["tasks_on_scheduler"] = count
         time.sleep(1.0)  # let the allocator settle
         _RESULT["rss_mib"] = _rss_mib(proc.pid)
         _RESULT["peak_rss_mib"] = _peak_mib(proc.pid)
         _RESULT["client_rss_mib"] = _rss_mib(os.getpid())
-        del futures
-        client.close()
+        _RESULT["futures"] = len(futures)
+        # No client.close(): releasing a million keys one by one takes minutes,
+        # and the scheduler is killed right below anyway.
         return _RESULT
     finally:
         proc.kill()

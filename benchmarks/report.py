@@ -20,12 +20,24 @@ CONFIG = {
     "client; all on 127.0.0.1",
     "dask": "`LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`, no dashboard; "
     "scheduler in the client process (W5: a scheduler process of its own, no workers)",
-    "prefect": "Prefect with its temporary local server (SQLite, fresh `PREFECT_HOME` per "
-    "start) and `ProcessPoolTaskRunner(max_workers=2)`, the runner Prefect documents for "
-    "parallel CPU-bound work; `task.map(...)` then `.result()`; default logging",
-    "prefect-threads": "the same server with `ThreadPoolTaskRunner(max_workers=2)` (Prefect's "
-    "default kind of runner): run where the process pool cannot finish, and for W5",
+    "prefect": "`ProcessPoolTaskRunner(max_workers=2)`, the runner Prefect documents for "
+    "parallel CPU-bound work, with a local `prefect server start` on 127.0.0.1 (SQLite, fresh "
+    "`PREFECT_HOME` per start, started and awaited as part of startup) that the flow process "
+    "and the pool processes share. Not the temporary server: with it, each pool process "
+    "starts a temporary server of its own for every flow run (seen in the smoke runs: 200 "
+    "no-op tasks took 32 s), so task runs would not even reach the flow's server. "
+    "`task.map(...)` then `.result()`; a one-task flow calls the task directly (W3); "
+    "default logging",
+    "prefect-threads": "`ThreadPoolTaskRunner(max_workers=2)` (Prefect's default kind of "
+    "runner) with the temporary server that the first flow run starts (Prefect's default "
+    "when no server is configured): run where the process pool cannot finish (W1 at 10,000 "
+    "and 100,000) and for W5, since the process pool submits too slowly to queue 100,000",
 }
+
+
+def _short_error(res: dict, limit: int = 90) -> str:
+    text = _status_text(res)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -242,12 +254,12 @@ def render(results: dict) -> str:
                 if st:
                     text = _cell(st, metric.unit)
                     if res.get("status") != "ok":
-                        text += f" ({len(vals)} rep(s); then {_status_text(res)})"
+                        text += f" ({len(vals)} rep(s); then {_short_error(res)})"
                     cells.append(text)
                 else:
                     bound = metric.bound(row, res) if metric.bound else None
                     bounds[s] = bound
-                    text = _status_text(res)
+                    text = _short_error(res)
                     if bound is not None:
                         text = f"< {_fmt(bound)}{metric.unit}: {text}"
                     cells.append(text)
@@ -264,10 +276,30 @@ def render(results: dict) -> str:
                     cells.append(_ratio(medians.get("fleetflow"), medians.get(p),
                                         metric.higher_better))
             lines.append("| " + " | ".join(cells) + " |")
+    failures = []
+    for entry, row in results["entries"].items():
+        for s, res in row["systems"].items():
+            if res.get("status") in ("failed", "did_not_finish"):
+                failures.append(f"{entry}, {s}: {_status_text(res)}"
+                                + (f" ({len(res['reps'])} repetition(s) done before)"
+                                   if res.get("reps") else ""))
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in sorted(set(notes))]
+    if failures:
+        lines += ["", "Failures and time-outs (a peer's failure is a result):", ""]
+        lines += [f"- {f}" for f in failures]
+    lines += [
+        "",
+        "A \"< N/s\" cell is an upper bound: the run did not finish its map within the time "
+        "left after startup, so its rate was below items / (timeout − startup); the ratio "
+        "next to it is then a lower bound. W3: fleetflow and Dask run the task on a worker "
+        "process; Prefect runs a directly called task inside the flow's own process, and "
+        "its ~1.07 s is mostly the flow engine joining its heartbeat thread (which sleeps in "
+        "1 s steps) when the flow run ends (prefect/flow_engine.py `_send_heartbeats`).",
+    ]
 
     lines += _w5_details(results)
+    lines += _load(results)
     lines += _w6(results)
     lines += _cpu_table(results)
     lines.append("")
@@ -300,6 +332,7 @@ def _w5_details(results: dict) -> list[str]:
                                  f"(idle {_fmt(rep.get('server_rss_mib_idle'))})")
                 for key, label in (("client_build_s", "spec built"),
                                    ("accepted_s", "submit returned"),
+                                   ("startup_s", "started in"),
                                    ("all_pending_s", "all pending"),
                                    ("client_map_s", "client.map returned"),
                                    ("submit_s", "map submitted")):
@@ -314,8 +347,31 @@ def _w5_details(results: dict) -> list[str]:
                     other.append(f"RSS at timeout {_fmt(res['rss_mib_at_timeout'])} MiB")
                 if res.get("status") != "ok" and "flow_process_rss_mib" in res and not rep:
                     rss = res["flow_process_rss_mib"]
+                    idle = res.get("flow_process_rss_mib_idle")
+                    peak = res.get("flow_process_peak_rss_mib")
+                    other.append("RSS read when the time ran out, the map still being submitted")
+                    if "server_rss_mib" in res:
+                        other.append(f"server RSS {_fmt(res['server_rss_mib'])} MiB")
                 out.append(f"| {entry} | {s} | {_fmt(idle)} | {_fmt(rss)} | {_fmt(peak)} | "
                            f"{'; '.join(other) or '—'} | {status} |")
+    return out
+
+
+def _load(results: dict) -> list[str]:
+    out = ["", "## Machine load", "",
+           "1-minute load average before and after each (workload, system), from "
+           "`os.getloadavg()`. Anything above what the benchmark itself runs (2 workers + "
+           "coordinator + client ≈ 2–3) is other work on the machine.", "",
+           "| entry | " + " | ".join(SYSTEMS) + " |", "|---|" + "---|" * len(SYSTEMS)]
+    for entry, row in results["entries"].items():
+        cells = []
+        for s in SYSTEMS:
+            res = row["systems"].get(s)
+            if res and "loadavg_before" in res:
+                cells.append(f"{res['loadavg_before']:.1f} → {res['loadavg_after']:.1f}")
+            else:
+                cells.append("")
+        out.append(f"| {entry} | " + " | ".join(cells) + " |")
     return out
 
 

@@ -88,7 +88,7 @@ TIMEOUTS = {
     ("prefect", "W2"): 240,
     ("prefect", "W3"): 300,
     ("prefect", "W4"): 200,
-    ("prefect-threads", "W1-10k"): 300,
+    ("prefect-threads", "W1-10k"): 150,
     ("prefect-threads", "W1-100k"): 120,
     ("prefect-threads", "W5-100k"): 120,
     ("prefect-threads", "W5-1M"): 100,
@@ -182,7 +182,7 @@ def run_fleetflow(entry: str, workload: str, n: int, reps: int, args, iters: int
     timeout = args.timeout_for("fleetflow", entry)
     tag = f"ff-{entry}"
     if workload == "W5":
-        return run_fleetflow_w5(entry, n, reps, timeout)
+        return run_fleetflow_w5(entry, n, reps, timeout, args.long_s)
     if workload == "W6":
         return run_fleetflow_w6(entry, n, reps, args)
     fleet = Fleet(OUT, tag)
@@ -215,15 +215,20 @@ def run_fleetflow(entry: str, workload: str, n: int, reps: int, args, iters: int
     return result
 
 
-def run_fleetflow_w5(entry: str, n: int, reps: int, timeout: float) -> dict:
+def run_fleetflow_w5(entry: str, n: int, reps: int, timeout: float, long_s: float) -> dict:
     result: dict = {"reps": []}
     for i in range(reps):
         fleet = Fleet(OUT, f"ff-{entry}-{i}")
+        t0 = time.perf_counter()
         try:
             timings = bounded(lambda f=fleet: f.start(workers=0), 60, fleet.stop)
             rep = bounded(lambda f=fleet: pending_memory(f, n, timeout), timeout + 10, fleet.stop)
             rep["startup_s"] = timings["startup_s"]
             result["reps"].append(rep)
+            took = time.perf_counter() - t0
+            if i == 0 and took > long_s and reps > 1:
+                result["note"] = f"1 repetition only: the first took {took:.0f} s (> {long_s:g} s)"
+                break
         except DidNotFinish as exc:
             result.update(status="did_not_finish", timeout_s=timeout, error=str(exc))
             return result
@@ -343,12 +348,19 @@ def run_peer(system: str, entry: str, workload: str, n: int, reps: int, args, it
     if entry in FRESH_PER_REP:
         result: dict = {"reps": []}
         for i in range(reps):
+            t0 = time.perf_counter()
             one = run_peer_process(system, entry, workload, n, 1, timeout, args, iters, tag=str(i))
+            took = time.perf_counter() - t0
             if one.get("status") != "ok":
                 one["reps"] = result["reps"] + one.get("reps", [])
                 return one
             rep = {k: v for k, v in one.items() if k not in ("reps", "status")}
             result["reps"].append(rep)
+            if i == 0 and took > args.long_s and reps > 1:
+                result["note"] = (
+                    f"1 repetition only: the first took {took:.0f} s (> {args.long_s:g} s)"
+                )
+                break
         result["status"] = "ok"
         return result
     return run_peer_process(system, entry, workload, n, reps, timeout, args, iters)
@@ -422,8 +434,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=None, help="repetitions [3; --quick: 1]")
     parser.add_argument("--only", default="", help="workloads or entries, e.g. W1,W3 or W1-10k")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=",".join(SYSTEMS))
-    parser.add_argument("--long-s", type=float, default=90.0,
-                        help="a first repetition longer than this is not repeated [90]")
+    parser.add_argument("--long-s", type=float, default=60.0,
+                        help="a first repetition longer than this is not repeated [60]")
     parser.add_argument("--output", default=str(BENCH / "RESULTS.md"))
     parser.add_argument("--merge", action="store_true",
                         help="update out/results.json of the last run instead of starting anew")

@@ -381,10 +381,18 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
     ) -> ws.ReportOutcomesResponse:
         """Apply a batch of outcomes; one ack each, in order."""
         outcomes = [convert.outcome_from_proto(o) for o in request.outcomes]
-        now = self.rt.clock()
-        acks = self.rt.core.report(request.worker_id, outcomes, now)
-        self.rt.usage.record_outcomes(self.rt.core, request.outcomes, acks, now)
-        self.rt.after_change()
-        self.rt.metrics.reported(acks)
-        await self.rt.durable()  # the worker drops an outcome once acked
-        return ws.ReportOutcomesResponse(acks=acks)
+        rt = self.rt
+        now = rt.clock()
+        acks = rt.core.report(request.worker_id, outcomes, now)
+        rt.usage.record_outcomes(rt.core, request.outcomes, acks, now)
+        grants = None
+        if request.max_new_leases:  # piggybacked lease request, as LeaseTasks
+            grants = rt.core.lease(request.worker_id, request.max_new_leases, now)
+            if grants:
+                rt.metrics.leased(len(grants))
+        rt.after_change()
+        rt.metrics.reported(acks)
+        await rt.durable()  # the worker drops an outcome once acked; a lease must be stored
+        return ws.ReportOutcomesResponse(
+            acks=acks, leases=[convert.lease_to_proto(g) for g in grants or ()]
+        )

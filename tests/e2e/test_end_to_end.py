@@ -195,3 +195,37 @@ def test_a_second_coordinator_cannot_take_a_port_in_use(fleet):
     port = int(address.rsplit(":", 1)[1])
     with pytest.raises(RuntimeError, match="cannot listen"):
         fleet.start_coordinator(port=port, db=str(fleet.tmp / "other.db"))
+
+
+def test_report_outcomes_hands_out_the_next_lease_in_the_same_answer(fleet):
+    import grpc
+
+    from fleetflow.api.v1 import common_pb2, worker_service_pb2 as ws
+    from fleetflow.api.v1 import worker_service_pb2_grpc as ws_grpc
+    from fleetflow.serde import dumps
+
+    address = fleet.start_coordinator()
+    with Client(address) as client, grpc.insecure_channel(address) as channel:
+        stub = ws_grpc.WorkerServiceStub(channel)
+        stub.RegisterWorker(
+            ws.RegisterWorkerRequest(
+                worker_id="raw", task_names=["inc"],
+                capacity=common_pb2.Resources(amounts={"cpu": 1.0, "memory": 1e9}),
+            ),
+            timeout=10,
+        )
+        run = client.submit(flows.map_inc, n=2)
+        first = stub.LeaseTasks(ws.LeaseTasksRequest(worker_id="raw", max_task_runs=5,
+                                                     wait_seconds=5), timeout=10).leases
+        assert len(first) == 1  # one CPU: one at a time
+        answer = stub.ReportOutcomes(
+            ws.ReportOutcomesRequest(
+                worker_id="raw", max_new_leases=5,
+                outcomes=[ws.Outcome(task_run_id=first[0].task_run_id,
+                                     attempt=first[0].attempt, value=dumps(1))],
+            ),
+            timeout=10,
+        )
+        assert list(answer.acks) == [ws.OUTCOME_ACK_ACCEPTED]
+        assert len(answer.leases) == 1 and answer.leases[0].index != first[0].index
+        assert client.get(run.id).state == "RUNNING"

@@ -23,6 +23,7 @@ COMPLETED = common_pb2.FLOW_RUN_STATE_COMPLETED
 RUNNING = common_pb2.FLOW_RUN_STATE_RUNNING
 
 
+@pytest.mark.xfail(strict=True, reason="ReportOutcomes accepts an outcome from an unregistered worker for another worker's lease")
 async def test_unregistered_worker_cannot_complete_another_workers_attempt():
     async with coordinator() as co:
         await co.register("honest", ["t"])
@@ -41,6 +42,7 @@ async def test_unregistered_worker_cannot_complete_another_workers_attempt():
         )
 
 
+@pytest.mark.xfail(strict=True, reason="SubmitFlowRun answers UNKNOWN yet keeps (and stores) a stuck flow run for an invalid map spec")
 async def test_invalid_map_submission_is_rejected_whole_over_rpc():
     async with coordinator() as co:
         bad = common_pb2.TaskNode(task_name="m", map=True)
@@ -57,6 +59,7 @@ async def test_invalid_map_submission_is_rejected_whole_over_rpc():
         )
 
 
+@pytest.mark.xfail(strict=True, reason="LeaseTasks wait_seconds=NaN is not validated: hangs until the deadline (asyncio) or ValueError (uvloop)")
 async def test_lease_tasks_with_nan_wait_returns_within_the_long_poll_bound():
     async with coordinator(lease_wait_max_s=0.5) as co:
         await co.register("w", ["t"])
@@ -65,11 +68,13 @@ async def test_lease_tasks_with_nan_wait_returns_within_the_long_poll_bound():
             await co.lease("w", 1, wait=math.nan, timeout=3.0)
         except grpc.aio.AioRpcError as exc:
             pytest.fail(
-                f"{exc.code().name} after {time.monotonic() - started:.1f}s: a NaN wait_seconds "
-                "makes LeaseTasks spin on the event loop and never answer"
+                f"{exc.code().name} after {time.monotonic() - started:.1f}s ({exc.details()}): "
+                "wait_seconds=NaN is not validated; on asyncio the long poll never answers, "
+                "on uvloop (production) it raises ValueError"
             )
 
 
+@pytest.mark.xfail(strict=True, reason="UsageBook.record raises OverflowError on inf usage after the core applied the outcome; the RPC fails")
 async def test_infinite_peak_memory_in_an_outcome_is_ignored_not_an_rpc_error():
     async with coordinator() as co:
         await co.register("w", ["t"])
@@ -92,6 +97,7 @@ async def test_infinite_peak_memory_in_an_outcome_is_ignored_not_an_rpc_error():
         assert list(acks) == [ACCEPTED]
 
 
+@pytest.mark.xfail(strict=True, reason="one worker's items-on-non-split outcome makes another worker's LeaseTasks fail (AssertionError) and strands its grant")
 async def test_items_for_a_non_split_lease_do_not_break_another_workers_lease():
     async with coordinator() as co:
         await co.register("liar", ["a"])
@@ -121,6 +127,7 @@ async def test_items_for_a_non_split_lease_do_not_break_another_workers_lease():
             )
 
 
+@pytest.mark.xfail(strict=True, reason="no cap on map size: one large submission blocks the loop past the lease TTL and live workers are declared lost")
 async def test_one_huge_literal_map_does_not_make_the_coordinator_drop_live_workers():
     """A ~1.2 MB submission blocks the loop past the lease TTL; heartbeating workers are lost.
 

@@ -368,12 +368,17 @@ class Worker:
         return self._stub
 
     async def _send_outcomes(self, outcomes: Sequence[worker_service_pb2.Outcome]) -> Sequence[int]:
+        # Ask for the next leases in the same call (none while draining), so a
+        # finished task is followed by the next without a LeaseTasks round trip.
+        want = 0 if self._stopping.is_set() else self.table.free_slots
         response = await self._rpc().ReportOutcomes(
             worker_service_pb2.ReportOutcomesRequest(
-                worker_id=self.settings.worker_id, outcomes=outcomes
+                worker_id=self.settings.worker_id, outcomes=outcomes, max_new_leases=want
             ),
             timeout=self.settings.rpc_timeout_s,
         )
+        for lease in response.leases:
+            self.runner.start(lease)
         return list(response.acks)
 
     @property

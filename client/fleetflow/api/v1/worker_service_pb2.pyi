@@ -152,18 +152,22 @@ class Outcome(_message.Message):
     def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., value: _Optional[bytes] = ..., items: _Optional[_Union[_common_pb2.ValueList, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., infrastructure: _Optional[bool] = ..., timed_out: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[float] = ..., non_retryable: _Optional[bool] = ..., retry_requested: _Optional[bool] = ..., retry_delay_seconds: _Optional[float] = ...) -> None: ...
 
 class ReportOutcomesRequest(_message.Message):
-    __slots__ = ("worker_id", "outcomes")
+    __slots__ = ("worker_id", "outcomes", "max_new_leases")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_LEASES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     outcomes: _containers.RepeatedCompositeFieldContainer[Outcome]
-    def __init__(self, worker_id: _Optional[str] = ..., outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ...) -> None: ...
+    max_new_leases: int
+    def __init__(self, worker_id: _Optional[str] = ..., outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., max_new_leases: _Optional[int] = ...) -> None: ...
 
 class ReportOutcomesResponse(_message.Message):
-    __slots__ = ("acks",)
+    __slots__ = ("acks", "leases")
     ACKS_FIELD_NUMBER: _ClassVar[int]
+    LEASES_FIELD_NUMBER: _ClassVar[int]
     acks: _containers.RepeatedScalarFieldContainer[OutcomeAck]
-    def __init__(self, acks: _Optional[_Iterable[_Union[OutcomeAck, str]]] = ...) -> None: ...
+    leases: _containers.RepeatedCompositeFieldContainer[Lease]
+    def __init__(self, acks: _Optional[_Iterable[_Union[OutcomeAck, str]]] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ...) -> None: ...
 
 class ReleaseLeasesRequest(_message.Message):
     __slots__ = ("worker_id", "released")
