@@ -11,26 +11,18 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from fleetflow._client import DEFAULT_ADDRESS, Client
+from fleetflow._cli_views import coordinator_option
+from fleetflow._client import Client
 from fleetflow._taskruns import TaskRunInfo
 from fleetflow.errors import FleetflowError
 
 __all__ = ["cancel_command", "limit_command", "prune_command", "queue_command", "show_task_run"]
 
-_coordinator = click.option(
-    "--coordinator",
-    "address",
-    envvar="FLEETFLOW_COORDINATOR",
-    default=DEFAULT_ADDRESS,
-    show_default=True,
-    metavar="HOST:PORT",
-    help="Coordinator address HOST:PORT.",
-)
 
 
 @click.command("cancel")
 @click.argument("flow_run_id")
-@_coordinator
+@coordinator_option
 def cancel_command(flow_run_id: str, address: str) -> None:
     """Cancel a flow run: queued task runs at once, running ones on their workers."""
     try:
@@ -45,7 +37,7 @@ def cancel_command(flow_run_id: str, address: str) -> None:
 @click.argument("tag")
 @click.argument("limit", required=False, type=click.IntRange(min=0))
 @click.option("--remove", is_flag=True, help="Remove the limit instead of setting it.")
-@_coordinator
+@coordinator_option
 def limit_command(tag: str, limit: int | None, remove: bool, address: str) -> None:
     """Allow at most LIMIT task runs tagged TAG to run at once across the fleet."""
     if (limit is None) != remove:
@@ -67,7 +59,7 @@ def limit_command(tag: str, limit: int | None, remove: bool, address: str) -> No
     show_default=True,
     help="Delete finished flow runs that ended more than this many seconds ago.",
 )
-@_coordinator
+@coordinator_option
 def prune_command(older_than_s: float, address: str) -> None:
     """Delete finished flow runs (with their task runs and events) past an age."""
     try:
@@ -80,7 +72,7 @@ def prune_command(older_than_s: float, address: str) -> None:
 
 @click.command("queue")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts and autoscalers).")
-@_coordinator
+@coordinator_option
 def queue_command(as_json: bool, address: str) -> None:
     """Show queued demand per worker pool and resource shape, and why any is unschedulable."""
     from fleetflow.resources import format_quantity

@@ -43,7 +43,8 @@ WATCH_INTERVAL_S = 0.2
 MAX_TASK_BARS = 30
 
 
-def _coordinator_option(fn: Any) -> Any:
+def coordinator_option(fn: Any) -> Any:
+    """The ``--coordinator HOST:PORT`` option every client command takes."""
     return click.option(
         "--coordinator",
         "address",
@@ -51,7 +52,7 @@ def _coordinator_option(fn: Any) -> Any:
         default=DEFAULT_ADDRESS,
         show_default=True,
         metavar="HOST:PORT",
-        help="Coordinator address HOST:PORT.",
+        help="Coordinator address HOST:PORT (or set FLEETFLOW_COORDINATOR).",
     )(fn)
 
 
@@ -120,7 +121,7 @@ def _workers_table(workers: list[WorkerInfo]) -> Table:
 
 
 @click.command("workers")
-@_coordinator_option
+@coordinator_option
 @_json_option
 def workers_command(address: str, as_json: bool) -> None:
     """List the workers connected to the coordinator: capacity, use and heartbeats."""
@@ -268,7 +269,7 @@ def _local_time(epoch_s: float | None) -> str:
 
 @click.command("inspect")
 @click.argument("flow_run_id", metavar="FLOW_RUN_ID|TASK_RUN_ID")
-@_coordinator_option
+@coordinator_option
 @_json_option
 def inspect_command(flow_run_id: str, address: str, as_json: bool) -> None:
     """Show a flow run (state, per-task counts, first failure) or a task run's attempts.

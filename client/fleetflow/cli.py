@@ -46,13 +46,14 @@ from rich.text import Text
 
 from fleetflow._cli_control import cancel_command, limit_command, prune_command, queue_command
 from fleetflow._cli_views import (
+    coordinator_option,
     flow_run_summary_json,
     follow_progress,
     inspect_command,
     print_outcome,
     workers_command,
 )
-from fleetflow._client import DEFAULT_ADDRESS, Client, FlowRunInfo
+from fleetflow._client import Client, FlowRunInfo
 from fleetflow._task import Flow
 from fleetflow.errors import FleetflowError
 from fleetflow.events import FlowEvent
@@ -663,24 +664,12 @@ def run_command(
 # ---------------------------------------------------------- flow-runs and watch
 
 
-def _coordinator_option(fn: Any) -> Any:
-    return click.option(
-        "--coordinator",
-        "address",
-        envvar="FLEETFLOW_COORDINATOR",
-        default=DEFAULT_ADDRESS,
-        show_default=True,
-        metavar="HOST:PORT",
-        help=_COORDINATOR_HELP,
-    )(fn)
-
-
 def _local_time(epoch_s: float) -> str:
     return dt.datetime.fromtimestamp(epoch_s).strftime("%m-%d %H:%M:%S")
 
 
 @cli.command("flow-runs")
-@_coordinator_option
+@coordinator_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def flow_runs_command(address: str, as_json: bool) -> None:
     """List the coordinator's flow runs."""
@@ -718,7 +707,7 @@ def flow_runs_command(address: str, as_json: bool) -> None:
 
 @cli.command("watch")
 @click.argument("flow_run_id")
-@_coordinator_option
+@coordinator_option
 @click.option(
     "--events", "events", is_flag=True, help="Print one line per event instead of progress bars."
 )

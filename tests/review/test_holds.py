@@ -31,24 +31,38 @@ def _bad_specs():
     yield "forward ref", spec_of(with_arg(name="x", node=1), plain("u"))
     yield "self ref", spec_of(with_arg(name="x", node=0))
     yield "huge ref", spec_of(plain("u"), with_arg(name="x", node=2**32 - 1))
-    yield "gather ref out of range", spec_of(
-        plain("u"), with_arg(name="x", nodes=common_pb2.NodeList(nodes=[0, 7]))
+    yield (
+        "gather ref out of range",
+        spec_of(plain("u"), with_arg(name="x", nodes=common_pb2.NodeList(nodes=[0, 7]))),
     )
     yield "empty gather", spec_of(with_arg(name="x", nodes=common_pb2.NodeList()))
     yield "empty task name", spec_of(common_pb2.TaskNode(task_name=""))
     yield "empty arg name", spec_of(with_arg(name="", literal=b"x"))
-    yield "duplicate arg", spec_of(plain("t", x=1, y=2).__class__(
-        task_name="t", args=[common_pb2.ArgSpec(name="x", literal=b"1"),
-                             common_pb2.ArgSpec(name="x", literal=b"2")]))
+    yield (
+        "duplicate arg",
+        spec_of(
+            plain("t", x=1, y=2).__class__(
+                task_name="t",
+                args=[
+                    common_pb2.ArgSpec(name="x", literal=b"1"),
+                    common_pb2.ArgSpec(name="x", literal=b"2"),
+                ],
+            )
+        ),
+    )
     yield "no source", spec_of(no_source)
     yield "mapped on a plain node", spec_of(plain("u"), with_arg(name="x", node=0, mapped=True))
-    yield "literal_items unmapped", spec_of(
-        with_arg(name="x", literal_items=common_pb2.ValueList(items=[b"1"]))
+    yield (
+        "literal_items unmapped",
+        spec_of(with_arg(name="x", literal_items=common_pb2.ValueList(items=[b"1"]))),
     )
     yield "map without mapped arg", spec_of(common_pb2.TaskNode(task_name="m", map=True))
-    yield "gather of a map", spec_of(
-        mapnode("m", x=("items", [1, 2])),
-        with_arg(name="xs", nodes=common_pb2.NodeList(nodes=[0])),
+    yield (
+        "gather of a map",
+        spec_of(
+            mapnode("m", x=("items", [1, 2])),
+            with_arg(name="xs", nodes=common_pb2.NodeList(nodes=[0])),
+        ),
     )
     yield "output out of range", spec_of(plain("t"), output_node=5)
     nan = plain("t")
@@ -71,9 +85,14 @@ def test_invalid_specs_are_rejected_whole_in_the_core(what, spec):
     from fleetflow_coordinator.core import InvalidFlowSpec
 
     with pytest.raises(InvalidFlowSpec):
-        core.submit("f", "x", node_specs(spec), NOW,
-                    output_node=spec.output_node if spec.HasField("output_node") else None,
-                    idempotency_key="k")
+        core.submit(
+            "f",
+            "x",
+            node_specs(spec),
+            NOW,
+            output_node=spec.output_node if spec.HasField("output_node") else None,
+            idempotency_key="k",
+        )
     assert core.flows == {} and core.task_runs == {} and core.idempotency == {}
     assert not core.has_changes()
 
@@ -118,7 +137,9 @@ async def test_hostile_worker_rpcs_are_ignored_and_honest_flows_complete():
         )
         await co.register("evil", ["t"], running=[ws.HeldTaskRun(task_run_id=tr, attempt=1)])
         hb = await co.w.Heartbeat(
-            ws.HeartbeatRequest(worker_id="evil", running=[ws.HeldTaskRun(task_run_id=tr, attempt=1)]),
+            ws.HeartbeatRequest(
+                worker_id="evil", running=[ws.HeldTaskRun(task_run_id=tr, attempt=1)]
+            ),
             timeout=5,
         )
         assert [h.task_run_id for h in hb.cancel] == [tr]  # told it is not its attempt
@@ -126,9 +147,7 @@ async def test_hostile_worker_rpcs_are_ignored_and_honest_flows_complete():
         assert co.rt.core.task_runs[tr].worker_id == "honest"
         assert co.rt.core.task_runs[tr].attempt == 1
         acks = (
-            await co.report(
-                "honest", ws.Outcome(task_run_id=tr, attempt=1, value=pickle.dumps(42))
-            )
+            await co.report("honest", ws.Outcome(task_run_id=tr, attempt=1, value=pickle.dumps(42)))
         ).acks
         assert list(acks) == [ws.OUTCOME_ACK_ACCEPTED]
         info = await co.get(flow_id, wait=5, include_result=True)

@@ -38,14 +38,17 @@ steps = st.lists(
         st.tuples(st.just("submit"), st.sampled_from([1.0, 3.0, 4.0]), st.integers(1, 4)),
         st.tuples(st.just("lose"), st.integers(0, 2)),
         st.tuples(st.just("cancel"), st.integers(0, 6)),
-        st.tuples(st.just("tick"),),
+        st.tuples(
+            st.just("tick"),
+        ),
     ),
     max_size=80,
 )
 
 
-@settings(max_examples=400, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(steps)
 def test_scheduled_task_runs_stay_leasable(plan):
     # Reservations need MAX_OVERTAKES grants; make them reachable in short plans.
@@ -85,8 +88,11 @@ def _run(plan):
             wid = f"w{step[1]}"
             if held[wid]:
                 g = held[wid].pop(0)
-                o = (Outcome(g.task_run.id, g.attempt, value=b"1") if step[2]
-                     else Outcome(g.task_run.id, g.attempt, error=ERR))
+                o = (
+                    Outcome(g.task_run.id, g.attempt, value=b"1")
+                    if step[2]
+                    else Outcome(g.task_run.id, g.attempt, error=ERR)
+                )
                 core.report(wid, [o], now)
         elif kind == "lose":
             core.lose_worker(f"w{step[1]}", now, "test")

@@ -139,8 +139,11 @@ def test_restart_at_any_point_rebuilds_the_same_derived_state(n_items, plan):
             }
             flow = core.flows["f"]
             after = _derived(core)
-            diff = {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys()
-                    if before.get(k) != after.get(k)}
+            diff = {
+                k: (before.get(k), after.get(k))
+                for k in before.keys() | after.keys()
+                if before.get(k) != after.get(k)
+            }
             assert not diff, diff
     # Everything still ends: finish what is held, then run the rest with a fresh worker.
     for wid, gs in held.items():
