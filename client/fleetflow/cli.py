@@ -74,7 +74,6 @@ COORDINATOR_START_TIMEOUT_S = 30.0
 #: How long stopped child processes get to exit after SIGTERM, seconds.
 STOP_GRACE_S = 10.0
 
-_COORDINATOR_HELP = "Coordinator address HOST:PORT."
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 _SCALARS: dict[str, type] = {
