@@ -114,7 +114,8 @@ def parse_quantity(value: object, field: str = "quantity") -> float:
             raise InvalidResourceError(
                 field,
                 value,
-                f"unknown suffix {suffix!r}; use k, M, G, T, P, E, Ki..Ei, m or B, KB..PB, KiB..PiB",
+                f"unknown suffix {suffix!r}; "
+                "use k, M, G, T, P, E, Ki..Ei, m or B, KB..PB, KiB..PiB",
             )
         amount = float(number) * factor
     else:

@@ -92,7 +92,7 @@ class Runtime:
         """
         snapshot = await asyncio.to_thread(self.store.load)
         flows = snapshot_to_flows(snapshot)
-        self.core.restore(flows, self.clock())
+        self.core.restore(flows, self.clock(), snapshot.next_task_run_id)
         self.after_change()
         return len(flows)
 

@@ -35,6 +35,14 @@ __all__ = ["CoordinatorServicer", "WorkerServicer"]
 
 log = structlog.get_logger(__name__)
 
+
+def _finite(value: float, low: float, high: float) -> float:
+    """``value`` clamped to ``[low, high]``; NaN becomes ``low``."""
+    if value != value:  # NaN
+        return low
+    return min(max(value, low), high)
+
+
 #: Events per WatchFlowRun message.
 WATCH_BATCH = 2000
 
@@ -287,6 +295,18 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
         self, request: ws.RegisterWorkerRequest, context: grpc.aio.ServicerContext
     ) -> ws.RegisterWorkerResponse:
         """Add or refresh a worker."""
+        existing = self.rt.core.workers.get(request.worker_id)
+        if (
+            existing is not None
+            and (existing.hostname, existing.pid)
+            != (request.hostname or socket.gethostname(), request.pid)
+            and self.rt.clock() - existing.last_seen < self.rt.settings.lease_ttl_s
+        ):
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"worker_id {request.worker_id!r} belongs to a live worker "
+                f"({existing.hostname} pid {existing.pid}); pick another --worker-id",
+            )
         capacity = dict(request.capacity.amounts)
         bad = [k for k, v in capacity.items() if not k or v != v or v < 0 or v == float("inf")]
         if bad:
@@ -341,7 +361,7 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
         """Long poll for up to max_task_runs leases."""
         rt = self.rt
         loop = asyncio.get_running_loop()
-        wait = min(max(request.wait_seconds, 0.0), rt.settings.lease_wait_max_s)
+        wait = _finite(request.wait_seconds, 0.0, rt.settings.lease_wait_max_s)
         deadline = loop.time() + wait
         limit = max(request.max_task_runs, 1)
         while True:

@@ -268,7 +268,9 @@ class UsageBook:
         folded = 0
         task_runs = core.task_runs
         for outcome, ack in zip(outcomes, acks, strict=False):
-            if ack != _SUCCESS or outcome.peak_memory_bytes <= 0:
+            if ack != _SUCCESS or not 0 < outcome.peak_memory_bytes < 2**60:
+                continue  # unmeasured, or a value no process has (inf, NaN, absurd)
+            if not 0 <= outcome.cpu_seconds < 2**40:
                 continue
             if outcome.WhichOneof("result") not in ("value", "items"):
                 continue

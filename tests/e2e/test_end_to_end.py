@@ -199,8 +199,8 @@ def test_a_second_coordinator_cannot_take_a_port_in_use(fleet):
 
 def test_report_outcomes_hands_out_the_next_lease_in_the_same_answer(fleet):
     import grpc
-
-    from fleetflow.api.v1 import common_pb2, worker_service_pb2 as ws
+    from fleetflow.api.v1 import common_pb2
+    from fleetflow.api.v1 import worker_service_pb2 as ws
     from fleetflow.api.v1 import worker_service_pb2_grpc as ws_grpc
     from fleetflow.serde import dumps
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import psutil
 import pytest
-
 from fleetflow import Client
 from fleetflow.loader import load_module
 

@@ -76,5 +76,6 @@ def restart(core: Scheduler, store: MemoryStore, now: float, **kwargs) -> Schedu
     """Store what changed, then build a new Scheduler from the stored rows only."""
     persist(core, store)
     fresh = Scheduler(**kwargs)
-    fresh.restore(snapshot_to_flows(store.load()), now)
+    snapshot = store.load()
+    fresh.restore(snapshot_to_flows(snapshot), now, snapshot.next_task_run_id)
     return fresh

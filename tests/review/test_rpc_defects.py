@@ -24,10 +24,6 @@ COMPLETED = common_pb2.FLOW_RUN_STATE_COMPLETED
 RUNNING = common_pb2.FLOW_RUN_STATE_RUNNING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ReportOutcomes accepts an outcome from an unregistered worker for another worker's lease",
-)
 async def test_unregistered_worker_cannot_complete_another_workers_attempt():
     async with coordinator() as co:
         await co.register("honest", ["t"])
@@ -46,10 +42,6 @@ async def test_unregistered_worker_cannot_complete_another_workers_attempt():
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SubmitFlowRun answers UNKNOWN yet keeps (and stores) a stuck flow run for an invalid map spec",
-)
 async def test_invalid_map_submission_is_rejected_whole_over_rpc():
     async with coordinator() as co:
         bad = common_pb2.TaskNode(task_name="m", map=True)
@@ -66,10 +58,6 @@ async def test_invalid_map_submission_is_rejected_whole_over_rpc():
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LeaseTasks wait_seconds=NaN is not validated: hangs until the deadline (asyncio) or ValueError (uvloop)",
-)
 async def test_lease_tasks_with_nan_wait_returns_within_the_long_poll_bound():
     async with coordinator(lease_wait_max_s=0.5) as co:
         await co.register("w", ["t"])
@@ -84,10 +72,6 @@ async def test_lease_tasks_with_nan_wait_returns_within_the_long_poll_bound():
             )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="UsageBook.record raises OverflowError on inf usage after the core applied the outcome; the RPC fails",
-)
 async def test_infinite_peak_memory_in_an_outcome_is_ignored_not_an_rpc_error():
     async with coordinator() as co:
         await co.register("w", ["t"])
@@ -110,10 +94,6 @@ async def test_infinite_peak_memory_in_an_outcome_is_ignored_not_an_rpc_error():
         assert list(acks) == [ACCEPTED]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one worker's items-on-non-split outcome makes another worker's LeaseTasks fail (AssertionError) and strands its grant",
-)
 async def test_items_for_a_non_split_lease_do_not_break_another_workers_lease():
     async with coordinator() as co:
         await co.register("liar", ["a"])
@@ -190,10 +170,6 @@ async def test_one_huge_literal_map_does_not_make_the_coordinator_drop_live_work
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="same root cause via the piggybacked lease: the honest worker's ReportOutcomes fails, its acks are lost and its new grant is stranded",
-)
 async def test_items_for_a_non_split_lease_do_not_break_another_workers_report():
     async with coordinator() as co:
         await co.register("liar", ["a"])

@@ -10,18 +10,22 @@ a cap and jitter, as in AWS's "Exponential Backoff And Jitter"):
 - jitter: the delay is multiplied by a factor drawn uniformly from
   ``[1 - jitter, 1 + jitter]`` (``jitter`` 0 switches it off), then capped again.
 - a task may ask for a specific delay (``fleetflow.Retry(delay=...)``): that
-  value is used as it is, without jitter.
+  value is used without jitter, but still capped.
+- no delay exceeds ``max_delay`` or :data:`MAX_RETRY_DELAY_S` (one day).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["RetryPolicy", "retry_delay", "DEFAULT_JITTER"]
+__all__ = ["RetryPolicy", "retry_delay", "DEFAULT_JITTER", "MAX_RETRY_DELAY_S"]
 
 #: Jitter factor applied unless a task sets another: +-20%.
 DEFAULT_JITTER = 0.2
+#: No retry waits longer than a day, whatever the policy or the task asks for.
+MAX_RETRY_DELAY_S = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,17 +66,18 @@ def retry_delay(
     Returns:
         A non-negative delay in seconds.
     """
+    cap = policy.max_delay_s if policy.max_delay_s > 0 else MAX_RETRY_DELAY_S
+    cap = min(cap, MAX_RETRY_DELAY_S)
     if requested_s is not None and requested_s >= 0:
-        return requested_s
+        return min(requested_s, cap)  # inf and huge requests are capped too
     if policy.delays_s:
         delay = policy.delays_s[min(failure, len(policy.delays_s)) - 1]
     else:
-        delay = policy.delay_s * policy.backoff ** max(failure - 1, 0)
-    cap = policy.max_delay_s
-    if cap > 0:
-        delay = min(delay, cap)
+        try:
+            delay = policy.delay_s * policy.backoff ** max(failure - 1, 0)
+        except OverflowError:  # a huge backoff: the cap decides
+            delay = math.inf
+    delay = min(delay, cap)
     if policy.jitter > 0 and delay > 0:
-        delay *= 1.0 + policy.jitter * (2.0 * uniform() - 1.0)
-        if cap > 0:
-            delay = min(delay, cap)
+        delay = min(delay * (1.0 + policy.jitter * (2.0 * uniform() - 1.0)), cap)
     return max(delay, 0.0)

@@ -150,6 +150,8 @@ class Changes:
     task_runs: set[TaskRun]
     events: list[tuple[str, EventRecord]]
     pruned: list[str]
+    #: The next task run id to issue, stored so pruned ids are never reused.
+    next_task_run_id: int = 0
 
     def __len__(self) -> int:
         return (
@@ -273,6 +275,7 @@ class Scheduler:
         #: their worker to re-attach: {task_run_id: TaskRun}, until _orphans_due.
         self._orphans: dict[int, TaskRun] = {}
         self._orphans_due = 0.0
+        self._recheck_due = 0.0
         self._changes = self._empty_changes()
 
     @staticmethod
@@ -282,6 +285,7 @@ class Scheduler:
     def drain_changes(self) -> Changes:
         """Return and forget everything that changed, for the store."""
         changes, self._changes = self._changes, self._empty_changes()
+        changes.next_task_run_id = self._next_task_run_id
         return changes
 
     def has_changes(self) -> bool:
@@ -434,8 +438,9 @@ class Scheduler:
         if worker is None:
             return False, []
         worker.last_seen = now
-        worker.cpu_percent = cpu_percent
-        worker.memory_available = memory_available
+        # One worker's odd readings (NaN, negative) must not reach every dashboard.
+        worker.cpu_percent = cpu_percent if 0.0 <= cpu_percent < math.inf else 0.0
+        worker.memory_available = memory_available if 0.0 <= memory_available < math.inf else 0.0
         cancel = []
         reported = set()
         for task_run_id, attempt in running:
@@ -568,8 +573,10 @@ class Scheduler:
                 return tr
             queue.popleft()
         by_node = self.ready.get(lane.node.task_name)
-        if by_node is not None:
-            by_node.pop((lane.flow.id, lane.node.index), None)
+        key = (lane.flow.id, lane.node.index)
+        if by_node is not None and by_node.get(key) is lane:
+            del by_node[key]
+        self._unreserve(lane)  # an empty lane holds no worker
         return None
 
     def _slot_keys(self, node: NodeRecord) -> list[tuple[tuple[str, str], int]]:
@@ -615,7 +622,11 @@ class Scheduler:
             if tr is None:
                 acks.append(Ack.REJECTED_UNKNOWN)
                 continue
-            if tr.attempt != outcome.attempt or tr.state != TaskRunState.RUNNING:
+            if (
+                tr.attempt != outcome.attempt
+                or tr.state != TaskRunState.RUNNING
+                or tr.worker_id != worker_id
+            ):
                 acks.append(Ack.REJECTED_STALE)
                 self._event(
                     tr.flow,
@@ -644,6 +655,10 @@ class Scheduler:
                     )
             elif tr.node.split and outcome.items is None:
                 self._code_failure(tr, now, None, "worker did not split the result for a map")
+            elif not tr.node.split and outcome.items is not None:
+                self._code_failure(
+                    tr, now, None, "worker split a result that no downstream map iterates"
+                )
             elif (size := _result_size(outcome)) > self.max_result_bytes:
                 tr.error = None
                 self._end_failed(
@@ -675,6 +690,9 @@ class Scheduler:
                     self._lose_attempt(
                         tr, now, "coordinator restarted; the worker did not re-attach in time"
                     )
+        if self._recheck_due and now >= self._recheck_due:
+            self._recheck_due = 0.0
+            self._recheck_unschedulable(now)
         if self._unschedulable and self.unschedulable_timeout_s > 0:
             self._fail_unschedulable(now)
         deadline = now - self.lease_ttl_s
@@ -823,9 +841,7 @@ class Scheduler:
         Returns:
             The ids of the pruned flow runs (also reported in the next Changes).
         """
-        pruned = [
-            f.id for f in self.flows.values() if f.terminal and f.ended_at < ended_before
-        ]
+        pruned = [f.id for f in self.flows.values() if f.terminal and f.ended_at < ended_before]
         for flow_run_id in pruned:
             flow = self.flows.pop(flow_run_id)
             if flow.idempotency_key:
@@ -838,7 +854,7 @@ class Scheduler:
 
     # -------------------------------------------------------------------- restore
 
-    def restore(self, flows: list[RestoredFlow], now: float) -> None:
+    def restore(self, flows: list[RestoredFlow], now: float, next_task_run_id: int = 0) -> None:
         """Rebuild the state from stored rows after a restart (see docs: Recovery).
 
         Task runs that were RUNNING wait one lease TTL for their workers to
@@ -846,12 +862,22 @@ class Scheduler:
         become new attempts. SCHEDULED ones are queued again, and retry delays
         in progress keep their original due time.
 
+        Args:
+            flows: What the store holds.
+            now: Current time, seconds since the epoch.
+            next_task_run_id: The stored next id, so that ids of pruned flow runs
+                are never issued again.
+
         Raises:
             InvalidFlowSpec: a stored spec no longer validates.
         """
+        self._next_task_run_id = max(self._next_task_run_id, next_task_run_id)
         for stored in flows:
             self._restore_flow(stored)
         self._orphans_due = now + self.lease_ttl_s
+        # Judge queued task runs once workers had one TTL to reconnect; the
+        # unschedulable timeout then runs from there.
+        self._recheck_due = self._orphans_due
         self._changes = self._empty_changes()
 
     def _restore_flow(self, stored: RestoredFlow) -> None:
@@ -895,13 +921,17 @@ class Scheduler:
                 node.failed = node.terminal = True
         for node in records:
             if node.expanded:
-                node.n_terminal = sum(
-                    1 for tr in node.children if tr.state in TERMINAL_TASK_STATES
-                )
+                node.n_terminal = sum(1 for tr in node.children if tr.state in TERMINAL_TASK_STATES)
                 node.failed = any(tr.state in _FAILED_STATES for tr in node.children)
                 node.terminal = node.n_terminal == len(node.children)
         flow.n_terminal_nodes = sum(1 for node in records if node.terminal)
-        flow.any_failed = any(node.failed for node in records)
+        # Own failures are exactly those that set first_error; cancellations are
+        # told apart so a cancelled flow run ends CANCELLED after a restart too.
+        flow.any_failed = flow.first_error is not None
+        flow.any_cancelled = flow.state == FlowRunState.CANCELLED or any(
+            node.counts[TaskRunState.CANCELLED] for node in records
+        )
+        flow.cancel_requested = flow.state == FlowRunState.CANCELLED
         for node in records:
             node.whole_pending = sum(
                 1 for u in node.whole_deps if not (records[u].terminal and not records[u].failed)
@@ -1101,12 +1131,17 @@ class Scheduler:
                 node.unschedulable_reported = False
                 continue
             message = f"unschedulable for {timeout:g} s: {reason}"
+            node.unschedulable_reported = False  # children ready later are judged again
             for tr in node.children:
                 if tr.state == TaskRunState.SCHEDULED:
                     tr.error = None
                     self._end_failed(tr, now, TaskRunState.FAILED, message=message)
 
     def _grant(self, tr: TaskRun, worker: WorkerRecord, now: float) -> LeaseGrant:
+        args = self._resolve_args(tr)  # before any state changes
+        lane = self.ready.get(tr.node.task_name, {}).get((tr.flow.id, tr.node.index))
+        if lane is not None and lane.reserved_worker not in (None, worker.worker_id):
+            self._unreserve(lane)  # its task run starts elsewhere: stop clearing that worker
         self._set_state(tr, TaskRunState.RUNNING)
         tr.worker_id = worker.worker_id
         tr.leased_at = now
@@ -1116,7 +1151,7 @@ class Scheduler:
         for resource, amount in tr.node.resources.items():
             allocated[resource] = allocated.get(resource, 0.0) + amount
         self._event(tr.flow, EventKind.TASK_RUN_STARTED, now, tr=tr, worker_id=worker.worker_id)
-        return LeaseGrant(tr, tr.attempt, self._resolve_args(tr))
+        return LeaseGrant(tr, tr.attempt, args)
 
     def _resolve_args(self, tr: TaskRun) -> list[tuple[str, bytes | list[bytes]]]:
         nodes = tr.flow.nodes
@@ -1161,8 +1196,11 @@ class Scheduler:
 
     def _infra_failure(self, tr: TaskRun, now: float, error: Any, reason: str) -> None:
         tr.infra_failures += 1
-        if error is not None:
+        if error is not None:  # reported by the worker (e.g. the task process died)
             tr.error = error
+            self._event(
+                tr.flow, EventKind.TASK_RUN_LEASE_EXPIRED, now, tr=tr, error=error, message=reason
+            )
         if tr.infra_failures >= self.max_infra_failures:
             message = f"{reason}; gave up after {tr.infra_failures} infrastructure failures"
             self._end_failed(tr, now, TaskRunState.FAILED, message=message)
@@ -1448,6 +1486,10 @@ def _validate_and_link(nodes: list[NodeSpec], output_node: int | None) -> list[N
             names.add(arg.name)
             if arg.mapped and not spec.is_map:
                 raise InvalidFlowSpec(f"{field}.mapped: only map nodes iterate arguments")
+            if arg.mapped and arg.kind not in (ArgKind.LITERAL_ITEMS, ArgKind.NODE):
+                raise InvalidFlowSpec(
+                    f"{field}.mapped: a mapped argument is literal_items or one upstream node"
+                )
             if arg.kind == ArgKind.LITERAL_ITEMS:
                 if not arg.mapped:
                     raise InvalidFlowSpec(f"{field}.literal_items: needs mapped=true")

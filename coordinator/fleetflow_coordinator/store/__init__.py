@@ -9,4 +9,12 @@ from fleetflow_coordinator.store.base import RowBatch, RowSnapshot, Store, Store
 from fleetflow_coordinator.store.memory import MemoryStore
 from fleetflow_coordinator.store.sqlite import SqliteStore, open_store
 
-__all__ = ["MemoryStore", "RowBatch", "RowSnapshot", "SqliteStore", "Store", "StoreError", "open_store"]
+__all__ = [
+    "MemoryStore",
+    "RowBatch",
+    "RowSnapshot",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "open_store",
+]

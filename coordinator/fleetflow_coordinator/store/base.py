@@ -98,6 +98,8 @@ class RowBatch:
     task_runs: list[tuple] = field(default_factory=list)
     events: list[tuple] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
+    #: Stored in ``meta`` (kept at its highest): ids below it are never reused.
+    next_task_run_id: int = 0
 
     def __len__(self) -> int:
         return (
@@ -121,6 +123,8 @@ class RowSnapshot:
     task_runs: dict[str, list[tuple]]
     #: {flow_id: [event row]} in seq order
     events: dict[str, list[tuple]]
+    #: The next task run id to issue (0 for a new store).
+    next_task_run_id: int = 0
 
 
 class Store(Protocol):

@@ -20,6 +20,7 @@ class MemoryStore:
         #: {flow_id: {seq: event row}}
         self.events: dict[str, dict[int, tuple]] = {}
         self.writes = 0
+        self.next_task_run_id = 0
 
     def load(self) -> RowSnapshot:
         """Return every stored row, grouped by flow run."""
@@ -30,7 +31,9 @@ class MemoryStore:
         for row in self.task_runs.values():
             task_runs.setdefault(row[1], []).append(row)
         events = {fid: [rows[s] for s in sorted(rows)] for fid, rows in self.events.items()}
-        return RowSnapshot(list(self.flows.values()), nodes, task_runs, events)
+        return RowSnapshot(
+            list(self.flows.values()), nodes, task_runs, events, self.next_task_run_id
+        )
 
     def write(self, batch: RowBatch) -> None:
         """Apply a batch (atomic, since nothing here can fail half-way)."""
@@ -40,7 +43,14 @@ class MemoryStore:
             old = self.flows.get(flow_id)
             if old is not None:
                 self.flows[flow_id] = (
-                    *old[:3], state, old[4], ended_at, old[6], error_task, error, error_message
+                    *old[:3],
+                    state,
+                    old[4],
+                    ended_at,
+                    old[6],
+                    error_task,
+                    error,
+                    error_message,
                 )
         for row in batch.nodes:
             self.nodes[(row[0], row[1])] = row
@@ -55,6 +65,7 @@ class MemoryStore:
                 del self.nodes[key]
             for key in [k for k, r in self.task_runs.items() if r[1] == flow_id]:
                 del self.task_runs[key]
+        self.next_task_run_id = max(self.next_task_run_id, batch.next_task_run_id)
         self.writes += 1
 
     def close(self) -> None:

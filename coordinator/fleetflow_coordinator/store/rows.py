@@ -93,6 +93,7 @@ def changes_to_batch(changes: Changes) -> RowBatch:
         for flow_id, e in changes.events
     ]
     batch.pruned = list(changes.pruned)
+    batch.next_task_run_id = changes.next_task_run_id
     return batch
 
 
@@ -152,7 +153,9 @@ def snapshot_to_flows(snapshot: RowSnapshot) -> list[RestoredFlow]:
                 output_node=spec.output_node if spec.HasField("output_node") else None,
                 output_literal=spec.output_literal,
                 idempotency_key=key,
-                first_error=None if err_task is None else (err_task, _error_from_blob(err), err_msg),
+                first_error=None
+                if err_task is None
+                else (err_task, _error_from_blob(err), err_msg),
                 node_rows={n[1]: (bool(n[2]), bool(n[3])) for n in snapshot.nodes.get(flow_id, [])},
                 task_runs=task_runs,
                 events=events,

@@ -63,9 +63,7 @@ def _insert(table: str, columns: tuple[str, ...], verb: str = "INSERT OR REPLACE
 
 _INSERT_FLOW = _insert("flows", FLOW_COLUMNS)
 _UPDATE_FLOW = (
-    "UPDATE flows SET "
-    + ", ".join(f"{c} = ?" for c in FLOW_UPDATE_COLUMNS[:-1])
-    + " WHERE id = ?"
+    "UPDATE flows SET " + ", ".join(f"{c} = ?" for c in FLOW_UPDATE_COLUMNS[:-1]) + " WHERE id = ?"
 )
 _INSERT_NODE = _insert("nodes", NODE_COLUMNS)
 _INSERT_TASK_RUN = _insert("task_runs", TASK_RUN_COLUMNS)
@@ -92,7 +90,9 @@ class SqliteStore(Store):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"database folder {self.path.parent} cannot be created: {exc}") from None
+            raise StoreError(
+                f"database folder {self.path.parent} cannot be created: {exc}"
+            ) from None
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -146,7 +146,9 @@ class SqliteStore(Store):
     def load(self) -> RowSnapshot:
         """Read every stored row."""
         db = self._db
-        flows = db.execute(f"SELECT {', '.join(FLOW_COLUMNS)} FROM flows ORDER BY created_at").fetchall()
+        flows = db.execute(
+            f"SELECT {', '.join(FLOW_COLUMNS)} FROM flows ORDER BY created_at"
+        ).fetchall()
         nodes: dict[str, list[tuple]] = {}
         for row in db.execute(f"SELECT {', '.join(NODE_COLUMNS)} FROM nodes"):
             nodes.setdefault(row[0], []).append(row)
@@ -158,7 +160,8 @@ class SqliteStore(Store):
             f"SELECT {', '.join(EVENT_COLUMNS)} FROM events ORDER BY flow_id, seq"
         ):
             events.setdefault(row[0], []).append(row)
-        return RowSnapshot(flows, nodes, task_runs, events)
+        row = db.execute("SELECT value FROM meta WHERE key = 'next_task_run_id'").fetchone()
+        return RowSnapshot(flows, nodes, task_runs, events, int(row[0]) if row else 0)
 
     def write(self, batch: RowBatch) -> None:
         """Write one batch in one transaction.
@@ -179,6 +182,13 @@ class SqliteStore(Store):
                 db.executemany(_INSERT_TASK_RUN, batch.task_runs)
             if batch.events:
                 db.executemany(_INSERT_EVENT, batch.events)
+            if batch.next_task_run_id:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('next_task_run_id', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = "
+                    "MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                    (str(batch.next_task_run_id),),
+                )
             for flow_id in batch.pruned:
                 for table, column in (
                     ("events", "flow_id"),
