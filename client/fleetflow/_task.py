@@ -339,9 +339,15 @@ class Flow(Generic[P, R]):
         name: Display name; defaults to ``fn.__name__``.
     """
 
-    def __init__(self, fn: Callable[P, R], *, name: str | None = None) -> None:
+    def __init__(
+        self, fn: Callable[P, R], *, name: str | None = None, timeout_seconds: float | None = None
+    ) -> None:
+        if timeout_seconds is not None and not timeout_seconds > 0:
+            raise ValueError(f"flow {name or fn.__name__!r}: timeout_seconds must be > 0 or None")
         self.fn = fn
         self.name = name or fn.__name__
+        #: The whole flow run's time limit, seconds, or None.
+        self.timeout_seconds = timeout_seconds
         self.signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
@@ -382,7 +388,9 @@ class Flow(Generic[P, R]):
         if inspect.iscoroutine(out):
             out.close()
             raise TypeError(f"flow {self.name!r}: flow functions are plain `def`, not `async def`")
-        spec = common_pb2.FlowSpec(name=self.name, nodes=recorder.nodes)
+        spec = common_pb2.FlowSpec(
+            name=self.name, nodes=recorder.nodes, timeout_seconds=self.timeout_seconds or 0.0
+        )
         if isinstance(out, TaskFuture):
             spec.output_node = out.node
         else:
@@ -433,11 +441,27 @@ def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
     return lambda f: Task(f, **options)
 
 
-def flow(fn: Callable[P, R] | None = None, /, *, name: str | None = None) -> Any:
-    """Declare a flow: ``@flow`` or ``@flow(name=...)``; see :class:`Flow`."""
+def flow(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout_seconds: float | None = None,
+) -> Any:
+    """Declare a flow: ``@flow`` or ``@flow(name=..., timeout_seconds=...)``.
+
+    Args:
+        fn: The flow function, when used bare as ``@flow``.
+        name: Display name (default: the function's name).
+        timeout_seconds: The whole flow run's time limit in seconds; when it
+            passes, what has not ended is cancelled and the run ends FAILED.
+
+    Raises:
+        ValueError: ``timeout_seconds`` is not positive.
+    """
     if fn is not None:
-        return Flow(fn, name=name)
-    return lambda f: Flow(f, name=name)
+        return Flow(fn, name=name, timeout_seconds=timeout_seconds)
+    return lambda f: Flow(f, name=name, timeout_seconds=timeout_seconds)
 
 
 def find_tasks(namespace: Mapping[str, Any]) -> dict[str, Task]:

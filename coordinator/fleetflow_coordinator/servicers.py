@@ -76,6 +76,7 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
                 idempotency_key=request.idempotency_key,
                 spec_blob=spec.SerializeToString(),
                 priority=spec.priority,
+                timeout_s=spec.timeout_seconds,
             )
         except InvalidFlowSpec as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"flow {spec.name!r}: {exc}")
@@ -118,7 +119,7 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
                     response.error.CopyFrom(
                         common_pb2.TaskError(
                             type="fleetflow.errors.FlowRunFailed",
-                            message=f"task {task_name}: {message}",
+                            message=f"task {task_name}: {message}" if task_name else message,
                             traceback=error.traceback if error is not None else "",
                         )
                     )

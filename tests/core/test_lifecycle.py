@@ -218,3 +218,22 @@ def test_large_request_is_not_starved_by_small_ones():
         running.extend(grants)
     assert big.nodes[0].children[0].state == TaskRunState.RUNNING
     assert overtakes <= MAX_OVERTAKES  # the documented bound
+
+
+def test_flow_run_timeout_cancels_what_is_left_and_fails():
+    fleet = Fleet()
+    fleet.add_worker("w", ["a"], cpu=1)
+    flow, _ = fleet.core.submit(
+        "f", "flow", [node("a", items("x", [1, 2, 3]), map_=True)], fleet.now, timeout_s=5.0
+    )
+    running = fleet.core.lease("w", 10, fleet.now)
+    assert len(running) == 1
+    fleet.core.heartbeat("w", [], fleet.now)
+    fleet.advance(4.9)
+    assert flow.state == FlowRunState.RUNNING
+    fleet.core.heartbeat("w", [], fleet.now)
+    fleet.advance(0.2)
+    assert flow.state == FlowRunState.FAILED
+    assert flow.first_error[2] == "flow run timed out after 5 s"
+    assert [c.state for c in flow.nodes[0].children] == [TaskRunState.CANCELLED] * 3
+    assert fleet.core.workers["w"].allocated["cpu"] == 0.0

@@ -279,3 +279,8 @@ def on_gpu(x: int) -> str:
 @flow
 def gpu_flow():
     return on_gpu(1)
+
+
+@flow(timeout_seconds=3.0)
+def slow_with_flow_timeout(ledger: str):
+    return collect(map_step.map(range(6), ledger=ledger, seconds=5.0))

@@ -175,3 +175,19 @@ def test_cli_cancel_limit_prune_and_task_run_inspect(fleet, tmp_path):
         out = _cli("prune", "--older-than", "0", "--coordinator", address)
         assert out.returncode == 0 and "pruned 2 flow runs" in out.stdout, out.stdout
         assert client.list_flow_runs() == []
+
+
+def test_flow_run_timeout_ends_it_failed_and_stops_its_tasks(fleet, tmp_path):
+    address = fleet.start_coordinator(heartbeat=0.3)
+    fleet.start_worker(cpu=2)
+    ledger = tmp_path / "ledger"
+    with Client(address) as client:
+        started = time.monotonic()
+        run = client.submit(flows.slow_with_flow_timeout, ledger=str(ledger))
+        with pytest.raises(Exception, match="flow run timed out after 3 s"):
+            run.result(timeout=30)
+        assert time.monotonic() - started < 3.0 + 2.0
+        info = client.get(run.id)
+        assert info.state == "FAILED"
+        time.sleep(2.5)  # a task still running would have written its end line by now
+    assert not [line for line in _lines(ledger) if line[0] == "end"]

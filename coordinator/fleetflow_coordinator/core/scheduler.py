@@ -206,6 +206,7 @@ class RestoredFlow:
     priority: int
     task_runs: list[RestoredTaskRun]
     events: list[EventRecord]
+    timeout_s: float = 0.0
 
 
 class Ack:
@@ -276,6 +277,8 @@ class Scheduler:
         self._orphans: dict[int, TaskRun] = {}
         self._orphans_due = 0.0
         self._recheck_due = 0.0
+        #: [(deadline, FlowRun)] of flow runs with a timeout (few; scanned per tick)
+        self._flow_deadlines: list[tuple[float, FlowRun]] = []
         self._changes = self._empty_changes()
 
     @staticmethod
@@ -322,6 +325,7 @@ class Scheduler:
         idempotency_key: str = "",
         spec_blob: bytes = b"",
         priority: int = 0,
+        timeout_s: float = 0.0,
     ) -> tuple[FlowRun, bool]:
         """Accept a flow run whole, or reject it whole.
 
@@ -335,6 +339,7 @@ class Scheduler:
             idempotency_key: Optional; a known key returns the existing run.
             spec_blob: The spec as received (opaque), kept for the store.
             priority: Higher is leased first among ready task runs that fit.
+            timeout_s: The flow run's time limit in seconds (0: none).
 
         Returns:
             ``(flow_run, created)``; ``created`` is False for a known key.
@@ -344,6 +349,8 @@ class Scheduler:
         """
         if idempotency_key and idempotency_key in self.idempotency:
             return self.flows[self.idempotency[idempotency_key]], False
+        if not (math.isfinite(timeout_s) and timeout_s >= 0):
+            raise InvalidFlowSpec(f"timeout_seconds = {timeout_s}: must be finite and >= 0")
         records = _validate_and_link(nodes, output_node)
         flow = FlowRun(flow_run_id, name, now)
         flow.nodes = records
@@ -352,6 +359,8 @@ class Scheduler:
         flow.idempotency_key = idempotency_key
         flow.spec_blob = spec_blob
         flow.priority = priority
+        if timeout_s > 0:
+            self._flow_deadlines.append((now + timeout_s, flow))
         self.flows[flow_run_id] = flow
         self._changes.new_flows.append(flow)
         if idempotency_key:
@@ -690,6 +699,8 @@ class Scheduler:
                     self._lose_attempt(
                         tr, now, "coordinator restarted; the worker did not re-attach in time"
                     )
+        if self._flow_deadlines:
+            self._expire_flows(now)
         if self._recheck_due and now >= self._recheck_due:
             self._recheck_due = 0.0
             self._recheck_unschedulable(now)
@@ -819,6 +830,23 @@ class Scheduler:
             return None
         return self._cancel_node(flow, flow.nodes[node_index], now)
 
+    def _expire_flows(self, now: float) -> None:
+        """End flow runs past their timeout: cancel what is left, then end FAILED."""
+        keep = []
+        for deadline, flow in self._flow_deadlines:
+            if flow.terminal:
+                continue
+            if now < deadline:
+                keep.append((deadline, flow))
+                continue
+            timeout = deadline - flow.created_at
+            flow.any_failed = True
+            if flow.first_error is None:
+                flow.first_error = ("", None, f"flow run timed out after {timeout:g} s")
+            for node in flow.nodes:
+                self._cancel_node(flow, node, now)
+        self._flow_deadlines = keep
+
     def _cancel_node(self, flow: FlowRun, node: NodeRecord, now: float) -> int:
         if node.terminal:
             return 0
@@ -932,6 +960,8 @@ class Scheduler:
             node.counts[TaskRunState.CANCELLED] for node in records
         )
         flow.cancel_requested = flow.state == FlowRunState.CANCELLED
+        if stored.timeout_s > 0 and not flow.terminal:
+            self._flow_deadlines.append((flow.created_at + stored.timeout_s, flow))
         for node in records:
             node.whole_pending = sum(
                 1 for u in node.whole_deps if not (records[u].terminal and not records[u].failed)

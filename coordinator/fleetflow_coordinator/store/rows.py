@@ -160,6 +160,7 @@ def snapshot_to_flows(snapshot: RowSnapshot) -> list[RestoredFlow]:
                 task_runs=task_runs,
                 events=events,
                 priority=spec.priority,
+                timeout_s=spec.timeout_seconds,
             )
         )
     return flows

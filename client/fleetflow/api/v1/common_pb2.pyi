@@ -170,20 +170,22 @@ class TaskNode(_message.Message):
     def __init__(self, task_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[ArgSpec, _Mapping]]] = ..., map: _Optional[bool] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., concurrency_limit: _Optional[int] = ..., pool: _Optional[str] = ...) -> None: ...
 
 class FlowSpec(_message.Message):
-    __slots__ = ("name", "nodes", "output_node", "output_literal", "parameters", "priority")
+    __slots__ = ("name", "nodes", "output_node", "output_literal", "parameters", "priority", "timeout_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_NODE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_LITERAL_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     nodes: _containers.RepeatedCompositeFieldContainer[TaskNode]
     output_node: int
     output_literal: bytes
     parameters: bytes
     priority: int
-    def __init__(self, name: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[TaskNode, _Mapping]]] = ..., output_node: _Optional[int] = ..., output_literal: _Optional[bytes] = ..., parameters: _Optional[bytes] = ..., priority: _Optional[int] = ...) -> None: ...
+    timeout_seconds: float
+    def __init__(self, name: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[TaskNode, _Mapping]]] = ..., output_node: _Optional[int] = ..., output_literal: _Optional[bytes] = ..., parameters: _Optional[bytes] = ..., priority: _Optional[int] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class TaskError(_message.Message):
     __slots__ = ("type", "message", "traceback", "pickled", "log_tail")
