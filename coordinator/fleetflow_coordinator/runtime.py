@@ -194,7 +194,12 @@ class Runtime:
         if len(changes):
             batch = changes_to_batch(changes)
             started = time.perf_counter()
-            if isinstance(self.store, MemoryStore):
+            if (
+                isinstance(self.store, MemoryStore)
+                or len(batch) <= self.settings.inline_commit_rows
+            ):
+                # A small WAL commit (no fsync with synchronous=NORMAL) costs less
+                # than the hop to a thread and back; large ones go to a thread.
                 self.store.write(batch)
             else:
                 await asyncio.to_thread(self.store.write, batch)

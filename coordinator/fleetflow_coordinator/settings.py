@@ -33,6 +33,8 @@ class Settings:
             change made while one commit is being written joins the next one, so
             batches grow with load without adding latency when idle.
         commit_max_changes: A batch this large (rows) is stored without waiting.
+        inline_commit_rows: Batches up to this many rows are written on the event
+            loop (cheaper than a thread hop); larger ones in a worker thread.
         max_result_bytes: Largest inline result (bytes, default 1 MiB); a larger
             one fails its task run with an error naming this limit.
         retention_s: Finished flow runs older than this (seconds, default 7
@@ -60,6 +62,7 @@ class Settings:
     synchronous: str = "NORMAL"
     commit_interval_s: float = 0.0
     commit_max_changes: int = 20_000
+    inline_commit_rows: int = 500
     max_result_bytes: int = 1 << 20
     retention_s: float = 7 * 86400.0
     prune_interval_s: float = 3600.0
