@@ -242,14 +242,14 @@ def one_big(ledger: str):
     return needs_four(ledger)
 
 
-@task(resources={"cpu": 8})
-def needs_8() -> str:
+@task(resources={"cpu": 1, "license": 1})
+def needs_license() -> str:
     return "ran on a big worker"
 
 
 @flow
 def too_big():
-    return needs_8()
+    return needs_license()
 
 
 @task

@@ -69,7 +69,7 @@ def test_unschedulable_reason_then_failed_after_timeout_or_run_on_a_big_worker(f
                 e
                 for e in _all_events(client, run.id)
                 if e.kind == "TASK_RUN_UNSCHEDULABLE"
-                and "needs cpu=8; the largest worker offers 2" in e.message
+                and "needs license=1; the largest worker offers 0" in e.message
             ],
             5,
             what="the unschedulable event naming the largest worker",
@@ -81,14 +81,14 @@ def test_unschedulable_reason_then_failed_after_timeout_or_run_on_a_big_worker(f
         import json
 
         demand = json.loads(queue.stdout)
-        assert demand[0]["unschedulable_reason"] == "needs cpu=8; the largest worker offers 2"
-        assert demand[0]["waiting"] == 1 and demand[0]["task_names"] == ["needs_8"]
+        assert demand[0]["unschedulable_reason"] == "needs license=1; the largest worker offers 0"
+        assert demand[0]["waiting"] == 1 and demand[0]["task_names"] == ["needs_license"]
         with pytest.raises(Exception, match="unschedulable for 6 s"):
             run.result(timeout=30)
         # A second one is saved by a big worker that joins in time.
         saved = client.submit(flows.too_big)
-        time.sleep(1.0)
-        fleet.start_worker(cpu=8)
+        # A worker with a license (and one CPU: it starts fast) joins in time.
+        fleet.start_worker("--resource", "license=1", cpu=1)
         assert saved.result(timeout=30) == "ran on a big worker"
 
 
