@@ -14,7 +14,8 @@ import psutil
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-OUT = BENCH / "out"
+#: Logs and raw results; FFBENCH_OUT moves them (e.g. for a --quick smoke test).
+OUT = Path(os.environ.get("FFBENCH_OUT") or BENCH / "out")
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:

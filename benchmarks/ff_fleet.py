@@ -94,8 +94,10 @@ class Fleet:
         timings = {"coordinator_ready_s": t_coord}
         if workers:
             wait_until(
-                lambda: all("worker_registered" in w.log_text() for w in self.workers)
-                or not all(w.alive() for w in self.workers),
+                lambda: (
+                    all("worker_registered" in w.log_text() for w in self.workers)
+                    or not all(w.alive() for w in self.workers)
+                ),
                 60,
                 what="workers registered",
             )

@@ -77,7 +77,7 @@ def summarize(raw_path, top: int = 25) -> str:
                 proc += " (worker main)"
             elif "fleetflow_coordinator" in cmd:
                 proc += " (coordinator)"
-            frames = [f for f in frames[procs[-1] + 1:] if not f.startswith("process ")]
+            frames = [f for f in frames[procs[-1] + 1 :] if not f.startswith("process ")]
         # A thread frame ("thread (0x...)") may lead: drop it.
         frames = [f for f in frames if not f.startswith("thread (")]
         if not frames:
@@ -129,10 +129,21 @@ def main() -> int:
             "worker": (fleet.workers[0].pid, ["--subprocesses"]),
         }
         for name, (pid, extra) in targets.items():
-            cmd = [pyspy, "record", "--pid", str(pid), "--rate", str(args.rate),
-                   "--format", "raw", "-o", str(PROFILE / f"{name}.raw"),
-                   *extra, *(["--native"] if args.native else ["--nonblocking"]),
-                   *(["--gil"] if args.gil else [])]
+            cmd = [
+                pyspy,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(args.rate),
+                "--format",
+                "raw",
+                "-o",
+                str(PROFILE / f"{name}.raw"),
+                *extra,
+                *(["--native"] if args.native else ["--nonblocking"]),
+                *(["--gil"] if args.gil else []),
+            ]
             with open(PROFILE / f"{name}.pyspy.log", "wb") as err:
                 spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err))
         time.sleep(2.0)  # samplers attached
@@ -152,9 +163,11 @@ def main() -> int:
                 spy.kill()
         fleet.stop()
         stop_all()
-    report = [f"W1 at {args.n:,} items: {wall:.2f} s wall under py-spy ({args.rate} Hz, "
-              f"{'native' if args.native else 'Python'} frames, "
-              f"{'GIL holder only' if args.gil else 'idle samples excluded'})\n"]
+    report = [
+        f"W1 at {args.n:,} items: {wall:.2f} s wall under py-spy ({args.rate} Hz, "
+        f"{'native' if args.native else 'Python'} frames, "
+        f"{'GIL holder only' if args.gil else 'idle samples excluded'})\n"
+    ]
     for name in ("coordinator", "worker"):
         raw = PROFILE / f"{name}.raw"
         if raw.exists():

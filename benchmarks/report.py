@@ -1,6 +1,6 @@
 """Render ``benchmarks/out/results.json`` as ``benchmarks/RESULTS.md``.
 
-    .venv/bin/python benchmarks/report.py   # re-render without re-running
+.venv/bin/python benchmarks/report.py   # re-render without re-running
 """
 
 from __future__ import annotations
@@ -117,28 +117,58 @@ def _w1_bound(row: dict, res: dict) -> float | None:
 def _metrics(entry: str, row: dict) -> list[Metric]:
     w = row["workload"]
     if w == "W1":
-        return [Metric(f"{entry} no-op map, task runs/s", "/s",
-                       lambda r, rep: r["n"] / rep["wall_s"], True, _w1_bound)]
+        return [
+            Metric(
+                f"{entry} no-op map, task runs/s",
+                "/s",
+                lambda r, rep: r["n"] / rep["wall_s"],
+                True,
+                _w1_bound,
+            )
+        ]
     if w == "W2":
         ideal = row["n"] * 0.010 / 2
-        return [Metric(f"W2 {row['n']:,} × sleep 10 ms, wall s (ideal {ideal:g} s)", " s",
-                       lambda r, rep: rep["wall_s"], False)]
+        return [
+            Metric(
+                f"W2 {row['n']:,} × sleep 10 ms, wall s (ideal {ideal:g} s)",
+                " s",
+                lambda r, rep: rep["wall_s"],
+                False,
+            )
+        ]
     if w == "W3":
         return [
-            Metric(f"W3 one-task flow round trip ×{row['n']}, p50 ms", " ms",
-                   lambda r, rep: rep["p50_ms"], False),
-            Metric(f"W3 one-task flow round trip ×{row['n']}, p99 ms", " ms",
-                   lambda r, rep: rep["p99_ms"], False),
+            Metric(
+                f"W3 one-task flow round trip ×{row['n']}, p50 ms",
+                " ms",
+                lambda r, rep: rep["p50_ms"],
+                False,
+            ),
+            Metric(
+                f"W3 one-task flow round trip ×{row['n']}, p99 ms",
+                " ms",
+                lambda r, rep: rep["p99_ms"],
+                False,
+            ),
         ]
     if w == "W4":
         serial = statistics.median(row["serial_s"]) if row.get("serial_s") else None
         return [
-            Metric(f"W4 {row['n']} × ~50 ms CPU, speedup over serial (ideal 2)", "×",
-                   lambda r, rep: rep.get("speedup") or serial / rep["wall_s"], True),
-            Metric(f"W4 wall s (serial in one process: {_fmt(serial)} s)", " s",
-                   lambda r, rep: rep["wall_s"], False),
+            Metric(
+                f"W4 {row['n']} × ~50 ms CPU, speedup over serial (ideal 2)",
+                "×",
+                lambda r, rep: rep.get("speedup") or serial / rep["wall_s"],
+                True,
+            ),
+            Metric(
+                f"W4 wall s (serial in one process: {_fmt(serial)} s)",
+                " s",
+                lambda r, rep: rep["wall_s"],
+                False,
+            ),
         ]
     if w == "W5":
+
         def rss(r, rep):
             return rep.get("rss_mib", rep.get("flow_process_rss_mib"))
 
@@ -150,8 +180,12 @@ def _metrics(entry: str, row: dict) -> list[Metric]:
             return rep.get("submit_s")
 
         return [
-            Metric(f"{entry} pending task runs: RSS of coordinator / scheduler, MiB", " MiB",
-                   rss, False),
+            Metric(
+                f"{entry} pending task runs: RSS of coordinator / scheduler, MiB",
+                " MiB",
+                rss,
+                False,
+            ),
             Metric(f"{entry}: seconds until all {row['n']:,} are pending", " s", accept, False),
         ]
     return []
@@ -161,6 +195,8 @@ def _ratio(ff: float | None, peer: float | None, higher_better: bool, bound: str
     if ff is None or peer is None or peer == 0:
         return "—"
     r = ff / peer
+    if bound and (r > 1) != higher_better:
+        return "— (the bound proves nothing)"
     better = (r > 1) == higher_better
     arrow = "fleetflow better" if better else "fleetflow worse"
     if abs(r - 1) < 0.03:
@@ -177,27 +213,42 @@ def render(results: dict) -> str:
         "",
         "## Run",
         "",
-        f"- Command: `{results['command']}`"
-        + "".join(f"; then `{m['command']}` (its rows replace those of the first run)"
-                  for m in results.get("merged_commands", [])),
-        f"- Date (UTC): {m['date_utc']}; fleetflow commit {m['commit']}",
+        "- Commands, in order (a later `--merge` command re-measured the rows its `--only` "
+        "and `--systems` name, and those replace the earlier ones):",
+        f"  1. `{results['command']}`: {m['date_utc']} UTC, fleetflow {m['commit']}"
+        + (f", {results['total_s'] / 60:.1f} min" if "total_s" in results else ""),
+        *[
+            f"  {i}. `{c['command']}`: {c['date_utc']} UTC, fleetflow {c['commit']}"
+            + (f", {c['total_s'] / 60:.1f} min" if "total_s" in c else "")
+            for i, c in enumerate(results.get("merged_commands", []), start=2)
+        ],
+        *(
+            [
+                "  Re-measuring with `--merge` is for rows whose conditions changed during the "
+                "first command, e.g. fleetflow's code (other work landed while it ran: see the "
+                "code line under Results, which names the code every fleetflow row ran on)."
+            ]
+            if results.get("merged_commands")
+            else []
+        ),
         f"- Machine: {m['nproc']} logical CPUs ({m['cpu_model']}), {m['memory_gib']} GiB "
         f"memory, Linux {m['kernel']}, {m['implementation']} {m['python']}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
         f"- Repetitions: {results['reps']} per (system, workload) unless a row says otherwise; "
         "cells show the **median** and (min–max) over repetitions.",
-        f"- Total run time: {results.get('total_s', 0) / 60:.1f} min"
-        + ("" if "total_s" in results else " (run still going or interrupted)")
-        + "".join(f" + {m['total_s'] / 60:.1f} min (`--merge` run)"
-                  for m in results.get("merged_commands", []) if "total_s" in m),
         "- Peers ran inside a network namespace with only loopback (`unshare -n`), with "
         "`DO_NOT_TRACK=1` and `PREFECT_SERVER_ANALYTICS_ENABLED=false`."
-        + (f" **Peers could not run: {results['netns_problem']}**"
-           if results.get("netns_problem") else ""),
+        + (
+            f" **Peers could not run: {results['netns_problem']}**"
+            if results.get("netns_problem")
+            else ""
+        ),
     ]
     if results.get("w4_iters"):
-        lines.append(f"- W4 task: `cpu_burn` with {results['w4_iters']:,} loop iterations, "
-                     "calibrated to ~50 ms in one process on this machine at the start of the run.")
+        lines.append(
+            f"- W4 task: `cpu_burn` with {results['w4_iters']:,} loop iterations, "
+            "calibrated to ~50 ms in one process on this machine at the start of the run."
+        )
     lines += ["", "Systems:", ""]
     rows = results["entries"].values()
     present = [s for s in SYSTEMS if any(s in row["systems"] for row in rows)]
@@ -205,12 +256,19 @@ def render(results: dict) -> str:
         lines.append(f"- **{s}**: {CONFIG[s]}")
 
     # ------------------------------------------------------------------ startup
-    lines += ["", "## Startup (apart from workload time)", "",
-              "From launching the system until a 2-item map has run (fleetflow: coordinator "
-              "and 2 worker processes registered; Dask: `LocalCluster` and `Client`, imports "
-              "included; Prefect: imports, temporary server with a fresh database, first flow "
-              "run). Every system start of the run counts once.", "",
-              "| system | starts | startup s |", "|---|---|---|"]
+    lines += [
+        "",
+        "## Startup (apart from workload time)",
+        "",
+        "From launching the system until a 2-item map has run (fleetflow: coordinator "
+        "and 2 worker processes registered; Dask: `LocalCluster` and `Client`, imports "
+        "included; prefect: `prefect server start` until healthy, imports, first flow "
+        "run with its pool; prefect-threads: imports, temporary server with a fresh "
+        "database, first flow run). Every system start of the run counts once.",
+        "",
+        "| system | starts | startup s |",
+        "|---|---|---|",
+    ]
     for s in present:
         vals = []
         for row in results["entries"].values():
@@ -224,13 +282,21 @@ def render(results: dict) -> str:
                     vals.append(rep["startup_s"])
         # W5 for fleetflow / dask starts no workers: keep them apart.
         lines.append(f"| {s} | {len(vals)} | {_cell(_stats(vals), ' s')} |")
-    lines += ["", "fleetflow's W5 starts (coordinator only) and Dask's W5 starts (scheduler "
-              "process only) are included above; they start no workers.", ""]
+    lines += [
+        "",
+        "fleetflow's W5 starts (coordinator only) and Dask's W5 starts (scheduler "
+        "process only) are included above; they start no workers.",
+        "",
+    ]
 
     # ------------------------------------------------------------------ main table
-    lines += ["## Results", "",
-              "Ratios are fleetflow's value divided by the peer's; the words say which way "
-              "is better for that row.", ""]
+    lines += [
+        "## Results",
+        "",
+        "Ratios are fleetflow's value divided by the peer's; the words say which way "
+        "is better for that row.",
+        "",
+    ]
     header = ["workload"] + present + [f"fleetflow / {p}" for p in present if p != "fleetflow"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
@@ -270,19 +336,31 @@ def render(results: dict) -> str:
                     continue
                 if medians.get(p) is None and bounds.get(p) is not None:
                     # peer's rate < bound, so fleetflow / peer > fleetflow / bound
-                    cells.append(_ratio(medians.get("fleetflow"), bounds[p], metric.higher_better,
-                                        "> " if metric.higher_better else "< "))
+                    cells.append(
+                        _ratio(
+                            medians.get("fleetflow"),
+                            bounds[p],
+                            metric.higher_better,
+                            "> " if metric.higher_better else "< ",
+                        )
+                    )
                 else:
-                    cells.append(_ratio(medians.get("fleetflow"), medians.get(p),
-                                        metric.higher_better))
+                    cells.append(
+                        _ratio(medians.get("fleetflow"), medians.get(p), metric.higher_better)
+                    )
             lines.append("| " + " | ".join(cells) + " |")
     failures = []
     for entry, row in results["entries"].items():
         for s, res in row["systems"].items():
             if res.get("status") in ("failed", "did_not_finish"):
-                failures.append(f"{entry}, {s}: {_status_text(res)}"
-                                + (f" ({len(res['reps'])} repetition(s) done before)"
-                                   if res.get("reps") else ""))
+                failures.append(
+                    f"{entry}, {s}: {_status_text(res)}"
+                    + (
+                        f" ({len(res['reps'])} repetition(s) done before)"
+                        if res.get("reps")
+                        else ""
+                    )
+                )
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in sorted(set(notes))]
     if failures:
@@ -290,7 +368,7 @@ def render(results: dict) -> str:
         lines += [f"- {f}" for f in failures]
     lines += [
         "",
-        "A \"< N/s\" cell is an upper bound: the run did not finish its map within the time "
+        'A "< N/s" cell is an upper bound: the run did not finish its map within the time '
         "left after startup, so its rate was below items / (timeout − startup); the ratio "
         "next to it is then a lower bound. W3: fleetflow and Dask run the task on a worker "
         "process; Prefect runs a directly called task inside the flow's own process, and "
@@ -298,6 +376,19 @@ def render(results: dict) -> str:
         "1 s steps) when the flow run ends (prefect/flow_engine.py `_send_heartbeats`).",
     ]
 
+    codes = {}
+    for entry, row in results["entries"].items():
+        res = row["systems"].get("fleetflow") or {}
+        if res.get("code"):
+            codes.setdefault(res["code"], []).append(entry)
+    if codes:
+        lines += [
+            "",
+            "fleetflow code each row ran on (git HEAD / sha256 of client/, "
+            "coordinator/, worker/ `*.py` when its fleet started): "
+            + "; ".join(f"`{c}`: {', '.join(e)}" for c, e in codes.items())
+            + ".",
+        ]
     lines += _w5_details(results)
     lines += _load(results)
     lines += _w6(results)
@@ -312,15 +403,20 @@ def _w5_details(results: dict) -> list[str]:
         if row["workload"] != "W5":
             continue
         if not out:
-            out += ["", "## W5 details", "",
-                    "RSS read with psutil once every task run is pending, after 1 s to settle; "
-                    "peak is the process's VmHWM. fleetflow: coordinator with no worker "
-                    "connected. Dask: the scheduler process, no worker connected. Prefect: task "
-                    "runs that wait for a file, 2 running and the rest queued in the flow "
-                    "process's task runner, which is where a local Prefect run keeps pending "
-                    "work; the temporary server's RSS is given apart.", "",
-                    "| entry | system | idle RSS MiB | RSS MiB | peak MiB | other | status |",
-                    "|---|---|---|---|---|---|---|"]
+            out += [
+                "",
+                "## W5 details",
+                "",
+                "RSS read with psutil once every task run is pending, after 1 s to settle; "
+                "peak is the process's VmHWM. fleetflow: coordinator with no worker "
+                "connected. Dask: the scheduler process, no worker connected. Prefect: task "
+                "runs that wait for a file, 2 running and the rest queued in the flow "
+                "process's task runner, which is where a local Prefect run keeps pending "
+                "work; the temporary server's RSS is given apart.",
+                "",
+                "| entry | system | idle RSS MiB | RSS MiB | peak MiB | other | status |",
+                "|---|---|---|---|---|---|---|",
+            ]
         for s, res in row["systems"].items():
             for i, rep in enumerate(res.get("reps") or [{}]):
                 idle = rep.get("rss_idle_mib", rep.get("flow_process_rss_mib_idle"))
@@ -328,14 +424,18 @@ def _w5_details(results: dict) -> list[str]:
                 peak = rep.get("peak_rss_mib", rep.get("flow_process_peak_rss_mib"))
                 other = []
                 if "server_rss_mib" in rep:
-                    other.append(f"server RSS {_fmt(rep['server_rss_mib'])} MiB "
-                                 f"(idle {_fmt(rep.get('server_rss_mib_idle'))})")
-                for key, label in (("client_build_s", "spec built"),
-                                   ("accepted_s", "submit returned"),
-                                   ("startup_s", "started in"),
-                                   ("all_pending_s", "all pending"),
-                                   ("client_map_s", "client.map returned"),
-                                   ("submit_s", "map submitted")):
+                    other.append(
+                        f"server RSS {_fmt(rep['server_rss_mib'])} MiB "
+                        f"(idle {_fmt(rep.get('server_rss_mib_idle'))})"
+                    )
+                for key, label in (
+                    ("client_build_s", "spec built"),
+                    ("accepted_s", "submit returned"),
+                    ("startup_s", "started in"),
+                    ("all_pending_s", "all pending"),
+                    ("client_map_s", "client.map returned"),
+                    ("submit_s", "map submitted"),
+                ):
                     if key in rep:
                         other.append(f"{label} {_fmt(rep[key])} s")
                 if "spec_bytes" in rep:
@@ -352,17 +452,25 @@ def _w5_details(results: dict) -> list[str]:
                     other.append("RSS read when the time ran out, the map still being submitted")
                     if "server_rss_mib" in res:
                         other.append(f"server RSS {_fmt(res['server_rss_mib'])} MiB")
-                out.append(f"| {entry} | {s} | {_fmt(idle)} | {_fmt(rss)} | {_fmt(peak)} | "
-                           f"{'; '.join(other) or '—'} | {status} |")
+                out.append(
+                    f"| {entry} | {s} | {_fmt(idle)} | {_fmt(rss)} | {_fmt(peak)} | "
+                    f"{'; '.join(other) or '—'} | {status} |"
+                )
     return out
 
 
 def _load(results: dict) -> list[str]:
-    out = ["", "## Machine load", "",
-           "1-minute load average before and after each (workload, system), from "
-           "`os.getloadavg()`. Anything above what the benchmark itself runs (2 workers + "
-           "coordinator + client ≈ 2–3) is other work on the machine.", "",
-           "| entry | " + " | ".join(SYSTEMS) + " |", "|---|" + "---|" * len(SYSTEMS)]
+    out = [
+        "",
+        "## Machine load",
+        "",
+        "1-minute load average before and after each (workload, system), from "
+        "`os.getloadavg()`. Anything above what the benchmark itself runs (2 workers + "
+        "coordinator + client ≈ 2–3) is other work on the machine.",
+        "",
+        "| entry | " + " | ".join(SYSTEMS) + " |",
+        "|---|" + "---|" * len(SYSTEMS),
+    ]
     for entry, row in results["entries"].items():
         cells = []
         for s in SYSTEMS:
@@ -383,11 +491,16 @@ def _w6(results: dict) -> list[str]:
     if not res:
         return []
     plain = results["entries"].get("W1-10k", {}).get("systems", {}).get("fleetflow", {})
-    out = ["", "## W6: fleet scale (fleetflow only)", "",
-           f"{res.get('agents', '?')} simulated workers in {res.get('agent_processes', '?')} "
-           "processes (grpc.aio, one connection each, `RegisterWorker` then `Heartbeat` at the "
-           "coordinator's 1 s interval, never leasing) next to the 2 real workers, while W1 runs "
-           f"{row['n']:,} items. Status: {_status_text(res)}.", ""]
+    out = [
+        "",
+        "## W6: fleet scale (fleetflow only)",
+        "",
+        f"{res.get('agents', '?')} simulated workers in {res.get('agent_processes', '?')} "
+        "processes (grpc.aio, one connection each, `RegisterWorker` then `Heartbeat` at the "
+        "coordinator's 1 s interval, never leasing) next to the 2 real workers, while W1 runs "
+        f"{row['n']:,} items. Status: {_status_text(res)}.",
+        "",
+    ]
     if res.get("status") != "ok" and res.get("error"):
         out += [f"Error: {res['error']}", ""]
     reps = res.get("reps") or []
@@ -397,41 +510,49 @@ def _w6(results: dict) -> list[str]:
     ccpu = _stats([r["coordinator_cpu_s"] for r in reps])
     ccpu_plain = _stats([r["coordinator_cpu_s"] for r in plain_reps])
     ratio = f"{tput[0] / tput_plain[0]:.2f}×" if tput and tput_plain else "—"
-    out += ["| | W1 with simulated workers | plain W1 (W1-10k above) | ratio |",
-            "|---|---|---|---|",
-            f"| task runs/s | {_cell(tput, '/s')} | {_cell(tput_plain, '/s')} | {ratio} |",
-            f"| coordinator CPU s over the W1 run | {_cell(ccpu, ' s')} | "
-            f"{_cell(ccpu_plain, ' s')} | "
-            f"{(f'{ccpu[0] / ccpu_plain[0]:.2f}×' if ccpu and ccpu_plain else '—')} |",
-            f"| simulated agents' own CPU s over the W1 run | "
-            f"{_cell(_stats([r.get('sim_cpu_s', 0) for r in reps]), ' s')} | — | |",
-            f"| agents' heartbeat latency p50 during W1 | "
-            f"{_cell(_stats([r['hb_p50_ms'] for r in reps if 'hb_p50_ms' in r]), ' ms')} | — | |",
-            f"| agents' heartbeat latency p99 during W1 | "
-            f"{_cell(_stats([r['hb_p99_ms'] for r in reps if 'hb_p99_ms' in r]), ' ms')} | — | |",
-            f"| heartbeats answered during W1 (per rep) | "
-            f"{_cell(_stats([r['hb_count'] for r in reps if 'hb_count' in r]))} | — | |",
-            ""]
+    out += [
+        "| | W1 with simulated workers | plain W1 (W1-10k above) | ratio |",
+        "|---|---|---|---|",
+        f"| task runs/s | {_cell(tput, '/s')} | {_cell(tput_plain, '/s')} | {ratio} |",
+        f"| coordinator CPU s over the W1 run | {_cell(ccpu, ' s')} | "
+        f"{_cell(ccpu_plain, ' s')} | "
+        f"{(f'{ccpu[0] / ccpu_plain[0]:.2f}×' if ccpu and ccpu_plain else '—')} |",
+        f"| simulated agents' own CPU s over the W1 run | "
+        f"{_cell(_stats([r.get('sim_cpu_s', 0) for r in reps]), ' s')} | — | |",
+        f"| agents' heartbeat latency p50 during W1 | "
+        f"{_cell(_stats([r['hb_p50_ms'] for r in reps if 'hb_p50_ms' in r]), ' ms')} | — | |",
+        f"| agents' heartbeat latency p99 during W1 | "
+        f"{_cell(_stats([r['hb_p99_ms'] for r in reps if 'hb_p99_ms' in r]), ' ms')} | — | |",
+        f"| heartbeats answered during W1 (per rep) | "
+        f"{_cell(_stats([r['hb_count'] for r in reps if 'hb_count' in r]))} | — | |",
+        "",
+    ]
     idle2 = res.get("coord_cpu_idle_2_workers_pct")
     idle_all = res.get("coord_cpu_idle_with_agents_pct")
-    out += [f"Idle coordinator CPU (no flow running): {_fmt(idle2)} % of one core with the 2 "
-            f"real workers, {_fmt(idle_all)} % with the simulated workers too "
-            f"(agents' processes: {_fmt(res.get('sim_cpu_idle_pct'))} %). Whole run: "
-            f"{res.get('heartbeats_ok', 0):,} heartbeats answered, "
-            f"{res.get('heartbeat_errors', 0)} failed, {res.get('register_errors', 0)} failed "
-            f"registrations, {res.get('reregistrations', 0)} re-registrations; all "
-            f"{res.get('agents', '?')} agents registered in {_fmt(res.get('agents_registered_s'))} "
-            "s. On this 2-CPU machine the agents' processes compete with the fleet for CPU."]
+    out += [
+        f"Idle coordinator CPU (no flow running): {_fmt(idle2)} % of one core with the 2 "
+        f"real workers, {_fmt(idle_all)} % with the simulated workers too "
+        f"(agents' processes: {_fmt(res.get('sim_cpu_idle_pct'))} %). Whole run: "
+        f"{res.get('heartbeats_ok', 0):,} heartbeats answered, "
+        f"{res.get('heartbeat_errors', 0)} failed, {res.get('register_errors', 0)} failed "
+        f"registrations, {res.get('reregistrations', 0)} re-registrations; all "
+        f"{res.get('agents', '?')} agents registered in {_fmt(res.get('agents_registered_s'))} "
+        "s. On this 2-CPU machine the agents' processes compete with the fleet for CPU."
+    ]
     if res.get("note"):
         out.append(f"Note: {res['note']}")
     return out
 
 
 def _cpu_table(results: dict) -> list[str]:
-    out = ["", "## Where fleetflow's CPU goes (per W1 repetition)", "",
-           "| entry | wall s | coordinator CPU s | workers CPU s (2 workers + pool children) | "
-           "coordinator CPU per task run | coordinator RSS after, MiB |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        "",
+        "## Where fleetflow's CPU goes (per W1 repetition)",
+        "",
+        "| entry | wall s | coordinator CPU s | workers CPU s (2 workers + pool children) | "
+        "coordinator CPU per task run | coordinator RSS after, MiB |",
+        "|---|---|---|---|---|---|",
+    ]
     found = False
     for entry, row in results["entries"].items():
         if row["workload"] not in ("W1", "W6"):
@@ -446,8 +567,10 @@ def _cpu_table(results: dict) -> list[str]:
         work = _stats([r["workers_cpu_s"] for r in reps])
         per = _stats([r["coordinator_cpu_s"] / row["n"] * 1e6 for r in reps])
         rss = _stats([r["coordinator_rss_mib"] for r in reps])
-        out.append(f"| {entry} | {_cell(wall)} | {_cell(coord)} | {_cell(work)} | "
-                   f"{_cell(per, ' µs')} | {_cell(rss)} |")
+        out.append(
+            f"| {entry} | {_cell(wall)} | {_cell(coord)} | {_cell(work)} | "
+            f"{_cell(per, ' µs')} | {_cell(rss)} |"
+        )
     return out if found else []
 
 

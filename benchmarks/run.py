@@ -124,8 +124,18 @@ def machine() -> dict:
     except OSError:
         pass
     versions = {}
-    for dist in ("fleetflow", "grpcio", "protobuf", "uvloop", "cloudpickle", "psutil", "dask",
-                 "distributed", "prefect", "py-spy"):
+    for dist in (
+        "fleetflow",
+        "grpcio",
+        "protobuf",
+        "uvloop",
+        "cloudpickle",
+        "psutil",
+        "dask",
+        "distributed",
+        "prefect",
+        "py-spy",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -136,17 +146,14 @@ def machine() -> dict:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--", "client", "coordinator", "worker"],
-            cwd=ROOT, capture_output=True, text=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         commit += " (client/coordinator/worker modified)" if dirty else ""
     except OSError:
         commit = "?"
-    digest = hashlib.sha256()
-    for root in ("client", "coordinator", "worker"):
-        for path in sorted((ROOT / root).rglob("*.py")):
-            digest.update(str(path.relative_to(ROOT)).encode())
-            digest.update(path.read_bytes())
-    commit += f"; sha256 of client/, coordinator/, worker/ *.py: {digest.hexdigest()[:12]}"
+    commit += f"; sha256 of client/, coordinator/, worker/ *.py: {source_digest()}"
     return {
         "nproc": os.cpu_count(),
         "cpu_model": model,
@@ -158,6 +165,25 @@ def machine() -> dict:
         "commit": commit,
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }
+
+
+def source_digest() -> str:
+    """Identifies the fleetflow code on disk now (it may change while a run goes on)."""
+    digest = hashlib.sha256()
+    for root in ("client", "coordinator", "worker"):
+        for path in sorted((ROOT / root).rglob("*.py")):
+            digest.update(str(path.relative_to(ROOT)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def git_head() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "?"
 
 
 def check_unshare() -> str | None:
@@ -267,10 +293,24 @@ def run_fleetflow_w6(entry: str, n: int, reps: int, args) -> dict:
             status.unlink(missing_ok=True)
             stats.unlink(missing_ok=True)
             proc = Proc(
-                [python(), str(BENCH / "simfleet.py"), "--coordinator", fleet.address,
-                 "--agents", str(count), "--prefix", f"sim{i}", "--task-names", names,
-                 "--status-file", str(status), "--out", str(stats),
-                 "--max-seconds", str(timeout + 120)],
+                [
+                    python(),
+                    str(BENCH / "simfleet.py"),
+                    "--coordinator",
+                    fleet.address,
+                    "--agents",
+                    str(count),
+                    "--prefix",
+                    f"sim{i}",
+                    "--task-names",
+                    names,
+                    "--status-file",
+                    str(status),
+                    "--out",
+                    str(stats),
+                    "--max-seconds",
+                    str(timeout + 120),
+                ],
                 OUT / f"ff-{entry}-sim{i}.log",
             )
             sims.append((proc, status, stats))
@@ -380,10 +420,25 @@ def run_peer_process(system, entry, workload, n, reps, timeout, args, iters, tag
     for var in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE"):
         env.pop(var, None)
     cmd = [
-        *UNSHARE_PREFIX, python(), str(BENCH / "peers.py"),
-        "--system", system, "--workload", workload, "--n", str(n), "--iters", str(iters),
-        "--reps", str(reps), "--long-s", str(args.long_s), "--timeout", str(timeout),
-        "--out", str(out),
+        *UNSHARE_PREFIX,
+        python(),
+        str(BENCH / "peers.py"),
+        "--system",
+        system,
+        "--workload",
+        workload,
+        "--n",
+        str(n),
+        "--iters",
+        str(iters),
+        "--reps",
+        str(reps),
+        "--long-s",
+        str(args.long_s),
+        "--timeout",
+        str(timeout),
+        "--out",
+        str(out),
     ]
     proc = Proc(cmd, OUT / f"{name}.log", env=env)
     rc = proc.wait(timeout + 60)
@@ -398,6 +453,8 @@ def run_peer_process(system, entry, workload, n, reps, timeout, args, iters, tag
             result.update(status="did_not_finish", timeout_s=timeout)
     if result.get("status") == "did_not_finish":
         result.setdefault("timeout_s", timeout)
+    if "PREFECT_HOME" in extra:  # its database can take hundreds of MB
+        shutil.rmtree(extra["PREFECT_HOME"], ignore_errors=True)
     return result
 
 
@@ -434,11 +491,18 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=None, help="repetitions [3; --quick: 1]")
     parser.add_argument("--only", default="", help="workloads or entries, e.g. W1,W3 or W1-10k")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=",".join(SYSTEMS))
-    parser.add_argument("--long-s", type=float, default=60.0,
-                        help="a first repetition longer than this is not repeated [60]")
+    parser.add_argument(
+        "--long-s",
+        type=float,
+        default=60.0,
+        help="a first repetition longer than this is not repeated [60]",
+    )
     parser.add_argument("--output", default=str(BENCH / "RESULTS.md"))
-    parser.add_argument("--merge", action="store_true",
-                        help="update out/results.json of the last run instead of starting anew")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="update out/results.json of the last run instead of starting anew",
+    )
     args = Args(parser.parse_args())
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
@@ -466,8 +530,14 @@ def main() -> int:
         log(f"peers will not run: {netns_problem}")
 
     iters = 0
-    results: dict = {"machine": info, "command": args.command, "quick": args.quick,
-                     "reps": args.reps, "entries": {}, "netns_problem": netns_problem}
+    results: dict = {
+        "machine": info,
+        "command": args.command,
+        "quick": args.quick,
+        "reps": args.reps,
+        "entries": {},
+        "netns_problem": netns_problem,
+    }
     if previous is not None:
         # --merge: keep every (entry, system) of the last run that this run does not redo.
         results = previous
@@ -512,9 +582,12 @@ def main() -> int:
                 row["systems"][system] = {"status": "failed", "error": netns_problem}
                 continue
             load = os.getloadavg()[0]
-            log(f"{entry} {system}: n={n}, {args.reps} rep(s), "
-                f"timeout {args.timeout_for(system, entry):g} s, load {load:.2f}")
+            log(
+                f"{entry} {system}: n={n}, {args.reps} rep(s), "
+                f"timeout {args.timeout_for(system, entry):g} s, load {load:.2f}"
+            )
             t0 = time.perf_counter()
+            code = f"{git_head()} / {source_digest()}"
             if system == "fleetflow":
                 res = run_fleetflow(entry, workload, n, args.reps, args, iters)
             else:
@@ -523,16 +596,18 @@ def main() -> int:
             if workload == "W4":  # speedup against the serial time measured for this row
                 for rep in res.get("reps") or []:
                     rep["speedup"] = statistics.median(row["serial_s"]) / rep["wall_s"]
+            if system == "fleetflow":  # the code the fleet's processes loaded
+                res["code"] = code
             res["loadavg_before"] = load
             res["loadavg_after"] = os.getloadavg()[0]
             row["systems"][system] = res
-            log(f"  -> {res.get('status')} in {res['elapsed_total_s']:.1f} s "
-                f"{_brief(workload, res)}")
+            log(
+                f"  -> {res.get('status')} in {res['elapsed_total_s']:.1f} s "
+                f"{_brief(workload, res)}"
+            )
             _save(results, args)
     order = [entry for entry, _, _ in PLAN]
-    results["entries"] = dict(
-        sorted(results["entries"].items(), key=lambda kv: order.index(kv[0]))
-    )
+    results["entries"] = dict(sorted(results["entries"].items(), key=lambda kv: order.index(kv[0])))
     if previous is None:
         results["total_s"] = time.perf_counter() - t_run
     else:
