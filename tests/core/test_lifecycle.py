@@ -237,3 +237,17 @@ def test_flow_run_timeout_cancels_what_is_left_and_fails():
     assert flow.first_error[2] == "flow run timed out after 5 s"
     assert [c.state for c in flow.nodes[0].children] == [TaskRunState.CANCELLED] * 3
     assert fleet.core.workers["w"].allocated["cpu"] == 0.0
+
+
+def test_turns_alternate_even_when_idle_polls_come_in_between():
+    fleet = Fleet()
+    fleet.add_worker("w", ["t"], cpu=1)
+    big = fleet.submit([node("t", items("x", list(range(50))), map_=True)])
+    small = fleet.submit([node("t", items("x", list(range(5))), map_=True)])
+    served = []
+    for _ in range(10):
+        [g] = fleet.core.lease("w", 10, fleet.now)
+        served.append(g.task_run.flow)
+        assert fleet.core.lease("w", 10, fleet.now) == []  # an idle poll: no room
+        fleet.core.report("w", [Outcome(g.task_run.id, g.attempt, value=b"1")], fleet.now)
+    assert served.count(small) == 5 and served.count(big) == 5

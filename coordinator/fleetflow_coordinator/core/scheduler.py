@@ -505,8 +505,8 @@ class Scheduler:
             return grants
         if len(lanes) > 1:
             # Higher priority first; within a priority, flow runs take turns,
-            # starting one lane further on every call.
-            self._rr += 1
+            # starting one lane further after every call that granted something
+            # (calls that find no room, like idle long polls, must not shift it).
             rotate = self._rr % len(lanes)
             lanes = lanes[rotate:] + lanes[:rotate]
             lanes.sort(key=lambda lane: -lane.flow.priority)
@@ -519,6 +519,8 @@ class Scheduler:
                 end += 1
             self._lease_round_robin(worker, lanes[start:end], grants, max_task_runs, now)
             start = end
+        if grants:
+            self._rr += 1
         return grants
 
     def _lease_round_robin(
