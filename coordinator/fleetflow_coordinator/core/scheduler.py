@@ -489,7 +489,7 @@ class Scheduler:
                 self._unreserve(reserved)
             elif _room_for(worker, reserved.node.shape[1]) > 0 and self._slot_free(reserved.node):
                 reserved.queue.popleft()
-                grants.append(self._grant(tr, worker, now))
+                grants.append(self._grant(tr, worker, now, reserved))
                 self._unreserve(reserved)
                 reserved.overtaken = 0
             else:
@@ -557,7 +557,7 @@ class Scheduler:
                 if not self._slot_free(node) or _room_for(worker, node.shape[1]) <= 0:
                     continue  # this lane waits; others may still fit
                 lane.queue.popleft()
-                grants.append(self._grant(tr, worker, now))
+                grants.append(self._grant(tr, worker, now, lane))
                 lane.overtaken = 0
                 open_lanes.append(lane)
                 for waiting in starving:
@@ -1169,10 +1169,9 @@ class Scheduler:
                     tr.error = None
                     self._end_failed(tr, now, TaskRunState.FAILED, message=message)
 
-    def _grant(self, tr: TaskRun, worker: WorkerRecord, now: float) -> LeaseGrant:
+    def _grant(self, tr: TaskRun, worker: WorkerRecord, now: float, lane: Lane) -> LeaseGrant:
         args = self._resolve_args(tr)  # before any state changes
-        lane = self.ready.get(tr.node.task_name, {}).get((tr.flow.id, tr.node.index))
-        if lane is not None and lane.reserved_worker not in (None, worker.worker_id):
+        if lane.reserved_worker not in (None, worker.worker_id):
             self._unreserve(lane)  # its task run starts elsewhere: stop clearing that worker
         self._set_state(tr, TaskRunState.RUNNING)
         tr.worker_id = worker.worker_id
