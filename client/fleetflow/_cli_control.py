@@ -19,7 +19,6 @@ from fleetflow.errors import FleetflowError
 __all__ = ["cancel_command", "limit_command", "prune_command", "queue_command", "show_task_run"]
 
 
-
 @click.command("cancel")
 @click.argument("flow_run_id")
 @coordinator_option

@@ -7,6 +7,7 @@ ever sees the resulting ``bytes``.
 
 from __future__ import annotations
 
+import pickle
 import traceback
 from typing import Any
 
@@ -20,8 +21,30 @@ __all__ = ["dumps", "loads", "error_from_exception", "exception_from_error", "Re
 _PROTOCOL = 5
 
 
+#: Types the standard pickler writes exactly as cloudpickle would (by value,
+#: never by reference to a module), about ten times faster.
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
+_CONTAINERS = frozenset({tuple, list, set, frozenset})
+
+
 def dumps(obj: Any) -> bytes:
-    """Pickle ``obj`` with cloudpickle (protocol 5)."""
+    """Pickle ``obj`` with cloudpickle (protocol 5).
+
+    Scalars of builtin types, and flat tuples, lists, sets and dicts of them,
+    go through the standard pickler instead: the bytes mean the same to
+    :func:`loads`, and a 100,000-item map is pickled item by item.
+    """
+    kind = type(obj)
+    if kind in _PLAIN:
+        return pickle.dumps(obj, protocol=_PROTOCOL)
+    if kind in _CONTAINERS and len(obj) <= 64 and all(type(x) in _PLAIN for x in obj):
+        return pickle.dumps(obj, protocol=_PROTOCOL)
+    if (
+        kind is dict
+        and len(obj) <= 64
+        and all(type(k) in _PLAIN and type(v) in _PLAIN for k, v in obj.items())
+    ):
+        return pickle.dumps(obj, protocol=_PROTOCOL)
     return cloudpickle.dumps(obj, protocol=_PROTOCOL)
 
 

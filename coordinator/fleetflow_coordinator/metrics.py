@@ -14,6 +14,7 @@ Three sources, none of which touches the pure core:
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from typing import Any
 
@@ -114,6 +115,16 @@ class Metrics:
             registry=r,
         )
         ProcessCollector(registry=r)
+        #: {(metric id, label values): child}: ``labels()`` validates and locks on
+        #: every call, too slow for once per task run.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _labels(self, metric: Any, *values: str) -> Any:
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     # ----------------------------------------------------- edge hooks (servicers)
 
@@ -123,28 +134,28 @@ class Metrics:
 
     def reported(self, acks: list[int]) -> None:
         """A ReportOutcomes call answered with these acks."""
-        for ack in acks:
-            self.outcomes.labels(_ACK_NAMES.get(ack, "unknown")).inc()
+        for ack, n in collections.Counter(acks).items():
+            self._labels(self.outcomes, _ACK_NAMES.get(ack, "unknown")).inc(n)
 
     def measured(self, task_name: str, cpu_s: float, peak_bytes: float) -> None:
         """A completed attempt's measured usage (usage.UsageBook)."""
-        self.task_cpu.labels(task_name).observe(cpu_s)
-        self.task_memory.labels(task_name).observe(peak_bytes)
+        self._labels(self.task_cpu, task_name).observe(cpu_s)
+        self._labels(self.task_memory, task_name).observe(peak_bytes)
 
     # ------------------------------------------- event sink (observe.Observer)
 
     def event(self, kind: EventKind) -> None:
         """One event was appended to a flow run's log."""
-        self.events_published.labels(kind.name).inc()
+        self._labels(self.events_published, kind.name).inc()
 
     def started(self, task_name: str, queue_wait_s: float | None) -> None:
         """An attempt was leased after ``queue_wait_s`` seconds SCHEDULED."""
         if queue_wait_s is not None:
-            self.queue_wait.labels(task_name).observe(queue_wait_s)
+            self._labels(self.queue_wait, task_name).observe(queue_wait_s)
 
     def finished(self, flow_run_id: str, attempt: dict[str, Any]) -> None:
         """An attempt ended."""
-        self.task_duration.labels(attempt["task_name"], attempt["outcome"]).observe(
+        self._labels(self.task_duration, attempt["task_name"], attempt["outcome"]).observe(
             attempt["duration_s"]
         )
 

@@ -366,7 +366,9 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
         deadline = loop.time() + wait
         limit = max(request.max_task_runs, 1)
         while True:
-            grants = rt.core.lease(request.worker_id, limit, rt.clock())
+            grants = rt.core.lease(
+                request.worker_id, limit, rt.clock(), max_batch=request.max_batch
+            )
             if grants is None:
                 return ws.LeaseTasksResponse(known=False)
             if grants:
@@ -375,9 +377,9 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
                 # A lease is sent only once stored: otherwise a crash could hand
                 # the same attempt number to a second worker.
                 await rt.durable()
-                return ws.LeaseTasksResponse(
-                    known=True, leases=[convert.lease_to_proto(g) for g in grants]
-                )
+                response = ws.LeaseTasksResponse(known=True)
+                convert.add_leases(response.leases, grants)
+                return response
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return ws.LeaseTasksResponse(known=True)
@@ -408,12 +410,14 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
         rt.usage.record_outcomes(rt.core, request.outcomes, acks, now)
         grants = None
         if request.max_new_leases:  # piggybacked lease request, as LeaseTasks
-            grants = rt.core.lease(request.worker_id, request.max_new_leases, now)
+            grants = rt.core.lease(
+                request.worker_id, request.max_new_leases, now, max_batch=request.max_batch
+            )
             if grants:
                 rt.metrics.leased(len(grants))
         rt.after_change()
         rt.metrics.reported(acks)
         await rt.durable()  # the worker drops an outcome once acked; a lease must be stored
-        return ws.ReportOutcomesResponse(
-            acks=acks, leases=[convert.lease_to_proto(g) for g in grants or ()]
-        )
+        response = ws.ReportOutcomesResponse(acks=acks)
+        convert.add_leases(response.leases, grants or ())
+        return response

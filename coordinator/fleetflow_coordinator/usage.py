@@ -129,6 +129,28 @@ class QuantileSketch:
             keep = keys[-self.max_bins]
             bins[keep] += sum(bins.pop(k) for k in keys[: -self.max_bins])
 
+    def add_many(self, values: Sequence[float]) -> None:
+        """Add several values; the same as :meth:`add` for each, in one loop."""
+        if not values:
+            return
+        clean = [v if v > 0.0 else 0.0 for v in values]
+        self.count += len(clean)
+        self.total += sum(clean)
+        self.lo = min(self.lo, min(clean))
+        self.hi = max(self.hi, max(clean))
+        bins = self.bins
+        log, ceil, gamma_log, tiny = math.log, math.ceil, self._gamma_log, _TINY
+        for value in clean:
+            if value <= tiny:
+                self.zeros += 1
+                continue
+            key = ceil(log(value) / gamma_log)
+            bins[key] = bins.get(key, 0) + 1
+        if len(bins) > self.max_bins + _BIN_SLACK:
+            keys = sorted(bins)
+            keep = keys[-self.max_bins]
+            bins[keep] += sum(bins.pop(k) for k in keys[: -self.max_bins])
+
     def quantile(self, q: float) -> float:
         """The nearest-rank ``q``-quantile: the ``ceil(q * count)``-th smallest value.
 
@@ -183,6 +205,17 @@ class TaskUsageStats:
         self.peak_memory_bytes.add(peak_bytes)
         self.duration_seconds.add(duration_s)
         self.cpu_cores.add(cpu_s / duration_s if duration_s > 0 else 0.0)
+
+    def add_many(
+        self, cpu_s: Sequence[float], peak_bytes: Sequence[float], duration_s: Sequence[float]
+    ) -> None:
+        """Fold in several attempts (parallel sequences); as :meth:`add` for each."""
+        self.cpu_seconds.add_many(cpu_s)
+        self.peak_memory_bytes.add_many(peak_bytes)
+        self.duration_seconds.add_many(duration_s)
+        self.cpu_cores.add_many(
+            [c / d if d > 0 else 0.0 for c, d in zip(cpu_s, duration_s, strict=True)]
+        )
 
     def view(self) -> dict[str, Any]:
         """JSON-ready: request, quantiles and advice."""
@@ -265,7 +298,8 @@ class UsageBook:
         Returns:
             How many were folded in.
         """
-        folded = 0
+        #: {id(node): (flow run id, node, cpu seconds, peaks, durations)}
+        groups: dict[int, tuple[str, Any, list[float], list[float], list[float]]] = {}
         task_runs = core.task_runs
         for outcome, ack in zip(outcomes, acks, strict=False):
             if ack != _SUCCESS or not 0 < outcome.peak_memory_bytes < 2**60:
@@ -278,17 +312,51 @@ class UsageBook:
             if tr is None:
                 continue
             node = tr.node
-            self.record(
-                tr.flow.id,
-                node.index,
-                node.task_name,
-                node.resources,
-                outcome.cpu_seconds,
-                outcome.peak_memory_bytes,
-                max(0.0, now - tr.leased_at),
+            group = groups.get(id(node))
+            if group is None:
+                group = groups[id(node)] = (tr.flow.id, node, [], [], [])
+            group[2].append(outcome.cpu_seconds)
+            group[3].append(outcome.peak_memory_bytes)
+            # The worker's own timing of the task code; else lease to outcome
+            # (which includes time queued behind the other members of a batch).
+            duration = outcome.duration_seconds
+            group[4].append(duration if 0 < duration < 2**40 else max(0.0, now - tr.leased_at))
+        folded = 0
+        for flow_run_id, node, cpus, peaks, durations in groups.values():
+            self.record_many(
+                flow_run_id, node.index, node.task_name, node.resources, cpus, peaks, durations
             )
-            folded += 1
+            folded += len(cpus)
         return folded
+
+    def record_many(
+        self,
+        flow_run_id: str,
+        node: int,
+        task_name: str,
+        requested: dict[str, float],
+        cpu_s: Sequence[float],
+        peak_bytes: Sequence[float],
+        duration_s: Sequence[float],
+    ) -> None:
+        """Fold in several completed attempts of one node (parallel sequences)."""
+        nodes = self.by_flow.get(flow_run_id)
+        if nodes is None:
+            nodes = self.by_flow[flow_run_id] = {}
+            if len(self.by_flow) > self.max_flows:
+                del self.by_flow[next(iter(self.by_flow))]
+        stats = nodes.get(node)
+        if stats is None:
+            stats = nodes[node] = TaskUsageStats(task_name, node, dict(requested))
+        stats.add_many(cpu_s, peak_bytes, duration_s)
+        overall = self.by_task.get(task_name)
+        if overall is None:
+            overall = self.by_task[task_name] = TaskUsageStats(task_name)
+        overall.requested = dict(requested)
+        overall.add_many(cpu_s, peak_bytes, duration_s)
+        if self.sink is not None:
+            for cpu, peak in zip(cpu_s, peak_bytes, strict=True):
+                self.sink.measured(task_name, cpu, peak)
 
     def forget(self, flow_run_ids: Iterable[str]) -> None:
         """Drop pruned flow runs."""

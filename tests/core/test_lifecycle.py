@@ -166,8 +166,9 @@ def test_pools_route_tasks_to_their_workers_only():
     assert fleet.core.lease("cpu", 10, fleet.now) == []
     reasons = [e.message for e in flow.events if e.kind == EventKind.TASK_RUN_UNSCHEDULABLE]
     assert reasons == ["no connected worker offers task 'train' in pool 'gpu'"]
-    fleet.core.register_worker("g", {"cpu": 1.0}, frozenset(["train"]), fleet.now,
-                               pools=frozenset({"gpu"}))
+    fleet.core.register_worker(
+        "g", {"cpu": 1.0}, frozenset(["train"]), fleet.now, pools=frozenset({"gpu"})
+    )
     assert len(fleet.core.lease("g", 10, fleet.now)) == 1
 
 

@@ -13,7 +13,7 @@ from .harness import FakeError, Fleet, items
 
 actions = st.lists(
     st.one_of(
-        st.tuples(st.just("lease"), st.integers(0, 3), st.integers(1, 5)),
+        st.tuples(st.just("lease"), st.integers(0, 3), st.integers(1, 5), st.sampled_from([1, 4])),
         st.tuples(st.just("complete"), st.integers(0, 3), st.booleans()),
         st.tuples(st.just("lose"), st.integers(0, 3)),
         st.tuples(st.just("join"), st.integers(0, 3)),
@@ -40,8 +40,14 @@ def _check(fleet: Fleet) -> None:
         for resource, total in worker.capacity.items():
             assert worker.allocated.get(resource, 0.0) <= total + 1e-6, (worker, resource)
         expected: dict[str, float] = {}
+        batches = set()
         for tr in worker.running.values():
             assert tr.state == TaskRunState.RUNNING and tr.worker_id == worker.worker_id
+            if tr.batch is not None:  # a batch holds its resources once
+                assert tr.batch.remaining >= 1
+                if tr.batch in batches:
+                    continue
+                batches.add(tr.batch)
             for r, a in tr.node.resources.items():
                 expected[r] = expected.get(r, 0.0) + a
         for r in set(expected) | set(worker.allocated):
@@ -77,16 +83,17 @@ def test_no_overcommit_and_every_allocation_released(steps, cpus):
             )
         elif kind == "lease":
             wid = f"w{step[1] % len(cpus)}"
-            grants = fleet.core.lease(wid, step[2], fleet.now) or []
+            grants = fleet.core.lease(wid, step[2], fleet.now, max_batch=step[3]) or []
             held.setdefault(wid, []).extend(grants)
         elif kind == "complete":
             wid = f"w{step[1] % len(cpus)}"
             if held.get(wid):
                 g = held[wid].pop(0)
                 outcome = (
-                    Outcome(g.task_run.id, g.attempt, value=pickle.dumps(1))
+                    # Short durations: later leases of the node come in batches.
+                    Outcome(g.task_run.id, g.attempt, value=pickle.dumps(1), duration_s=0.001)
                     if step[2]
-                    else Outcome(g.task_run.id, g.attempt, error=FakeError("x"))
+                    else Outcome(g.task_run.id, g.attempt, error=FakeError("x"), duration_s=0.001)
                 )
                 fleet.core.report(wid, [outcome], fleet.now)
         elif kind == "lose":

@@ -343,3 +343,21 @@ async def test_report_outcomes_feeds_the_book_and_get_flow_run_stats_folds_on_de
     assert stats.time.running_seconds == pytest.approx(4.0)
     assert stats.folded_seq == len(core.flows["fr1"].events)
     assert runtime.observer is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.floats(-1.0, 1e12, allow_nan=False), st.just(0.0), st.just(1e-15)),
+        max_size=400,
+    )
+)
+def test_add_many_equals_adding_one_by_one(values):
+    one, many = QuantileSketch(max_bins=16), QuantileSketch(max_bins=16)
+    for v in values:
+        one.add(v)
+    many.add_many(values)
+    assert (many.count, many.zeros, many.lo, many.hi) == (one.count, one.zeros, one.lo, one.hi)
+    assert many.total == pytest.approx(one.total)
+    for q in (0.0, 0.25, 0.5, 0.95, 1.0):
+        assert many.quantile(q) == pytest.approx(one.quantile(q))

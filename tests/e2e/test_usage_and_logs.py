@@ -163,11 +163,16 @@ def test_a_captured_run_has_the_ids_on_every_line_and_one_summary_line_per_attem
     assert all(all(k in line for k in IDS) for line in task_lines)
     assert all(line["task_name"] in ("chatty", "chatty_async") for line in task_lines)
 
+    # One summary per attempt: its own line, or (a completed member of a
+    # lease batch of short task runs) its entry in its batch's line.
     summaries = Counter(
         (line["task_run_id"], line["attempt"])
         for line in lines
         if line["event"] == "task_run_finished"
     )
+    for line in lines:
+        if line["event"] == "task_run_batch_finished":
+            summaries.update((tid, attempt) for tid, attempt in line["task_runs"])
     assert set(summaries) == started and set(summaries.values()) == {1}
 
     wait_until(

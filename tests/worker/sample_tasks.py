@@ -164,3 +164,11 @@ async def aask_retry(delay):
     from fleetflow.errors import Retry
 
     raise Retry(delay=delay)
+
+
+@task
+def double_or_die(x):
+    """Double ``x``; a negative ``x`` kills the process with exit code ``-x``."""
+    if x < 0:
+        os._exit(-x)
+    return 2 * x

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
+from typing import Any
 
 from fleetflow._logging import attempt_scope
 from fleetflow._task import Task, find_tasks
@@ -35,7 +38,11 @@ from fleetflow_worker._codec import (
 )
 from fleetflow_worker.errors import TaskNotRegistered
 
-__all__ = ["init_process", "load_tasks", "run_task", "serve", "ping"]
+__all__ = ["init_process", "load_tasks", "run_task", "run_batch", "serve", "ping"]
+
+#: A batch sends what it has finished at least this often, seconds, so the pool
+#: sees progress (and times each member) without a message per member.
+BATCH_FLUSH_S = 0.002
 
 #: Tasks of this task process, ``{task_name: Task}``; filled by :func:`init_process`.
 _TASKS: dict[str, Task] = {}
@@ -89,7 +96,11 @@ def ping() -> int:
 
 
 def serve(
-    conn: Connection, module_specs: Sequence[str], nice: int = 0, log_level: str | None = None
+    conn: Connection,
+    module_specs: Sequence[str],
+    nice: int = 0,
+    log_level: str | None = None,
+    progress: Any = None,
 ) -> None:
     """Main function of a task process: run attempts sent down ``conn`` until EOF.
 
@@ -98,6 +109,10 @@ def serve(
     * child -> pool, once: ``("ready", n_tasks)`` or ``("failed", traceback_text)``;
     * pool -> child: ``(task_name, args, split_result, ids)`` runs one attempt
       and the child answers with its :data:`~fleetflow_worker._codec.Payload`;
+    * pool -> child: ``("batch", [(task_name, args, split_result, ids), ...])``
+      runs the attempts one after another; the child answers with lists of
+      ``(position, payload, cpu_seconds, duration_seconds, peak_rss_bytes)``
+      (see :func:`run_batch`) until every position was answered;
       ``ids`` (the attempt's ``flow_run_id``, ``task_run_id``, ``attempt``,
       ``worker_id``, ``task_name``; may be left out) are bound to every log
       line of the attempt, and a failure keeps its last log lines;
@@ -109,6 +124,9 @@ def serve(
         nice: See :func:`init_process`.
         log_level: Configure structlog like the worker (JSON lines on stderr
             unless it is a terminal) at this level; None leaves it alone.
+        progress: Shared ``[position, started]`` (a ``RawArray("d", 2)``) where
+            a batch records which member runs and since when
+            (``time.monotonic()``), so the pool can time each member out.
     """
     _die_with_parent()
     if log_level:
@@ -128,6 +146,10 @@ def serve(
             return  # the worker is gone
         if request is None:
             return
+        if request[0] == "batch":
+            if not run_batch(conn, request[1], progress):
+                return
+            continue
         task_name, args, split_result, *rest = request
         _reset_peak_memory()
         with attempt_scope(rest[0] if rest else {}):
@@ -173,6 +195,50 @@ def run_task(
         return encode_result(task_name, result, split_result)
     except Exception as exc:  # noqa: BLE001 - an unpicklable or unsplittable result
         return encode_error(exc)
+
+
+def run_batch(conn: Connection, requests: Sequence[tuple], progress: Any = None) -> bool:
+    """Run a batch's attempts in order, sending results as they finish.
+
+    Results are sent in lists, at least every :data:`BATCH_FLUSH_S` seconds
+    while the batch runs and once at its end. Each result is ``(position,
+    payload, cpu_seconds, duration_seconds, peak_rss_bytes)``: CPU and wall
+    time of that attempt alone, seconds, and this process's peak resident
+    memory since the batch began (an upper bound for the attempt), bytes.
+
+    Args:
+        conn: This process's end of its pipe to the pool.
+        requests: ``[(task_name, args, split_result, ids)]`` as for one attempt.
+        progress: See :func:`serve`; None: not shared.
+
+    Returns:
+        False when the pool is gone (the pipe broke).
+    """
+    _reset_peak_memory()
+    done: list[tuple] = []
+    clock, cpu_clock = time.perf_counter, time.process_time
+    flushed = clock()
+    last = len(requests) - 1
+    for position, (task_name, args, split_result, ids) in enumerate(requests):
+        if progress is not None:
+            progress[1] = time.monotonic()
+            progress[0] = position
+        started, cpu_started = clock(), cpu_clock()
+        with attempt_scope(ids):
+            payload = run_task(task_name, args, split_result)
+        ended = clock()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+        done.append((position, payload, cpu_clock() - cpu_started, ended - started, peak))
+        if position == last or ended - flushed >= BATCH_FLUSH_S:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                conn.send(done)
+            except (BrokenPipeError, OSError):
+                return False
+            done = []
+            flushed = ended
+    return True
 
 
 def _reset_peak_memory() -> None:

@@ -184,6 +184,7 @@ def to_outcome(
     timed_out: bool = False,
     cpu_seconds: float = 0.0,
     peak_memory_bytes: float = 0.0,
+    duration_seconds: float = 0.0,
 ) -> worker_service_pb2.Outcome:
     """Build the Outcome message reported for one attempt.
 
@@ -195,6 +196,7 @@ def to_outcome(
         timed_out: True when the attempt was stopped at its timeout.
         cpu_seconds: CPU time the attempt used, seconds (0: not measured).
         peak_memory_bytes: Peak resident memory of its process, bytes (0: not measured).
+        duration_seconds: Wall time of the task code, seconds (0: not measured).
 
     Raises:
         ValueError: the payload kind is unknown.
@@ -206,6 +208,7 @@ def to_outcome(
         timed_out=timed_out,
         cpu_seconds=cpu_seconds,
         peak_memory_bytes=peak_memory_bytes,
+        duration_seconds=duration_seconds,
     )
     kind, data = payload
     if kind == "value":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -31,7 +31,7 @@ from fleetflow_worker._codec import (
     to_outcome,
     wire_args,
 )
-from fleetflow_worker._pool import PoolResult, TaskProcessPool
+from fleetflow_worker._pool import BatchItem, PoolResult, TaskProcessPool
 from fleetflow_worker.errors import TaskNotRegistered, TaskTimeout
 from fleetflow_worker.state import AttemptKey, AttemptTable, CancelAction
 
@@ -83,6 +83,8 @@ class AttemptRunner:
         self._flow_run_ids: dict[AttemptKey, str] = {}
         #: {AttemptKey: asyncio task of the user coroutine or of the pool call}
         self._inner: dict[AttemptKey, asyncio.Future[PoolResult | None]] = {}
+        #: {AttemptKey: event set when a member of a running batch is cancelled}
+        self._pokes: dict[AttemptKey, asyncio.Event] = {}
 
     @property
     def attempts(self) -> list[asyncio.Task[None]]:
@@ -107,6 +109,44 @@ class AttemptRunner:
         self._flow_run_ids[key] = lease.flow_run_id
         return True
 
+    def start_all(self, leases: Sequence[worker_service_pb2.Lease]) -> None:
+        """Start every lease of one response; consecutive members of a batch share a slot."""
+        i, n = 0, len(leases)
+        while i < n:
+            batch = leases[i].batch
+            j = i + 1
+            if batch:
+                while j < n and leases[j].batch == batch:
+                    j += 1
+            if j - i > 1:
+                self.start_batch(leases[i:j])
+            else:
+                self.start(leases[i])
+            i = j
+
+    def start_batch(self, leases: Sequence[worker_service_pb2.Lease]) -> int:
+        """Start a batch: its leases run one after another in one slot.
+
+        Returns:
+            How many leases started (duplicates of held attempts are ignored).
+        """
+        task = self.tasks.get(leases[0].task_name)
+        keys = [AttemptKey(lease.task_run_id, lease.attempt) for lease in leases]
+        fresh = self.table.start_batch(keys, is_async=task is not None and task.is_async)
+        if len(fresh) < len(keys):
+            log.warning("duplicate_lease_ignored", count=len(keys) - len(fresh), batch=True)
+        if not fresh:
+            return 0
+        by_key = dict(zip(keys, leases, strict=True))
+        members = [(key, by_key[key]) for key in fresh]
+        runner = asyncio.create_task(
+            self._run_batch(members, task), name=f"batch-{fresh[0][0]}-{len(fresh)}"
+        )
+        for key, lease in members:
+            self._attempts[key] = runner
+            self._flow_run_ids[key] = lease.flow_run_id
+        return len(fresh)
+
     def flow_run_id(self, key: AttemptKey) -> str | None:
         """The flow run of a running attempt, for log lines about it (None if unknown)."""
         return self._flow_run_ids.get(key)
@@ -122,6 +162,9 @@ class AttemptRunner:
             inner = self._inner.get(key)
             if inner is not None:
                 inner.cancel()
+            poke = self._pokes.get(key)
+            if poke is not None:
+                poke.set()
         return action
 
     def abort_all(self) -> list[AttemptKey]:
@@ -147,22 +190,120 @@ class AttemptRunner:
             try:
                 result = await self._execute(key, lease, task)
             finally:
-                self._attempts.pop(key, None)
-                self._flow_run_ids.pop(key, None)
-                report = self.table.finish(key, has_outcome=result is not None)
-                self._on_slot_freed()
-                if report and result is not None:
-                    self._on_outcome(
-                        to_outcome(
-                            *key,
-                            result.payload,
-                            infrastructure=result.infrastructure,
-                            timed_out=result.timed_out,
-                            cpu_seconds=result.usage.cpu_seconds,
-                            peak_memory_bytes=result.usage.peak_memory_bytes,
-                        )
-                    )
-                _log_finished(result if report else None, time.monotonic() - started)
+                self._finish(key, result, time.monotonic() - started)
+
+    def _finish(
+        self,
+        key: AttemptKey,
+        result: _Result,
+        duration_s: float,
+        ids: Mapping[str, Any] | None = None,
+        batched: list[AttemptKey] | None = None,
+    ) -> None:
+        """An attempt ended: free its slot (or its share), report and log it once.
+
+        A batch member that completed is logged at debug level and added to
+        ``batched``, for its batch's one info line (failures keep their own).
+        """
+        self._attempts.pop(key, None)
+        self._flow_run_ids.pop(key, None)
+        self._pokes.pop(key, None)
+        report = self.table.finish(key, has_outcome=result is not None)
+        self._on_slot_freed()
+        if result is not None and result.duration_s > 0:
+            duration_s = result.duration_s
+        if report and result is not None:
+            self._on_outcome(
+                to_outcome(
+                    *key,
+                    result.payload,
+                    infrastructure=result.infrastructure,
+                    timed_out=result.timed_out,
+                    cpu_seconds=result.usage.cpu_seconds,
+                    peak_memory_bytes=result.usage.peak_memory_bytes,
+                    duration_seconds=duration_s,
+                )
+            )
+        if batched is not None and report and result is not None and result.payload[0] != "error":
+            batched.append(key)
+            log.debug(
+                "task_run_finished", outcome="completed", duration_s=duration_s, **(ids or {})
+            )
+            return
+        _log_finished(result if report else None, duration_s, ids)
+
+    async def _run_batch(
+        self,
+        members: list[tuple[AttemptKey, worker_service_pb2.Lease]],
+        task: Task | None,
+    ) -> None:
+        """Run a batch's members in order; plain ``def`` ones in one task process."""
+        if task is None or task.is_async:
+            for key, lease in members:  # one after another, each as a single attempt
+                if key in self._attempts:
+                    await self._run(key, lease, task)
+            return
+        head = members[0][1]
+        runnable: list[tuple[AttemptKey, worker_service_pb2.Lease, dict[str, Any]]] = []
+        items: list[BatchItem] = []
+        poke = asyncio.Event()
+        for key, lease in members:
+            ids = {
+                "worker_id": self.worker_id,
+                "flow_run_id": lease.flow_run_id,
+                "task_run_id": key.task_run_id,
+                "attempt": key.attempt,
+                "task_name": lease.task_name,
+            }
+            try:
+                args = wire_args(lease)
+            except ValueError as exc:
+                self._finish(key, PoolResult(encode_error(exc)), 0.0, ids)
+                continue
+            self._pokes[key] = poke
+            runnable.append((key, lease, ids))
+            items.append(BatchItem(args, lease.split_result, ids))
+
+        completed: list[AttemptKey] = []
+        started = time.monotonic()
+
+        def on_result(i: int, result: PoolResult) -> None:
+            key, _, ids = runnable[i]
+            if key in self._attempts:
+                self._finish(key, result, 0.0, ids, completed)
+
+        try:
+            await self.pool.run_batch(
+                task.name,
+                items,
+                timeout_s=head.timeout_seconds,
+                memory_request_bytes=memory_request(head),
+                cancelled=lambda i: self.table.is_cancelled(runnable[i][0]),
+                on_result=on_result,
+                poke=poke,
+            )
+        except Exception as exc:  # noqa: BLE001 - the pool failed (e.g. closed)
+            failed = PoolResult(encode_error(exc), infrastructure=True)
+            for key, _, ids in runnable:
+                if key in self._attempts and not self.table.is_cancelled(key):
+                    self._finish(key, failed, 0.0, ids)
+        finally:
+            for key, _, ids in runnable:  # cancelled members (or the batch itself was)
+                if key in self._attempts:
+                    self._finish(key, None, 0.0, ids)
+            if completed:
+                # One line for the batch's completed members, each named by its
+                # (task_run_id, attempt); failures were logged one by one.
+                log.info(
+                    "task_run_batch_finished",
+                    worker_id=self.worker_id,
+                    flow_run_id=head.flow_run_id,
+                    task_name=head.task_name,
+                    outcome="completed",
+                    count=len(completed),
+                    task_runs=[list(key) for key in completed],
+                    duration_s=round(time.monotonic() - started, 6),
+                )
 
     async def _execute(
         self, key: AttemptKey, lease: worker_service_pb2.Lease, task: Task | None
@@ -239,9 +380,9 @@ async def _guarded(coro: Any, task: Task, split_result: bool, timeout_s: float) 
         return PoolResult(encode_error(exc))
 
 
-def _log_finished(result: _Result, duration_s: float) -> None:
-    """The one canonical line per attempt."""
-    fields: dict[str, Any] = {"duration_s": round(duration_s, 6)}
+def _log_finished(result: _Result, duration_s: float, ids: Mapping[str, Any] | None = None) -> None:
+    """The one canonical line per attempt (``ids`` when they are not bound already)."""
+    fields: dict[str, Any] = {"duration_s": round(duration_s, 6), **(ids or {})}
     if result is None:
         log.info("task_run_finished", outcome="cancelled", **fields)
         return

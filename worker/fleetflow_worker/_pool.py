@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import math
 import multiprocessing
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from fleetflow_worker._process import PoolStartError, TaskProcess, live_pids
 from fleetflow_worker._usage import AttemptUsage, ProcessMeter, memory_limit_bytes
 from fleetflow_worker.errors import MemoryLimitExceeded, TaskProcessDied, TaskTimeout
 
-__all__ = ["TaskProcessPool", "PoolResult", "PoolStartError"]
+__all__ = ["TaskProcessPool", "PoolResult", "PoolStartError", "BatchItem"]
 
 log = structlog.get_logger()
 
@@ -62,6 +63,27 @@ class PoolResult:
     usage: AttemptUsage = field(default_factory=AttemptUsage)
     timed_out: bool = False
     infrastructure: bool = False
+    #: Wall time of the task code, seconds (0: not measured).
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One member of a batch for :meth:`TaskProcessPool.run_batch`.
+
+    Attributes:
+        args: Pickled arguments as leased.
+        split_result: Return the result item by item.
+        log_ids: Bound to every log line of the attempt in its process.
+    """
+
+    args: Sequence[WireArg]
+    split_result: bool
+    log_ids: Mapping[str, Any]
+
+
+#: Why a batch's process was stopped: the member running then was cancelled.
+_CANCELLED = "cancelled"
 
 
 @dataclass(eq=False)
@@ -205,18 +227,7 @@ class TaskProcessPool:
         Raises:
             RuntimeError: the pool is closed.
         """
-        if self._closed:
-            raise RuntimeError("the task process pool is closed")
-        seats = self._queue()
-        if seats.empty() and len(self._seat_list) < self.max_size:
-            seat = _Seat(core=False)
-            self._seat_list.append(seat)
-        else:
-            self._waiting += 1
-            try:
-                seat = await seats.get()
-            finally:
-                self._waiting -= 1
+        seat = await self._take_seat()
         try:
             if self._closed:
                 raise RuntimeError("the task process pool is closed")
@@ -229,10 +240,203 @@ class TaskProcessPool:
             request = (task_name, list(args), split_result, dict(log_ids or {}))
             return await self._attempt(seat, proc, request, timeout_s, memory_request_bytes)
         finally:
-            if seat.core or self._waiting:
-                seats.put_nowait(seat)
-            else:
-                self._retire(seat)
+            self._give_back(seat)
+
+    async def run_batch(
+        self,
+        task_name: str,
+        items: Sequence[BatchItem],
+        *,
+        timeout_s: float = 0.0,
+        memory_request_bytes: float = 0.0,
+        cancelled: Callable[[int], bool],
+        on_result: Callable[[int, PoolResult], None],
+        poke: asyncio.Event | None = None,
+    ) -> None:
+        """Run a batch's members one after another in one task process (one seat).
+
+        The members go down the pipe in one message and their results come
+        back in a few (:func:`~fleetflow_worker._child.run_batch`), so a
+        member costs no pipe round trip of its own. Each member still has its
+        own time limit, and every rule of :meth:`run` holds per member: the
+        member that runs past ``timeout_s``, grows past its memory limit or
+        is cancelled has its process killed; the members after it go on in
+        the seat's new process. Members that finished but whose results were
+        lost with a killed process run again there (at-least-once).
+
+        Args:
+            task_name: Registered task name (the same for every member).
+            items: The members, in the order they run.
+            timeout_s: Each member's hard time limit, seconds (0: none).
+            memory_request_bytes: The task's memory request, bytes (0: no limit).
+            cancelled: ``cancelled(i)`` says member ``i`` no longer needs to
+                run; it gets no result. Asked before a member is sent and
+                while it runs.
+            on_result: Called once with ``(i, result)`` for each member that
+                ended (not for cancelled ones), in order, on the event loop.
+            poke: Set by the caller when it cancels a member, so a running
+                one is stopped at once rather than at the next sample.
+
+        Raises:
+            RuntimeError: the pool is closed.
+        """
+        seat = await self._take_seat()
+        try:
+            todo = list(range(len(items)))
+            while todo:
+                todo = [i for i in todo if not cancelled(i)]
+                if not todo:
+                    return
+                if self._closed:
+                    raise RuntimeError("the task process pool is closed")
+                try:
+                    proc = await self._process_for(seat)
+                except PoolStartError as exc:
+                    for i in todo:
+                        on_result(i, PoolResult(encode_error(exc), infrastructure=True))
+                    return
+                todo = await self._batch_on(
+                    seat,
+                    proc,
+                    task_name,
+                    items,
+                    todo,
+                    timeout_s,
+                    memory_request_bytes,
+                    cancelled,
+                    on_result,
+                    poke,
+                )
+        finally:
+            self._give_back(seat)
+
+    async def _batch_on(
+        self,
+        seat: _Seat,
+        proc: TaskProcess,
+        task_name: str,
+        items: Sequence[BatchItem],
+        todo: list[int],
+        timeout_s: float,
+        memory_request_bytes: float,
+        cancelled: Callable[[int], bool],
+        on_result: Callable[[int, PoolResult], None],
+        poke: asyncio.Event | None,
+    ) -> list[int]:
+        """Send ``todo`` to ``proc`` and collect results; returns the members left to run."""
+        loop = asyncio.get_running_loop()
+        meter = ProcessMeter(proc.ps)
+        limit = memory_limit_bytes(
+            memory_request_bytes, self.memory_margin_fraction, self.memory_margin_bytes
+        )
+        answered = [False] * len(todo)
+
+        def on_results(results: list[tuple]) -> None:  # on the loop, in arrival order
+            for position, payload, cpu_s, duration_s, peak in results:
+                answered[position] = True
+                i = todo[position]
+                if not cancelled(i):
+                    usage = AttemptUsage(cpu_s, peak)
+                    on_result(i, PoolResult(payload, usage, duration_s=duration_s))
+
+        def post(results: list[tuple]) -> None:  # in the pipe thread
+            loop.call_soon_threadsafe(on_results, results)
+
+        requests = [
+            (task_name, list(items[i].args), items[i].split_result, dict(items[i].log_ids))
+            for i in todo
+        ]
+        proc.reset_progress()
+        call = loop.run_in_executor(self._io, proc.call_batch, requests, post)
+        call.add_done_callback(_retrieve)
+        poked = asyncio.ensure_future(poke.wait()) if poke is not None else None
+        waiters: list[asyncio.Future[Any]] = [call] if poked is None else [call, poked]
+        error: BaseException | str | None = None
+        try:
+            while not call.done():
+                wait_s = self.sample_interval_s
+                position, started = proc.current()
+                if timeout_s > 0 and 0 <= position < len(todo) and not answered[position]:
+                    wait_s = min(wait_s, started + timeout_s - time.monotonic())
+                if wait_s > 0:
+                    await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+                if call.done():
+                    break
+                if poked is not None and poked.done():
+                    poke.clear()  # type: ignore[union-attr]
+                    poked = asyncio.ensure_future(poke.wait())  # type: ignore[union-attr]
+                    waiters = [call, poked]
+                position, started = proc.current()
+                running = 0 <= position < len(todo) and not answered[position]
+                if running and cancelled(todo[position]):
+                    error = _CANCELLED
+                    break
+                rss = meter.sample()
+                if limit and rss > limit:
+                    error = MemoryLimitExceeded(task_name, memory_request_bytes, rss, limit)
+                    break
+                if running and timeout_s > 0 and time.monotonic() >= started + timeout_s:
+                    error = TaskTimeout(task_name, timeout_s)
+                    break
+        except asyncio.CancelledError:
+            self._replace(seat)  # kills the process; the blocked call ends with EOF
+            raise
+        finally:
+            if poked is not None:
+                poked.cancel()
+        if error is None and call.exception() is None:
+            return []  # every member answered
+        exitcode: int | None = None
+        if error is not None:
+            meter.sample(high_water_mark=True)
+            if isinstance(error, MemoryLimitExceeded):
+                error.peak_bytes = max(error.peak_bytes, meter.rss_peak)
+            self._replace(seat)
+            await asyncio.wait([call], timeout=5.0)
+            await asyncio.sleep(0)  # results read before the EOF are delivered first
+            reason = error if isinstance(error, str) else type(error).__name__
+            log.info("task_process_killed", reason=reason, pid=proc.process.pid)
+        else:
+            exitcode = await self._replace(seat)
+            log.warning("task_process_died", exitcode=exitcode, pid=proc.process.pid)
+        position, _ = proc.current()
+        position = max(0, position)
+        current = position if position < len(todo) and not answered[position] else -1
+        if current >= 0 and not cancelled(todo[current]):
+            usage = meter.usage()
+            if error is None:
+                died = encode_error(TaskProcessDied(exitcode))
+                on_result(todo[current], PoolResult(died, usage, infrastructure=True))
+            elif not isinstance(error, str):
+                timed_out = isinstance(error, TaskTimeout)
+                stopped = PoolResult(encode_error(error), usage, timed_out=timed_out)
+                on_result(todo[current], stopped)
+        return [i for q, i in enumerate(todo) if not answered[q] and q != current]
+
+    async def _take_seat(self) -> _Seat:
+        """A free seat, or a new surplus seat while fewer than ``max_size`` exist.
+
+        Raises:
+            RuntimeError: the pool is closed.
+        """
+        if self._closed:
+            raise RuntimeError("the task process pool is closed")
+        seats = self._queue()
+        if seats.empty() and len(self._seat_list) < self.max_size:
+            seat = _Seat(core=False)
+            self._seat_list.append(seat)
+            return seat
+        self._waiting += 1
+        try:
+            return await seats.get()
+        finally:
+            self._waiting -= 1
+
+    def _give_back(self, seat: _Seat) -> None:
+        if seat.core or self._waiting:
+            self._queue().put_nowait(seat)
+        else:
+            self._retire(seat)
 
     async def _process_for(self, seat: _Seat) -> TaskProcess:
         """The seat's live process, waiting for (or starting) a replacement if needed."""

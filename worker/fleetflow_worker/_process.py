@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -35,10 +35,26 @@ _STATUS_LOCK = threading.Lock()
 class TaskProcess:
     """One live task process and the pool's end of its pipe."""
 
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+    def __init__(self, process: BaseProcess, conn: Connection, progress: Any = None) -> None:
         self.process = process
         self.conn = conn
         self.ps = psutil.Process(process.pid)
+        #: Shared ``[position, started]`` of the batch member running now
+        #: (see :func:`fleetflow_worker._child.run_batch`); None if not shared.
+        self.progress = progress
+
+    def current(self) -> tuple[int, float]:
+        """The running batch member: ``(position, monotonic start time)``; (-1, 0) if none."""
+        if self.progress is None:
+            return -1, 0.0
+        position, started = self.progress[0], self.progress[1]
+        return int(position), started
+
+    def reset_progress(self) -> None:
+        """Mark that no batch member has started yet (before a batch is sent)."""
+        if self.progress is not None:
+            self.progress[0] = -1.0
+            self.progress[1] = 0.0
 
     @classmethod
     def start(
@@ -65,9 +81,11 @@ class TaskProcess:
             PoolStartError: it failed to import them, exited or took too long.
         """
         parent_conn, child_conn = ctx.Pipe(duplex=True)
+        progress = ctx.RawArray("d", 2)  # type: ignore[attr-defined]
+        progress[0] = -1.0
         process = ctx.Process(  # type: ignore[attr-defined]
             target=_child.serve,
-            args=(child_conn, list(module_specs), nice, log_level),
+            args=(child_conn, list(module_specs), nice, log_level, progress),
             name="fleetflow-task",
         )
         with _STATUS_LOCK:
@@ -80,7 +98,7 @@ class TaskProcess:
             status, detail = parent_conn.recv()
             if status != "ready":
                 raise PoolStartError(f"a --module failed to import:\n{detail}")
-            return cls(process, parent_conn)
+            return cls(process, parent_conn, progress)
         except (EOFError, OSError, PoolStartError) as exc:
             process.kill()
             exitcode = _reap(process, 5.0, parent_conn)
@@ -105,6 +123,24 @@ class TaskProcess:
         """
         self.conn.send(request)
         return self.conn.recv()  # type: ignore[no-any-return]
+
+    def call_batch(self, requests: list[tuple], on_results: Callable[[list[tuple]], None]) -> None:
+        """Run a batch of attempts (blocking; called in a thread).
+
+        Hands every list of results the process sends to ``on_results`` (from
+        this thread) and returns once all ``len(requests)`` were answered.
+        See :func:`fleetflow_worker._child.run_batch` for the result tuples.
+
+        Raises:
+            EOFError: the process died (or was killed) before answering all.
+            OSError: the pipe broke.
+        """
+        self.conn.send(("batch", requests))
+        left = len(requests)
+        while left > 0:
+            results = self.conn.recv()
+            left -= len(results)
+            on_results(results)
 
     def kill(self) -> None:
         """SIGKILL the process (no-op if it already exited)."""

@@ -128,6 +128,13 @@ def load_all_tasks(module_specs: tuple[str, ...] | list[str]) -> dict[str, Task]
     show_default=True,
     help="Niceness added to task processes, so heartbeats flow when tasks use every CPU.",
 )
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Most short task runs leased as one batch (one slot, run in order); 1: no batches.",
+)
 @click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
 def command(
     coordinator: str,
@@ -140,6 +147,7 @@ def command(
     worker_id: str | None,
     drain_grace_s: float,
     task_nice: int,
+    max_batch: int,
     log_level: str,
 ) -> None:
     """Run the tasks of user modules for a coordinator until SIGTERM or SIGINT.
@@ -162,6 +170,7 @@ def command(
             pools=tuple(pools) or ("default",),
             drain_grace_s=drain_grace_s,
             task_nice=task_nice,
+            max_batch=max_batch,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

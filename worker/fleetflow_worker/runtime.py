@@ -237,6 +237,7 @@ class Worker:
                 worker_id=self.settings.worker_id,
                 max_task_runs=free,
                 wait_seconds=self.settings.lease_wait_s,
+                max_batch=self.settings.max_batch,
             )
             try:
                 response = await self._rpc().LeaseTasks(
@@ -245,8 +246,7 @@ class Worker:
             except grpc.aio.AioRpcError as exc:
                 await self._pause(self._rpc_failed("lease_tasks", backoff, exc))
                 continue
-            for lease in response.leases:
-                self.runner.start(lease)
+            self.runner.start_all(response.leases)
             if response.known:
                 recovered("lease_tasks", backoff)
             else:
@@ -373,12 +373,14 @@ class Worker:
         want = 0 if self._stopping.is_set() else self.table.free_slots
         response = await self._rpc().ReportOutcomes(
             worker_service_pb2.ReportOutcomesRequest(
-                worker_id=self.settings.worker_id, outcomes=outcomes, max_new_leases=want
+                worker_id=self.settings.worker_id,
+                outcomes=outcomes,
+                max_new_leases=want,
+                max_batch=self.settings.max_batch,
             ),
             timeout=self.settings.rpc_timeout_s,
         )
-        for lease in response.leases:
-            self.runner.start(lease)
+        self.runner.start_all(response.leases)
         return list(response.acks)
 
     @property

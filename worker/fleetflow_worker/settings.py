@@ -71,6 +71,11 @@ class WorkerSettings:
     report_batch_size: int = 2000
     """Most outcomes per ReportOutcomes call. Default 2000."""
 
+    max_batch: int = 256
+    """Most task runs the coordinator may lease in one batch (one slot, run one
+    after another in one task process); it batches only task runs whose
+    reported durations are short. 1 turns batches off. Default 256."""
+
     report_batch_bytes: int = 3 * 1024 * 1024
     """Soft size limit of one ReportOutcomes call, bytes (the coordinator's
     gRPC receive limit is 4 MiB by default). Default 3 MiB."""
@@ -121,6 +126,8 @@ class WorkerSettings:
             raise ValueError("usage_sample_s must be > 0")
         if self.memory_margin_fraction < 0 or self.memory_margin_bytes < 0:
             raise ValueError("memory_margin_fraction and memory_margin_bytes must be >= 0")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch!r}")
         if self.report_batch_size < 1 or self.report_batch_bytes < 1:
             raise ValueError("report_batch_size and report_batch_bytes must be >= 1")
 

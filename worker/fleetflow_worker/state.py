@@ -41,11 +41,20 @@ class CancelAction(enum.Enum):
     KILL_PROCESS = "kill_process"
 
 
+@dataclass(slots=True, eq=False)
+class _Slot:
+    """One slot shared by the members of a lease batch still running."""
+
+    remaining: int
+
+
 @dataclass(slots=True)
 class _Entry:
     is_async: bool
     phase: Phase = Phase.RUNNING
     cancelled: bool = False
+    #: The batch slot this attempt shares (None: a slot of its own).
+    slot: _Slot | None = None
 
 
 class AttemptTable:
@@ -68,12 +77,12 @@ class AttemptTable:
 
     @property
     def running(self) -> int:
-        """Attempts whose task code is executing (or about to)."""
+        """Slots in use: attempts executing (or about to), a batch counting once."""
         return self._running
 
     @property
     def free_slots(self) -> int:
-        """How many more attempts may start now."""
+        """How many more attempts (or batches) may start now."""
         return max(0, self.max_concurrency - self._running)
 
     def __len__(self) -> int:
@@ -94,6 +103,20 @@ class AttemptTable:
         self._running += 1
         return True
 
+    def start_batch(self, keys: list[AttemptKey], *, is_async: bool) -> list[AttemptKey]:
+        """Record the leases of one batch, which share one slot.
+
+        Returns:
+            The keys recorded, in order: duplicates of held attempts are left out.
+        """
+        fresh = [key for key in dict.fromkeys(keys) if key not in self._entries]
+        if fresh:
+            slot = _Slot(len(fresh))
+            for key in fresh:
+                self._entries[key] = _Entry(is_async=is_async, slot=slot)
+            self._running += 1
+        return fresh
+
     def finish(self, key: AttemptKey, *, has_outcome: bool = True) -> bool:
         """Task code ended; returns whether its outcome must be reported.
 
@@ -106,7 +129,14 @@ class AttemptTable:
         entry = self._entries.get(key)
         if entry is None or entry.phase is not Phase.RUNNING:
             raise KeyError(f"attempt {key} is not running")
-        self._running -= 1
+        slot = entry.slot
+        if slot is None:
+            self._running -= 1
+        else:
+            entry.slot = None
+            slot.remaining -= 1
+            if slot.remaining == 0:
+                self._running -= 1
         if entry.cancelled or not has_outcome:
             del self._entries[key]
             return False
@@ -144,8 +174,13 @@ class AttemptTable:
         Raises:
             AssertionError: the running count disagrees with the entries.
         """
-        running = sum(1 for e in self._entries.values() if e.phase is Phase.RUNNING)
-        assert running == self._running, (running, self._running)
+        running = [e for e in self._entries.values() if e.phase is Phase.RUNNING]
+        slots = {id(e.slot): e.slot for e in running if e.slot is not None}
+        in_use = sum(1 for e in running if e.slot is None) + len(slots)
+        assert in_use == self._running, (in_use, self._running)
+        for slot in slots.values():
+            members = sum(1 for e in running if e.slot is slot)
+            assert members == slot.remaining, (members, slot.remaining)
         assert all(not e.cancelled for e in self._entries.values() if e.phase is Phase.REPORTING), (
             "a cancelled attempt reached REPORTING"
         )

@@ -22,6 +22,7 @@ __all__ = [
     "FlowRun",
     "WorkerRecord",
     "EventRecord",
+    "SlotBatch",
     "TERMINAL_TASK_STATES",
 ]
 
@@ -133,6 +134,8 @@ class NodeRecord:
         "tags",
         "concurrency_limit",
         "pool",
+        "mean_duration_s",
+        "fits_version",
     )
 
     def __init__(
@@ -179,6 +182,28 @@ class NodeRecord:
         self.tags: tuple[str, ...] = ()
         self.concurrency_limit = 0
         self.pool = "default"
+        #: Moving average of the task code's wall time per attempt as workers
+        #: report it, seconds; 0 until the first report. Sizes lease batches.
+        self.mean_duration_s = 0.0
+        #: The scheduler's fleet version when some worker was last found able
+        #: to run this node (-1: never); spares re-checking per task run.
+        self.fits_version = -1
+
+
+class SlotBatch:
+    """Task runs leased together to run one after another in one slot.
+
+    The batch holds its node's resources and concurrency-limit slots once,
+    not once per member; they are released when the last member leaves
+    RUNNING. Only the scheduling core creates these.
+    """
+
+    __slots__ = ("id", "remaining")
+
+    def __init__(self, batch_id: int, size: int) -> None:
+        self.id = batch_id
+        #: Members still RUNNING on the worker.
+        self.remaining = size
 
 
 class TaskRun:
@@ -200,6 +225,7 @@ class TaskRun:
         "code_failures",
         "infra_failures",
         "retry_at",
+        "batch",
     )
 
     def __init__(self, task_run_id: int, flow: FlowRun, node: NodeRecord, index: int) -> None:
@@ -222,6 +248,8 @@ class TaskRun:
         self.code_failures = 0
         self.infra_failures = 0
         self.retry_at = 0.0
+        #: The SlotBatch this RUNNING attempt shares a slot with (None: its own slot).
+        self.batch: SlotBatch | None = None
 
 
 @dataclass(slots=True)

@@ -30,6 +30,7 @@ from fleetflow_coordinator.core.model import (
     FlowRun,
     FlowRunState,
     NodeRecord,
+    SlotBatch,
     TaskRun,
     TaskRunState,
     WorkerRecord,
@@ -54,6 +55,18 @@ _EPS = 1e-9
 #: How many smaller task runs may overtake a task run that a worker could hold
 #: when empty but has no room for now; then that worker is reserved for it.
 MAX_OVERTAKES = 16
+
+#: A lease batch is sized so its members take about this long in all, by the
+#: node's mean reported duration (seconds): long enough to spread one RPC, one
+#: commit and one process hand-off over many short task runs, short enough that
+#: a batch never holds ready work back from another worker for long.
+BATCH_TARGET_S = 0.02
+
+#: The largest lease batch, whatever a worker asks for.
+MAX_BATCH = 512
+
+#: Weight of the newest duration in a node's moving average.
+_DURATION_WEIGHT = 0.2
 
 
 class Lane:
@@ -107,6 +120,9 @@ class LeaseGrant:
     task_run: TaskRun
     attempt: int
     args: list[tuple[str, bytes | list[bytes]]]
+    #: Nonzero when this grant is a member of a batch (same id for all
+    #: members): the worker runs them one after another in one slot.
+    batch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +145,8 @@ class Outcome:
     non_retryable: bool = False
     #: A delay the task asked for with fleetflow.Retry(delay=...), seconds.
     retry_delay_s: float | None = None
+    #: Wall time of the task code, seconds (0: not measured); sizes batches.
+    duration_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -267,6 +285,12 @@ class Scheduler:
         #: heap of (due time, tie-breaker, TaskRun, attempt) for retry delays
         self._timers: list[tuple[float, int, TaskRun, int]] = []
         self._timer_seq = 0
+        self._batch_seq = 0
+        #: Grows whenever a worker registers or is lost (what fits may change).
+        self._fleet_version = 0
+        #: Per lease() call: the batch limit and the slots granted so far.
+        self._max_batch = 1
+        self._slots = 0
         #: {idempotency_key: flow_run_id}
         self.idempotency: dict[str, str] = {}
         self._next_task_run_id = 1
@@ -402,6 +426,7 @@ class Scheduler:
             worker.task_names = task_names
             worker.last_seen = now
         worker.pools = pools or frozenset({"default"})
+        self._fleet_version += 1
         for task_run_id, attempt in running:
             tr = self.task_runs.get(task_run_id)
             if (
@@ -471,11 +496,19 @@ class Scheduler:
         worker.last_seen = now
         return True
 
-    def lease(self, worker_id: str, max_task_runs: int, now: float) -> list[LeaseGrant] | None:
-        """Lease up to ``max_task_runs`` ready task runs that fit on the worker.
+    def lease(
+        self, worker_id: str, max_task_runs: int, now: float, *, max_batch: int = 1
+    ) -> list[LeaseGrant] | None:
+        """Lease ready task runs that fit on the worker, for up to ``max_task_runs`` slots.
+
+        A slot is one allocation of a node's resources. With ``max_batch`` > 1
+        a slot may hold a batch of up to ``max_batch`` task runs of one node,
+        to be run one after another (:data:`BATCH_TARGET_S` sizes it from the
+        node's reported durations; a node with none reported yet gets 1).
 
         Returns:
-            The grants (possibly empty), or None when the worker is unknown.
+            The grants (possibly empty; batch members share ``batch``), or
+            None when the worker is unknown.
         """
         worker = self.workers.get(worker_id)
         if worker is None:
@@ -510,8 +543,10 @@ class Scheduler:
             rotate = self._rr % len(lanes)
             lanes = lanes[rotate:] + lanes[:rotate]
             lanes.sort(key=lambda lane: -lane.flow.priority)
+        self._max_batch = max(1, min(max_batch, MAX_BATCH))
+        self._slots = len(grants)
         start = 0
-        while start < len(lanes) and len(grants) < max_task_runs:
+        while start < len(lanes) and self._slots < max_task_runs:
             # One priority level at a time: lower levels get only what is left.
             priority = lanes[start].flow.priority
             end = start
@@ -519,6 +554,7 @@ class Scheduler:
                 end += 1
             self._lease_round_robin(worker, lanes[start:end], grants, max_task_runs, now)
             start = end
+        self._max_batch = 1
         if grants:
             self._rr += 1
         return grants
@@ -547,7 +583,7 @@ class Scheduler:
             and _room_for(worker, lane.node.shape[1]) <= 0
             and _could_hold(worker, lane.node.shape[1])
         ]
-        while lanes and len(grants) < max_task_runs:
+        while lanes and self._slots < max_task_runs:
             open_lanes = []
             for lane in lanes:
                 tr = self._next_ready(lane)
@@ -557,7 +593,12 @@ class Scheduler:
                 if not self._slot_free(node) or _room_for(worker, node.shape[1]) <= 0:
                     continue  # this lane waits; others may still fit
                 lane.queue.popleft()
-                grants.append(self._grant(tr, worker, now, lane))
+                size = self._batch_size(lane) if self._max_batch > 1 else 1
+                if size > 1:
+                    self._grant_batch(tr, size, worker, now, lane, grants)
+                else:
+                    grants.append(self._grant(tr, worker, now, lane))
+                self._slots += 1
                 lane.overtaken = 0
                 open_lanes.append(lane)
                 for waiting in starving:
@@ -566,9 +607,55 @@ class Scheduler:
                         waiting.reserved_worker = worker.worker_id
                         self._reservations[worker.worker_id] = waiting
                         return
-                if len(grants) >= max_task_runs:
+                if self._slots >= max_task_runs:
                     return
             lanes = open_lanes
+
+    def _batch_size(self, lane: Lane) -> int:
+        """How many task runs of ``lane`` one slot should take now (>= 1)."""
+        mean = lane.node.mean_duration_s
+        if mean <= 0.0 or mean >= BATCH_TARGET_S / 2:
+            return 1
+        size = min(self._max_batch, int(BATCH_TARGET_S / mean))
+        # Leave some of the lane for the other workers, so the tail is shared.
+        share = -(-(len(lane.queue) + 1) // max(1, len(self.workers)))
+        return max(1, min(size, share))
+
+    def _grant_batch(
+        self,
+        head: TaskRun,
+        size: int,
+        worker: WorkerRecord,
+        now: float,
+        lane: Lane,
+        grants: list[LeaseGrant],
+    ) -> None:
+        """Grant ``head`` and up to ``size - 1`` more of ``lane`` as one batch in one slot."""
+        members = [head]
+        queue = lane.queue
+        while queue and len(members) < size:
+            tr = queue.popleft()
+            if tr.state == TaskRunState.SCHEDULED:
+                members.append(tr)
+        if len(members) == 1:
+            grants.append(self._grant(head, worker, now, lane))
+            return
+        self._batch_seq += 1
+        batch = SlotBatch(self._batch_seq, len(members))
+        first = self._grant(head, worker, now, lane)
+        head.batch = batch
+        grants.append(LeaseGrant(head, first.attempt, first.args, batch.id))
+        worker_id = worker.worker_id
+        running = worker.running
+        for tr in members[1:]:
+            args = self._resolve_args(tr)
+            self._set_state(tr, TaskRunState.RUNNING)
+            tr.worker_id = worker_id
+            tr.leased_at = now
+            tr.batch = batch
+            running[tr.id] = tr
+            self._task_event(tr, EventKind.TASK_RUN_STARTED, now, worker_id)
+            grants.append(LeaseGrant(tr, tr.attempt, args, batch.id))
 
     def _unreserve(self, lane: Lane) -> None:
         if lane.reserved_worker is not None:
@@ -651,6 +738,13 @@ class Scheduler:
                 )
                 continue
             acks.append(Ack.ACCEPTED)
+            duration = outcome.duration_s
+            if duration > 0.0 and not outcome.infrastructure:
+                node = tr.node
+                mean = node.mean_duration_s
+                node.mean_duration_s = (
+                    duration if mean <= 0.0 else mean + _DURATION_WEIGHT * (duration - mean)
+                )
             self._release(tr)
             if outcome.error is not None:
                 if outcome.infrastructure:
@@ -749,6 +843,7 @@ class Scheduler:
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return
+        self._fleet_version += 1
         lane = self._reservations.pop(worker_id, None)
         if lane is not None:
             lane.reserved_worker = None
@@ -1017,6 +1112,32 @@ class Scheduler:
             changes.nodes.add((flow, node))
             changes.task_runs.update(node.children)
 
+    def _task_event(self, tr: TaskRun, kind: EventKind, now: float, worker_id: str = "") -> None:
+        """:meth:`_event` for the per-task-run kinds that touch no flow or node row.
+
+        Only TASK_RUN_SCHEDULED, TASK_RUN_STARTED and TASK_RUN_COMPLETED, the
+        three every task run goes through; the same record, built directly.
+        """
+        flow = tr.flow
+        node = tr.node
+        events = flow.events
+        event = EventRecord(
+            len(events) + 1,
+            kind,
+            now,
+            node.index,
+            node.task_name,
+            tr.id,
+            tr.index,
+            tr.attempt,
+            worker_id,
+        )
+        events.append(event)
+        self._changed_flows.add(flow.id)
+        changes = self._changes
+        changes.events.append((flow.id, event))
+        changes.task_runs.add(tr)
+
     def _set_state(self, tr: TaskRun, state: TaskRunState) -> None:
         counts = tr.node.counts
         counts[tr.state] -= 1
@@ -1085,11 +1206,13 @@ class Scheduler:
         self._set_state(tr, TaskRunState.SCHEDULED)
         self._enqueue(tr)
         self._work_added = True
-        self._event(tr.flow, EventKind.TASK_RUN_SCHEDULED, now, tr=tr)
-        if not node.unschedulable_reported:
+        self._task_event(tr, EventKind.TASK_RUN_SCHEDULED, now)
+        if not node.unschedulable_reported and node.fits_version != self._fleet_version:
             reason = self._unschedulable_reason(node)
             if reason:
                 self._report_unschedulable(tr.flow, node, now, reason, tr)
+            else:
+                node.fits_version = self._fleet_version
 
     def _enqueue(self, tr: TaskRun) -> None:
         node = tr.node
@@ -1181,7 +1304,7 @@ class Scheduler:
         allocated = worker.allocated
         for resource, amount in tr.node.resources.items():
             allocated[resource] = allocated.get(resource, 0.0) + amount
-        self._event(tr.flow, EventKind.TASK_RUN_STARTED, now, tr=tr, worker_id=worker.worker_id)
+        self._task_event(tr, EventKind.TASK_RUN_STARTED, now, worker.worker_id)
         return LeaseGrant(tr, tr.attempt, args)
 
     def _resolve_args(self, tr: TaskRun) -> list[tuple[str, bytes | list[bytes]]]:
@@ -1209,6 +1332,16 @@ class Scheduler:
     def _release(self, tr: TaskRun) -> None:
         if tr.worker_id is None:
             return
+        batch = tr.batch
+        if batch is not None:
+            tr.batch = None
+            batch.remaining -= 1
+            if batch.remaining > 0:  # the slot stays with the batch's other members
+                worker = self.workers.get(tr.worker_id)
+                if worker is not None:
+                    worker.running.pop(tr.id, None)
+                tr.worker_id = None
+                return
         self._take_slots(tr.node, -1)
         self._work_added = True
         worker = self.workers.get(tr.worker_id)
@@ -1280,7 +1413,7 @@ class Scheduler:
         node = tr.node
         self._set_state(tr, TaskRunState.COMPLETED)
         node.n_terminal += 1
-        self._event(flow, EventKind.TASK_RUN_COMPLETED, now, tr=tr)
+        self._task_event(tr, EventKind.TASK_RUN_COMPLETED, now)
         nodes = flow.nodes
         for c in node.item_consumers:
             consumer = nodes[c]

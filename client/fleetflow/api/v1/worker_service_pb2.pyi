@@ -74,14 +74,16 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, known: _Optional[bool] = ..., cancel: _Optional[_Iterable[_Union[HeldTaskRun, _Mapping]]] = ...) -> None: ...
 
 class LeaseTasksRequest(_message.Message):
-    __slots__ = ("worker_id", "max_task_runs", "wait_seconds")
+    __slots__ = ("worker_id", "max_task_runs", "wait_seconds", "max_batch")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_TASK_RUNS_FIELD_NUMBER: _ClassVar[int]
     WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     max_task_runs: int
     wait_seconds: float
-    def __init__(self, worker_id: _Optional[str] = ..., max_task_runs: _Optional[int] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, worker_id: _Optional[str] = ..., max_task_runs: _Optional[int] = ..., wait_seconds: _Optional[float] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class ArgValue(_message.Message):
     __slots__ = ("name", "value")
@@ -92,7 +94,7 @@ class ArgValue(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[_Union[_common_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("task_run_id", "attempt", "task_name", "flow_run_id", "node", "index", "args", "split_result", "timeout_seconds", "resources")
+    __slots__ = ("task_run_id", "attempt", "task_name", "flow_run_id", "node", "index", "args", "split_result", "timeout_seconds", "resources", "batch")
     TASK_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     TASK_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +105,7 @@ class Lease(_message.Message):
     SPLIT_RESULT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     task_run_id: int
     attempt: int
     task_name: str
@@ -113,7 +116,8 @@ class Lease(_message.Message):
     split_result: bool
     timeout_seconds: float
     resources: _common_pb2.Resources
-    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., task_name: _Optional[str] = ..., flow_run_id: _Optional[str] = ..., node: _Optional[int] = ..., index: _Optional[int] = ..., args: _Optional[_Iterable[_Union[ArgValue, _Mapping]]] = ..., split_result: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ...) -> None: ...
+    batch: int
+    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., task_name: _Optional[str] = ..., flow_run_id: _Optional[str] = ..., node: _Optional[int] = ..., index: _Optional[int] = ..., args: _Optional[_Iterable[_Union[ArgValue, _Mapping]]] = ..., split_result: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., batch: _Optional[int] = ...) -> None: ...
 
 class LeaseTasksResponse(_message.Message):
     __slots__ = ("leases", "known")
@@ -124,7 +128,7 @@ class LeaseTasksResponse(_message.Message):
     def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., known: _Optional[bool] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("task_run_id", "attempt", "value", "items", "error", "infrastructure", "timed_out", "cpu_seconds", "peak_memory_bytes", "non_retryable", "retry_requested", "retry_delay_seconds")
+    __slots__ = ("task_run_id", "attempt", "value", "items", "error", "infrastructure", "timed_out", "cpu_seconds", "peak_memory_bytes", "non_retryable", "retry_requested", "retry_delay_seconds", "duration_seconds")
     TASK_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +141,7 @@ class Outcome(_message.Message):
     NON_RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     RETRY_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     RETRY_DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     task_run_id: int
     attempt: int
     value: bytes
@@ -149,17 +154,20 @@ class Outcome(_message.Message):
     non_retryable: bool
     retry_requested: bool
     retry_delay_seconds: float
-    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., value: _Optional[bytes] = ..., items: _Optional[_Union[_common_pb2.ValueList, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., infrastructure: _Optional[bool] = ..., timed_out: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[float] = ..., non_retryable: _Optional[bool] = ..., retry_requested: _Optional[bool] = ..., retry_delay_seconds: _Optional[float] = ...) -> None: ...
+    duration_seconds: float
+    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., value: _Optional[bytes] = ..., items: _Optional[_Union[_common_pb2.ValueList, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., infrastructure: _Optional[bool] = ..., timed_out: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[float] = ..., non_retryable: _Optional[bool] = ..., retry_requested: _Optional[bool] = ..., retry_delay_seconds: _Optional[float] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
 
 class ReportOutcomesRequest(_message.Message):
-    __slots__ = ("worker_id", "outcomes", "max_new_leases")
+    __slots__ = ("worker_id", "outcomes", "max_new_leases", "max_batch")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_LEASES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     outcomes: _containers.RepeatedCompositeFieldContainer[Outcome]
     max_new_leases: int
-    def __init__(self, worker_id: _Optional[str] = ..., outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., max_new_leases: _Optional[int] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, worker_id: _Optional[str] = ..., outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., max_new_leases: _Optional[int] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class ReportOutcomesResponse(_message.Message):
     __slots__ = ("acks", "leases")
