@@ -365,6 +365,9 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
         wait = _finite(request.wait_seconds, 0.0, rt.settings.lease_wait_max_s)
         deadline = loop.time() + wait
         limit = max(request.max_task_runs, 1)
+        # The request's arrival is the sign of life; the waits below are not.
+        if not rt.core.touch(request.worker_id, rt.clock()):
+            return ws.LeaseTasksResponse(known=False)
         while True:
             grants = rt.core.lease(
                 request.worker_id, limit, rt.clock(), max_batch=request.max_batch

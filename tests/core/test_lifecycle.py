@@ -252,3 +252,18 @@ def test_turns_alternate_even_when_idle_polls_come_in_between():
         assert fleet.core.lease("w", 10, fleet.now) == []  # an idle poll: no room
         fleet.core.report("w", [Outcome(g.task_run.id, g.attempt, value=b"1")], fleet.now)
     assert served.count(small) == 5 and served.count(big) == 5
+
+
+def test_repeated_lease_calls_are_no_sign_of_life():
+    """The edge re-runs lease() for one long poll; a silent worker still expires."""
+    fleet = Fleet(lease_ttl_s=2.0)
+    fleet.add_worker("w", ["t"], cpu=1.0)
+    for _ in range(4):  # a long poll sent before the worker went silent, woken again and again
+        fleet.advance(0.5)
+        assert fleet.core.lease("w", 1, fleet.now) == []
+    fleet.advance(0.5)
+    assert "w" not in fleet.core.workers
+    fleet.add_worker("w", ["t"], cpu=1.0)
+    assert fleet.core.touch("w", fleet.now + 1.5)  # an RPC arriving is one
+    fleet.advance(2.0)
+    assert "w" in fleet.core.workers

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import multiprocessing
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -208,7 +207,10 @@ class TaskProcessPool:
     ) -> PoolResult | None:
         """Run one attempt in a task process once a seat is free.
 
-        Cancelling the caller kills the process (and frees the seat) at once.
+        A batch of one (:meth:`run_batch`): the process measures the attempt's
+        CPU time, wall time and peak memory itself, so a short attempt costs
+        the worker no ``/proc`` reads. Cancelling the caller kills the process
+        (and frees the seat) at once.
 
         Args:
             task_name: Registered task name.
@@ -216,8 +218,9 @@ class TaskProcessPool:
             split_result: Return the result item by item.
             timeout_s: Hard time limit in seconds (0: none).
             memory_request_bytes: The task's memory request, bytes (0: no limit).
-            skip: Asked once a seat is free; if it returns True the attempt
-                does not start and None is returned.
+            skip: Asked once a seat is free, and while the attempt runs; if it
+                returns True the attempt does not start (or its process is
+                killed) and None is returned.
             log_ids: Bound to every log line of the attempt in its process
                 (``flow_run_id``, ``task_run_id``, ``attempt``, ``worker_id``...).
 
@@ -227,20 +230,16 @@ class TaskProcessPool:
         Raises:
             RuntimeError: the pool is closed.
         """
-        seat = await self._take_seat()
-        try:
-            if self._closed:
-                raise RuntimeError("the task process pool is closed")
-            if skip is not None and skip():
-                return None
-            try:
-                proc = await self._process_for(seat)
-            except PoolStartError as exc:
-                return PoolResult(encode_error(exc), infrastructure=True)
-            request = (task_name, list(args), split_result, dict(log_ids or {}))
-            return await self._attempt(seat, proc, request, timeout_s, memory_request_bytes)
-        finally:
-            self._give_back(seat)
+        results: list[PoolResult] = []
+        await self.run_batch(
+            task_name,
+            [BatchItem(args, split_result, log_ids or {})],
+            timeout_s=timeout_s,
+            memory_request_bytes=memory_request_bytes,
+            cancelled=lambda _: skip is not None and skip(),
+            on_result=lambda _, result: results.append(result),
+        )
+        return results[0] if results else None
 
     async def run_batch(
         self,
@@ -325,7 +324,7 @@ class TaskProcessPool:
     ) -> list[int]:
         """Send ``todo`` to ``proc`` and collect results; returns the members left to run."""
         loop = asyncio.get_running_loop()
-        meter = ProcessMeter(proc.ps)
+        meter: ProcessMeter | None = None  # made at the first sample: short batches need none
         limit = memory_limit_bytes(
             memory_request_bytes, self.memory_margin_fraction, self.memory_margin_bytes
         )
@@ -371,6 +370,8 @@ class TaskProcessPool:
                 if running and cancelled(todo[position]):
                     error = _CANCELLED
                     break
+                if meter is None:
+                    meter = ProcessMeter(proc.ps)
                 rss = meter.sample()
                 if limit and rss > limit:
                     error = MemoryLimitExceeded(task_name, memory_request_bytes, rss, limit)
@@ -387,6 +388,8 @@ class TaskProcessPool:
         if error is None and call.exception() is None:
             return []  # every member answered
         exitcode: int | None = None
+        if meter is None:
+            meter = ProcessMeter(proc.ps)
         if error is not None:
             meter.sample(high_water_mark=True)
             if isinstance(error, MemoryLimitExceeded):
@@ -456,59 +459,6 @@ class TaskProcessPool:
         if seat.spawning is spawning:
             seat.proc, seat.spawning = proc, None
         return proc
-
-    async def _attempt(
-        self,
-        seat: _Seat,
-        proc: TaskProcess,
-        request: tuple[str, list[WireArg], bool, dict[str, Any]],
-        timeout_s: float,
-        memory_request_bytes: float,
-    ) -> PoolResult:
-        loop = asyncio.get_running_loop()
-        task_name = request[0]
-        meter = ProcessMeter(proc.ps)
-        limit = memory_limit_bytes(
-            memory_request_bytes, self.memory_margin_fraction, self.memory_margin_bytes
-        )
-        call = loop.run_in_executor(self._io, proc.call, request)
-        call.add_done_callback(_retrieve)
-        deadline = loop.time() + timeout_s if timeout_s > 0 else math.inf
-        error: BaseException | None = None
-        try:
-            while not call.done():
-                await asyncio.wait(
-                    [call], timeout=min(self.sample_interval_s, deadline - loop.time())
-                )
-                if call.done():
-                    break
-                rss = meter.sample()
-                if limit and rss > limit:
-                    error = MemoryLimitExceeded(task_name, memory_request_bytes, rss, limit)
-                    break
-                if loop.time() >= deadline:
-                    error = TaskTimeout(task_name, timeout_s)
-                    break
-        except asyncio.CancelledError:
-            self._replace(seat)  # kills the process; the blocked call ends with EOF
-            raise
-        if error is None and call.exception() is None:
-            meter.sample(high_water_mark=True)
-            return PoolResult(call.result(), meter.usage())
-        if error is not None:  # stop it: sample first, the kill loses the numbers
-            meter.sample(high_water_mark=True)
-            if isinstance(error, MemoryLimitExceeded):
-                error.peak_bytes = max(error.peak_bytes, meter.rss_peak)
-            self._replace(seat)
-            await asyncio.wait([call], timeout=5.0)
-            log.info("task_process_killed", reason=type(error).__name__, pid=proc.process.pid)
-            timed_out = isinstance(error, TaskTimeout)
-            return PoolResult(encode_error(error), meter.usage(), timed_out=timed_out)
-        exitcode = await self._replace(seat)
-        log.warning("task_process_died", exitcode=exitcode, pid=proc.process.pid)
-        return PoolResult(
-            encode_error(TaskProcessDied(exitcode)), meter.usage(), infrastructure=True
-        )
 
     def _replace(self, seat: _Seat) -> asyncio.Future[int | None]:
         """Kill the seat's process, reap it and start a replacement, all in the background.

@@ -506,6 +506,11 @@ class Scheduler:
         to be run one after another (:data:`BATCH_TARGET_S` sizes it from the
         node's reported durations; a node with none reported yet gets 1).
 
+        Leasing does not count as a sign of life (:meth:`touch` does): the
+        edge may call this again and again for one long poll that a worker
+        sent before it went silent, and that must not keep it alive past the
+        lease TTL.
+
         Returns:
             The grants (possibly empty; batch members share ``batch``), or
             None when the worker is unknown.
@@ -513,7 +518,6 @@ class Scheduler:
         worker = self.workers.get(worker_id)
         if worker is None:
             return None
-        worker.last_seen = now
         grants: list[LeaseGrant] = []
         reserved = self._reservations.get(worker_id)
         if reserved is not None:
