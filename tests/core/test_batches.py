@@ -67,6 +67,9 @@ def test_a_batch_leaves_a_share_of_the_lane_for_other_workers():
     fleet = Fleet()
     for w in ("a", "b", "c", "d"):
         fleet.add_worker(w, ["t"], cpu=1.0)
+        assert fleet.core.lease(w, 1, fleet.now) == []  # all four are polling
+    for i in range(100):  # registered, heartbeating, never leasing: no share for them
+        fleet.add_worker(f"idle{i}", ["t"], cpu=1.0)
     fleet.submit([_map(41)])
     _warm(fleet, "a", duration_s=0.0001)  # 200 would fit the target
     grants = fleet.core.lease("a", 1, fleet.now, max_batch=256)

@@ -345,3 +345,5 @@ class WorkerRecord:
     memory_available: float = 0.0
     #: Worker pools this worker serves.
     pools: frozenset[str] = frozenset({"default"})
+    #: When it last asked for leases (not a sign of life: see Scheduler.lease).
+    last_lease: float = 0.0

@@ -65,6 +65,10 @@ BATCH_TARGET_S = 0.02
 #: The largest lease batch, whatever a worker asks for.
 MAX_BATCH = 512
 
+#: A worker that asked for leases this recently (seconds) shares in a lane's
+#: tail when batches are sized; workers that never lease (or stopped) do not.
+LEASING_WINDOW_S = 2.0
+
 #: Weight of the newest duration in a node's moving average.
 _DURATION_WEIGHT = 0.2
 
@@ -291,6 +295,10 @@ class Scheduler:
         #: Per lease() call: the batch limit and the slots granted so far.
         self._max_batch = 1
         self._slots = 0
+        #: Workers that asked for leases within LEASING_WINDOW_S, counted at
+        #: _leasing_at (recounted at most twice a second).
+        self._leasing = 0
+        self._leasing_at = -math.inf
         #: {idempotency_key: flow_run_id}
         self.idempotency: dict[str, str] = {}
         self._next_task_run_id = 1
@@ -518,6 +526,13 @@ class Scheduler:
         worker = self.workers.get(worker_id)
         if worker is None:
             return None
+        if worker.last_lease < now - LEASING_WINDOW_S:
+            self._leasing += 1  # it just (re)joined the leasing workers
+        worker.last_lease = now
+        if now - self._leasing_at > LEASING_WINDOW_S / 4:
+            since = now - LEASING_WINDOW_S
+            self._leasing = sum(1 for w in self.workers.values() if w.last_lease >= since)
+            self._leasing_at = now
         grants: list[LeaseGrant] = []
         reserved = self._reservations.get(worker_id)
         if reserved is not None:
@@ -621,8 +636,8 @@ class Scheduler:
         if mean <= 0.0 or mean >= BATCH_TARGET_S / 2:
             return 1
         size = min(self._max_batch, int(BATCH_TARGET_S / mean))
-        # Leave some of the lane for the other workers, so the tail is shared.
-        share = -(-(len(lane.queue) + 1) // max(1, len(self.workers)))
+        # Leave some of the lane for the other workers that lease, so the tail is shared.
+        share = -(-(len(lane.queue) + 1) // max(1, self._leasing))
         return max(1, min(size, share))
 
     def _grant_batch(
