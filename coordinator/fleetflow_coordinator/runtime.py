@@ -207,6 +207,10 @@ class Runtime:
             stored: dict[str, int] = {}
             for flow_run_id, event in changes.events:
                 stored[flow_run_id] = event.seq
+            for flow, _, _, count, first_seq, _ in changes.expansions:
+                last = first_seq + count - 1
+                if last > stored.get(flow.id, 0):
+                    stored[flow.id] = last
             flows = self.core.flows
             for flow_run_id, seq in stored.items():
                 flow = flows.get(flow_run_id)

@@ -254,9 +254,91 @@ def test_changes_cover_every_row_a_restore_needs():
         "f", "flow", [node("inc", items("x", [1, 2, 3]), map_=True)], fleet.now, spec_blob=b""
     )
     changes = fleet.core.drain_changes()
-    assert len(changes.new_flows) == 1 and len(changes.task_runs) == 3 and len(changes.nodes) == 1
-    assert [e.kind for _, e in changes.events][:2] == [
+    assert len(changes.new_flows) == 1 and len(changes.nodes) == 1
+    assert [e.kind for _, e in changes.events] == [
         EventKind.FLOW_RUN_SUBMITTED,
         EventKind.NODE_EXPANDED,
     ]
+    # The three children, SCHEDULED at once, travel as one expansion, not 3 rows + 3 events.
+    assert not changes.task_runs
+    ((flow, expanded, first_id, count, first_seq, _),) = changes.expansions
+    assert (expanded.index, count, first_seq) == (0, 3, 3)
+    assert [tr.id for tr in expanded.children] == [first_id, first_id + 1, first_id + 2]
     assert fleet.core.drain_changes().events == []
+
+
+def test_an_expansion_row_stands_for_its_children_until_they_change(store):
+    """A map's children are stored as one expansion row; later rows of their own win."""
+    fleet = Fleet()
+    fleet.add_worker("w", ["inc"], cpu=2.0)
+    spec = common_pb2.FlowSpec(name="flow", output_node=0)
+    n0 = spec.nodes.add(
+        task_name="inc", map=True, resources=common_pb2.Resources(amounts={"cpu": 1})
+    )
+    n0.args.add(
+        name="x",
+        literal_items=common_pb2.ValueList(items=[pickle.dumps(i) for i in range(50)]),
+        mapped=True,
+    )
+    flow, _ = fleet.core.submit(
+        "f1",
+        "flow",
+        [node("inc", items("x", list(range(50))), map_=True)],
+        fleet.now,
+        output_node=0,
+        spec_blob=spec.SerializeToString(),
+    )
+    first = fleet.core.lease("w", 1, fleet.now)  # leased before the first commit
+    batch = changes_to_batch(fleet.core.drain_changes())
+    assert len(batch.expansions) == 1 and len(batch.task_runs) == 1  # the leased child only
+    assert len(batch.events) == 3  # submitted, expanded, the lease; not 50 SCHEDULED
+    store.write(batch)
+    fleet.core.report("w", [Outcome(first[0].task_run.id, 1, value=pickle.dumps(1))], fleet.now)
+    second = fleet.core.lease("w", 1, fleet.now)
+    _drive(fleet, store)
+
+    restored = Scheduler()
+    restored.restore(snapshot_to_flows(store.load()), fleet.now)
+    again = restored.flows["f1"]
+    fields = (
+        "seq",
+        "kind",
+        "time",
+        "node",
+        "task_name",
+        "task_run_id",
+        "index",
+        "attempt",
+        "worker_id",
+        "count",
+        "message",
+        "retry_at",
+    )
+    assert [tuple(getattr(e, f) for f in fields) for e in again.events] == [
+        tuple(getattr(e, f) for f in fields) for e in flow.events
+    ]
+    states = [(tr.id, tr.index, tr.state, tr.attempt) for tr in flow.nodes[0].children]
+    assert [(tr.id, tr.index, tr.state, tr.attempt) for tr in again.nodes[0].children] == states
+    assert again.nodes[0].children[0].result == pickle.dumps(1)
+    assert again.nodes[0].children[1].state == TaskRunState.RUNNING  # waits for its worker
+    assert sum(1 for tr in again.nodes[0].children if tr.state == TaskRunState.SCHEDULED) == 48
+    assert second[0].task_run.index == 1
+
+
+def test_a_version_1_database_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "old.db"
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE expansions")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    store.write(RowBatch(expansions=[("f", 0, "t", 1, 2, 3, 1.0)]))
+    assert len(store.load().task_runs["f"]) == 2
+    store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(
+        SCHEMA_VERSION
+    )
+    db.close()

@@ -19,6 +19,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as _field
 from typing import Any
 
 from fleetflow_coordinator.core.model import (
@@ -163,6 +164,10 @@ class Changes:
         nodes: ``(flow, node)`` pairs expanded or failed.
         task_runs: Task runs whose row changed.
         events: ``(flow_run_id, EventRecord)`` appended, in order.
+        expansions: ``(flow, node, first task run id, count, first seq, time)``
+            of map expansions that created every child SCHEDULED at once; they
+            stand for those children's first rows and TASK_RUN_SCHEDULED
+            events, which are in neither ``task_runs`` nor ``events``.
         pruned: Ids of flow runs removed by retention.
     """
 
@@ -172,6 +177,9 @@ class Changes:
     task_runs: set[TaskRun]
     events: list[tuple[str, EventRecord]]
     pruned: list[str]
+    expansions: list[tuple[FlowRun, NodeRecord, int, int, int, float]] = _field(
+        default_factory=list
+    )
     #: The next task run id to issue, stored so pruned ids are never reused.
     next_task_run_id: int = 0
 
@@ -182,6 +190,7 @@ class Changes:
             + len(self.nodes)
             + len(self.task_runs)
             + len(self.events)
+            + 2 * len(self.expansions)
             + len(self.pruned)
         )
 
@@ -1189,6 +1198,9 @@ class Scheduler:
                 )
                 return
             n = next(iter(lengths.values()))
+        if not node.item_deps and self._fits_now(node):
+            self._expand_scheduled(flow, node, n, now)
+            return
         node.expanded = True
         children = node.children
         for i in range(n):
@@ -1218,6 +1230,55 @@ class Scheduler:
                 self._end_failed(tr, now, TaskRunState.UPSTREAM_FAILED)
         for consumer in node.item_consumers:
             self._try_expand(flow, nodes[consumer], now)
+        self._check_node_end(flow, node, now)
+
+    def _fits_now(self, node: NodeRecord) -> bool:
+        """Whether some connected worker can run the node (cached per fleet version)."""
+        if node.fits_version == self._fleet_version:
+            return True
+        if self._unschedulable_reason(node):
+            return False
+        node.fits_version = self._fleet_version
+        return True
+
+    def _expand_scheduled(self, flow: FlowRun, node: NodeRecord, n: int, now: float) -> None:
+        """Expand a node with no item dependencies: every child SCHEDULED at once.
+
+        The same task runs, events and ready lane as one :meth:`_schedule` per
+        child, built in one pass; the store gets one expansion row for them
+        (:class:`Changes` ``expansions``) instead of a row and an event each.
+        """
+        node.expanded = True
+        self._event(flow, EventKind.NODE_EXPANDED, now, node=node, count=n)
+        first_id = self._next_task_run_id
+        self._next_task_run_id += n
+        first_seq = len(flow.events) + 1
+        task_runs = self.task_runs
+        children = node.children
+        events = flow.events
+        scheduled = TaskRunState.SCHEDULED
+        kind = EventKind.TASK_RUN_SCHEDULED
+        index, task_name = node.index, node.task_name
+        for i in range(n):
+            tr = TaskRun(first_id + i, flow, node, i)
+            tr.state = scheduled
+            task_runs[tr.id] = tr
+            children.append(tr)
+            events.append(EventRecord(first_seq + i, kind, now, index, task_name, tr.id, i, 1, ""))
+        node.counts[scheduled] += n
+        if n:
+            by_node = self.ready.get(task_name)
+            if by_node is None:
+                by_node = self.ready[task_name] = {}
+            lane = by_node.get((flow.id, index))
+            if lane is None:
+                lane = by_node[(flow.id, index)] = Lane(flow, node)
+            lane.queue.extend(children)
+            self._work_added = True
+            self._changed_flows.add(flow.id)
+            self._changes.expansions.append((flow, node, first_id, n, first_seq, now))
+        for consumer in node.item_consumers:
+            self._try_expand(flow, flow.nodes[consumer], now)
         self._check_node_end(flow, node, now)
 
     def _schedule(self, tr: TaskRun, now: float) -> None:

@@ -19,12 +19,16 @@ __all__ = [
     "SCHEMA_VERSION",
     "RowBatch",
     "RowSnapshot",
+    "RANGE_COLUMNS",
+    "expand_range",
+    "merge_expansions",
     "Store",
     "StoreError",
 ]
 
 #: Bumped whenever the stored shape changes; a newer database is refused.
-SCHEMA_VERSION = 1
+#: 2 added ``expansions`` (a mapped node's children stored as one row).
+SCHEMA_VERSION = 2
 
 FLOW_COLUMNS = (
     "id",
@@ -75,6 +79,66 @@ EVENT_COLUMNS = (
 )
 
 
+#: One row per map expansion that scheduled its children at once: children
+#: ``first_task_run_id + i`` (index ``i`` < ``count``) were created SCHEDULED at
+#: attempt 1, with TASK_RUN_SCHEDULED events ``first_seq + i`` at ``time``. A
+#: task run row stored separately (it changed later) wins over its range.
+RANGE_COLUMNS = (
+    "flow_id",
+    "node",
+    "task_name",
+    "first_task_run_id",
+    "count",
+    "first_seq",
+    "time",
+)
+
+#: TaskRunState.SCHEDULED and EventKind.TASK_RUN_SCHEDULED (kept as plain
+#: numbers: the store does not import the core).
+_SCHEDULED_STATE = 2
+_SCHEDULED_EVENT = 6
+
+
+def expand_range(row: tuple) -> tuple[list[tuple], list[tuple]]:
+    """The task run rows and event rows one ``RANGE_COLUMNS`` row stands for.
+
+    Returns:
+        ``(task run rows, event rows)`` in ``TASK_RUN_COLUMNS`` and
+        ``EVENT_COLUMNS`` order, by index.
+    """
+    flow_id, node, task_name, first_id, count, first_seq, time = row
+    state, kind = _SCHEDULED_STATE, _SCHEDULED_EVENT
+    task_runs = [
+        (first_id + i, flow_id, node, i, state, 1, "", 0.0, None, None, None, 0, 0, 0.0)
+        for i in range(count)
+    ]
+    events = [
+        (flow_id, seq, kind, time, node, task_name, first_id + i, i, 1, "", 0, "", None, 0.0)
+        for i, seq in enumerate(range(first_seq, first_seq + count))
+    ]
+    return task_runs, events
+
+
+def merge_expansions(
+    expansions: list[tuple],
+    task_runs: dict[str, list[tuple]],
+    events: dict[str, list[tuple]],
+) -> None:
+    """Add what ``expansions`` stand for to loaded rows (as :class:`RowSnapshot` groups them).
+
+    A task run with a row of its own keeps it; event lists stay in seq order.
+    """
+    for row in expansions:
+        flow_id = row[0]
+        range_runs, range_events = expand_range(row)
+        stored = task_runs.setdefault(flow_id, [])
+        known = {r[0] for r in stored}
+        stored.extend(r for r in range_runs if r[0] not in known)
+        merged = events.setdefault(flow_id, [])
+        merged.extend(range_events)
+        merged.sort(key=lambda r: r[1])
+
+
 class StoreError(RuntimeError):
     """The store cannot be opened or written: a clear, fatal configuration error."""
 
@@ -89,6 +153,8 @@ class RowBatch:
         nodes: Node rows (``NODE_COLUMNS``) to insert or replace.
         task_runs: Task run rows (``TASK_RUN_COLUMNS``) to insert or replace.
         events: Event rows (``EVENT_COLUMNS``) to append.
+        expansions: ``RANGE_COLUMNS`` rows: map expansions, each standing for
+            its children's first task run rows and TASK_RUN_SCHEDULED events.
         pruned: Flow run ids to delete with everything that belongs to them.
     """
 
@@ -97,6 +163,7 @@ class RowBatch:
     nodes: list[tuple] = field(default_factory=list)
     task_runs: list[tuple] = field(default_factory=list)
     events: list[tuple] = field(default_factory=list)
+    expansions: list[tuple] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     #: Stored in ``meta`` (kept at its highest): ids below it are never reused.
     next_task_run_id: int = 0
@@ -108,6 +175,7 @@ class RowBatch:
             + len(self.nodes)
             + len(self.task_runs)
             + len(self.events)
+            + len(self.expansions)
             + len(self.pruned)
         )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleetflow_coordinator.store.base import RowBatch, RowSnapshot
+from fleetflow_coordinator.store.base import RowBatch, RowSnapshot, merge_expansions
 
 __all__ = ["MemoryStore"]
 
@@ -19,6 +19,8 @@ class MemoryStore:
         self.task_runs: dict[int, tuple] = {}
         #: {flow_id: {seq: event row}}
         self.events: dict[str, dict[int, tuple]] = {}
+        #: {(flow_id, node): expansion row} (see ``RANGE_COLUMNS``)
+        self.expansions: dict[tuple[str, int], tuple] = {}
         self.writes = 0
         self.next_task_run_id = 0
 
@@ -31,6 +33,7 @@ class MemoryStore:
         for row in self.task_runs.values():
             task_runs.setdefault(row[1], []).append(row)
         events = {fid: [rows[s] for s in sorted(rows)] for fid, rows in self.events.items()}
+        merge_expansions(list(self.expansions.values()), task_runs, events)
         return RowSnapshot(
             list(self.flows.values()), nodes, task_runs, events, self.next_task_run_id
         )
@@ -58,9 +61,13 @@ class MemoryStore:
             self.task_runs[row[0]] = row
         for row in batch.events:
             self.events.setdefault(row[0], {})[row[1]] = row
+        for row in batch.expansions:
+            self.expansions[(row[0], row[1])] = row
         for flow_id in batch.pruned:
             self.flows.pop(flow_id, None)
             self.events.pop(flow_id, None)
+            for key in [k for k in self.expansions if k[0] == flow_id]:
+                del self.expansions[key]
             for key in [k for k in self.nodes if k[0] == flow_id]:
                 del self.nodes[key]
             for key in [k for k, r in self.task_runs.items() if r[1] == flow_id]:

@@ -92,6 +92,10 @@ def changes_to_batch(changes: Changes) -> RowBatch:
         )
         for flow_id, e in changes.events
     ]
+    batch.expansions = [
+        (flow.id, node.index, node.task_name, first_id, count, first_seq, time)
+        for flow, node, first_id, count, first_seq, time in changes.expansions
+    ]
     batch.pruned = list(changes.pruned)
     batch.next_task_run_id = changes.next_task_run_id
     return batch

@@ -17,12 +17,14 @@ from fleetflow_coordinator.store.base import (
     FLOW_COLUMNS,
     FLOW_UPDATE_COLUMNS,
     NODE_COLUMNS,
+    RANGE_COLUMNS,
     SCHEMA_VERSION,
     TASK_RUN_COLUMNS,
     RowBatch,
     RowSnapshot,
     Store,
     StoreError,
+    merge_expansions,
 )
 from fleetflow_coordinator.store.memory import MemoryStore
 
@@ -53,6 +55,11 @@ CREATE TABLE IF NOT EXISTS events (
     count INTEGER NOT NULL, message TEXT NOT NULL, error BLOB, retry_at REAL NOT NULL,
     PRIMARY KEY (flow_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS expansions (
+    flow_id TEXT NOT NULL, node INTEGER NOT NULL, task_name TEXT NOT NULL,
+    first_task_run_id INTEGER NOT NULL, count INTEGER NOT NULL, first_seq INTEGER NOT NULL,
+    time REAL NOT NULL, PRIMARY KEY (flow_id, node)
+) WITHOUT ROWID;
 """
 
 
@@ -68,6 +75,7 @@ _UPDATE_FLOW = (
 _INSERT_NODE = _insert("nodes", NODE_COLUMNS)
 _INSERT_TASK_RUN = _insert("task_runs", TASK_RUN_COLUMNS)
 _INSERT_EVENT = _insert("events", EVENT_COLUMNS)
+_INSERT_EXPANSION = _insert("expansions", RANGE_COLUMNS)
 
 
 class SqliteStore(Store):
@@ -137,6 +145,15 @@ class SqliteStore(Store):
                 f"database {self.path} has schema version {version}, newer than this "
                 f"fleetflow understands ({SCHEMA_VERSION}); upgrade fleetflow"
             )
+        if version == 1:  # 2 only added the expansions table
+            db.execute("BEGIN")
+            for statement in _statements():
+                db.execute(statement)
+            db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
+            db.execute("COMMIT")
+            return
         if version < SCHEMA_VERSION:
             raise StoreError(
                 f"database {self.path} has unknown schema version {version} "
@@ -160,6 +177,8 @@ class SqliteStore(Store):
             f"SELECT {', '.join(EVENT_COLUMNS)} FROM events ORDER BY flow_id, seq"
         ):
             events.setdefault(row[0], []).append(row)
+        expansions = db.execute(f"SELECT {', '.join(RANGE_COLUMNS)} FROM expansions").fetchall()
+        merge_expansions(expansions, task_runs, events)
         row = db.execute("SELECT value FROM meta WHERE key = 'next_task_run_id'").fetchone()
         return RowSnapshot(flows, nodes, task_runs, events, int(row[0]) if row else 0)
 
@@ -182,6 +201,8 @@ class SqliteStore(Store):
                 db.executemany(_INSERT_TASK_RUN, batch.task_runs)
             if batch.events:
                 db.executemany(_INSERT_EVENT, batch.events)
+            if batch.expansions:
+                db.executemany(_INSERT_EXPANSION, batch.expansions)
             if batch.next_task_run_id:
                 db.execute(
                     "INSERT INTO meta (key, value) VALUES ('next_task_run_id', ?) "
@@ -191,6 +212,7 @@ class SqliteStore(Store):
                 )
             for flow_id in batch.pruned:
                 for table, column in (
+                    ("expansions", "flow_id"),
                     ("events", "flow_id"),
                     ("task_runs", "flow_id"),
                     ("nodes", "flow_id"),
