@@ -230,7 +230,7 @@ class FlowDigest:
         """Fold up to ``budget`` new events of ``flow``; return how many were folded."""
         events = flow.events
         end = min(len(events), self.cursor + budget)
-        for event in itertools.islice(events, self.cursor, end):
+        for event in events[self.cursor : end]:
             sink.event(event.kind)
             self._fold_one(event, sink, on_finish)
         folded = end - self.cursor

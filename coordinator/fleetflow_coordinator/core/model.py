@@ -7,9 +7,11 @@ I/O; user data is opaque ``bytes``.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, overload
 
 __all__ = [
     "TaskRunState",
@@ -22,6 +24,8 @@ __all__ = [
     "FlowRun",
     "WorkerRecord",
     "EventRecord",
+    "FullEventRecord",
+    "EventLog",
     "SlotBatch",
     "TERMINAL_TASK_STATES",
 ]
@@ -252,23 +256,189 @@ class TaskRun:
         self.batch: SlotBatch | None = None
 
 
-@dataclass(slots=True)
 class EventRecord:
-    """One entry of a flow run's event log (converted to ``Event`` at the edge)."""
+    """One entry of a flow run's event log (converted to ``Event`` at the edge).
 
-    seq: int
-    kind: EventKind
-    time: float
-    node: int = 0
-    task_name: str = ""
-    task_run_id: int = 0
-    index: int = 0
-    attempt: int = 0
-    worker_id: str = ""
+    Most events (a task run scheduled, started, completed) carry only the
+    first nine fields; they are instances of this class, 32 bytes smaller
+    than :class:`FullEventRecord`, which also holds ``count``, ``message``,
+    ``error`` and ``retry_at``. Construct either through ``EventRecord(...)``:
+    it picks the class from the arguments. Read-only by convention.
+    """
+
+    __slots__ = (
+        "seq",
+        "kind",
+        "time",
+        "node",
+        "task_name",
+        "task_run_id",
+        "index",
+        "attempt",
+        "worker_id",
+    )
+
+    #: Defaults of the fields only FullEventRecord stores.
     count: int = 0
     message: str = ""
     error: Any = None
     retry_at: float = 0.0
+
+    def __new__(
+        cls,
+        seq: int,
+        kind: EventKind,
+        time: float,
+        node: int = 0,
+        task_name: str = "",
+        task_run_id: int = 0,
+        index: int = 0,
+        attempt: int = 0,
+        worker_id: str = "",
+        count: int = 0,
+        message: str = "",
+        error: Any = None,
+        retry_at: float = 0.0,
+    ) -> EventRecord:
+        """Make the record: a FullEventRecord when any of the last four fields is set."""
+        full = count or message or error is not None or retry_at
+        record = object.__new__(FullEventRecord if full else EventRecord)
+        record.seq = seq
+        record.kind = kind
+        record.time = time
+        record.node = node
+        record.task_name = task_name
+        record.task_run_id = task_run_id
+        record.index = index
+        record.attempt = attempt
+        record.worker_id = worker_id
+        if full:
+            record.count = count
+            record.message = message
+            record.error = error
+            record.retry_at = retry_at
+        return record
+
+    def _fields(self) -> tuple:
+        return tuple(getattr(self, name) for name in _EVENT_FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EventRecord):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _EVENT_FIELDS)
+        return f"EventRecord({fields})"
+
+
+class FullEventRecord(EventRecord):
+    """An :class:`EventRecord` that also carries a count, message, error or retry time."""
+
+    __slots__ = ("count", "message", "error", "retry_at")
+
+
+_EVENT_FIELDS = (
+    "seq",
+    "kind",
+    "time",
+    "node",
+    "task_name",
+    "task_run_id",
+    "index",
+    "attempt",
+    "worker_id",
+    "count",
+    "message",
+    "error",
+    "retry_at",
+)
+
+
+class EventLog:
+    """A flow run's events in seq order (``log[i].seq == i + 1``), held compactly.
+
+    A list of :class:`EventRecord`, except for the TASK_RUN_SCHEDULED events
+    of a map expansion (:meth:`extend_scheduled`): those take one list slot
+    each (``None``) plus one range entry for the lot, and are rebuilt when
+    read. Supports ``len``, indexing, slicing and iteration like a list.
+
+    Args:
+        events: Initial events, in seq order (e.g. restored from a store).
+    """
+
+    __slots__ = ("_records", "_ranges", "_starts")
+
+    def __init__(self, events: Iterable[EventRecord] = ()) -> None:
+        self._records: list[EventRecord | None] = list(events)
+        #: [(first position, count, first task run id, time, node, task name)]
+        self._ranges: list[tuple[int, int, int, float, int, str]] = []
+        #: First positions of _ranges, for bisect.
+        self._starts: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def append(self, event: EventRecord) -> None:
+        """Add the next event (its ``seq`` must be ``len(self) + 1``)."""
+        self._records.append(event)
+
+    def extend_scheduled(
+        self, count: int, first_task_run_id: int, time: float, node: int, task_name: str
+    ) -> int:
+        """Add ``count`` TASK_RUN_SCHEDULED events of attempt 1, all at ``time``.
+
+        They are about task runs ``first_task_run_id + i`` (map index ``i``).
+
+        Returns:
+            The seq of the first one.
+        """
+        start = len(self._records)
+        self._records.extend([None] * count)
+        self._ranges.append((start, count, first_task_run_id, time, node, task_name))
+        self._starts.append(start)
+        return start + 1
+
+    def _at(self, position: int) -> EventRecord:
+        record = self._records[position]
+        if record is not None:
+            return record
+        start, _, first_id, time, node, task_name = self._ranges[
+            bisect.bisect_right(self._starts, position) - 1
+        ]
+        i = position - start
+        return EventRecord(
+            position + 1, EventKind.TASK_RUN_SCHEDULED, time, node, task_name, first_id + i, i, 1
+        )
+
+    @overload
+    def __getitem__(self, key: int) -> EventRecord: ...
+
+    @overload
+    def __getitem__(self, key: slice) -> list[EventRecord]: ...
+
+    def __getitem__(self, key: int | slice) -> EventRecord | list[EventRecord]:
+        if isinstance(key, slice):
+            records = self._records[key]
+            if None not in records:
+                return records  # type: ignore[return-value]
+            first = key.indices(len(self._records))[0]
+            step = key.step or 1
+            return [
+                r if r is not None else self._at(first + n * step) for n, r in enumerate(records)
+            ]
+        n = len(self._records)
+        if key < 0:
+            key += n
+        if not 0 <= key < n:
+            raise IndexError("event log index out of range")
+        return self._at(key)
+
+    def __iter__(self) -> Iterator[EventRecord]:
+        for position, record in enumerate(self._records):
+            yield record if record is not None else self._at(position)
 
 
 class FlowRun:
@@ -302,8 +472,8 @@ class FlowRun:
         self.state = FlowRunState.RUNNING
         self.created_at = created_at
         self.ended_at = 0.0
-        #: [EventRecord]; events[i].seq == i + 1.
-        self.events: list[EventRecord] = []
+        #: events[i].seq == i + 1.
+        self.events = EventLog()
         self.output_node: int | None = None
         self.output_literal: bytes = b""
         self.idempotency_key = ""

@@ -27,6 +27,7 @@ from fleetflow_coordinator.core.model import (
     Arg,
     ArgKind,
     EventKind,
+    EventLog,
     EventRecord,
     FlowRun,
     FlowRunState,
@@ -1045,7 +1046,7 @@ class Scheduler:
         flow.first_error = stored.first_error
         flow.spec_blob = stored.spec_blob
         flow.priority = stored.priority
-        flow.events = stored.events
+        flow.events = EventLog(stored.events)
         flow.durable_seq = len(stored.events)
         self.flows[flow.id] = flow
         if flow.idempotency_key:
@@ -1252,19 +1253,16 @@ class Scheduler:
         self._event(flow, EventKind.NODE_EXPANDED, now, node=node, count=n)
         first_id = self._next_task_run_id
         self._next_task_run_id += n
-        first_seq = len(flow.events) + 1
+        index, task_name = node.index, node.task_name
+        first_seq = flow.events.extend_scheduled(n, first_id, now, index, task_name)
         task_runs = self.task_runs
         children = node.children
-        events = flow.events
         scheduled = TaskRunState.SCHEDULED
-        kind = EventKind.TASK_RUN_SCHEDULED
-        index, task_name = node.index, node.task_name
         for i in range(n):
             tr = TaskRun(first_id + i, flow, node, i)
             tr.state = scheduled
             task_runs[tr.id] = tr
             children.append(tr)
-            events.append(EventRecord(first_seq + i, kind, now, index, task_name, tr.id, i, 1, ""))
         node.counts[scheduled] += n
         if n:
             by_node = self.ready.get(task_name)

@@ -1,0 +1,46 @@
+"""EventLog: list-like, with expansion ranges rebuilt on read; slim and full EventRecords."""
+
+from __future__ import annotations
+
+import pytest
+from fleetflow_coordinator.core.model import EventKind, EventLog, EventRecord, FullEventRecord
+
+
+def _plain(seq: int, kind: EventKind = EventKind.TASK_RUN_STARTED) -> EventRecord:
+    return EventRecord(seq, kind, 10.0 + seq, 0, "t", 100 + seq, seq, 1, "w")
+
+
+def test_a_log_reads_like_the_list_it_stands_for():
+    log = EventLog()
+    log.append(EventRecord(1, EventKind.NODE_EXPANDED, 5.0, 2, "inc", count=3))
+    assert log.extend_scheduled(3, 40, 6.0, 2, "inc") == 2
+    log.append(_plain(5))
+    expected = [
+        EventRecord(1, EventKind.NODE_EXPANDED, 5.0, 2, "inc", count=3),
+        *(
+            EventRecord(2 + i, EventKind.TASK_RUN_SCHEDULED, 6.0, 2, "inc", 40 + i, i, 1)
+            for i in range(3)
+        ),
+        _plain(5),
+    ]
+    assert len(log) == 5
+    assert list(log) == expected
+    assert [log[i] for i in range(5)] == expected
+    assert log[-2] == expected[-2] and log[-1] == expected[-1]
+    for start in range(6):
+        for stop in range(start, 6):
+            assert log[start:stop] == expected[start:stop], (start, stop)
+    assert log[::2] == expected[::2]
+    with pytest.raises(IndexError):
+        log[5]
+    assert EventLog(expected)[2:4] == expected[2:4]
+
+
+def test_records_carry_the_rare_fields_only_when_set():
+    slim = _plain(1)
+    full = EventRecord(2, EventKind.TASK_RUN_RETRYING, 1.0, message="boom", retry_at=3.0)
+    assert type(slim) is EventRecord and type(full) is FullEventRecord
+    assert (slim.count, slim.message, slim.error, slim.retry_at) == (0, "", None, 0.0)
+    assert (full.message, full.retry_at, full.count) == ("boom", 3.0, 0)
+    assert not hasattr(slim, "__dict__")  # slots only: no per-event dictionary
+    assert slim != full and slim == _plain(1)
