@@ -73,7 +73,22 @@ class Fleet:
             raise RuntimeError(f"coordinator exited:\n{self.coordinator.log_text()[-3000:]}")
         self.address = f"127.0.0.1:{port_file.read_text().strip()}"
         t_coord = time.perf_counter() - t0
-        for i in range(workers):
+        self.cpu = cpu
+        self.add_workers(workers)
+        self.client = Client(self.address)
+        timings = {"coordinator_ready_s": t_coord}
+        if workers:
+            self.wait_for_workers()
+            timings["workers_registered_s"] = time.perf_counter() - t0
+            if warm_up:
+                assert self.client.submit(ff_tasks.w1_map, n=2).result(timeout=60) == [1, 2]
+        timings["startup_s"] = time.perf_counter() - t0
+        return timings
+
+    def add_workers(self, workers: int) -> None:
+        """Start ``workers`` more worker processes (``--cpu`` as given to :meth:`start`)."""
+        first = len(self.workers)
+        for i in range(first, first + workers):
             self.workers.append(
                 Proc(
                     [
@@ -85,14 +100,15 @@ class Fleet:
                         "--module",
                         str(MODULE),
                         "--cpu",
-                        str(cpu),
+                        str(self.cpu),
                     ],
                     self.logdir / f"{self.tag}-worker{i}.log",
                 )
             )
-        self.client = Client(self.address)
-        timings = {"coordinator_ready_s": t_coord}
-        if workers:
+
+    def wait_for_workers(self) -> None:
+        """Wait until every worker started registered (raises if one exited)."""
+        if self.workers:
             wait_until(
                 lambda: (
                     all("worker_registered" in w.log_text() for w in self.workers)
@@ -103,11 +119,6 @@ class Fleet:
             )
             if not all(w.alive() for w in self.workers):
                 raise RuntimeError("a worker exited:\n" + self.workers[0].log_text()[-3000:])
-            timings["workers_registered_s"] = time.perf_counter() - t0
-            if warm_up:
-                assert self.client.submit(ff_tasks.w1_map, n=2).result(timeout=60) == [1, 2]
-        timings["startup_s"] = time.perf_counter() - t0
-        return timings
 
     def worker_pids(self) -> list[int]:
         """Worker processes and their pool children."""
@@ -213,8 +224,12 @@ def run_rep(fleet: Fleet, workload: str, n: int, iters: int = 0, timeout_s: floa
     return rep
 
 
-def pending_memory(fleet: Fleet, n: int, timeout_s: float) -> dict:
-    """W5: submit an ``n``-item map with no worker connected; RSS once all are pending."""
+def pending_memory(fleet: Fleet, n: int, timeout_s: float, complete: bool = False) -> dict:
+    """W5: submit an ``n``-item map with no worker connected; RSS once all are pending.
+
+    With ``complete``, 2 workers then run the map to the end; the coordinator's
+    peak RSS (VmHWM) over submission, pending and the whole run is recorded.
+    """
     client = fleet.client
     assert client is not None and fleet.coordinator is not None
     pid = fleet.coordinator.pid
@@ -237,4 +252,19 @@ def pending_memory(fleet: Fleet, n: int, timeout_s: float) -> dict:
     out["rss_mib"] = rss_mib(pid)
     out["peak_rss_mib"] = peak_rss_mib(pid)
     out["cpu_s"] = cpu_s(pid)
+    if complete:
+        # Then let 2 workers run the whole map and check every result; the
+        # coordinator's peak RSS is its VmHWM (the kernel's high-water mark).
+        left = max(1.0, timeout_s - (time.perf_counter() - t0))
+        t1 = time.perf_counter()
+        fleet.add_workers(2)
+        state = bounded(lambda: handle.wait(timeout=left), left + 5)
+        out["run_s"] = time.perf_counter() - t1
+        out["run_state"] = state
+        out["run_peak_rss_mib"] = peak_rss_mib(pid)
+        result = handle.result(timeout=60)
+        assert result == list(range(n)), "W5 results differ"
+        out["run_checked"] = len(result)
+        out["run_end_rss_mib"] = rss_mib(pid)
+        out["run_peak_rss_mib"] = peak_rss_mib(pid)
     return out

@@ -187,6 +187,19 @@ def _metrics(entry: str, row: dict) -> list[Metric]:
                 False,
             ),
             Metric(f"{entry}: seconds until all {row['n']:,} are pending", " s", accept, False),
+            Metric(
+                f"{entry} then run to the end by 2 workers: coordinator peak RSS "
+                "(submission, pending and run), MiB",
+                " MiB",
+                lambda r, rep: rep.get("run_peak_rss_mib"),
+                False,
+            ),
+            Metric(
+                f"{entry} then run to the end by 2 workers: wall s (results checked)",
+                " s",
+                lambda r, rep: rep.get("run_s"),
+                False,
+            ),
         ]
     return []
 

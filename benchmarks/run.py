@@ -248,7 +248,11 @@ def run_fleetflow_w5(entry: str, n: int, reps: int, timeout: float, long_s: floa
         t0 = time.perf_counter()
         try:
             timings = bounded(lambda f=fleet: f.start(workers=0), 60, fleet.stop)
-            rep = bounded(lambda f=fleet: pending_memory(f, n, timeout), timeout + 10, fleet.stop)
+            rep = bounded(
+                lambda f=fleet: pending_memory(f, n, timeout, complete=True),
+                timeout + 10,
+                fleet.stop,
+            )
             rep["startup_s"] = timings["startup_s"]
             result["reps"].append(rep)
             took = time.perf_counter() - t0

@@ -60,11 +60,12 @@ def main() -> int:
         "|---|---|",
     ]
     for store, values in rates.items():
-        lines.append(
-            f"| {store} | **{med[store]:,.0f}** ({min(values):,.0f}-{max(values):,.0f}) |"
-        )
-    lines += ["", f"Ratio sqlite / memory (medians): **{med['sqlite'] / med['memory']:.2f}** "
-              "(target: at least 0.70)."]
+        lines.append(f"| {store} | **{med[store]:,.0f}** ({min(values):,.0f}-{max(values):,.0f}) |")
+    lines += [
+        "",
+        f"Ratio sqlite / memory (medians): **{med['sqlite'] / med['memory']:.2f}** "
+        "(target: at least 0.70).",
+    ]
     text = "\n".join(lines) + "\n"
     (OUT / "store_ratio.md").write_text(text)
     print(text)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from fleetflow_coordinator.core.model import EventKind, EventLog, EventRecord, FullEventRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def _plain(seq: int, kind: EventKind = EventKind.TASK_RUN_STARTED) -> EventRecord:
@@ -44,3 +46,60 @@ def test_records_carry_the_rare_fields_only_when_set():
     assert (full.message, full.retry_at, full.count) == ("boom", 3.0, 0)
     assert not hasattr(slim, "__dict__")  # slots only: no per-event dictionary
     assert slim != full and slim == _plain(1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([EventKind.TASK_RUN_STARTED, EventKind.TASK_RUN_COMPLETED]),
+            st.integers(0, 1),  # time step
+            st.integers(0, 2),  # task run id step (1: continues a run)
+            st.sampled_from(["w1", "w2"]),
+            st.integers(1, 2),  # attempt
+            st.booleans(),  # carries a message (a full record)
+            st.integers(0, 3),  # an expansion of this many first
+        ),
+        max_size=60,
+    )
+)
+def test_runs_are_kept_compactly_and_read_back_exactly(steps):
+    log, expected = EventLog(), []
+    time, task_run = 1.0, 100
+    for kind, dt, step, worker, attempt, full, expansion in steps:
+        if expansion:
+            first_seq = log.extend_scheduled(expansion, 5000 + len(expected), time, 1, "t")
+            expected += [
+                EventRecord(
+                    first_seq + i,
+                    EventKind.TASK_RUN_SCHEDULED,
+                    time,
+                    1,
+                    "t",
+                    5000 + first_seq - 1 + i,
+                    i,
+                    1,
+                )
+                for i in range(expansion)
+            ]
+        time += dt
+        task_run += step
+        event = EventRecord(
+            len(expected) + 1,
+            kind,
+            time,
+            1,
+            "t",
+            task_run,
+            task_run - 100,
+            attempt,
+            worker,
+            message="m" if full else "",
+        )
+        log.append(event)
+        expected.append(event)
+        assert len(log) == len(expected)
+    assert list(log) == expected
+    assert log[:] == expected
+    assert [log[i] for i in range(len(expected))] == expected
+    assert list(EventLog(expected)) == expected

@@ -360,30 +360,91 @@ _EVENT_FIELDS = (
 class EventLog:
     """A flow run's events in seq order (``log[i].seq == i + 1``), held compactly.
 
-    A list of :class:`EventRecord`, except for the TASK_RUN_SCHEDULED events
-    of a map expansion (:meth:`extend_scheduled`): those take one list slot
-    each (``None``) plus one range entry for the lot, and are rebuilt when
-    read. Supports ``len``, indexing, slicing and iteration like a list.
+    Task runs of a map mostly produce *runs* of alike events: the
+    TASK_RUN_SCHEDULED events of an expansion, the TASK_RUN_STARTED events of
+    a lease batch, the TASK_RUN_COMPLETED events of one report. Consecutive
+    plain events (no count, message, error or retry time) of one kind, time,
+    node, worker and attempt, about consecutive task runs and map indexes, are
+    kept as one run entry, each taking a single ``None`` list slot; they are
+    rebuilt when read. Other events are kept as they are. Supports ``len``,
+    indexing, slicing and iteration like a list.
 
     Args:
         events: Initial events, in seq order (e.g. restored from a store).
     """
 
-    __slots__ = ("_records", "_ranges", "_starts")
+    __slots__ = ("_records", "_runs", "_starts")
 
     def __init__(self, events: Iterable[EventRecord] = ()) -> None:
-        self._records: list[EventRecord | None] = list(events)
-        #: [(first position, count, first task run id, time, node, task name)]
-        self._ranges: list[tuple[int, int, int, float, int, str]] = []
-        #: First positions of _ranges, for bisect.
+        self._records: list[EventRecord | None] = []
+        #: [[first position, count, first task run id, first index, kind, time,
+        #: node, task name, worker id, attempt]], by first position
+        self._runs: list[list[Any]] = []
+        #: First positions of _runs, for bisect.
         self._starts: list[int] = []
+        for event in events:
+            self.append(event)
 
     def __len__(self) -> int:
         return len(self._records)
 
     def append(self, event: EventRecord) -> None:
         """Add the next event (its ``seq`` must be ``len(self) + 1``)."""
-        self._records.append(event)
+        records = self._records
+        if type(event) is EventRecord and records:
+            runs = self._runs
+            if runs:
+                run = runs[-1]
+                count = run[1]
+                if (
+                    run[0] + count == len(records)
+                    and event.task_run_id == run[2] + count
+                    and event.index == run[3] + count
+                    and event.kind == run[4]
+                    and event.time == run[5]
+                    and event.node == run[6]
+                    and event.worker_id == run[8]
+                    and event.attempt == run[9]
+                    and event.task_name == run[7]
+                ):
+                    run[1] = count + 1
+                    records.append(None)
+                    return
+            last = records[-1]
+            if (
+                type(last) is EventRecord
+                and event.task_run_id == last.task_run_id + 1
+                and event.index == last.index + 1
+                and event.kind == last.kind
+                and event.time == last.time
+                and event.node == last.node
+                and event.worker_id == last.worker_id
+                and event.attempt == last.attempt
+                and event.task_name == last.task_name
+            ):
+                start = len(records) - 1
+                records[-1] = None
+                records.append(None)
+                self._add_run(start, 2, last)
+                return
+        records.append(event)
+
+    def _add_run(self, start: int, count: int, first: EventRecord) -> None:
+        self._runs.append(
+            [
+                start,
+                count,
+                first.task_run_id,
+                first.index,
+                first.kind,
+                first.time,
+                first.node,
+                first.task_name,
+                first.worker_id,
+                first.attempt,
+            ]
+        )
+        self._starts.append(start)
 
     def extend_scheduled(
         self, count: int, first_task_run_id: int, time: float, node: int, task_name: str
@@ -396,21 +457,29 @@ class EventLog:
             The seq of the first one.
         """
         start = len(self._records)
-        self._records.extend([None] * count)
-        self._ranges.append((start, count, first_task_run_id, time, node, task_name))
-        self._starts.append(start)
+        if count:
+            first = EventRecord(
+                start + 1,
+                EventKind.TASK_RUN_SCHEDULED,
+                time,
+                node,
+                task_name,
+                first_task_run_id,
+                0,
+                1,
+            )
+            self._records.extend([None] * count)
+            self._add_run(start, count, first)
         return start + 1
 
     def _at(self, position: int) -> EventRecord:
         record = self._records[position]
         if record is not None:
             return record
-        start, _, first_id, time, node, task_name = self._ranges[
-            bisect.bisect_right(self._starts, position) - 1
-        ]
-        i = position - start
+        run = self._runs[bisect.bisect_right(self._starts, position) - 1]
+        i = position - run[0]
         return EventRecord(
-            position + 1, EventKind.TASK_RUN_SCHEDULED, time, node, task_name, first_id + i, i, 1
+            position + 1, run[4], run[5], run[6], run[7], run[2] + i, run[3] + i, run[9], run[8]
         )
 
     @overload

@@ -1199,7 +1199,7 @@ class Scheduler:
                 )
                 return
             n = next(iter(lengths.values()))
-        if not node.item_deps and self._fits_now(node):
+        if not node.item_deps:
             self._expand_scheduled(flow, node, n, now)
             return
         node.expanded = True
@@ -1275,6 +1275,9 @@ class Scheduler:
             self._work_added = True
             self._changed_flows.add(flow.id)
             self._changes.expansions.append((flow, node, first_id, n, first_seq, now))
+            if not node.unschedulable_reported and not self._fits_now(node):
+                reason = self._unschedulable_reason(node)
+                self._report_unschedulable(flow, node, now, reason, children[0])
         for consumer in node.item_consumers:
             self._try_expand(flow, flow.nodes[consumer], now)
         self._check_node_end(flow, node, now)
