@@ -62,7 +62,7 @@ MAX_OVERTAKES = 16
 #: node's mean reported duration (seconds): long enough to spread one RPC, one
 #: commit and one process hand-off over many short task runs, short enough that
 #: a batch never holds ready work back from another worker for long.
-BATCH_TARGET_S = 0.02
+BATCH_TARGET_S = 0.05
 
 #: The largest lease batch, whatever a worker asks for.
 MAX_BATCH = 512
