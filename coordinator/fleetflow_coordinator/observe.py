@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -145,7 +146,12 @@ class AttemptLog:
         """Log the attempt's summary line, then forward."""
         self.inner.finished(flow_run_id, attempt)
         outcome = attempt["outcome"]
-        emit = _attempt_log.debug if outcome == "completed" else _attempt_log.info
+        if outcome == "completed":
+            if not _attempt_log.is_enabled_for(logging.DEBUG):
+                return  # the common case: skip building a line nobody keeps
+            emit = _attempt_log.debug
+        else:
+            emit = _attempt_log.info
         emit(
             "task_run_attempt_ended",
             flow_run_id=flow_run_id,

@@ -40,8 +40,9 @@ from fleetflow_worker.errors import TaskNotRegistered
 
 __all__ = ["init_process", "load_tasks", "run_task", "run_batch", "serve", "ping"]
 
-#: A batch sends what it has finished at least this often, seconds, so the pool
-#: sees progress (and times each member) without a message per member.
+#: A batch sends what it has finished when a member ends and this long has
+#: passed since its last send, seconds (and at its end): the pool sees
+#: progress without a message per member.
 BATCH_FLUSH_S = 0.002
 
 #: Tasks of this task process, ``{task_name: Task}``; filled by :func:`init_process`.
@@ -200,8 +201,9 @@ def run_task(
 def run_batch(conn: Connection, requests: Sequence[tuple], progress: Any = None) -> bool:
     """Run a batch's attempts in order, sending results as they finish.
 
-    Results are sent in lists, at least every :data:`BATCH_FLUSH_S` seconds
-    while the batch runs and once at its end. Each result is ``(position,
+    Results are sent in lists: when a member ends and :data:`BATCH_FLUSH_S`
+    seconds have passed since the last list, and when the last member ends
+    (so a finished member's result may wait behind a long next member). Each result is ``(position,
     payload, cpu_seconds, duration_seconds, peak_rss_bytes)``: CPU and wall
     time of that attempt alone, seconds, and this process's peak resident
     memory since the batch began (an upper bound for the attempt), bytes.

@@ -351,6 +351,9 @@ class TaskProcessPool:
         poked = asyncio.ensure_future(poke.wait()) if poke is not None else None
         waiters: list[asyncio.Future[Any]] = [call] if poked is None else [call, poked]
         error: BaseException | str | None = None
+        #: The member a kill is for, read when the kill is decided: the child
+        #: may start the next member before the SIGKILL lands.
+        decided, decided_started = -1, 0.0
         try:
             while not call.done():
                 wait_s = self.sample_interval_s
@@ -367,6 +370,7 @@ class TaskProcessPool:
                     waiters = [call, poked]
                 position, started = proc.current()
                 running = 0 <= position < len(todo) and not answered[position]
+                decided, decided_started = position, started
                 if running and cancelled(todo[position]):
                     error = _CANCELLED
                     break
@@ -402,17 +406,28 @@ class TaskProcessPool:
         else:
             exitcode = await self._replace(seat)
             log.warning("task_process_died", exitcode=exitcode, pid=proc.process.pid)
-        position, _ = proc.current()
-        position = max(0, position)
+        if error is None:  # it died on its own: the member running at its death
+            decided, decided_started = proc.current()
+        # Blame that member, unless its result arrived after all (then the kill
+        # only cost the next one its start: it runs again). Before any member
+        # started, the first unanswered one is blamed.
+        position = max(0, decided)
+        if position < len(todo) and answered[position] and decided < 0:
+            position = next((q for q in range(len(todo)) if not answered[q]), len(todo))
         current = position if position < len(todo) and not answered[position] else -1
         if current >= 0 and not cancelled(todo[current]):
             usage = meter.usage()
+            # Its wall time so far, so a node whose members hang gets smaller batches.
+            ran_s = max(0.0, time.monotonic() - decided_started) if decided_started else 0.0
             if error is None:
                 died = encode_error(TaskProcessDied(exitcode))
-                on_result(todo[current], PoolResult(died, usage, infrastructure=True))
+                result = PoolResult(died, usage, infrastructure=True, duration_s=ran_s)
+                on_result(todo[current], result)
             elif not isinstance(error, str):
                 timed_out = isinstance(error, TaskTimeout)
-                stopped = PoolResult(encode_error(error), usage, timed_out=timed_out)
+                stopped = PoolResult(
+                    encode_error(error), usage, timed_out=timed_out, duration_s=ran_s
+                )
                 on_result(todo[current], stopped)
         return [i for q, i in enumerate(todo) if not answered[q] and q != current]
 

@@ -429,6 +429,48 @@ class EventLog:
                 return
         records.append(event)
 
+    def append_plain(
+        self,
+        kind: EventKind,
+        time: float,
+        node: int,
+        task_name: str,
+        task_run_id: int,
+        index: int,
+        attempt: int,
+        worker_id: str,
+    ) -> int:
+        """Add the next event from its fields (a plain one); returns its seq.
+
+        The same as ``append(EventRecord(len(self) + 1, kind, ...))``, without
+        making a record when the event extends a run.
+        """
+        records = self._records
+        n = len(records)
+        runs = self._runs
+        if runs:
+            run = runs[-1]
+            count = run[1]
+            if (
+                run[0] + count == n
+                and task_run_id == run[2] + count
+                and index == run[3] + count
+                and kind == run[4]
+                and time == run[5]
+                and node == run[6]
+                and worker_id == run[8]
+                and attempt == run[9]
+                and task_name == run[7]
+            ):
+                run[1] = count + 1
+                records.append(None)
+                return n + 1
+        record = EventRecord(
+            n + 1, kind, time, node, task_name, task_run_id, index, attempt, worker_id
+        )
+        self.append(record)
+        return n + 1
+
     def _add_run(self, start: int, count: int, first: EventRecord) -> None:
         self._runs.append(
             [

@@ -164,7 +164,8 @@ class Changes:
         flows: Flow runs whose state, end time or first error may have changed.
         nodes: ``(flow, node)`` pairs expanded or failed.
         task_runs: Task runs whose row changed.
-        events: ``(flow_run_id, EventRecord)`` appended, in order.
+        events: ``(flow_run_id, EventRecord)`` appended, in order (the plain
+            per-task-run ones are in ``event_rows`` instead).
         expansions: ``(flow, node, first task run id, count, first seq, time)``
             of map expansions that created every child SCHEDULED at once; they
             stand for those children's first rows and TASK_RUN_SCHEDULED
@@ -181,6 +182,9 @@ class Changes:
     expansions: list[tuple[FlowRun, NodeRecord, int, int, int, float]] = _field(
         default_factory=list
     )
+    #: Rows (the store's ``EVENT_COLUMNS``) of plain per-task-run events, which
+    #: are in the log but not in ``events``.
+    event_rows: list[tuple] = _field(default_factory=list)
     #: The next task run id to issue, stored so pruned ids are never reused.
     next_task_run_id: int = 0
 
@@ -191,6 +195,7 @@ class Changes:
             + len(self.nodes)
             + len(self.task_runs)
             + len(self.events)
+            + len(self.event_rows)
             + 2 * len(self.expansions)
             + len(self.pruned)
         )
@@ -1145,26 +1150,35 @@ class Scheduler:
         """:meth:`_event` for the per-task-run kinds that touch no flow or node row.
 
         Only TASK_RUN_SCHEDULED, TASK_RUN_STARTED and TASK_RUN_COMPLETED, the
-        three every task run goes through; the same record, built directly.
+        three every task run goes through: the log gets the same event, and
+        the store its row (``Changes.event_rows``) without a record in between.
         """
         flow = tr.flow
         node = tr.node
-        events = flow.events
-        event = EventRecord(
-            len(events) + 1,
-            kind,
-            now,
-            node.index,
-            node.task_name,
-            tr.id,
-            tr.index,
-            tr.attempt,
-            worker_id,
+        index, task_name = node.index, node.task_name
+        seq = flow.events.append_plain(
+            kind, now, index, task_name, tr.id, tr.index, tr.attempt, worker_id
         )
-        events.append(event)
         self._changed_flows.add(flow.id)
         changes = self._changes
-        changes.events.append((flow.id, event))
+        changes.event_rows.append(
+            (
+                flow.id,
+                seq,
+                int(kind),
+                now,
+                index,
+                task_name,
+                tr.id,
+                tr.index,
+                tr.attempt,
+                worker_id,
+                0,
+                "",
+                None,
+                0.0,
+            )
+        )
         changes.task_runs.add(tr)
 
     def _set_state(self, tr: TaskRun, state: TaskRunState) -> None:
