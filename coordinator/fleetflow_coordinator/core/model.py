@@ -11,7 +11,7 @@ import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 __all__ = [
     "TaskRunState",
@@ -24,7 +24,6 @@ __all__ = [
     "FlowRun",
     "WorkerRecord",
     "EventRecord",
-    "FullEventRecord",
     "EventLog",
     "SlotBatch",
     "TERMINAL_TASK_STATES",
@@ -256,105 +255,30 @@ class TaskRun:
         self.batch: SlotBatch | None = None
 
 
-class EventRecord:
+class EventRecord(NamedTuple):
     """One entry of a flow run's event log (converted to ``Event`` at the edge).
 
-    Most events (a task run scheduled, started, completed) carry only the
-    first nine fields; they are instances of this class, 32 bytes smaller
-    than :class:`FullEventRecord`, which also holds ``count``, ``message``,
-    ``error`` and ``retry_at``. Construct either through ``EventRecord(...)``:
-    it picks the class from the arguments. Read-only by convention.
+    A named tuple: built in one C call and compared field by field, which
+    matters at three events per task run. Read-only.
     """
 
-    __slots__ = (
-        "seq",
-        "kind",
-        "time",
-        "node",
-        "task_name",
-        "task_run_id",
-        "index",
-        "attempt",
-        "worker_id",
-    )
-
-    #: Defaults of the fields only FullEventRecord stores.
+    seq: int
+    kind: EventKind
+    time: float
+    node: int = 0
+    task_name: str = ""
+    task_run_id: int = 0
+    index: int = 0
+    attempt: int = 0
+    worker_id: str = ""
     count: int = 0
     message: str = ""
     error: Any = None
     retry_at: float = 0.0
 
-    def __new__(
-        cls,
-        seq: int,
-        kind: EventKind,
-        time: float,
-        node: int = 0,
-        task_name: str = "",
-        task_run_id: int = 0,
-        index: int = 0,
-        attempt: int = 0,
-        worker_id: str = "",
-        count: int = 0,
-        message: str = "",
-        error: Any = None,
-        retry_at: float = 0.0,
-    ) -> EventRecord:
-        """Make the record: a FullEventRecord when any of the last four fields is set."""
-        full = count or message or error is not None or retry_at
-        record = object.__new__(FullEventRecord if full else EventRecord)
-        record.seq = seq
-        record.kind = kind
-        record.time = time
-        record.node = node
-        record.task_name = task_name
-        record.task_run_id = task_run_id
-        record.index = index
-        record.attempt = attempt
-        record.worker_id = worker_id
-        if full:
-            record.count = count
-            record.message = message
-            record.error = error
-            record.retry_at = retry_at
-        return record
 
-    def _fields(self) -> tuple:
-        return tuple(getattr(self, name) for name in _EVENT_FIELDS)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, EventRecord):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _EVENT_FIELDS)
-        return f"EventRecord({fields})"
-
-
-class FullEventRecord(EventRecord):
-    """An :class:`EventRecord` that also carries a count, message, error or retry time."""
-
-    __slots__ = ("count", "message", "error", "retry_at")
-
-
-_EVENT_FIELDS = (
-    "seq",
-    "kind",
-    "time",
-    "node",
-    "task_name",
-    "task_run_id",
-    "index",
-    "attempt",
-    "worker_id",
-    "count",
-    "message",
-    "error",
-    "retry_at",
-)
+#: The last four fields of a plain event (no count, message, error or retry time).
+_PLAIN_TAIL = (0, "", None, 0.0)
 
 
 class EventLog:
@@ -391,7 +315,7 @@ class EventLog:
     def append(self, event: EventRecord) -> None:
         """Add the next event (its ``seq`` must be ``len(self) + 1``)."""
         records = self._records
-        if type(event) is EventRecord and records:
+        if records and event[9:] == _PLAIN_TAIL:
             runs = self._runs
             if runs:
                 run = runs[-1]
@@ -412,7 +336,8 @@ class EventLog:
                     return
             last = records[-1]
             if (
-                type(last) is EventRecord
+                last is not None
+                and last[9:] == _PLAIN_TAIL
                 and event.task_run_id == last.task_run_id + 1
                 and event.index == last.index + 1
                 and event.kind == last.kind

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as _field
-from typing import Any
+from typing import Any, NamedTuple
 
 from fleetflow_coordinator.core.model import (
     TERMINAL_TASK_STATES,
@@ -115,8 +115,7 @@ class NodeSpec:
     pool: str = "default"
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseGrant:
+class LeaseGrant(NamedTuple):
     """A task run attempt handed to a worker, with its resolved arguments.
 
     ``args`` is ``[(name, bytes | list[bytes])]``: one pickled value, or a
@@ -131,8 +130,7 @@ class LeaseGrant:
     batch: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """A worker's report for one attempt.
 
     Exactly one of ``value``, ``items`` and ``error`` is set; ``error`` is an
