@@ -14,6 +14,7 @@ Three sources, none of which touches the pure core:
 
 from __future__ import annotations
 
+import bisect
 import collections
 from collections.abc import Iterator
 from typing import Any
@@ -21,12 +22,12 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Histogram,
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from fleetflow_coordinator.core import EventKind, FlowRunState, Scheduler, TaskRunState
 from fleetflow_coordinator.observe import shape_label
@@ -84,35 +85,35 @@ class Metrics:
         #: event itself (three events per task run).
         self.events_by_kind: dict[EventKind, int] = {}
         self.registry.register(_EventCounter(self.events_by_kind))
-        self.task_duration = Histogram(
+        # Per-task-run histograms: observed on the event loop several times per
+        # task run, so kept in plain lists (no lock) and exposed at scrape time.
+        self.task_duration = LoopHistogram(
             "fleetflow_task_run_duration_seconds",
             "Attempt duration from lease to outcome, by task and outcome "
             "(completed, failed, retrying, lost).",
-            ["task", "outcome"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            ("task", "outcome"),
+            DURATION_BUCKETS,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = LoopHistogram(
             "fleetflow_task_run_queue_wait_seconds",
             "Seconds a task run waited SCHEDULED before a worker leased it, by task.",
-            ["task"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            ("task",),
+            DURATION_BUCKETS,
         )
-        self.task_cpu = Histogram(
+        self.task_cpu = LoopHistogram(
             "fleetflow_task_run_cpu_seconds",
             "CPU seconds of completed attempts, as measured by workers, by task.",
-            ["task"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            ("task",),
+            DURATION_BUCKETS,
         )
-        self.task_memory = Histogram(
+        self.task_memory = LoopHistogram(
             "fleetflow_task_run_peak_memory_bytes",
             "Peak resident memory of completed attempts' processes, by task.",
-            ["task"],
-            buckets=MEMORY_BUCKETS,
-            registry=r,
+            ("task",),
+            MEMORY_BUCKETS,
         )
+        for histogram in (self.task_duration, self.queue_wait, self.task_cpu, self.task_memory):
+            r.register(histogram)
         ProcessCollector(registry=r)
         #: {(metric id, label values): child}: ``labels()`` validates and locks on
         #: every call, too slow for once per task run.
@@ -138,8 +139,8 @@ class Metrics:
 
     def measured(self, task_name: str, cpu_s: float, peak_bytes: float) -> None:
         """A completed attempt's measured usage (usage.UsageBook)."""
-        self._labels(self.task_cpu, task_name).observe(cpu_s)
-        self._labels(self.task_memory, task_name).observe(peak_bytes)
+        self.task_cpu.observe((task_name,), cpu_s)
+        self.task_memory.observe((task_name,), peak_bytes)
 
     # ------------------------------------------- event sink (observe.Observer)
 
@@ -151,12 +152,12 @@ class Metrics:
     def started(self, task_name: str, queue_wait_s: float | None) -> None:
         """An attempt was leased after ``queue_wait_s`` seconds SCHEDULED."""
         if queue_wait_s is not None:
-            self._labels(self.queue_wait, task_name).observe(queue_wait_s)
+            self.queue_wait.observe((task_name,), queue_wait_s)
 
     def finished(self, flow_run_id: str, attempt: dict[str, Any]) -> None:
         """An attempt ended."""
-        self._labels(self.task_duration, attempt["task_name"], attempt["outcome"]).observe(
-            attempt["duration_s"]
+        self.task_duration.observe(
+            (attempt["task_name"], attempt["outcome"]), attempt["duration_s"]
         )
 
     # ------------------------------------------------------------- scrape time
@@ -168,6 +169,51 @@ class Metrics:
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class LoopHistogram(Collector):
+    """A labelled Prometheus histogram for one thread (the event loop): no locks.
+
+    Exposed like ``prometheus_client.Histogram`` (``_bucket{le}``, ``_sum``,
+    ``_count``); the buckets' upper bounds are inclusive, as Prometheus defines.
+
+    Args:
+        name: Metric name, without suffixes.
+        documentation: HELP text.
+        labels: Label names.
+        buckets: Increasing upper bounds, the last ``inf``.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.bounds = list(buckets)
+        #: {label values: [per-bucket counts..., sum]}
+        self._series: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        """Count one observation of ``value`` for these label values."""
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = [0] * len(self.bounds) + [0.0]
+        series[bisect.bisect_left(self.bounds, value)] += 1
+        series[-1] += value
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=list(self.labels))
+        for labels, series in self._series.items():
+            buckets, running = [], 0
+            for bound, n in zip(self.bounds, series[:-1], strict=True):
+                running += n
+                buckets.append((floatToGoString(bound), running))
+            family.add_metric(list(labels), buckets, sum_value=series[-1])
+        yield family
 
 
 class _EventCounter(Collector):
