@@ -266,22 +266,9 @@ class UsageBook:
         duration_s: float,
     ) -> None:
         """Fold in one completed attempt."""
-        nodes = self.by_flow.get(flow_run_id)
-        if nodes is None:
-            nodes = self.by_flow[flow_run_id] = {}
-            if len(self.by_flow) > self.max_flows:
-                del self.by_flow[next(iter(self.by_flow))]
-        stats = nodes.get(node)
-        if stats is None:
-            stats = nodes[node] = TaskUsageStats(task_name, node, dict(requested))
-        stats.add(cpu_s, peak_bytes, duration_s)
-        overall = self.by_task.get(task_name)
-        if overall is None:
-            overall = self.by_task[task_name] = TaskUsageStats(task_name)
-        overall.requested = dict(requested)
-        overall.add(cpu_s, peak_bytes, duration_s)
-        if self.sink is not None:
-            self.sink.measured(task_name, cpu_s, peak_bytes)
+        self.record_many(
+            flow_run_id, node, task_name, requested, [cpu_s], [peak_bytes], [duration_s]
+        )
 
     def record_outcomes(
         self, core: Scheduler, outcomes: Sequence[Any], acks: Sequence[int], now: float
