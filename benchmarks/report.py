@@ -335,6 +335,8 @@ def render(results: dict) -> str:
                     if res.get("status") != "ok":
                         text += f" ({len(vals)} rep(s); then {_short_error(res)})"
                     cells.append(text)
+                elif res.get("status") == "ok":
+                    cells.append("not measured")  # a fleetflow-only row (e.g. W5's run)
                 else:
                     bound = metric.bound(row, res) if metric.bound else None
                     bounds[s] = bound
