@@ -387,3 +387,24 @@ async def test_retry_directives_reach_the_outcome(coordinator, make_worker, tmp_
     assert outcomes[1, 1].retry_requested and outcomes[1, 1].retry_delay_seconds == 4.5
     assert outcomes[2, 1].non_retryable and not outcomes[2, 1].retry_requested
     assert outcomes[3, 1].retry_requested and outcomes[3, 1].retry_delay_seconds == 1.5
+
+
+async def test_lease_batches_run_in_order_in_one_slot_each(coordinator, make_worker):
+    """Consecutive leases with one batch id share a slot; every member reports on its own."""
+    pool_members = [make_lease(10 + i, "double", x=i) for i in range(6)]
+    async_members = [make_lease(20 + i, "adouble", x=i) for i in range(4)]
+    for lease in pool_members:
+        lease.batch = 1
+    for lease in async_members:
+        lease.batch = 2
+    for lease in [*pool_members, *async_members, make_lease(30, "double", x=50)]:
+        coordinator.leases.put_nowait(lease)  # all in the worker's first LeaseTasks answer
+    worker = make_worker()
+    outcomes = await coordinator.wait_outcomes(11)
+    assert [value_of(outcomes[10 + i, 1]) for i in range(6)] == [2 * i for i in range(6)]
+    assert [value_of(outcomes[20 + i, 1]) for i in range(4)] == [2 * i for i in range(4)]
+    assert value_of(outcomes[30, 1]) == 100
+    # Pool members are timed by their task process: the task code alone, well under 1 s.
+    assert all(0 < outcomes[10 + i, 1].duration_seconds < 1 for i in range(6))
+    assert coordinator.lease_requests[0].max_batch == worker.settings.max_batch > 1
+    worker.table.validate()

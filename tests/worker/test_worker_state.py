@@ -110,3 +110,20 @@ def test_backoff_counts_a_streak():
     assert backoff.failures == 2
     assert backoff.succeeded() == 2
     assert backoff.failures == 0
+
+
+def test_a_batch_takes_one_slot_until_its_last_member_ends():
+    table = AttemptTable(2)
+    keys = [AttemptKey(i, 1) for i in range(1, 5)]
+    assert table.start_batch([*keys, keys[0]], is_async=False) == keys  # a duplicate is dropped
+    assert table.running == 1 and table.free_slots == 1 and len(table) == 4
+    assert table.start_batch(keys, is_async=False) == []  # all held already
+    table.cancel(keys[1])
+    assert table.finish(keys[1]) is False  # cancelled: nothing to report
+    for key in keys[2:]:
+        assert table.finish(key) is True
+        table.validate()
+    assert table.running == 1  # keys[0] still runs: the slot stays taken
+    assert table.finish(keys[0]) is True
+    assert table.running == 0 and table.free_slots == 2
+    table.validate()
