@@ -238,8 +238,17 @@ class Runtime:
 
     async def _tick_loop(self) -> None:
         interval = self.settings.tick_interval_s
+        loop = asyncio.get_running_loop()
         while True:
+            due = loop.time() + interval
             await asyncio.sleep(interval)
+            # Woken late: the loop was blocked (e.g. expanding a huge map), so
+            # heartbeats that arrived meanwhile were not read yet. That silence
+            # is the coordinator's, not the workers': excuse it before expiring.
+            late = loop.time() - due
+            if late > max(interval, 0.1 * self.settings.lease_ttl_s):
+                self.core.excuse_stall(late)
+                log.warning("coordinator_loop_stalled", seconds=round(late, 3))
             before = set(self.core.workers)
             self.core.tick(self.clock())
             for worker_id in before - set(self.core.workers):

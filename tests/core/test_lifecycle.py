@@ -267,3 +267,15 @@ def test_repeated_lease_calls_are_no_sign_of_life():
     assert fleet.core.touch("w", fleet.now + 1.5)  # an RPC arriving is one
     fleet.advance(2.0)
     assert "w" in fleet.core.workers
+
+
+def test_a_coordinator_stall_is_not_counted_against_workers():
+    """Heartbeats that queued up unread while the coordinator was blocked still count."""
+    fleet = Fleet(lease_ttl_s=2.0)
+    fleet.add_worker("w", ["t"], cpu=1.0)
+    fleet.now += 3.0  # the coordinator's loop was blocked for 3 s: no tick, no heartbeat read
+    fleet.core.excuse_stall(3.0)
+    fleet.core.tick(fleet.now)
+    assert "w" in fleet.core.workers
+    fleet.advance(2.5)  # real silence after the stall still expires it
+    assert "w" not in fleet.core.workers

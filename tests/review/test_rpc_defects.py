@@ -123,10 +123,6 @@ async def test_items_for_a_non_split_lease_do_not_break_another_workers_lease():
             )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no cap on map size: one large submission blocks the loop past the lease TTL and live workers are declared lost",
-)
 async def test_one_huge_literal_map_does_not_make_the_coordinator_drop_live_workers():
     """A ~1.2 MB submission blocks the loop past the lease TTL; heartbeating workers are lost.
 

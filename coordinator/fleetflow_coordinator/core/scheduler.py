@@ -509,6 +509,18 @@ class Scheduler:
                 self._lose_attempt(tr, now, "lease lost in transit: the worker never started it")
         return True, cancel
 
+    def excuse_stall(self, seconds: float) -> None:
+        """The coordinator itself stalled for ``seconds``: that silence is not the workers'.
+
+        Moves every worker's last sign of life ``seconds`` later, so a worker
+        whose heartbeats queued up unread while the coordinator was blocked is
+        not declared lost for it. A worker really gone is declared lost that
+        much later.
+        """
+        if seconds > 0:
+            for worker in self.workers.values():
+                worker.last_seen += seconds
+
     def touch(self, worker_id: str, now: float) -> bool:
         """Record that a worker is alive; returns whether it is known."""
         worker = self.workers.get(worker_id)
