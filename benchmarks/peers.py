@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil  # noqa: E402
 import workloads  # noqa: E402
+from common import peak_rss_mib as _peak_mib  # noqa: E402
+from common import rss_mib as _rss_mib  # noqa: E402
 
 _RESULT: dict = {}
 _OUT: Path | None = None
@@ -75,18 +77,6 @@ def _watchdog(timeout_s: float) -> None:
     timer.daemon = True
     timer.start()
 
-
-def _rss_mib(pid: int) -> float:
-    return psutil.Process(pid).memory_info().rss / 2**20
-
-
-def _peak_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
     return None
 
 

@@ -20,6 +20,23 @@ def _env() -> dict[str, str]:
     return env
 
 
+def fleetflow(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the ``fleetflow`` CLI (wide terminal, no ambient coordinator); check exit 0."""
+    env = {**_env(), "COLUMNS": "200"}
+    env.pop("FLEETFLOW_COORDINATOR", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "fleetflow.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 class Proc:
     """A child process whose output goes to a log file; stopped by the fixture."""
 

@@ -10,27 +10,11 @@ import pytest
 from fleetflow import Client
 from fleetflow.loader import load_module
 
-from .fleet import FLOWS, ROOT, _env, wait_until
+from .fleet import FLOWS, ROOT, _env, fleetflow, wait_until
 
 pytestmark = pytest.mark.slow
 
 flows = load_module(str(FLOWS))
-
-
-def fleetflow(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**_env(), "COLUMNS": "200"}
-    env.pop("FLEETFLOW_COORDINATOR", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "fleetflow.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if check:
-        assert done.returncode == 0, done.stderr[-3000:]
-    return done
 
 
 def test_workers_and_inspect_as_tables_and_json(fleet, tmp_path):

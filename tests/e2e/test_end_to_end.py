@@ -38,8 +38,11 @@ def test_thousand_item_map_returns_every_result_once_in_input_order(fleet):
         info = client.get(run.id)
         inc = next(n for n in info.nodes if n.task_name == "inc")
         assert inc.total == 1000 and inc.completed == 1000
-        completed = [e for e in client.watch(run.id) if e.kind == "TASK_RUN_COMPLETED"
-                     and e.task_name == "inc"]
+        completed = [
+            e
+            for e in client.watch(run.id)
+            if e.kind == "TASK_RUN_COMPLETED" and e.task_name == "inc"
+        ]
         assert sorted(e.index for e in completed) == list(range(1000))  # each exactly once
 
 
@@ -162,9 +165,24 @@ def test_readme_main_command_runs_the_stdlib_example(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(str(ROOT / p) for p in ("client", "coordinator", "worker"))
     env.pop("FLEETFLOW_COORDINATOR", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "fleetflow.cli", "run", "examples/stdlib_stats.py:stdlib_stats",
-         "--param", f"root={root}", "--workers", "2", "--output", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "fleetflow.cli",
+            "run",
+            "examples/stdlib_stats.py:stdlib_stats",
+            "--param",
+            f"root={root}",
+            "--workers",
+            "2",
+            "--output",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
@@ -209,20 +227,26 @@ def test_report_outcomes_hands_out_the_next_lease_in_the_same_answer(fleet):
         stub = ws_grpc.WorkerServiceStub(channel)
         stub.RegisterWorker(
             ws.RegisterWorkerRequest(
-                worker_id="raw", task_names=["inc"],
+                worker_id="raw",
+                task_names=["inc"],
                 capacity=common_pb2.Resources(amounts={"cpu": 1.0, "memory": 1e9}),
             ),
             timeout=10,
         )
         run = client.submit(flows.map_inc, n=2)
-        first = stub.LeaseTasks(ws.LeaseTasksRequest(worker_id="raw", max_task_runs=5,
-                                                     wait_seconds=5), timeout=10).leases
+        first = stub.LeaseTasks(
+            ws.LeaseTasksRequest(worker_id="raw", max_task_runs=5, wait_seconds=5), timeout=10
+        ).leases
         assert len(first) == 1  # one CPU: one at a time
         answer = stub.ReportOutcomes(
             ws.ReportOutcomesRequest(
-                worker_id="raw", max_new_leases=5,
-                outcomes=[ws.Outcome(task_run_id=first[0].task_run_id,
-                                     attempt=first[0].attempt, value=dumps(1))],
+                worker_id="raw",
+                max_new_leases=5,
+                outcomes=[
+                    ws.Outcome(
+                        task_run_id=first[0].task_run_id, attempt=first[0].attempt, value=dumps(1)
+                    )
+                ],
             ),
             timeout=10,
         )

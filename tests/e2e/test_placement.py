@@ -76,7 +76,10 @@ def test_unschedulable_reason_then_failed_after_timeout_or_run_on_a_big_worker(f
         )
         queue = subprocess.run(
             [sys.executable, "-m", "fleetflow.cli", "queue", "--json", "--coordinator", address],
-            capture_output=True, text=True, timeout=60, env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env(),
         )
         import json
 

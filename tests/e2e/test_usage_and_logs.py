@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 from fleetflow import Client
 from fleetflow.loader import load_module
 
-from .fleet import ROOT, _env, wait_until
+from .fleet import fleetflow, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -22,22 +20,6 @@ flows = load_module(str(USAGE_FLOWS))
 
 IDS = ("flow_run_id", "task_run_id", "attempt", "worker_id")
 MB = 1_000_000
-
-
-def fleetflow(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**_env(), "COLUMNS": "200"}
-    env.pop("FLEETFLOW_COORDINATOR", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "fleetflow.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if check:
-        assert done.returncode == 0, done.stderr[-3000:]
-    return done
 
 
 def json_lines(text: str) -> list[dict]:
