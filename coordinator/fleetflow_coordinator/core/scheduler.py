@@ -686,9 +686,8 @@ class Scheduler:
             return
         self._batch_seq += 1
         batch = SlotBatch(self._batch_seq, len(members))
-        first = self._grant(head, worker, now, lane)
+        grants.append(self._grant(head, worker, now, lane, batch.id))
         head.batch = batch
-        grants.append(LeaseGrant(head, first.attempt, first.args, batch.id))
         worker_id = worker.worker_id
         running = worker.running
         for tr in members[1:]:
@@ -1397,7 +1396,9 @@ class Scheduler:
                     tr.error = None
                     self._end_failed(tr, now, TaskRunState.FAILED, message=message)
 
-    def _grant(self, tr: TaskRun, worker: WorkerRecord, now: float, lane: Lane) -> LeaseGrant:
+    def _grant(
+        self, tr: TaskRun, worker: WorkerRecord, now: float, lane: Lane, batch_id: int = 0
+    ) -> LeaseGrant:
         args = self._resolve_args(tr)  # before any state changes
         if lane.reserved_worker not in (None, worker.worker_id):
             self._unreserve(lane)  # its task run starts elsewhere: stop clearing that worker
@@ -1410,7 +1411,7 @@ class Scheduler:
         for resource, amount in tr.node.resources.items():
             allocated[resource] = allocated.get(resource, 0.0) + amount
         self._task_event(tr, EventKind.TASK_RUN_STARTED, now, worker.worker_id)
-        return LeaseGrant(tr, tr.attempt, args)
+        return LeaseGrant(tr, tr.attempt, args, batch_id)
 
     def _resolve_args(self, tr: TaskRun) -> list[tuple[str, bytes | list[bytes]]]:
         nodes = tr.flow.nodes
