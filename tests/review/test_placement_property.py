@@ -5,8 +5,7 @@ cancellations and reservations (large and small requests mixed)."""
 from __future__ import annotations
 
 from fleetflow.api.v1 import common_pb2
-from fleetflow_coordinator.core import Outcome, Scheduler, TaskRunState
-from fleetflow_coordinator.core import scheduler as scheduler_module
+from fleetflow_coordinator.core import Outcome, Scheduler, TaskRunState, placement
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -52,11 +51,11 @@ steps = st.lists(
 @given(steps)
 def test_scheduled_task_runs_stay_leasable(plan):
     # Reservations need MAX_OVERTAKES grants; make them reachable in short plans.
-    saved, scheduler_module.MAX_OVERTAKES = scheduler_module.MAX_OVERTAKES, 2
+    saved, placement.MAX_OVERTAKES = placement.MAX_OVERTAKES, 2
     try:
         _run(plan)
     finally:
-        scheduler_module.MAX_OVERTAKES = saved
+        placement.MAX_OVERTAKES = saved
 
 
 def _run(plan):

@@ -27,7 +27,12 @@ __all__ = [
     "EventLog",
     "SlotBatch",
     "TERMINAL_TASK_STATES",
+    "FAILED_TASK_STATES",
+    "EPS",
 ]
+
+#: Tolerance for comparing resource amounts (fractional CPUs add up inexactly).
+EPS = 1e-9
 
 
 class TaskRunState(IntEnum):
@@ -53,6 +58,8 @@ TERMINAL_TASK_STATES = frozenset(
         TaskRunState.TIMED_OUT,
     }
 )
+#: Terminal states other than COMPLETED: the task run's dependents cannot run.
+FAILED_TASK_STATES = TERMINAL_TASK_STATES - {TaskRunState.COMPLETED}
 #: Every state number, for per-node counters indexed by state.
 N_STATES = 10
 

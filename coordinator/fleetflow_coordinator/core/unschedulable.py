@@ -1,0 +1,136 @@
+"""Unschedulable bookkeeping and demand: task runs no connected worker can run, and why.
+
+Owns the judgement of whether some connected worker could ever run a node
+(it offers the task, serves its pool, and is large enough), the
+``TASK_RUN_UNSCHEDULABLE`` reports with their reason, re-judging when the
+fleet changes, failing what stayed unschedulable past
+``unschedulable_timeout_s``, and the demand summary per pool and resource
+shape (:meth:`UnschedulableMixin.demand`). See docs/architecture.md,
+"Unschedulable requests" and "Demand signal".
+"""
+
+from __future__ import annotations
+
+from fleetflow_coordinator.core.model import (
+    EPS,
+    EventKind,
+    FlowRun,
+    NodeRecord,
+    TaskRun,
+    TaskRunState,
+)
+
+__all__ = ["UnschedulableMixin"]
+
+
+class UnschedulableMixin:
+    """Unschedulable judgement, reports, timeouts and demand of the :class:`Scheduler`.
+
+    Owns these Scheduler attributes: ``_unschedulable``, ``_recheck_due``,
+    ``unschedulable_timeout_s`` and each node's ``unschedulable_reported`` and
+    ``fits_version``; reads ``workers``, ``ready`` and ``_fleet_version``.
+    """
+
+    def demand(self) -> list[tuple[str, dict[str, float], int, list[str], str]]:
+        """Queued demand: ``[(pool, resources, waiting, task_names, unschedulable reason)]``.
+
+        One entry per pool and resource shape, largest first, from the ready
+        lanes' per-node counters (no walk over task runs).
+        """
+        groups: dict[tuple[str, tuple], list] = {}
+        for by_node in self.ready.values():
+            for lane in by_node.values():
+                node = lane.node
+                waiting = node.counts[TaskRunState.SCHEDULED]
+                if not waiting:
+                    continue
+                key = (node.pool, node.shape[1])
+                entry = groups.get(key)
+                if entry is None:
+                    entry = groups[key] = [0, set(), ""]
+                entry[0] += waiting
+                entry[1].add(node.task_name)
+                if node.unschedulable_reported and not entry[2]:
+                    entry[2] = self._unschedulable_reason(node)
+        out = [
+            (pool, dict(shape), count, sorted(names), reason)
+            for (pool, shape), (count, names, reason) in groups.items()
+        ]
+        out.sort(key=lambda d: -d[2])
+        return out
+
+    def _fits_now(self, node: NodeRecord) -> bool:
+        """Whether some connected worker can run the node (cached per fleet version)."""
+        if node.fits_version == self._fleet_version:
+            return True
+        if self._unschedulable_reason(node):
+            return False
+        node.fits_version = self._fleet_version
+        return True
+
+    def _report_unschedulable(
+        self, flow: FlowRun, node: NodeRecord, now: float, reason: str, tr: TaskRun | None
+    ) -> None:
+        node.unschedulable_reported = True
+        key = (flow.id, node.index)
+        since = self._unschedulable[key][1] if key in self._unschedulable else now
+        self._unschedulable[key] = (node, since, reason)
+        if tr is None:
+            self._event(flow, EventKind.TASK_RUN_UNSCHEDULABLE, now, node=node, message=reason)
+        else:
+            self._event(flow, EventKind.TASK_RUN_UNSCHEDULABLE, now, tr=tr, message=reason)
+
+    def _unschedulable_reason(self, node: NodeRecord) -> str:
+        offering = [
+            w
+            for w in self.workers.values()
+            if node.task_name in w.task_names and node.pool in w.pools
+        ]
+        if not offering:
+            where = "" if node.pool == "default" else f" in pool {node.pool!r}"
+            return f"no connected worker offers task {node.task_name!r}{where}"
+        for worker in offering:
+            if all(worker.capacity.get(r, 0.0) + EPS >= a for r, a in node.resources.items()):
+                return ""
+        parts = []
+        for resource, amount in sorted(node.resources.items()):
+            largest = max(w.capacity.get(resource, 0.0) for w in offering)
+            if largest + EPS < amount:
+                parts.append(f"needs {resource}={amount:g}; the largest worker offers {largest:g}")
+        return "; ".join(parts)
+
+    def _recheck_unschedulable(self, now: float) -> None:
+        """After the fleet changed: clear nodes that fit now, report ones that no longer do."""
+        for key, (node, _, reported) in list(self._unschedulable.items()):
+            reason = self._unschedulable_reason(node)
+            if reason == "":
+                node.unschedulable_reported = False
+                del self._unschedulable[key]
+            elif reason != reported:  # still stuck, for a new reason: say so
+                self._report_unschedulable(self.flows[key[0]], node, now, reason, None)
+        for by_node in self.ready.values():
+            for lane in by_node.values():
+                node = lane.node
+                if node.unschedulable_reported or not node.counts[TaskRunState.SCHEDULED]:
+                    continue
+                reason = self._unschedulable_reason(node)
+                if reason:
+                    self._report_unschedulable(lane.flow, node, now, reason, None)
+
+    def _fail_unschedulable(self, now: float) -> None:
+        """Fail queued task runs that no worker could run for unschedulable_timeout_s."""
+        timeout = self.unschedulable_timeout_s
+        for key, (node, since, _) in list(self._unschedulable.items()):
+            if now - since < timeout:
+                continue
+            del self._unschedulable[key]
+            reason = self._unschedulable_reason(node)
+            if not reason:
+                node.unschedulable_reported = False
+                continue
+            message = f"unschedulable for {timeout:g} s: {reason}"
+            node.unschedulable_reported = False  # children ready later are judged again
+            for tr in node.children:
+                if tr.state == TaskRunState.SCHEDULED:
+                    tr.error = None
+                    self._end_failed(tr, now, TaskRunState.FAILED, message=message)
