@@ -1,8 +1,11 @@
-"""Protocol messages <-> core records. The only core-facing module that imports the API."""
+"""Protocol messages <-> core records. The only core-facing module that imports the API.
+
+Requests reach these functions already checked against the bounds table
+(:mod:`fleetflow_coordinator.bounds`, applied by the edge interceptor).
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -115,11 +118,12 @@ def add_leases(leases: Any, grants: Iterable[LeaseGrant]) -> None:
 
 
 def outcome_from_proto(outcome: worker_service_pb2.Outcome) -> Outcome:
-    """Convert one reported outcome; the error stays an opaque TaskError message."""
+    """Convert one reported outcome; the error stays an opaque TaskError message.
+
+    The numbers were clamped by :func:`fleetflow_coordinator.bounds.check_request`.
+    """
     which = outcome.WhichOneof("result")
-    duration = outcome.duration_seconds
-    if not 0.0 <= duration < math.inf:  # one worker's odd reading must not skew batch sizes
-        duration = 0.0
+    duration = outcome.duration_seconds  # clamped by bounds.check_request
     if which == "value":
         return Outcome(
             outcome.task_run_id, outcome.attempt, value=outcome.value, duration_s=duration

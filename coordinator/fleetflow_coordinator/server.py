@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
@@ -13,12 +15,13 @@ from fleetflow.api.v1 import coordinator_service_pb2_grpc, worker_service_pb2_gr
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fleetflow_coordinator.dashboard import start_dashboard
+from fleetflow_coordinator.interceptors import EdgeInterceptor
 from fleetflow_coordinator.runtime import Runtime
 from fleetflow_coordinator.servicers import CoordinatorServicer, WorkerServicer
 from fleetflow_coordinator.settings import Settings
 from fleetflow_coordinator.store import StoreError, open_store
 
-__all__ = ["create_server", "serve", "CHANNEL_OPTIONS"]
+__all__ = ["create_server", "serve", "server_options", "CHANNEL_OPTIONS"]
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +33,56 @@ CHANNEL_OPTIONS = [
     # bind the same port and split the clients between two states: refuse that.
     ("grpc.so_reuseport", 0),
 ]
+
+#: The most often a peer may ping a connection with no call in flight, seconds
+#: (more often is answered with GOAWAY "too_many_pings" after two strikes).
+MIN_PEER_PING_INTERVAL_S = 5.0
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    """Server options: message sizes, then the connection bounds of ``settings``.
+
+    Idle or slow peers cannot starve others: a connection with no call in
+    flight is closed after ``idle_connection_s``, one stuck in its handshake
+    after ``handshake_timeout_s``, a silent one after a keepalive ping goes
+    unanswered, and one connection holds at most ``max_streams_per_connection``
+    calls at once (gRPC's core arguments of the same names, in milliseconds).
+    """
+    return [
+        *CHANNEL_OPTIONS,
+        ("grpc.max_connection_idle_ms", int(settings.idle_connection_s * 1000)),
+        ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_s * 1000)),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(MIN_PEER_PING_INTERVAL_S * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+    ]
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit.
+
+    Each connection is a file descriptor; the common soft limit of 1,024 let
+    1,100 idle sockets block every client and worker. Go's runtime does the
+    same at start.
+
+    Returns:
+        The soft limit now in force (-1 where the platform has none).
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
 
 _SERVICES = (
     "fleetflow.api.v1.CoordinatorService",
@@ -46,7 +99,9 @@ async def create_server(address: str, runtime: Runtime) -> tuple[grpc.aio.Server
     Raises:
         RuntimeError: the address could not be bound.
     """
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(
+        options=server_options(runtime.settings), interceptors=[EdgeInterceptor()]
+    )
     coordinator_service_pb2_grpc.add_CoordinatorServiceServicer_to_server(
         CoordinatorServicer(runtime), server
     )
@@ -74,6 +129,7 @@ def _write_port_file(path: str, port: int) -> None:
 
 async def serve(settings: Settings) -> None:
     """Run a coordinator until SIGTERM or SIGINT, then stop gracefully."""
+    raise_open_file_limit()
     store = await asyncio.to_thread(open_store, settings.db, synchronous=settings.synchronous)
     runtime = Runtime(settings, store)
     restored = await runtime.open()

@@ -1,4 +1,8 @@
-"""gRPC servicers: request -> core call -> response. No scheduling decisions here."""
+"""gRPC servicers: request -> core call -> response. No scheduling decisions here.
+
+Handlers refuse a call by raising an error of :mod:`fleetflow_coordinator.errors`;
+the edge interceptor maps it to a status code (no handler picks a code).
+"""
 
 from __future__ import annotations
 
@@ -28,19 +32,13 @@ from fleetflow_coordinator import convert
 from fleetflow_coordinator.core import FlowRunState, InvalidFlowSpec
 from fleetflow_coordinator.core.model import FlowRun
 from fleetflow_coordinator.core.queries import attempt_history
+from fleetflow_coordinator.errors import AlreadyExists, NotFound
 from fleetflow_coordinator.observe import Observer
 from fleetflow_coordinator.runtime import Runtime
 
 __all__ = ["CoordinatorServicer", "WorkerServicer"]
 
 log = structlog.get_logger(__name__)
-
-
-def _finite(value: float, low: float, high: float) -> float:
-    """``value`` clamped to ``[low, high]``; NaN becomes ``low``."""
-    if value != value:  # NaN
-        return low
-    return min(max(value, low), high)
 
 
 #: Events per WatchFlowRun message.
@@ -53,11 +51,11 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
-    async def _flow(self, flow_run_id: str, context: grpc.aio.ServicerContext) -> FlowRun:
+    def _flow(self, flow_run_id: str) -> FlowRun:
         flow = self.rt.core.flows.get(flow_run_id)
         if flow is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no flow run {flow_run_id!r}")
-        return flow  # type: ignore[return-value]
+            raise NotFound(f"no flow run {flow_run_id!r}")
+        return flow
 
     async def SubmitFlowRun(  # noqa: N802 - generated name
         self, request: cs.SubmitFlowRunRequest, context: grpc.aio.ServicerContext
@@ -79,7 +77,7 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
                 timeout_s=spec.timeout_seconds,
             )
         except InvalidFlowSpec as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"flow {spec.name!r}: {exc}")
+            raise InvalidFlowSpec(f"flow {spec.name!r}: {exc}") from None
         self.rt.after_change()
         await self.rt.durable()  # acknowledge only a stored submission
         if created:
@@ -91,11 +89,11 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
         self, request: cs.GetFlowRunRequest, context: grpc.aio.ServicerContext
     ) -> cs.GetFlowRunResponse:
         """Describe a flow run; optionally long-poll until it ends."""
-        flow = await self._flow(request.flow_run_id, context)
+        flow = self._flow(request.flow_run_id)
         ended = self.rt.durably_ended
         if request.wait_seconds > 0 and not ended(flow):
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + min(request.wait_seconds, 300.0)
+            deadline = loop.time() + request.wait_seconds  # at most 300 s (bounds)
             while not ended(flow):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -146,7 +144,7 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
         self, request: cs.WatchFlowRunRequest, context: grpc.aio.ServicerContext
     ):
         """Stream events with seq > after_seq, ending after the terminal event."""
-        flow = await self._flow(request.flow_run_id, context)
+        flow = self._flow(request.flow_run_id)
         sent = request.after_seq
         while True:
             events = flow.events
@@ -168,7 +166,7 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
         """Cancel a flow run; answers once the cancellation is stored."""
         cancelled = self.rt.core.cancel_flow(request.flow_run_id, self.rt.clock())
         if cancelled is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no flow run {request.flow_run_id!r}")
+            raise NotFound(f"no flow run {request.flow_run_id!r}")
         self.rt.after_change()
         await self.rt.durable()
         log.info("flow_run_cancelled", flow_run_id=request.flow_run_id, task_runs=cancelled)
@@ -186,7 +184,7 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
             cancelled = core.cancel_task_run(request.task_run_id, now)
             what = f"task run {request.task_run_id}"
         if cancelled is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no {what}")
+            raise NotFound(f"no {what}")
         self.rt.after_change()
         await self.rt.durable()
         return cs.CancelTaskRunResponse(cancelled=cancelled)
@@ -197,7 +195,7 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
         """One task run with its attempt history."""
         tr = self.rt.core.task_runs.get(request.task_run_id)
         if tr is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no task run {request.task_run_id}")
+            raise NotFound(f"no task run {request.task_run_id}")
         response = cs.GetTaskRunResponse(
             task_run_id=tr.id,
             flow_run_id=tr.flow.id,
@@ -226,8 +224,6 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
         self, request: cs.SetConcurrencyLimitRequest, context: grpc.aio.ServicerContext
     ) -> cs.SetConcurrencyLimitResponse:
         """Set or remove a named concurrency limit (kept in memory; see settings)."""
-        if not request.tag:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tag: must not be empty")
         self.rt.core.set_limit(request.tag, request.limit if request.limit >= 0 else None)
         self.rt.after_change()
         log.info("concurrency_limit_set", tag=request.tag, limit=request.limit)
@@ -254,7 +250,7 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
         self, request: cs.GetFlowRunStatsRequest, context: grpc.aio.ServicerContext
     ) -> cs.GetFlowRunStatsResponse:
         """Measured usage against requests (with advice) and time per task run state."""
-        flow = await self._flow(request.flow_run_id, context)
+        flow = self._flow(request.flow_run_id)
         observer = self.rt.observer
         if observer is None:  # no dashboard: fold on demand
             rt = self.rt
@@ -278,10 +274,6 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
         self, request: cs.PruneFlowRunsRequest, context: grpc.aio.ServicerContext
     ) -> cs.PruneFlowRunsResponse:
         """Delete finished flow runs older than the given age (retention on demand)."""
-        if not request.older_than_seconds >= 0:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "older_than_seconds: must be >= 0"
-            )
         pruned = await self.rt.prune(request.older_than_seconds)
         return cs.PruneFlowRunsResponse(pruned_flow_run_ids=pruned)
 
@@ -303,18 +295,11 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
             != (request.hostname or socket.gethostname(), request.pid)
             and self.rt.clock() - existing.last_seen < self.rt.settings.lease_ttl_s
         ):
-            await context.abort(
-                grpc.StatusCode.ALREADY_EXISTS,
+            raise AlreadyExists(
                 f"worker_id {request.worker_id!r} belongs to a live worker "
-                f"({existing.hostname} pid {existing.pid}); pick another --worker-id",
+                f"({existing.hostname} pid {existing.pid}); pick another --worker-id"
             )
-        capacity = dict(request.capacity.amounts)
-        bad = [k for k, v in capacity.items() if not k or v != v or v < 0 or v == float("inf")]
-        if bad:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"capacity[{bad[0]!r}]: amounts must be finite and >= 0",
-            )
+        capacity = dict(request.capacity.amounts)  # within the bounds table's maxima
         self.rt.core.register_worker(
             request.worker_id,
             capacity,
@@ -362,9 +347,9 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
         """Long poll for up to max_task_runs leases."""
         rt = self.rt
         loop = asyncio.get_running_loop()
-        wait = _finite(request.wait_seconds, 0.0, rt.settings.lease_wait_max_s)
-        deadline = loop.time() + wait
-        limit = max(request.max_task_runs, 1)
+        # bounds.check_request made wait_seconds finite and >= 0, max_task_runs >= 1
+        deadline = loop.time() + min(request.wait_seconds, rt.settings.lease_wait_max_s)
+        limit = request.max_task_runs
         # The request's arrival is the sign of life; the waits below are not.
         if not rt.core.touch(request.worker_id, rt.clock()):
             return ws.LeaseTasksResponse(known=False)

@@ -49,6 +49,17 @@ class Settings:
         http: ``HOST:PORT`` of the dashboard and ``/metrics``; port 0 picks a
             free port; ``""`` or ``"off"`` serves no HTTP.
         http_port_file: If set, the bound HTTP port is written there once serving.
+        idle_connection_s: A connection with no call in flight for this long
+            is closed (``grpc.max_connection_idle_ms``); peers reconnect on
+            their next call. Seconds, default 120.
+        handshake_timeout_s: A connection that has not finished its TLS and
+            HTTP/2 handshake after this long is closed, seconds (default 10).
+        keepalive_s: The coordinator pings a connection silent this long and
+            closes it when no answer comes within ``keepalive_timeout_s``
+            (default 30 and 10 seconds); peers may ping it at most every 5 s.
+        keepalive_timeout_s: See ``keepalive_s``.
+        max_streams_per_connection: Calls in flight on one connection (more
+            wait on the peer's side), default 100.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -70,6 +81,11 @@ class Settings:
     unschedulable_timeout_s: float = 300.0
     http: str = "127.0.0.1:8265"
     http_port_file: str | None = None
+    idle_connection_s: float = 120.0
+    handshake_timeout_s: float = 10.0
+    keepalive_s: float = 30.0
+    keepalive_timeout_s: float = 10.0
+    max_streams_per_connection: int = 100
 
     def limits(self) -> dict[str, int]:
         """Parse ``concurrency_limits`` into ``{tag: limit}``.

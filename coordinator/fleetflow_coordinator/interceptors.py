@@ -1,0 +1,142 @@
+"""The one server interceptor in front of every fleetflow RPC.
+
+For each call to ``CoordinatorService`` or ``WorkerService`` it, in order:
+
+1. refuses a request larger than its method's limit (RESOURCE_EXHAUSTED);
+2. decodes the request bytes itself, so malformed bytes are refused with
+   INVALID_ARGUMENT (gRPC's own decoding would answer UNKNOWN);
+3. checks the request against the bounds table, clamping what the rule
+   clamps (:func:`fleetflow_coordinator.bounds.check_request`);
+4. runs the handler and turns whatever it raises into a status through the
+   one error table (:mod:`fleetflow_coordinator.errors`): a refusal gets its
+   code and message, anything else is a bug and gets INTERNAL, with its
+   traceback logged once, here.
+
+Handlers therefore never call ``context.abort`` themselves. The standard
+health service is not intercepted: probes need no credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from fleetflow_coordinator.bounds import check_request, request_bytes_limit
+from fleetflow_coordinator.errors import LimitExceeded, status_for
+
+__all__ = ["EdgeInterceptor", "SERVICES", "MAX_STATUS_MESSAGE"]
+
+log = structlog.get_logger(__name__)
+
+#: The services whose methods pass through the interceptor.
+SERVICES = ("fleetflow.api.v1.CoordinatorService", "fleetflow.api.v1.WorkerService")
+
+#: Status messages are cut to this many characters: they travel in trailing
+#: metadata, which peers cap (8 KiB by default in gRPC clients).
+MAX_STATUS_MESSAGE = 1024
+
+
+def _service_of(method: str) -> str:
+    return method.rpartition("/")[0].lstrip("/")
+
+
+def _checked_decoder(
+    method: str, deserializer: Callable[[bytes], Any] | None
+) -> Callable[[bytes], Any]:
+    """Size check, decode and bounds check of one method's requests, as one function."""
+    limit = request_bytes_limit(method)
+
+    def decode(raw: bytes) -> Any:
+        if len(raw) > limit:
+            raise LimitExceeded(
+                f"request: {len(raw)} bytes, over the limit of {limit} bytes for "
+                f"{method.rpartition('/')[2]} (request_bytes)"
+            )
+        request = deserializer(raw) if deserializer is not None else raw
+        check_request(request)
+        return request
+
+    return decode
+
+
+class EdgeInterceptor(grpc.aio.ServerInterceptor):
+    """Decode, run and map errors for every fleetflow RPC (see the module docstring)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """Wrap the handler of a fleetflow method; pass any other through unchanged."""
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or _service_of(method) not in SERVICES:
+            return handler
+        decode = _checked_decoder(method, handler.request_deserializer)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary, decode),
+                request_deserializer=None,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(method, handler.unary_stream, decode),
+                request_deserializer=None,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # no client-streaming methods in the protocol
+
+    def _unary(
+        self,
+        method: str,
+        behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+        decode: Callable[[bytes], Any],
+    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def serve(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = decode(raw)
+                return await behavior(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:  # every error goes through the table
+                await self._refuse(method, exc, context)
+
+        return serve
+
+    def _stream(
+        self,
+        method: str,
+        behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
+        decode: Callable[[bytes], Any],
+    ) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+        async def serve(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                request = decode(raw)
+                async for response in behavior(request, context):
+                    yield response
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:  # every error goes through the table
+                await self._refuse(method, exc, context)
+
+        return serve
+
+    @staticmethod
+    async def _refuse(method: str, exc: Exception, context: grpc.aio.ServicerContext) -> None:
+        """Abort the call with the table's status for ``exc`` (INTERNAL for a bug)."""
+        status = status_for(exc)
+        if status is None:
+            log.error("rpc_internal_error", method=method, exc_info=exc)
+            code = grpc.StatusCode.INTERNAL
+            message = f"internal error in the coordinator ({type(exc).__name__}); it is logged"
+        else:
+            code, message = status
+            log.debug("rpc_refused", method=method, code=code.name, message=message[:200])
+        if len(message) > MAX_STATUS_MESSAGE:
+            message = message[: MAX_STATUS_MESSAGE - 3] + "..."
+        await context.abort(code, message)
