@@ -42,3 +42,30 @@ def test_compose_commands_are_real_cli_commands():
 def test_compose_healthcheck_uses_the_grpc_health_service():
     check = " ".join(_services()["coordinator"]["healthcheck"]["test"])
     assert "grpc_health.v1" in check and "Check(" in check
+
+
+def test_compose_runs_the_fleet_with_tls_and_tokens_from_mounted_secrets():
+    data = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = data["services"]
+    coordinator = services["coordinator"]["command"]
+    worker = services["worker"]["command"]
+
+    def value(command, option):
+        return command[command.index(option) + 1]
+
+    for option in ("--tls-cert", "--tls-key", "--auth-file"):
+        assert value(coordinator, option).startswith("/run/secrets/"), option
+    for option in ("--tls-ca", "--token-file"):
+        assert value(worker, option).startswith("/run/secrets/"), option
+    mounted = set(services["coordinator"]["secrets"]) | set(services["worker"]["secrets"])
+    paths = {value(c, o) for c, o in [(coordinator, "--tls-cert"), (coordinator, "--tls-key"),
+                                      (coordinator, "--auth-file"), (worker, "--tls-ca"),
+                                      (worker, "--token-file")]}  # fmt: skip
+    assert {p.removeprefix("/run/secrets/") for p in paths} <= mounted
+    # secrets come from files on the host at run time, never from the image
+    assert all("file" in s for s in data["secrets"].values())
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pki" not in dockerfile and "token" not in dockerfile.lower()
+    assert "pki/" in (ROOT / ".dockerignore").read_text().split()
+    assert "/run/secrets/ca" in " ".join(services["coordinator"]["healthcheck"]["test"])
+

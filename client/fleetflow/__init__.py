@@ -30,6 +30,7 @@ from fleetflow._logging import TaskLogger, get_logger
 from fleetflow._stats import FlowRunStats, ResourceAdvice, TaskUsage, TimeInState
 from fleetflow._task import Flow, Task, TaskFuture, flow, task, unmapped
 from fleetflow._taskruns import AttemptInfo, TaskRunInfo
+from fleetflow.credentials import Credentials, CredentialsError
 from fleetflow.errors import (
     FleetflowError,
     FlowRunCancelled,
@@ -48,6 +49,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
+    "Credentials",
+    "CredentialsError",
     "AsyncFlowRunHandle",
     "Client",
     "FlowRunHandle",

@@ -20,6 +20,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Column, Table
 from rich.text import Text
 
+from fleetflow._cli_credentials import credential_options
 from fleetflow._client import DEFAULT_ADDRESS, Client, FlowRunInfo, TaskCounts, WorkerInfo
 from fleetflow._stats import FlowRunStats, TaskUsage
 from fleetflow.errors import FleetflowError, FlowRunCancelled, FlowRunFailed, RPCError
@@ -44,16 +45,18 @@ MAX_TASK_BARS = 30
 
 
 def coordinator_option(fn: Any) -> Any:
-    """The ``--coordinator HOST:PORT`` option every client command takes."""
-    return click.option(
-        "--coordinator",
-        "address",
-        envvar="FLEETFLOW_COORDINATOR",
-        default=DEFAULT_ADDRESS,
-        show_default=True,
-        metavar="HOST:PORT",
-        help="Coordinator address HOST:PORT (or set FLEETFLOW_COORDINATOR).",
-    )(fn)
+    """The ``--coordinator HOST:PORT`` option every client command takes (and credentials)."""
+    return credential_options(
+        click.option(
+            "--coordinator",
+            "address",
+            envvar="FLEETFLOW_COORDINATOR",
+            default=DEFAULT_ADDRESS,
+            show_default=True,
+            metavar="HOST:PORT",
+            help="Coordinator address HOST:PORT (or set FLEETFLOW_COORDINATOR).",
+        )(fn)
+    )
 
 
 _json_option = click.option(

@@ -28,6 +28,7 @@ from fleetflow._taskruns import DemandInfo, TaskRunInfo
 from fleetflow.api.v1 import common_pb2
 from fleetflow.api.v1 import coordinator_service_pb2 as pb
 from fleetflow.api.v1 import coordinator_service_pb2_grpc as pb_grpc
+from fleetflow.credentials import Credentials
 from fleetflow.errors import (
     FlowRunCancelled,
     FlowRunFailed,
@@ -499,13 +500,26 @@ class Client:
     Args:
         address: The coordinator's ``host:port``.
         backoff: Retry policy for ``UNAVAILABLE``; default :class:`Backoff()`.
+        credentials: TLS and token; default from ``FLEETFLOW_TLS_CA``,
+            ``FLEETFLOW_TOKEN`` and the like (:class:`~fleetflow.credentials.Credentials`).
+
+    Raises:
+        fleetflow.credentials.CredentialsError: a credential file is unusable,
+            or a token would travel in plaintext beyond loopback.
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        backoff: Backoff | None = None,
+        credentials: Credentials | None = None,
+    ) -> None:
         self.address = address
         self._backoff = backoff or Backoff()
         self._rng = random.Random()
-        self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self.credentials = credentials or Credentials.from_options()
+        self._channel = self.credentials.channel(address, options=_CHANNEL_OPTIONS)
         self._stub = pb_grpc.CoordinatorServiceStub(self._channel)
 
     def __repr__(self) -> str:
@@ -825,12 +839,26 @@ class AsyncClient:
     Args:
         address: The coordinator's ``host:port``.
         backoff: Retry policy for ``UNAVAILABLE``; default :class:`Backoff()`.
+        credentials: TLS and token; default from ``FLEETFLOW_TLS_CA``,
+            ``FLEETFLOW_TOKEN`` and the like (:class:`~fleetflow.credentials.Credentials`).
+
+    Raises:
+        fleetflow.credentials.CredentialsError: a credential file is unusable,
+            or a token would travel in plaintext beyond loopback.
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        backoff: Backoff | None = None,
+        credentials: Credentials | None = None,
+    ) -> None:
         self.address = address
         self._backoff = backoff or Backoff()
         self._rng = random.Random()
+        self.credentials = credentials or Credentials.from_options()
+        self.credentials.channel_credentials(address)  # fail now, not at the first call
         self._channel: grpc.aio.Channel | None = None
         self._stub_: pb_grpc.CoordinatorServiceStub | None = None
 
@@ -852,7 +880,7 @@ class AsyncClient:
     @property
     def _stub(self) -> pb_grpc.CoordinatorServiceStub:
         if self._stub_ is None:
-            self._channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+            self._channel = self.credentials.aio_channel(self.address, _CHANNEL_OPTIONS)
             self._stub_ = pb_grpc.CoordinatorServiceStub(self._channel)
         return self._stub_
 

@@ -45,6 +45,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from fleetflow._cli_control import cancel_command, limit_command, prune_command, queue_command
+from fleetflow._cli_credentials import credential_options
 from fleetflow._cli_views import (
     coordinator_option,
     flow_run_summary_json,
@@ -55,6 +56,7 @@ from fleetflow._cli_views import (
 )
 from fleetflow._client import Client, FlowRunInfo
 from fleetflow._task import Flow
+from fleetflow.credentials import Credentials
 from fleetflow.errors import FleetflowError
 from fleetflow.events import FlowEvent
 from fleetflow.loader import load_target
@@ -66,6 +68,8 @@ __all__ = ["main", "cli", "parse_params", "convert_param"]
 LAZY_COMMANDS: dict[str, str] = {
     "coordinator": "fleetflow_coordinator.cli:command",
     "worker": "fleetflow_worker.cli:command",
+    "certs": "fleetflow_coordinator.cli_security:certs_command",
+    "token": "fleetflow_coordinator.cli_security:token_command",
 }
 #: How often ``fleetflow run`` polls the coordinator for progress, seconds.
 PROGRESS_INTERVAL_S = 0.2
@@ -280,7 +284,13 @@ class _Fleet:
         self.dashboard_url = ""
 
     def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # The embedded fleet speaks plaintext on loopback: no credentials of a remote one.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("FLEETFLOW_TLS_", "FLEETFLOW_TOKEN"))
+        }
+        env["PYTHONUNBUFFERED"] = "1"
         with open(self.log_path, "ab") as log:
             return subprocess.Popen(
                 [sys.executable, *args],
@@ -570,6 +580,7 @@ def _write_output(path: Path, result: Any) -> None:
     metavar="HOST:PORT",
     help="Run on this coordinator instead of starting an embedded fleet.",
 )
+@credential_options
 @click.option(
     "--workers",
     "-w",
@@ -623,7 +634,8 @@ def run_command(
                 if fleet.dashboard_url:
                     err.print(f"dashboard: {fleet.dashboard_url}")
             deadline = None if timeout is None else time.monotonic() + timeout
-            with Client(address) as client:
+            local = Credentials() if fleet is not None else None  # embedded: plaintext loopback
+            with Client(address, credentials=local) as client:
                 handle = client.submit(flow, **kwargs)
                 flow_run_id = handle.id
                 err.print(f"flow run {flow_run_id} ({flow.name}) submitted to {address}")

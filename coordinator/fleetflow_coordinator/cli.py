@@ -66,6 +66,40 @@ __all__ = ["command"]
     help="Concurrency limit for a tag (repeatable).",
 )
 @click.option(
+    "--tls-cert",
+    default=None,
+    metavar="PATH",
+    help="PEM certificate (chain) of this coordinator: serve TLS only (with --tls-key).",
+)
+@click.option("--tls-key", default=None, metavar="PATH", help="PEM private key of --tls-cert.")
+@click.option(
+    "--tls-client-ca",
+    default=None,
+    metavar="PATH",
+    help="Require client certificates signed by this PEM CA bundle (mutual TLS).",
+)
+@click.option(
+    "--auth-file",
+    default=None,
+    metavar="PATH",
+    help="Token hashes and certificate names with roles (fleetflow token / fleetflow certs): "
+    "every call needs a credential.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=None,
+    help="Serve beyond loopback without TLS and authentication anyway (warns at every start).",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="A name the dashboard answers to in the Host header (repeatable); IP addresses, "
+    "localhost and this machine's names always are.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -82,6 +116,12 @@ def command(
     http_port_file: str | None,
     unschedulable_timeout_s: float | None,
     limits: tuple[str, ...],
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: str | None,
+    auth_file: str | None,
+    insecure: bool | None,
+    allowed_hosts: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Run the coordinator: holds flow state and leases task runs to workers."""
@@ -100,6 +140,12 @@ def command(
             http_port_file=http_port_file,
             unschedulable_timeout_s=unschedulable_timeout_s,
             concurrency_limits=",".join(limits) or None,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            auth_file=auth_file,
+            insecure=insecure,
+            allowed_hosts=",".join(allowed_hosts) or None,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
@@ -110,5 +156,5 @@ def command(
         uvloop.run(serve(settings))
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows lacks it
         asyncio.run(serve(settings))
-    except RuntimeError as exc:  # StoreError included: a clear message, exit code 1
+    except (RuntimeError, ValueError) as exc:  # StoreError, refusing to start: exit code 1
         raise click.ClickException(str(exc)) from None

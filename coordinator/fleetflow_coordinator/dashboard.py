@@ -32,6 +32,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from fleetflow_coordinator import http_guard
 from fleetflow_coordinator.metrics import CONTENT_TYPE
 from fleetflow_coordinator.observe import (
     FOLD_BUDGET,
@@ -97,6 +98,7 @@ class Dashboard:
         runtime.observer = self.observer  # GetFlowRunStats reads the same fold
         runtime.metrics.bind_state(runtime)
         self.app = web.Application()
+        http_guard.install(self.app, runtime.settings)  # Host check, token, CSP headers
         self.app.add_routes(
             [
                 web.get("/", self._index),
@@ -131,7 +133,9 @@ class Dashboard:
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port)
+            site = web.TCPSite(
+                runner, host, port, ssl_context=http_guard.ssl_context(self.rt.settings)
+            )
             await site.start()
         except OSError as exc:
             await runner.cleanup()
@@ -287,7 +291,8 @@ async def start_dashboard(settings: Settings, runtime: Runtime) -> Dashboard | N
         return None
     host = parse_address(settings.http)[0]
     shown = f"[{host}]" if ":" in host else host
-    log.info("dashboard_started", url=f"http://{shown}:{port}/")
+    scheme = "https" if http_guard.ssl_context(settings) is not None else "http"
+    log.info("dashboard_started", url=f"{scheme}://{shown}:{port}/")
     if settings.http_port_file:
         target = Path(settings.http_port_file)
         tmp = target.with_name(target.name + ".tmp")

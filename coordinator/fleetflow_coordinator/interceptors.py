@@ -2,6 +2,9 @@
 
 For each call to ``CoordinatorService`` or ``WorkerService`` it, in order:
 
+0. authenticates the caller and checks its role against the method-to-role
+   table (:mod:`fleetflow_coordinator.auth`) when authentication is on; a
+   refused call is never decoded and never reaches its handler;
 1. refuses a request larger than its method's limit (RESOURCE_EXHAUSTED);
 2. decodes the request bytes itself, so malformed bytes are refused with
    INVALID_ARGUMENT (gRPC's own decoding would answer UNKNOWN);
@@ -25,8 +28,14 @@ from typing import Any
 import grpc
 import structlog
 
+from fleetflow_coordinator.auth import ANONYMOUS, AuthFile, AuthTable, Principal, set_principal
 from fleetflow_coordinator.bounds import check_request, request_bytes_limit
-from fleetflow_coordinator.errors import LimitExceeded, status_for
+from fleetflow_coordinator.errors import (
+    LimitExceeded,
+    PermissionDenied,
+    Unauthenticated,
+    status_for,
+)
 
 __all__ = ["EdgeInterceptor", "SERVICES", "MAX_STATUS_MESSAGE"]
 
@@ -64,7 +73,39 @@ def _checked_decoder(
 
 
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
-    """Decode, run and map errors for every fleetflow RPC (see the module docstring)."""
+    """Authenticate, decode, check, run and map errors for every fleetflow RPC.
+
+    Args:
+        auth: The credentials accepted; None turns authentication off (every
+            caller is :data:`~fleetflow_coordinator.auth.ANONYMOUS`).
+        on_refused: Called with ``(status code name, method)`` for every call
+            refused for its credential (a metric), optional.
+    """
+
+    def __init__(
+        self,
+        auth: AuthTable | AuthFile | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.auth = auth
+        self.on_refused = on_refused
+
+    def _admit(self, method: str, context: grpc.aio.ServicerContext) -> Principal:
+        """The caller, once authenticated and authorised for ``method``."""
+        if self.auth is None:
+            return ANONYMOUS
+        table = self.auth.table  # an auth file is read again when it changes
+        try:
+            principal = table.authenticate(context.invocation_metadata(), context.auth_context())
+            table.authorize(principal, method)
+        except (Unauthenticated, PermissionDenied) as exc:
+            code = "UNAUTHENTICATED" if isinstance(exc, Unauthenticated) else "PERMISSION_DENIED"
+            if self.on_refused is not None:
+                self.on_refused(code, method)
+            log.info("rpc_credential_refused", method=method, code=code, peer=context.peer(),
+                     reason=str(exc))  # fmt: skip
+            raise
+        return principal
 
     async def intercept_service(
         self,
@@ -99,6 +140,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def serve(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
+                set_principal(self._admit(method, context))
                 request = decode(raw)
                 return await behavior(request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -116,6 +158,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[Any]]:
         async def serve(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
+                set_principal(self._admit(method, context))
                 request = decode(raw)
                 async for response in behavior(request, context):
                     yield response

@@ -77,6 +77,18 @@ class Metrics:
         self.workers_lost = Counter(
             "fleetflow_workers_lost", "Workers declared lost (silent past the TTL).", registry=r
         )
+        self.identity_refused = Counter(
+            "fleetflow_worker_identity_refused",
+            "Worker calls refused for naming a worker another credential registered, by RPC.",
+            ["rpc"],
+            registry=r,
+        )
+        self.credential_refused = Counter(
+            "fleetflow_rpc_credential_refused",
+            "Calls refused for their credential (UNAUTHENTICATED or PERMISSION_DENIED).",
+            ["code"],
+            registry=r,
+        )
         self.flow_runs_submitted = Counter(
             "fleetflow_flow_runs_submitted", "Flow runs accepted.", registry=r
         )

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fleetflow_coordinator.dashboard import start_dashboard
 from fleetflow_coordinator.interceptors import EdgeInterceptor
 from fleetflow_coordinator.runtime import Runtime
+from fleetflow_coordinator.security import Security, check_exposure, load_security
 from fleetflow_coordinator.servicers import CoordinatorServicer, WorkerServicer
 from fleetflow_coordinator.settings import Settings
 from fleetflow_coordinator.store import StoreError, open_store
@@ -84,24 +85,52 @@ def raise_open_file_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def protect_new_files(db: str) -> None:
+    """Create every file of this process readable by its owner only (umask 077).
+
+    The database holds every pickled argument and result. An existing
+    database file readable by others is made 0600 first (SQLite gives its
+    journal files the database file's mode), and that is logged.
+    """
+    os.umask(0o077)
+    if db and db != ":memory:":
+        path = Path(db)
+        with contextlib.suppress(FileNotFoundError):
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(path, 0o600)
+                log.warning("db_file_mode_tightened", db=db, was=oct(mode), now="0o600")
+
+
 _SERVICES = (
     "fleetflow.api.v1.CoordinatorService",
     "fleetflow.api.v1.WorkerService",
 )
 
 
-async def create_server(address: str, runtime: Runtime) -> tuple[grpc.aio.Server, int]:
+async def create_server(
+    address: str, runtime: Runtime, security: Security | None = None
+) -> tuple[grpc.aio.Server, int]:
     """Create and start a server bound to ``address`` (``"127.0.0.1:0"`` in tests).
+
+    Args:
+        address: ``HOST:PORT`` to bind; port 0 picks a free one.
+        runtime: The runtime the servicers serve.
+        security: TLS credentials and accepted credentials; loaded from
+            ``runtime.settings`` when omitted (:func:`load_security`).
 
     Returns:
         ``(server, port)`` with the port actually bound.
 
     Raises:
         RuntimeError: the address could not be bound.
+        ValueError: a TLS or auth file named in the settings is unusable.
     """
-    server = grpc.aio.server(
-        options=server_options(runtime.settings), interceptors=[EdgeInterceptor()]
-    )
+    if security is None:
+        security = load_security(runtime.settings)
+    refused = runtime.metrics.credential_refused
+    interceptor = EdgeInterceptor(security.auth, lambda code, _: refused.labels(code).inc())
+    server = grpc.aio.server(options=server_options(runtime.settings), interceptors=[interceptor])
     coordinator_service_pb2_grpc.add_CoordinatorServiceServicer_to_server(
         CoordinatorServicer(runtime), server
     )
@@ -109,7 +138,10 @@ async def create_server(address: str, runtime: Runtime) -> tuple[grpc.aio.Server
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
-        port = server.add_insecure_port(address)
+        if security.server_credentials is not None:
+            port = server.add_secure_port(address, security.server_credentials)
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise RuntimeError(f"cannot listen on {address}: {exc}") from None
     if port == 0:
@@ -128,13 +160,21 @@ def _write_port_file(path: str, port: int) -> None:
 
 
 async def serve(settings: Settings) -> None:
-    """Run a coordinator until SIGTERM or SIGINT, then stop gracefully."""
+    """Run a coordinator until SIGTERM or SIGINT, then stop gracefully.
+
+    Raises:
+        ValueError: TLS or auth options are unusable, or the coordinator would
+            serve beyond loopback without them (and without ``insecure``).
+    """
+    security = load_security(settings)
+    check_exposure(settings, security)
     raise_open_file_limit()
+    protect_new_files(settings.db)
     store = await asyncio.to_thread(open_store, settings.db, synchronous=settings.synchronous)
     runtime = Runtime(settings, store)
     restored = await runtime.open()
     dashboard = await start_dashboard(settings, runtime)  # None with --http off
-    server, port = await create_server(settings.listen, runtime)
+    server, port = await create_server(settings.listen, runtime, security)
     runtime.start()
     host = settings.listen.rpartition(":")[0]
     log.info(
@@ -143,6 +183,9 @@ async def serve(settings: Settings) -> None:
         lease_ttl_s=settings.lease_ttl_s,
         db=settings.db,
         restored_flow_runs=restored,
+        tls=security.tls,
+        mutual_tls=security.mutual,
+        authentication=security.auth is not None,
     )
     if settings.port_file:
         _write_port_file(settings.port_file, port)

@@ -29,10 +29,11 @@ from fleetflow.api.v1 import (
 )
 
 from fleetflow_coordinator import convert
+from fleetflow_coordinator.auth import current_principal
 from fleetflow_coordinator.core import FlowRunState, InvalidFlowSpec
 from fleetflow_coordinator.core.model import FlowRun
 from fleetflow_coordinator.core.queries import attempt_history
-from fleetflow_coordinator.errors import AlreadyExists, NotFound
+from fleetflow_coordinator.errors import AlreadyExists, NotFound, PermissionDenied
 from fleetflow_coordinator.observe import Observer
 from fleetflow_coordinator.runtime import Runtime
 
@@ -279,15 +280,57 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
 
 
 class WorkerServicer(ws_grpc.WorkerServiceServicer):
-    """The worker-facing service."""
+    """The worker-facing service.
+
+    A worker id belongs to the credential that registered it (see
+    :meth:`_check_owner`); with authentication off every caller is the same
+    anonymous credential, so only the host-and-pid check applies.
+    """
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        #: {worker_id: name of the credential that registered it}
+        self._owners: dict[str, str] = {}
+
+    def _check_owner(self, rpc: str, worker_id: str, *, registering: bool = False) -> None:
+        """Refuse a call naming a worker id that another credential registered.
+
+        Raises:
+            PermissionDenied: counted in ``fleetflow_worker_identity_refused``
+                and logged; the named worker is left untouched. A registration
+                may take over the id of a worker that is no longer connected.
+        """
+        principal = current_principal()
+        owner = self._owners.get(worker_id)
+        if owner is None or owner == principal.name:
+            return
+        if registering and worker_id not in self.rt.core.workers:
+            return  # the old holder is gone: the id is free again
+        self.rt.metrics.identity_refused.labels(rpc).inc()
+        log.warning(
+            "worker_identity_refused",
+            rpc=rpc,
+            worker_id=worker_id,
+            credential=principal.name,
+            owner=owner,
+        )
+        raise PermissionDenied(
+            f"worker_id {worker_id!r} was registered with another credential; "
+            f"{principal.name!r} may act only for the workers it registered"
+        )
+
+    def _own(self, worker_id: str) -> None:
+        owners = self._owners
+        owners[worker_id] = current_principal().name
+        if len(owners) > 2 * len(self.rt.core.workers) + 1000:  # forget departed workers
+            workers = self.rt.core.workers
+            self._owners = {w: o for w, o in owners.items() if w in workers}
 
     async def RegisterWorker(  # noqa: N802
         self, request: ws.RegisterWorkerRequest, context: grpc.aio.ServicerContext
     ) -> ws.RegisterWorkerResponse:
         """Add or refresh a worker."""
+        self._check_owner("RegisterWorker", request.worker_id, registering=True)
         existing = self.rt.core.workers.get(request.worker_id)
         if (
             existing is not None
@@ -310,6 +353,7 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
             running=[(h.task_run_id, h.attempt) for h in request.running],
             pools=frozenset(request.pools) or frozenset({"default"}),
         )
+        self._own(request.worker_id)
         self.rt.after_change()
         self.rt.metrics.registrations.inc()
         log.info(
@@ -328,6 +372,7 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
         self, request: ws.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> ws.HeartbeatResponse:
         """Renew leases and reconcile running attempts."""
+        self._check_owner("Heartbeat", request.worker_id)
         known, cancel = self.rt.core.heartbeat(
             request.worker_id,
             [(h.task_run_id, h.attempt) for h in request.running],
@@ -345,6 +390,7 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
         self, request: ws.LeaseTasksRequest, context: grpc.aio.ServicerContext
     ) -> ws.LeaseTasksResponse:
         """Long poll for up to max_task_runs leases."""
+        self._check_owner("LeaseTasks", request.worker_id)
         rt = self.rt
         loop = asyncio.get_running_loop()
         # bounds.check_request made wait_seconds finite and >= 0, max_task_runs >= 1
@@ -377,6 +423,7 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
         self, request: ws.ReleaseLeasesRequest, context: grpc.aio.ServicerContext
     ) -> ws.ReleaseLeasesResponse:
         """Re-queue attempts a draining worker handed back."""
+        self._check_owner("ReleaseLeases", request.worker_id)
         requeued = self.rt.core.release_leases(
             request.worker_id,
             [(h.task_run_id, h.attempt) for h in request.released],
@@ -391,6 +438,7 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
         self, request: ws.ReportOutcomesRequest, context: grpc.aio.ServicerContext
     ) -> ws.ReportOutcomesResponse:
         """Apply a batch of outcomes; one ack each, in order."""
+        self._check_owner("ReportOutcomes", request.worker_id)
         outcomes = [convert.outcome_from_proto(o) for o in request.outcomes]
         rt = self.rt
         now = rt.clock()

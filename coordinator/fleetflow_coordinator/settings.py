@@ -8,6 +8,9 @@ from typing import Any
 
 __all__ = ["Settings"]
 
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False, "": False}  # fmt: skip
+
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
@@ -60,6 +63,19 @@ class Settings:
         keepalive_timeout_s: See ``keepalive_s``.
         max_streams_per_connection: Calls in flight on one connection (more
             wait on the peer's side), default 100.
+        tls_cert: PEM certificate chain of the coordinator: with ``tls_key``,
+            the gRPC port and the dashboard speak TLS only.
+        tls_key: PEM private key of ``tls_cert``.
+        tls_client_ca: PEM CA bundle: every peer must present a client
+            certificate it signed (mutual TLS); the certificate's common name is
+            the peer's identity.
+        auth_file: TOML file of token hashes and certificate names with roles
+            (``fleetflow token``, ``fleetflow certs``): every call needs one.
+        insecure: Serve beyond loopback without TLS and authentication anyway
+            (logged as a warning at every start).
+        allowed_hosts: Extra names (comma-separated) the dashboard answers to in
+            the ``Host`` header, besides IP addresses, ``localhost`` and this
+            machine's own names (DNS-rebinding protection).
     """
 
     listen: str = "127.0.0.1:50051"
@@ -86,6 +102,12 @@ class Settings:
     keepalive_s: float = 30.0
     keepalive_timeout_s: float = 10.0
     max_streams_per_connection: int = 100
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_file: str | None = None
+    insecure: bool = False
+    allowed_hosts: str = ""
 
     def limits(self) -> dict[str, int]:
         """Parse ``concurrency_limits`` into ``{tag: limit}``.
@@ -116,7 +138,12 @@ class Settings:
                 continue
             kind = type(getattr(cls(), f.name))
             try:
-                values[f.name] = raw if kind in (str, type(None)) else kind(raw)
+                if kind is bool:
+                    if raw.strip().lower() not in _BOOLS:
+                        raise ValueError(raw)
+                    values[f.name] = _BOOLS[raw.strip().lower()]
+                else:
+                    values[f.name] = raw if kind in (str, type(None)) else kind(raw)
             except ValueError:
                 raise ValueError(
                     f"FLEETFLOW_{f.name.upper()}={raw!r}: not a {kind.__name__}"

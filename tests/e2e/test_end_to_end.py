@@ -196,11 +196,19 @@ def test_readme_main_command_runs_the_stdlib_example(tmp_path):
 def test_compose_healthcheck_passes_against_a_real_coordinator(fleet):
     import yaml
 
-    address = fleet.start_coordinator()
+    from .fleet import fleetflow
+
+    pki = fleet.tmp / "pki"
+    fleetflow("certs", str(pki), "--host", "coordinator")
+    address = fleet.start_coordinator(
+        "--tls-cert", str(pki / "coordinator.pem"), "--tls-key", str(pki / "coordinator-key.pem")
+    )
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     check = compose["services"]["coordinator"]["healthcheck"]["test"]
     assert check[:3] == ["CMD", "python", "-c"]
-    script = check[3].replace("127.0.0.1:50051", address)
+    port = address.rsplit(":", 1)[1]
+    script = check[3].replace("localhost:50051", f"localhost:{port}")
+    script = script.replace("/run/secrets/ca", str(pki / "ca.pem"))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     fleet.coordinator.stop()

@@ -210,6 +210,7 @@ def _start_coordinator(fleet: Fleet, link: Link) -> str:
             str(fleet.tmp / "fleetflow.db"),
             "--http",
             "off",
+            "--insecure",  # a link in a network namespace this test made, nothing else
         ],
         fleet.tmp / "coordinator.log",
     )

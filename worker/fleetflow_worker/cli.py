@@ -9,6 +9,7 @@ import traceback
 import click
 import uvloop
 from fleetflow._task import Task
+from fleetflow.credentials import Credentials
 from fleetflow.resources import parse_quantity
 
 from fleetflow_worker._child import load_tasks
@@ -135,6 +136,20 @@ def load_all_tasks(module_specs: tuple[str, ...] | list[str]) -> dict[str, Task]
     show_default=True,
     help="Most short task runs leased as one batch (one slot, run in order); 1: no batches.",
 )
+@click.option(
+    "--tls-ca",
+    default=None,
+    metavar="PATH",
+    help="Speak TLS, verifying the coordinator against this PEM CA bundle [env FLEETFLOW_TLS_CA].",
+)
+@click.option("--tls-cert", default=None, metavar="PATH", help="PEM client certificate (mTLS).")
+@click.option("--tls-key", default=None, metavar="PATH", help="PEM private key of --tls-cert.")
+@click.option(
+    "--token-file",
+    default=None,
+    metavar="PATH",
+    help="File holding this worker's token [env FLEETFLOW_TOKEN_FILE, or FLEETFLOW_TOKEN].",
+)
 @click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
 def command(
     coordinator: str,
@@ -148,6 +163,10 @@ def command(
     drain_grace_s: float,
     task_nice: int,
     max_batch: int,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    token_file: str | None,
     log_level: str,
 ) -> None:
     """Run the tasks of user modules for a coordinator until SIGTERM or SIGINT.
@@ -160,6 +179,10 @@ def command(
     configure_logging(log_level)
     tasks = load_all_tasks(modules)
     try:
+        credentials = Credentials.from_options(
+            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token_file=token_file
+        )
+        credentials.channel_credentials(coordinator)  # unreadable files fail here, not later
         settings = WorkerSettings(
             coordinator=coordinator,
             worker_id=worker_id or default_worker_id(),
@@ -171,6 +194,7 @@ def command(
             drain_grace_s=drain_grace_s,
             task_nice=task_nice,
             max_batch=max_batch,
+            credentials=credentials,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -135,7 +135,7 @@ class Worker:
                 import the user modules.
         """
         options = channel_options(self.settings.backoff_cap_s)
-        channel = grpc.aio.insecure_channel(self.settings.coordinator, options=options)
+        channel = self.settings.credentials.aio_channel(self.settings.coordinator, options)
         self._stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
         with structlog.contextvars.bound_contextvars(worker_id=self.settings.worker_id):
             try:

@@ -9,6 +9,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from fleetflow.credentials import Credentials
+
 from fleetflow_worker.capacity import default_cpu, default_memory
 
 __all__ = ["WorkerSettings", "default_worker_id", "DEFAULT_COORDINATOR"]
@@ -97,6 +99,10 @@ class WorkerSettings:
     memory_margin_bytes: float = 50 * 2**20
     """Fixed part of that margin (the interpreter and imported modules), bytes.
     Default 50 MiB."""
+
+    credentials: Credentials = field(default_factory=Credentials)
+    """TLS and token for the coordinator (``--tls-ca``, ``--tls-cert``/``--tls-key``,
+    ``--token-file`` or ``FLEETFLOW_TOKEN``). Default: plaintext, no token."""
 
     def __post_init__(self) -> None:
         if not self.coordinator or ":" not in self.coordinator:
