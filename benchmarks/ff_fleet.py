@@ -35,9 +35,19 @@ class Fleet:
         self.client: Client | None = None
 
     def start(
-        self, workers: int = 2, cpu: float = 1, warm_up: bool = True, coordinator_args=()
+        self,
+        workers: int = 2,
+        cpu: float = 1,
+        warm_up: bool = True,
+        coordinator_args=(),
+        worker_args=(),
+        credentials=None,
     ) -> dict:
-        """Start everything; return timings (startup = launch until a 2-task map ran)."""
+        """Start everything; return timings (startup = launch until a 2-task map ran).
+
+        ``worker_args`` go to every worker, ``credentials`` (a
+        ``fleetflow.Credentials``) to the client: TLS and tokens.
+        """
         t0 = time.perf_counter()
         port_file = self.logdir / f"{self.tag}.port"
         port_file.unlink(missing_ok=True)
@@ -74,8 +84,9 @@ class Fleet:
         self.address = f"127.0.0.1:{port_file.read_text().strip()}"
         t_coord = time.perf_counter() - t0
         self.cpu = cpu
+        self.worker_args = list(worker_args)
         self.add_workers(workers)
-        self.client = Client(self.address)
+        self.client = Client(self.address, credentials=credentials)
         timings = {"coordinator_ready_s": t_coord}
         if workers:
             self.wait_for_workers()
@@ -101,6 +112,7 @@ class Fleet:
                         str(MODULE),
                         "--cpu",
                         str(self.cpu),
+                        *getattr(self, "worker_args", ()),
                     ],
                     self.logdir / f"{self.tag}-worker{i}.log",
                 )

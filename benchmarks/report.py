@@ -217,6 +217,24 @@ def _ratio(ff: float | None, peer: float | None, higher_better: bool, bound: str
     return f"{bound}{_fmt(r)}× ({arrow})"
 
 
+#: Sections other scripts write into RESULTS.md (benchmarks/tls_overhead.py), between
+#: these markers; a fresh render keeps them.
+KEPT_BEGIN = "<!-- kept:begin "
+KEPT_END = "<!-- kept:end -->"
+
+
+def with_kept_sections(text: str, previous: str) -> str:
+    """``text`` plus the kept sections of ``previous`` (an older RESULTS.md)."""
+    kept = []
+    rest = previous
+    while KEPT_BEGIN in rest and KEPT_END in rest:
+        start = rest.index(KEPT_BEGIN)
+        end = rest.index(KEPT_END, start) + len(KEPT_END)
+        kept.append(rest[start:end])
+        rest = rest[end:]
+    return text.rstrip("\n") + "".join(f"\n\n{k}" for k in kept) + "\n"
+
+
 def render(results: dict) -> str:
     m = results["machine"]
     lines = ["# fleetflow benchmark results", ""]
@@ -593,6 +611,11 @@ if __name__ == "__main__":
     data = json.loads((OUT / "results.json").read_text())
     text = render(data)
     target = sys.argv[1] if len(sys.argv) > 1 else str(OUT.parent / "RESULTS.md")
+    try:
+        with open(target) as f:
+            text = with_kept_sections(text, f.read())
+    except FileNotFoundError:
+        pass
     with open(target, "w") as f:
         f.write(text)
     print(f"wrote {target}")

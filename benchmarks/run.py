@@ -649,9 +649,10 @@ def _brief(workload: str, res: dict) -> str:
 
 def _save(results: dict, args: Args) -> None:
     (OUT / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    from report import render
+    from report import render, with_kept_sections
 
-    args.output.write_text(render(results))
+    previous = args.output.read_text() if args.output.exists() else ""
+    args.output.write_text(with_kept_sections(render(results), previous))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ __all__ = ["credential_options"]
 
 _OPTIONS = (
     ("--tls-ca", "FLEETFLOW_TLS_CA", "Speak TLS, verifying the coordinator against this PEM CA."),
-    ("--tls-cert", "FLEETFLOW_TLS_CERT", "PEM client certificate (mutual TLS)."),
-    ("--tls-key", "FLEETFLOW_TLS_KEY", "PEM private key of --tls-cert."),
+    ("--tls-cert", "FLEETFLOW_TLS_CLIENT_CERT", "PEM client certificate (mutual TLS)."),
+    ("--tls-key", "FLEETFLOW_TLS_CLIENT_KEY", "PEM private key of --tls-cert."),
     ("--token-file", "FLEETFLOW_TOKEN_FILE", "File holding a token (or set FLEETFLOW_TOKEN)."),
 )
 

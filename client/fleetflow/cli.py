@@ -285,11 +285,8 @@ class _Fleet:
 
     def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
         # The embedded fleet speaks plaintext on loopback: no credentials of a remote one.
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("FLEETFLOW_TLS_", "FLEETFLOW_TOKEN"))
-        }
+        remote = ("FLEETFLOW_TLS_", "FLEETFLOW_TOKEN", "FLEETFLOW_AUTH_FILE")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(remote)}
         env["PYTHONUNBUFFERED"] = "1"
         with open(self.log_path, "ab") as log:
             return subprocess.Popen(

@@ -14,8 +14,9 @@ the CLI and the worker):
   the clear.
 
 Options given on the command line win over the environment:
-``FLEETFLOW_TLS_CA``, ``FLEETFLOW_TLS_CERT``, ``FLEETFLOW_TLS_KEY``,
-``FLEETFLOW_TOKEN_FILE`` and ``FLEETFLOW_TOKEN``.
+``FLEETFLOW_TLS_CA``, ``FLEETFLOW_TLS_CLIENT_CERT``, ``FLEETFLOW_TLS_CLIENT_KEY``,
+``FLEETFLOW_TOKEN_FILE`` and ``FLEETFLOW_TOKEN`` (``CLIENT_`` keeps them apart from
+the coordinator's own ``FLEETFLOW_TLS_CERT``/``FLEETFLOW_TLS_KEY`` settings).
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ class Credentials:
         """
         env = os.environ if environ is None else environ
         tls_ca = tls_ca or env.get("FLEETFLOW_TLS_CA") or None
-        tls_cert = tls_cert or env.get("FLEETFLOW_TLS_CERT") or None
-        tls_key = tls_key or env.get("FLEETFLOW_TLS_KEY") or None
+        tls_cert = tls_cert or env.get("FLEETFLOW_TLS_CLIENT_CERT") or None
+        tls_key = tls_key or env.get("FLEETFLOW_TLS_CLIENT_KEY") or None
         token_file = token_file or env.get("FLEETFLOW_TOKEN_FILE") or None
         token = None
         if token_file:

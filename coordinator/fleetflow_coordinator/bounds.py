@@ -330,7 +330,7 @@ def _error(error: common_pb2.TaskError) -> None:
         tail.extend(lines)
 
 
-def _outcome(outcome: ws.Outcome) -> None:
+def _clamp_outcome(outcome: ws.Outcome) -> None:
     high = _LIMIT["measured_seconds"]
     duration = outcome.duration_seconds
     if duration != 0.0 and not 1e-6 <= duration <= high:
@@ -343,15 +343,29 @@ def _outcome(outcome: ws.Outcome) -> None:
         outcome.peak_memory_bytes = _clamp(outcome.peak_memory_bytes, _LIMIT["usage"])
     if not 0.0 <= outcome.retry_delay_seconds <= _LIMIT["retry_delay"]:
         outcome.retry_delay_seconds = _clamp(outcome.retry_delay_seconds, _LIMIT["retry_delay"])
-    if outcome.HasField("error"):
-        _error(outcome.error)
+
+
+_SECONDS_HIGH = _LIMIT["measured_seconds"]
+_USAGE_HIGH = _LIMIT["usage"]
+_RETRY_HIGH = _LIMIT["retry_delay"]
 
 
 def _report(request: ws.ReportOutcomesRequest) -> None:
     _worker_id(request.worker_id)
     _count("outcomes", len(request.outcomes), "outcomes")
+    # Once per task run: the common case is read once and compared, nothing more.
+    high, usage, retry = _SECONDS_HIGH, _USAGE_HIGH, _RETRY_HIGH
     for outcome in request.outcomes:
-        _outcome(outcome)
+        duration = outcome.duration_seconds
+        if (
+            not (1e-6 <= duration <= high or duration == 0.0)
+            or not 0.0 <= outcome.cpu_seconds <= high
+            or not 0.0 <= outcome.peak_memory_bytes <= usage
+            or not 0.0 <= outcome.retry_delay_seconds <= retry
+        ):
+            _clamp_outcome(outcome)
+        if outcome.HasField("error"):
+            _error(outcome.error)
     request.max_new_leases = _slots(request.max_new_leases)
     request.max_batch = min(request.max_batch, int(_LIMIT["batch"]))
 

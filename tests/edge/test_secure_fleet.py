@@ -11,11 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
-from fleetflow import Client, Credentials, RPCError
+from fleetflow import Client, RPCError
+from fleetflow.api.v1 import coordinator_service_pb2 as cs
+from fleetflow.api.v1 import coordinator_service_pb2_grpc as cs_grpc
 from fleetflow.loader import load_module
 
 from tests.e2e.fleet import FLOWS, ROOT, Fleet, _env, fleetflow, wait_until
+
+from .secure import make_pki
 
 flows = load_module(str(FLOWS))
 
@@ -99,39 +104,34 @@ def test_the_readmes_secured_fleet_commands_run_a_flow(tmp_path):
 
 
 def test_tokens_roles_and_identity_in_a_real_fleet(fleet, tmp_path):
-    pki = tmp_path / "pki"
-    fleetflow("certs", str(pki), "--host", "localhost")
-    for role, name in (("worker", "workers"), ("client", "alice"), ("viewer", "grafana")):
-        fleetflow("token", role, name, "--auth-file", str(pki / "auth.toml"),
-                  "--out", str(pki / f"{name}.token"))  # fmt: skip
-    ca = str(pki / "ca.pem")
-    fleet.start_coordinator("--tls-cert", str(pki / "coordinator.pem"),
-                            "--tls-key", str(pki / "coordinator-key.pem"),
-                            "--auth-file", str(pki / "auth.toml"))  # fmt: skip
-    fleet.start_worker("--tls-ca", ca, "--token-file", str(pki / "workers.token"))
-
-    def creds(name: str | None) -> Credentials:
-        token = (pki / f"{name}.token").read_text().strip() if name else None
-        return Credentials(tls_ca=ca, token=token)
-
-    with Client(fleet.address, credentials=creds("alice")) as client:
+    pki = make_pki(tmp_path)  # the CLI that makes these runs in the README test above
+    token_file = tmp_path / "worker.token"
+    token_file.write_text(pki.tokens["worker"])
+    fleet.start_coordinator("--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
+                            "--auth-file", str(pki.auth_file))  # fmt: skip
+    fleet.start_worker("--tls-ca", str(pki.ca), "--token-file", str(token_file))
+    with Client(fleet.address, credentials=pki.credentials("client")) as client:
         assert client.submit(flows.map_inc, n=20).result(timeout=60) == list(range(1, 21))
-    with Client(fleet.address, credentials=creds("grafana")) as viewer:
+    with Client(fleet.address, credentials=pki.credentials("viewer")) as viewer:
         assert len(viewer.list_flow_runs()) == 1
         with pytest.raises(RPCError) as err:
             viewer.submit(flows.map_inc, n=1)
         assert err.value.code == "PERMISSION_DENIED"
-    with Client(fleet.address, credentials=creds(None)) as anonymous:
+    with Client(fleet.address, credentials=pki.credentials(None)) as anonymous:
         with pytest.raises(RPCError) as err:
             anonymous.list_flow_runs()
         assert err.value.code == "UNAUTHENTICATED"
-    with Client(fleet.address, credentials=Credentials()) as plaintext:
-        with pytest.raises(RPCError) as err:
-            plaintext.list_flow_runs()
-        assert err.value.code == "UNAVAILABLE"
+    with grpc.insecure_channel(fleet.address) as plaintext:  # a TLS port: no handshake
+        with pytest.raises(grpc.RpcError) as err:
+            cs_grpc.CoordinatorServiceStub(plaintext).ListFlowRuns(
+                cs.ListFlowRunsRequest(), timeout=5
+            )
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     # the CLI takes the same options
-    done = fleetflow("flow-runs", "--coordinator", fleet.address, "--json", "--tls-ca", ca,
-                     "--token-file", str(pki / "alice.token"))  # fmt: skip
+    client_token = tmp_path / "client.token"
+    client_token.write_text(pki.tokens["client"])
+    done = fleetflow("flow-runs", "--coordinator", fleet.address, "--json", "--tls-ca",
+                     str(pki.ca), "--token-file", str(client_token))  # fmt: skip
     assert json.loads(done.stdout)[0]["state"] == "COMPLETED"
 
 
