@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -151,6 +152,13 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = replace(cls(), **values)
         settings.limits()  # fail at start on a malformed limit
+        for name in ("idle_connection_s", "handshake_timeout_s", "keepalive_s",
+                     "keepalive_timeout_s"):  # fmt: skip
+            value = getattr(settings, name)
+            if not (math.isfinite(value) and 0 < value <= 86400):
+                raise ValueError(f"{name} = {value!r}: must be > 0 and <= 86400 seconds")
+        if not 1 <= settings.max_streams_per_connection <= 100_000:
+            raise ValueError("max_streams_per_connection must be in 1..100000")
         if settings.lease_ttl_s <= settings.heartbeat_interval_s:
             raise ValueError(
                 f"lease_ttl_s ({settings.lease_ttl_s}) must exceed heartbeat_interval_s "
