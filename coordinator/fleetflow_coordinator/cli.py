@@ -32,8 +32,23 @@ __all__ = ["command"]
 @click.option(
     "--db",
     default=None,
-    help="SQLite database path, or :memory: for a throwaway run "
+    help="SQLite database path, :memory: for a throwaway run, or postgresql://USER@HOST/DB "
+    "(several coordinators may share it: one is active, the others stand by) "
     "[default: .fleetflow/fleetflow.db].",
+)
+@click.option(
+    "--leader-lease",
+    "leader_lease_s",
+    type=float,
+    default=None,
+    help="PostgreSQL: leadership lease, seconds; a standby takes over this long after the "
+    "active coordinator fell silent [default: 10].",
+)
+@click.option(
+    "--advertise",
+    default=None,
+    metavar="HOST:PORT",
+    help="Address standbys name as the active one [default: the listen address].",
 )
 @click.option(
     "--retention",
@@ -111,6 +126,8 @@ def command(
     lease_ttl_s: float | None,
     heartbeat_interval_s: float | None,
     db: str | None,
+    leader_lease_s: float | None,
+    advertise: str | None,
     retention_s: float | None,
     http: str | None,
     http_port_file: str | None,
@@ -125,6 +142,11 @@ def command(
     log_level: str,
 ) -> None:
     """Run the coordinator: holds flow state and leases task runs to workers."""
+    from fleetflow._startup import exit_on_signal_during_startup
+
+    # Signals first: until the coordinator serves, SIGTERM/SIGINT end it at
+    # once (status 143/130), even while it opens or restores a big database.
+    exit_on_signal_during_startup("coordinator")
     from fleetflow_coordinator.logs import configure_logging
     from fleetflow_coordinator.server import serve
 
@@ -135,6 +157,8 @@ def command(
             lease_ttl_s=lease_ttl_s,
             heartbeat_interval_s=heartbeat_interval_s,
             db=db,
+            leader_lease_s=leader_lease_s,
+            advertise=advertise,
             retention_s=retention_s,
             http=http,
             http_port_file=http_port_file,

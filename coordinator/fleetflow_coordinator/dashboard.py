@@ -145,7 +145,9 @@ class Dashboard:
             ) from None
         self._runner = runner
         self.port = int(runner.addresses[0][1])
-        self._folder = asyncio.get_running_loop().create_task(self._fold_loop())
+        # Supervised like every background loop: a fold that raises stops the
+        # process (logged with its traceback) instead of leaving views frozen.
+        self._folder = self.rt.spawn("dashboard_fold", self._fold_loop())
         return self.port
 
     async def stop(self) -> None:
@@ -163,11 +165,7 @@ class Dashboard:
         """Fold new events continuously, in bounded slices, so reads stay cheap."""
         observer = self.observer
         while True:
-            try:
-                folded = observer.catch_up()
-            except Exception:  # noqa: BLE001 - a view bug must never stop the coordinator
-                log.exception("dashboard_fold_failed")
-                folded = 0
+            folded = observer.catch_up()
             await asyncio.sleep(0 if folded >= FOLD_BUDGET else self.push_interval_s)
 
     # ------------------------------------------------------------- snapshots

@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from fleetflow_coordinator.core import InvalidFlowSpec
 from fleetflow_coordinator.store import StoreError
+from fleetflow_coordinator.store.base import NotLeader
 
 __all__ = [
     "ERROR_TABLE",
@@ -97,6 +98,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
         if isinstance(exc, kind):
             if isinstance(exc, DecodeError):
                 return code, f"the request is not a valid protocol message: {exc}"
+            if isinstance(exc, NotLeader):  # it stepped down while the call waited
+                return code, "standby coordinator; the active one is unknown"
             if isinstance(exc, StoreError):
                 return code, f"the coordinator's store failed: {exc}"
             return code, str(exc)

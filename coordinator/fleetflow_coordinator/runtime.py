@@ -8,6 +8,12 @@ answer depends on the change awaits :meth:`Runtime.durable`, which returns
 once a group commit holding the change is stored. Watchers are shown only
 events that are stored (``flow.durable_seq``), so an event a watcher has seen
 survives any crash with the same sequence number.
+
+Every background loop runs under the :class:`~fleetflow_coordinator.supervisor.Supervisor`
+(a crash stops the process, see there), and every store call goes through
+the one :class:`~fleetflow_coordinator.supervisor.StoreWriter`: group
+commits are written one at a time, and :meth:`Runtime.stop` lets the commit
+in flight finish before it writes the last one.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import structlog
 
@@ -26,7 +33,9 @@ from fleetflow_coordinator.metrics import Metrics
 from fleetflow_coordinator.observe import Observer
 from fleetflow_coordinator.settings import Settings
 from fleetflow_coordinator.store import MemoryStore, Store, StoreError
+from fleetflow_coordinator.store.base import NotLeader
 from fleetflow_coordinator.store.rows import changes_to_batch, snapshot_to_flows
+from fleetflow_coordinator.supervisor import StoreWriter, Supervisor
 from fleetflow_coordinator.usage import UsageBook
 
 __all__ = ["Runtime"]
@@ -41,6 +50,9 @@ class Runtime:
         settings: Coordinator settings (lease TTL, commit window, retention, ...).
         store: Where state is persisted; a fresh MemoryStore when omitted.
         clock: Returns the current time in seconds since the epoch; injectable.
+        writer: The store's one writer, when the process shares it between
+            runtimes (a hot standby that becomes active again); by default the
+            runtime makes its own and closes it in :meth:`stop`.
     """
 
     def __init__(
@@ -48,9 +60,16 @@ class Runtime:
         settings: Settings,
         store: Store | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        writer: StoreWriter | None = None,
     ) -> None:
         self.settings = settings
         self.store: Store = store if store is not None else MemoryStore()
+        self._own_writer = writer is None
+        self.writer = writer or StoreWriter(self.store, inline_rows=settings.inline_commit_rows)
+        #: Runs every background loop; its ``failed`` event stops the process.
+        self.supervisor = Supervisor()
+        self.supervisor.on_failure(self._halt)
         self.core = Scheduler(
             lease_ttl_s=settings.lease_ttl_s,
             max_infra_failures=settings.max_infra_failures,
@@ -75,11 +94,21 @@ class Runtime:
         self._committed_gen = 0
         #: [(generation, future)] resolved once that generation is stored
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        #: Set when a store write failed: the process must stop (see serve()).
-        self.fatal: asyncio.Event = asyncio.Event()
-        self.fatal_error: BaseException | None = None
+        #: Set when a loop crashed (a store write failure included): the
+        #: process must stop (see server.serve()).
+        self.fatal: asyncio.Event = self.supervisor.failed
+        #: Set when the database refused a write because another coordinator
+        #: took over (PostgreSQL hot standby): this runtime must step down.
+        self.deposed: asyncio.Event = asyncio.Event()
+        #: Why the runtime stopped writing (a crash or a deposition), if it did.
+        self.halt_error: BaseException | None = None
+        self._closing = False
         self.last_commit_s = 0.0
+
+    @property
+    def fatal_error(self) -> BaseException | None:
+        """The loop failure that stopped the process, or ``None``."""
+        return self.supervisor.error
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -90,31 +119,67 @@ class Runtime:
             StoreError: the stored state cannot be read.
             fleetflow_coordinator.core.InvalidFlowSpec: a stored spec is invalid.
         """
-        snapshot = await asyncio.to_thread(self.store.load)
+        snapshot = await self.writer.call(self.store.load)
         flows = snapshot_to_flows(snapshot)
         self.core.restore(flows, self.clock(), snapshot.next_task_run_id)
         self.after_change()
         return len(flows)
 
     def start(self) -> None:
-        """Start the committer, the timer loop and the retention loop."""
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._commit_loop()),
-            loop.create_task(self._tick_loop()),
-            loop.create_task(self._prune_loop()),
-        ]
+        """Start the committer, the timer loop and the retention loop, supervised."""
+        self.spawn("commit", self._commit_loop())
+        self.spawn("tick", self._tick_loop())
+        self.spawn("prune", self._prune_loop())
+
+    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a background loop under the supervisor (see ``supervisor.py``)."""
+        return self.supervisor.spawn(name, coro)
 
     async def stop(self) -> None:
-        """Commit what is pending, then stop the background tasks."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if not self.fatal.is_set() and self.core.has_changes():
-            await self._commit_once()
-        await asyncio.to_thread(self.store.close)
+        """Stop the loops, let the commit in flight finish, store what is pending, close.
+
+        After a loop crash or a deposition nothing more is written: the
+        process restarts (or steps down) on what is already stored.
+        """
+        self._closing = True
+        self.supervisor.stopping = True
+        await self.supervisor.stop([n for n in self.supervisor.tasks if n != "commit"])
+        committer = self.supervisor.tasks.get("commit")
+        if committer is not None:
+            self._commit_wake.set()  # it commits what is pending, then returns
+            await asyncio.wait([committer])
+        elif self.halt_error is None and self.core.has_changes():
+            await self._commit_once()  # never started: store what open() changed
+        self._fail_waiters(self.halt_error or StoreError("the coordinator stopped"))
+        if self._own_writer:
+            await self.writer.close()
+
+    def depose(self, error: NotLeader) -> None:
+        """Step down: another coordinator holds the leadership (or it cannot be proven).
+
+        Nothing more is written, every RPC waiting for a commit fails with
+        ``error``, and :attr:`deposed` is set for the process to stand by.
+        """
+        if self.deposed.is_set() or self.halt_error is not None:
+            return
+        log.warning("coordinator_deposed", reason=str(error))
+        self.supervisor.stopping = True  # loops ending now are no crash
+        self._halt(error)
+        self.deposed.set()
+
+    def _halt(self, error: BaseException) -> None:
+        """Write nothing more: fail every waiter now (a crash or a deposition)."""
+        if self.halt_error is None:
+            self.halt_error = error
+        self._fail_waiters(error)
+        self._commit_wake.set()
+
+    def _fail_waiters(self, error: BaseException) -> None:
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # retrieved: a waiter may be gone already
+        self._waiters.clear()
 
     # ------------------------------------------------------------------- signals
 
@@ -137,8 +202,10 @@ class Runtime:
         target = self._drained_gen + 1 if self.core.has_changes() else self._drained_gen
         if self._committed_gen >= target:
             return
-        if self.fatal.is_set():
-            raise StoreError(f"the store failed earlier: {self.fatal_error}")
+        if self.halt_error is not None:
+            if isinstance(self.halt_error, NotLeader):
+                raise self.halt_error
+            raise StoreError(f"the coordinator stopped writing: {self.halt_error}")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((target, future))
         self._commit_wake.set()
@@ -165,26 +232,26 @@ class Runtime:
     # -------------------------------------------------------------- group commit
 
     async def _commit_loop(self) -> None:
+        """The one committer: runs until stopped; a store failure crashes it (fatal)."""
         settings = self.settings
         while True:
             await self._commit_wake.wait()
             self._commit_wake.clear()
+            if self.halt_error is not None:
+                return
             if (
-                settings.commit_interval_s > 0
+                not self._closing
+                and settings.commit_interval_s > 0
                 and self.core.pending_changes() < settings.commit_max_changes
             ):
                 # Optional extra window for changes from concurrent RPCs to join.
                 await asyncio.sleep(settings.commit_interval_s)
             try:
                 await self._commit_once()
-            except StoreError as exc:
-                log.critical("store_write_failed", error=str(exc))
-                self.fatal_error = exc
-                self.fatal.set()
-                for _, future in self._waiters:
-                    if not future.done():
-                        future.set_exception(exc)
-                self._waiters.clear()
+            except NotLeader as exc:
+                self.depose(exc)
+                return
+            if self._closing and not self.core.has_changes():
                 return
 
     async def _commit_once(self) -> None:
@@ -194,15 +261,9 @@ class Runtime:
         if len(changes):
             batch = changes_to_batch(changes)
             started = time.perf_counter()
-            if (
-                isinstance(self.store, MemoryStore)
-                or len(batch) <= self.settings.inline_commit_rows
-            ):
-                # A small WAL commit (no fsync with synchronous=NORMAL) costs less
-                # than the hop to a thread and back; large ones go to a thread.
-                self.store.write(batch)
-            else:
-                await asyncio.to_thread(self.store.write, batch)
+            # A small WAL commit (no fsync with synchronous=NORMAL) costs less
+            # than the hop to a thread and back; large ones go to the store thread.
+            await self.writer.write(batch)
             self.last_commit_s = time.perf_counter() - started
             stored: dict[str, int] = {}
             for flow_run_id, event in changes.events:

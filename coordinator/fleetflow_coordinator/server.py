@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,16 @@ from fleetflow_coordinator.runtime import Runtime
 from fleetflow_coordinator.security import Security, check_exposure, load_security
 from fleetflow_coordinator.servicers import CoordinatorServicer, WorkerServicer
 from fleetflow_coordinator.settings import Settings
-from fleetflow_coordinator.store import StoreError, open_store
+from fleetflow_coordinator.store import open_store
 
-__all__ = ["create_server", "serve", "server_options", "CHANNEL_OPTIONS"]
+__all__ = [
+    "create_server",
+    "run_active",
+    "serve",
+    "server_options",
+    "set_health",
+    "CHANNEL_OPTIONS",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +117,12 @@ _SERVICES = (
 
 
 async def create_server(
-    address: str, runtime: Runtime, security: Security | None = None
+    address: str,
+    runtime: Runtime,
+    security: Security | None = None,
+    *,
+    health_servicer: health.aio.HealthServicer | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """Create and start a server bound to ``address`` (``"127.0.0.1:0"`` in tests).
 
@@ -118,6 +131,10 @@ async def create_server(
         runtime: The runtime the servicers serve.
         security: TLS credentials and accepted credentials; loaded from
             ``runtime.settings`` when omitted (:func:`load_security`).
+        health_servicer: The standard health service to serve (set to
+            SERVING here); a new one when omitted.
+        interceptors: Interceptors that run before the edge interceptor
+            (the hot standby's leadership gate).
 
     Returns:
         ``(server, port)`` with the port actually bound.
@@ -130,13 +147,28 @@ async def create_server(
         security = load_security(runtime.settings)
     refused = runtime.metrics.credential_refused
     interceptor = EdgeInterceptor(security.auth, lambda code, _: refused.labels(code).inc())
-    server = grpc.aio.server(options=server_options(runtime.settings), interceptors=[interceptor])
+    server = grpc.aio.server(
+        options=server_options(runtime.settings), interceptors=[*interceptors, interceptor]
+    )
     coordinator_service_pb2_grpc.add_CoordinatorServiceServicer_to_server(
         CoordinatorServicer(runtime), server
     )
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(runtime), server)
-    health_servicer = health.aio.HealthServicer()
+    if health_servicer is None:
+        health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = bind(server, address, security)
+    await server.start()
+    await set_health(health_servicer, True)
+    return server, port
+
+
+def bind(server: grpc.aio.Server, address: str, security: Security) -> int:
+    """Add the listening port (TLS when ``security`` has credentials); return it.
+
+    Raises:
+        RuntimeError: the address could not be bound.
+    """
     try:
         if security.server_credentials is not None:
             port = server.add_secure_port(address, security.server_credentials)
@@ -146,10 +178,18 @@ async def create_server(
         raise RuntimeError(f"cannot listen on {address}: {exc}") from None
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}: address in use or invalid")
-    await server.start()
+    return port
+
+
+async def set_health(servicer: health.aio.HealthServicer, serving: bool) -> None:
+    """Set the overall status and every service's to SERVING or NOT_SERVING."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
     for name in ("", *_SERVICES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, port
+        await servicer.set(name, status)
 
 
 def _write_port_file(path: str, port: int) -> None:
@@ -159,49 +199,137 @@ def _write_port_file(path: str, port: int) -> None:
     os.replace(tmp, target)
 
 
+def graceful_signals() -> asyncio.Event:
+    """Replace the start-up signal handlers by the loop's: SIGTERM/SIGINT set the event."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def serve(settings: Settings) -> None:
     """Run a coordinator until SIGTERM or SIGINT, then stop gracefully.
+
+    Until it serves, the process-wide start-up handlers (installed by the
+    entry point before anything else, see ``fleetflow._startup``) end the
+    process at once on SIGTERM/SIGINT; from then on a signal stops it
+    gracefully: health NOT_SERVING, in-flight RPCs finish, the commit in
+    flight and then the pending changes are stored, exit 0. With a
+    PostgreSQL database the process may stand by first (see ``standby.py``).
 
     Raises:
         ValueError: TLS or auth options are unusable, or the coordinator would
             serve beyond loopback without them (and without ``insecure``).
+        StoreError: the database cannot be opened or read.
+        RuntimeError: the address cannot be bound.
+        fleetflow_coordinator.supervisor.LoopCrashed: a background loop
+            crashed (logged with its traceback); the process must exit non-zero.
     """
     security = load_security(settings)
     check_exposure(settings, security)
     raise_open_file_limit()
     protect_new_files(settings.db)
-    store = await asyncio.to_thread(open_store, settings.db, synchronous=settings.synchronous)
+    store = await asyncio.to_thread(
+        open_store,
+        settings.db,
+        synchronous=settings.synchronous,
+        leader_lease_s=settings.leader_lease_s,
+    )
+    if getattr(store, "shared", False):
+        from fleetflow_coordinator.standby import serve_shared
+
+        await serve_shared(settings, store, security)  # type: ignore[arg-type]
+        return
     runtime = Runtime(settings, store)
     restored = await runtime.open()
-    dashboard = await start_dashboard(settings, runtime)  # None with --http off
-    server, port = await create_server(settings.listen, runtime, security)
-    runtime.start()
-    host = settings.listen.rpartition(":")[0]
-    log.info(
-        "coordinator_started",
-        address=f"{host}:{port}",
-        lease_ttl_s=settings.lease_ttl_s,
-        db=settings.db,
-        restored_flow_runs=restored,
-        tls=security.tls,
-        mutual_tls=security.mutual,
-        authentication=security.auth is not None,
-    )
-    if settings.port_file:
-        _write_port_file(settings.port_file, port)
+
+    def started(port: int) -> None:
+        host = settings.listen.rpartition(":")[0]
+        log.info(
+            "coordinator_started",
+            address=f"{host}:{port}",
+            lease_ttl_s=settings.lease_ttl_s,
+            db=settings.db,
+            restored_flow_runs=restored,
+            tls=security.tls,
+            mutual_tls=security.mutual,
+            authentication=security.auth is not None,
+        )
+        if settings.port_file:
+            _write_port_file(settings.port_file, port)
+
     stop = asyncio.Event()
+    await run_active(
+        settings, runtime, settings.listen, stop, started, security, install_signals=True
+    )
+    if runtime.fatal_error is not None:
+        raise runtime.fatal_error
+
+
+async def run_active(
+    settings: Settings,
+    runtime: Runtime,
+    listen: str,
+    stop: asyncio.Event,
+    started: Callable[[int], None],
+    security: Security,
+    *,
+    install_signals: bool = False,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> str:
+    """Serve one restored runtime until a stop, a crashed loop or a deposition.
+
+    Args:
+        settings: The coordinator's settings.
+        runtime: A runtime whose state is restored (``open()`` done).
+        listen: ``HOST:PORT`` to bind.
+        stop: Set to stop gracefully (with ``install_signals``, by SIGTERM/SIGINT).
+        started: Called with the bound port once serving.
+        security: TLS credentials and accepted credentials.
+        install_signals: Wire SIGTERM/SIGINT to ``stop`` once serving.
+        interceptors: Extra server interceptors, before the edge's.
+
+    Returns:
+        ``"stopped"``, ``"crashed"`` or ``"deposed"``.
+    """
+    dashboard = await start_dashboard(settings, runtime)  # None with --http off
+    health_servicer = health.aio.HealthServicer()
+    try:
+        server, port = await create_server(
+            listen,
+            runtime,
+            security,
+            health_servicer=health_servicer,
+            interceptors=interceptors,
+        )
+    except BaseException:
+        if dashboard is not None:
+            await dashboard.stop()
+        await runtime.stop()
+        raise
+    runtime.start()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    fatal = loop.create_task(runtime.fatal.wait())
-    stopping = loop.create_task(stop.wait())
-    await asyncio.wait([fatal, stopping], return_when=asyncio.FIRST_COMPLETED)
-    fatal.cancel()
-    stopping.cancel()
-    log.info("coordinator_stopping")
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)  # replaces the start-up handlers
+    started(port)
+    waits = [loop.create_task(e.wait()) for e in (stop, runtime.fatal, runtime.deposed)]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    if runtime.fatal.is_set():
+        reason = "crashed"
+    elif runtime.deposed.is_set():
+        reason = "deposed"
+    else:
+        reason = "stopped"
+    # Not serving from here on, whatever the reason: probes and load balancers
+    # see it before the port closes.
+    await set_health(health_servicer, False)
+    log.info("coordinator_stopping", reason=reason)
     if dashboard is not None:
         await dashboard.stop()
-    await server.stop(grace=2.0)
+    await server.stop(grace=2.0 if reason == "stopped" else 0.5)
     await runtime.stop()
-    if runtime.fatal_error is not None:
-        raise StoreError(f"stopped after a store failure: {runtime.fatal_error}")
+    return reason

@@ -29,9 +29,13 @@ class Settings:
         max_infra_failures: Attempts per task run that may end through the
             infrastructure (worker lost) before the task run fails.
         lease_wait_max_s: Upper bound on a worker's long poll, seconds.
-        db: SQLite database path, or ``":memory:"`` for a throwaway run.
-        synchronous: SQLite ``synchronous`` pragma, ``"NORMAL"`` (survives a
-            process crash) or ``"FULL"`` (also survives power loss).
+        db: SQLite database path, ``":memory:"`` for a throwaway run, or a
+            ``postgresql://USER@HOST:PORT/DBNAME`` URL (hot standby: several
+            coordinators may share one PostgreSQL database, one is active).
+        synchronous: ``"NORMAL"`` (survives a crash of the coordinator process)
+            or ``"FULL"`` (also survives power loss, or with PostgreSQL a crash
+            of the database server): SQLite's ``synchronous`` pragma,
+            PostgreSQL's ``synchronous_commit`` ``off`` / ``on``.
         commit_interval_s: Extra group-commit window, seconds (default 0). With
             0, a commit starts as soon as there is something to store, and every
             change made while one commit is being written joins the next one, so
@@ -77,6 +81,16 @@ class Settings:
         allowed_hosts: Extra names (comma-separated) the dashboard answers to in
             the ``Host`` header, besides IP addresses, ``localhost`` and this
             machine's own names (DNS-rebinding protection).
+        leader_lease_s: PostgreSQL only: the leadership lease, seconds (default
+            10). The active coordinator renews it with every commit and at least
+            every third of it; a standby takes over once it has run out, so a
+            dead or cut-off active one is replaced within this plus
+            ``leader_poll_s`` plus the restore time.
+        leader_poll_s: PostgreSQL only: how often a standby checks the
+            leadership, seconds (default 1).
+        advertise: ``HOST:PORT`` that other coordinators name when they answer
+            as standbys ("the active one is HOST:PORT"); by default the listen
+            host (this machine's name for a wildcard host) and the bound port.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -109,6 +123,9 @@ class Settings:
     auth_file: str | None = None
     insecure: bool = False
     allowed_hosts: str = ""
+    leader_lease_s: float = 10.0
+    leader_poll_s: float = 1.0
+    advertise: str = ""
 
     def limits(self) -> dict[str, int]:
         """Parse ``concurrency_limits`` into ``{tag: limit}``.
@@ -159,6 +176,12 @@ class Settings:
                 raise ValueError(f"{name} = {value!r}: must be > 0 and <= 86400 seconds")
         if not 1 <= settings.max_streams_per_connection <= 100_000:
             raise ValueError("max_streams_per_connection must be in 1..100000")
+        if not 0.5 <= settings.leader_lease_s <= 3600:
+            raise ValueError(f"leader_lease_s ({settings.leader_lease_s}): must be 0.5..3600 s")
+        if not 0.05 <= settings.leader_poll_s <= settings.leader_lease_s:
+            raise ValueError(
+                f"leader_poll_s ({settings.leader_poll_s}): must be 0.05 s..leader_lease_s"
+            )
         if settings.lease_ttl_s <= settings.heartbeat_interval_s:
             raise ValueError(
                 f"lease_ttl_s ({settings.lease_ttl_s}) must exceed heartbeat_interval_s "

@@ -40,7 +40,7 @@ def fleetflow(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 class Proc:
     """A child process whose output goes to a log file; stopped by the fixture."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -48,7 +48,7 @@ class Proc:
             args,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=_env(),
+            env={**_env(), **(env or {})},
             cwd=ROOT,
             start_new_session=True,
         )

@@ -1,4 +1,4 @@
-"""One contract suite over both stores, plus restore through the pure core."""
+"""One contract suite over every store (memory, SQLite, PostgreSQL), plus restore."""
 
 from __future__ import annotations
 
@@ -6,20 +6,38 @@ import os
 import pickle
 import sqlite3
 
+import psycopg
 import pytest
 from fleetflow.api.v1 import common_pb2
 from fleetflow_coordinator.core import Outcome, Scheduler, TaskRunState
 from fleetflow_coordinator.core.model import EventKind, FlowRunState
 from fleetflow_coordinator.store import MemoryStore, RowBatch, SqliteStore, StoreError, open_store
-from fleetflow_coordinator.store.base import SCHEMA_VERSION
+from fleetflow_coordinator.store.base import SCHEMA_VERSION, NotLeader
+from fleetflow_coordinator.store.postgres import PostgresStore
 from fleetflow_coordinator.store.rows import changes_to_batch, snapshot_to_flows
 
+from .. import pg
 from ..core.harness import Fleet, items, lit, node, ref
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="module")
+def pg_database():
+    with pg.database("store") as dsn:
+        yield dsn
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def store(request, tmp_path):
-    s = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "db" / "ff.db")
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SqliteStore(tmp_path / "db" / "ff.db")
+    else:
+        dsn = request.getfixturevalue("pg_database")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA IF EXISTS fleetflow CASCADE")
+        s = PostgresStore(dsn, lease_s=30)
+        assert s.campaign("127.0.0.1:1").acquired
     yield s
     s.close()
 
@@ -342,3 +360,173 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
         SCHEMA_VERSION
     )
     db.close()
+
+
+# --------------------------------------------------- database file checks (issue 11)
+
+
+def _stored_database(path) -> None:
+    store = SqliteStore(path)
+    store.write(
+        RowBatch(
+            flows=[_flow_row()],
+            task_runs=[
+                (i, "f1", 0, i, 2, 1, "", 0.0, b"x" * 200, None, None, 0, 0, 0.0)
+                for i in range(2000)
+            ],
+        )
+    )
+    store.close()
+
+
+def test_an_empty_file_is_refused_naming_it_and_left_alone(tmp_path):
+    path = tmp_path / "ff.db"
+    path.write_bytes(b"")
+    with pytest.raises(StoreError, match=r"ff\.db is empty \(0 bytes\)"):
+        SqliteStore(path)
+    assert path.read_bytes() == b""
+
+
+def test_a_truncated_database_is_refused(tmp_path):
+    path = tmp_path / "ff.db"
+    _stored_database(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreError, match=r"ff\.db is truncated"):
+        SqliteStore(path)
+    path.write_bytes(data[:60])
+    with pytest.raises(StoreError, match=r"ff\.db is truncated"):
+        SqliteStore(path)
+
+
+def test_a_foreign_file_is_refused_naming_it(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("shopping list\n" * 20)
+    with pytest.raises(StoreError, match=r"notes\.txt is not an SQLite file"):
+        SqliteStore(path)
+    empty = tmp_path / "empty.db"
+    db = sqlite3.connect(empty)
+    db.execute("CREATE TABLE t (x)")
+    db.execute("DROP TABLE t")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match=r"empty\.db is an SQLite file without fleetflow"):
+        SqliteStore(empty)
+
+
+def test_a_new_database_appears_whole_and_leaves_nothing_behind(tmp_path):
+    path = tmp_path / "sub" / "ff.db"
+    SqliteStore(path).close()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ff.db"]
+    store = SqliteStore(path)  # opened again: a whole fleetflow database
+    assert store.load().flows == []
+    store.close()
+
+
+def test_a_large_batch_is_stored_whole_and_the_last_row_of_a_task_run_wins(store):
+    """Large batches take the bulk path (COPY on PostgreSQL); a later row in one batch wins."""
+    runs = [(i, "f1", 0, i, 2, 1, "", 0.0, None, None, None, 0, 0, 0.0) for i in range(5000)]
+    runs += [(7, "f1", 0, 7, 5, 1, "w", 1.5, b"\x00r", None, b"e", 1, 2, 3.5)]
+    events = [
+        ("f1", seq, 7, 1.0, 0, "inc", seq, seq, 1, "w", 0, "m\u00e9", None, 0.0)
+        for seq in range(1, 5001)
+    ]
+    store.write(RowBatch(flows=[_flow_row()], task_runs=runs, events=events))
+    snap = store.load()
+    stored = {r[0]: r for r in snap.task_runs["f1"]}
+    assert len(stored) == 5000
+    assert stored[7] == (7, "f1", 0, 7, 5, 1, "w", 1.5, b"\x00r", None, b"e", 1, 2, 3.5)
+    assert [e[1] for e in snap.events["f1"]] == list(range(1, 5001))
+    assert snap.events["f1"][0] == events[0]
+
+
+# ------------------------------------------------- PostgreSQL: schema and fencing
+
+
+def test_postgres_refuses_a_newer_schema_and_a_foreign_one(pg_database):
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS fleetflow CASCADE")
+    PostgresStore(pg_database).close()
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("SELECT set_config('fleetflow.epoch', '0', true)")
+            conn.execute("UPDATE fleetflow.meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="newer than this fleetflow") as info:
+        PostgresStore(pg_database.replace("://postgres@", "://postgres:s3cret@", 1))
+    assert "s3cret" not in str(info.value)
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA fleetflow CASCADE")
+        conn.execute("CREATE SCHEMA fleetflow")
+        conn.execute("CREATE TABLE fleetflow.users (id INTEGER)")
+    with pytest.raises(StoreError, match="not a fleetflow database"):
+        PostgresStore(pg_database)
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA fleetflow CASCADE")
+
+
+def test_postgres_unreachable_is_a_clear_error():
+    with pytest.raises(StoreError, match="cannot be reached"):
+        PostgresStore("postgresql://postgres:pw@127.0.0.1:9/nowhere")
+
+
+def test_postgres_two_coordinators_starting_at_once_share_one_schema(pg_database):
+    import threading
+
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS fleetflow CASCADE")
+    stores, errors = [], []
+
+    def start():
+        try:
+            stores.append(PostgresStore(pg_database))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and len(stores) == 3
+    states = [s.campaign(f"127.0.0.1:{i}") for i, s in enumerate(stores)]
+    assert sum(s.acquired for s in states) == 1
+    for s in stores:
+        s.close()
+
+
+def test_postgres_a_deposed_coordinators_writes_are_refused_by_the_database(pg_database):
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS fleetflow CASCADE")
+    old = PostgresStore(pg_database, lease_s=0.2, holder="old")
+    new = PostgresStore(pg_database, lease_s=30, holder="new")
+    try:
+        assert old.campaign("a:1").acquired
+        old.write(RowBatch(flows=[_flow_row("kept")]))
+        state = new.campaign("b:2")
+        assert not state.acquired and state.live and state.address == "a:1"
+        import time
+
+        time.sleep(0.3)  # the old one is silent past its lease
+        assert new.campaign("b:2").acquired and new.epoch == old.epoch + 1
+        with pytest.raises(NotLeader, match="another coordinator took over"):
+            old.write(RowBatch(flows=[_flow_row("lost")]))
+        with pytest.raises(NotLeader):
+            old.renew()
+        # Even a write that skips the fence is refused by the tables' triggers.
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            with pytest.raises(psycopg.Error, match="without the current leadership epoch"):
+                conn.execute(
+                    "INSERT INTO fleetflow.flows VALUES "
+                    "('sneak', 'f', ''::bytea, 1, 0, 0, 'k', NULL, NULL, NULL)"
+                )
+            with pytest.raises(psycopg.Error, match="without the current leadership epoch"):
+                with conn.transaction():
+                    conn.execute("SELECT set_config('fleetflow.epoch', %s, true)", (str(1),))
+                    conn.execute("DELETE FROM fleetflow.flows")
+        new.write(RowBatch(flows=[_flow_row("new")]))
+        assert sorted(f[0] for f in new.load().flows) == ["kept", "new"]
+        new.release()
+        assert old.campaign("a:1").acquired  # released: taken at once
+    finally:
+        old.close()
+        new.close()

@@ -8,6 +8,7 @@ import traceback
 
 import click
 import uvloop
+from fleetflow._startup import exit_on_signal_during_startup
 from fleetflow._task import Task
 from fleetflow.credentials import Credentials
 from fleetflow.resources import parse_quantity
@@ -67,8 +68,9 @@ def load_all_tasks(module_specs: tuple[str, ...] | list[str]) -> dict[str, Task]
     show_default=True,
     envvar="FLEETFLOW_COORDINATOR",
     show_envvar=True,
-    metavar="HOST:PORT",
-    help="Coordinator address.",
+    metavar="HOST:PORT[,HOST:PORT...]",
+    help="Coordinator address; several (hot standby on PostgreSQL): the worker follows "
+    "the active one.",
 )
 @click.option(
     "--module",
@@ -176,6 +178,9 @@ def command(
     stopped and handed back to the coordinator, which re-queues it at once.
     A second signal skips the rest of the grace period. Exits 0.
     """
+    # Signals first: until the drain handlers are in place (after the user
+    # modules are imported), SIGTERM/SIGINT end the process at once.
+    exit_on_signal_during_startup("worker")
     configure_logging(log_level)
     tasks = load_all_tasks(modules)
     try:

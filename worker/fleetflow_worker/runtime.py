@@ -37,7 +37,7 @@ from fleetflow_worker._codec import encode_error, to_outcome
 from fleetflow_worker._execute import AttemptRunner
 from fleetflow_worker._pool import TaskProcessPool
 from fleetflow_worker._reporter import OutcomeReporter
-from fleetflow_worker._rpc import channel_options, recovered, supervised
+from fleetflow_worker._rpc import CoordinatorConnection, channel_options, recovered, supervised
 from fleetflow_worker.backoff import Backoff
 from fleetflow_worker.capacity import sample_usage
 from fleetflow_worker.errors import WorkerShutDown
@@ -135,8 +135,11 @@ class Worker:
                 import the user modules.
         """
         options = channel_options(self.settings.backoff_cap_s)
-        channel = self.settings.credentials.aio_channel(self.settings.coordinator, options)
-        self._stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        # Several addresses: calls follow the active coordinator (see _rpc.py).
+        connection = CoordinatorConnection(
+            self.settings.coordinator, options, channel=self.settings.credentials.aio_channel
+        )
+        self._stub = connection.stub  # type: ignore[assignment]
         with structlog.contextvars.bound_contextvars(worker_id=self.settings.worker_id):
             try:
                 if any(not t.is_async for t in self.tasks.values()):
@@ -159,7 +162,7 @@ class Worker:
                 await asyncio.gather(*leftovers, return_exceptions=True)
                 self.pool.kill()
                 await self.pool.close()
-                await channel.close()
+                await connection.close()
                 log.info("worker_stopped")
 
     # ------------------------------------------------------------ registration

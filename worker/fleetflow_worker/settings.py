@@ -9,6 +9,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from fleetflow._address import parse_addresses
 from fleetflow.credentials import Credentials
 
 from fleetflow_worker.capacity import default_cpu, default_memory
@@ -105,8 +106,7 @@ class WorkerSettings:
     ``--token-file`` or ``FLEETFLOW_TOKEN``). Default: plaintext, no token."""
 
     def __post_init__(self) -> None:
-        if not self.coordinator or ":" not in self.coordinator:
-            raise ValueError(f"coordinator must be HOST:PORT, got {self.coordinator!r}")
+        parse_addresses(self.coordinator)  # HOST:PORT[,HOST:PORT...]; names a bad entry
         if not self.worker_id:
             raise ValueError("worker_id must not be empty")
         if not (math.isfinite(self.cpu) and self.cpu > 0):

@@ -22,6 +22,7 @@ __all__ = [
     "RANGE_COLUMNS",
     "expand_range",
     "merge_expansions",
+    "NotLeader",
     "Store",
     "StoreError",
 ]
@@ -141,6 +142,15 @@ def merge_expansions(
 
 class StoreError(RuntimeError):
     """The store cannot be opened or written: a clear, fatal configuration error."""
+
+
+class NotLeader(StoreError):
+    """The database refused a write: another coordinator holds the leadership now.
+
+    Raised by stores shared by several coordinators (PostgreSQL). The
+    coordinator that gets it steps down: it writes nothing more and answers
+    as a standby.
+    """
 
 
 @dataclass(slots=True)

@@ -10,6 +10,9 @@ __all__ = ["MemoryStore"]
 class MemoryStore:
     """Keeps rows in memory; a new Runtime over the same instance sees them again."""
 
+    #: Writes are dictionary updates: always done on the event loop.
+    inline_writes = "always"
+
     def __init__(self) -> None:
         #: {flow_id: flow row}
         self.flows: dict[str, tuple] = {}

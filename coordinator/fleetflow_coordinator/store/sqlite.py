@@ -4,12 +4,20 @@ Durability: with ``synchronous=NORMAL`` (the default) a committed batch
 survives a crash or SIGKILL of the coordinator process; ``synchronous=FULL``
 also survives power loss, at the cost of an fsync per group commit
 (see https://www.sqlite.org/pragma.html#pragma_synchronous).
+
+File checks (issue 11): a new database is built under a temporary name and
+linked into place only once its schema is complete, so a file at the path is
+either a whole fleetflow database or not ours. An existing file that is
+empty (0 bytes), shorter than its header says, not SQLite, or SQLite without
+fleetflow's tables is refused with an error naming it: a truncated database
+never silently becomes an empty one.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 from pathlib import Path
 
 from fleetflow_coordinator.store.base import (
@@ -28,7 +36,7 @@ from fleetflow_coordinator.store.base import (
 )
 from fleetflow_coordinator.store.memory import MemoryStore
 
-__all__ = ["SqliteStore", "open_store"]
+__all__ = ["SqliteStore", "check_database_file", "open_store"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -101,15 +109,11 @@ class SqliteStore(Store):
             raise StoreError(
                 f"database folder {self.path.parent} cannot be created: {exc}"
             ) from None
+        if not self.path.exists():
+            self._create(synchronous.upper())
+        check_database_file(self.path)
+        self._db = self._connect(self.path, synchronous.upper())
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreError(f"database {self.path} cannot be opened: {exc}") from None
-        try:
-            self._db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise StoreError(f"database {self.path}: WAL mode unavailable (got {mode})")
             self._check_schema()
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -120,22 +124,76 @@ class SqliteStore(Store):
             self._db.close()
             raise
 
+    def _connect(self, path: Path, synchronous: str) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {path} cannot be opened: {exc}") from None
+        try:
+            db.execute(f"PRAGMA synchronous = {synchronous}")
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"database {path}: WAL mode unavailable (got {mode})")
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise StoreError(
+                f"database {path} is corrupt, unwritable or not a fleetflow database: {exc}"
+            ) from None
+        except StoreError:
+            db.close()
+            raise
+        return db
+
+    def _create(self, synchronous: str) -> None:
+        """Build a new database under a temporary name, then link it into place.
+
+        Only a complete database ever appears at ``self.path``; if another
+        coordinator created one meanwhile, it is used (and checked) instead.
+        """
+        tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
+        for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+        try:
+            db = self._connect(tmp, synchronous)
+            try:
+                db.execute("BEGIN")
+                for statement in _statements():
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"database {self.path} cannot be created: {exc}") from None
+            finally:
+                db.close()  # checkpoints the WAL into the file
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another coordinator created it first: use theirs
+            except OSError as exc:
+                raise StoreError(f"database {self.path} cannot be created: {exc}") from None
+        finally:
+            for leftover in (
+                tmp,
+                tmp.with_name(tmp.name + "-wal"),
+                tmp.with_name(tmp.name + "-shm"),
+            ):
+                leftover.unlink(missing_ok=True)
+
     def _check_schema(self) -> None:
         db = self._db
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if tables and "meta" not in tables:
+        if not tables:
+            raise StoreError(
+                f"database {self.path} is an SQLite file without fleetflow's tables; refusing "
+                "to start on it as an empty store (move it away, or pass another --db)"
+            )
+        if "meta" not in tables:
             raise StoreError(
                 f"database {self.path} is not a fleetflow database (tables: {sorted(tables)})"
             )
-        if not tables:
-            db.execute("BEGIN")
-            for statement in _statements():
-                db.execute(statement)
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-            db.execute("COMMIT")
-            return
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         version = int(row[0]) if row and str(row[0]).isdigit() else None
         if version is None:
@@ -161,7 +219,19 @@ class SqliteStore(Store):
             )
 
     def load(self) -> RowSnapshot:
-        """Read every stored row."""
+        """Read every stored row.
+
+        Raises:
+            StoreError: the file is corrupt or truncated (SQLite cannot read it).
+        """
+        try:
+            return self._load()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"database {self.path} cannot be read (corrupt or truncated): {exc}"
+            ) from None
+
+    def _load(self) -> RowSnapshot:
         db = self._db
         flows = db.execute(
             f"SELECT {', '.join(FLOW_COLUMNS)} FROM flows ORDER BY created_at"
@@ -230,16 +300,70 @@ class SqliteStore(Store):
         self._db.close()
 
 
+#: The first 16 bytes of every SQLite 3 database file.
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_database_file(path: Path) -> None:
+    """Refuse a file that cannot be a whole fleetflow SQLite database.
+
+    Checks, without opening it through SQLite: it is not empty, starts with
+    the SQLite header, and (when no write-ahead log holds newer pages) is at
+    least as long as the page count its header records
+    (https://www.sqlite.org/fileformat.html#the_database_header).
+
+    Raises:
+        StoreError: naming the path and what is wrong with it.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            header = f.read(100)
+    except OSError as exc:
+        raise StoreError(f"database {path} cannot be read: {exc}") from None
+    if size == 0:
+        raise StoreError(
+            f"database {path} is empty (0 bytes), perhaps truncated by a full disk; refusing "
+            "to start on it as an empty store (restore it from a backup, or delete it to "
+            "start afresh)"
+        )
+    if not header.startswith(_SQLITE_MAGIC):
+        raise StoreError(f"database {path} is not an SQLite file (not a fleetflow database)")
+    if len(header) < 100:
+        raise StoreError(f"database {path} is truncated ({size} bytes, shorter than its header)")
+    page_size = struct.unpack(">H", header[16:18])[0]
+    page_size = 65536 if page_size == 1 else page_size
+    change_counter, pages = struct.unpack(">II", header[24:32])
+    valid_for = struct.unpack(">I", header[92:96])[0]
+    wal = path.with_name(path.name + "-wal")
+    wal_has_pages = wal.exists() and wal.stat().st_size > 32
+    if pages and valid_for == change_counter and not wal_has_pages and size < pages * page_size:
+        raise StoreError(
+            f"database {path} is truncated: {size} bytes, but its header records "
+            f"{pages} pages of {page_size} bytes; restore it from a backup"
+        )
+
+
 def _statements() -> list[str]:
     return [s.strip() for s in _SCHEMA.split(";") if s.strip()]
 
 
-def open_store(db: str, *, synchronous: str = "NORMAL") -> Store:
-    """Open the store a ``--db`` value names: ``":memory:"`` or a file path.
+def open_store(db: str, *, synchronous: str = "NORMAL", leader_lease_s: float = 10.0) -> Store:
+    """Open the store a ``--db`` value names.
+
+    Args:
+        db: ``":memory:"``, a ``postgresql://`` URL, or an SQLite file path.
+        synchronous: ``"NORMAL"`` or ``"FULL"``: SQLite's ``synchronous`` pragma,
+            PostgreSQL's ``synchronous_commit`` ``off`` or ``on``.
+        leader_lease_s: The leadership lease, seconds (PostgreSQL only).
 
     Raises:
-        StoreError: see :class:`SqliteStore`.
+        StoreError: see :class:`SqliteStore` and ``PostgresStore``.
     """
     if db == ":memory:":
         return MemoryStore()
+    if db.startswith(("postgresql://", "postgres://")):
+        from fleetflow_coordinator.store.postgres import PostgresStore
+
+        return PostgresStore(db, lease_s=leader_lease_s, synchronous=synchronous)
     return SqliteStore(db, synchronous=synchronous)
