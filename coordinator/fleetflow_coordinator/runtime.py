@@ -171,6 +171,8 @@ class Runtime:
         """Write nothing more: fail every waiter now (a crash or a deposition)."""
         if self.halt_error is None:
             self.halt_error = error
+        if not isinstance(error, StoreError):  # a crashed loop: nothing more is stored
+            error = StoreError(f"the coordinator stopped writing: {error}")
         self._fail_waiters(error)
         self._commit_wake.set()
 
