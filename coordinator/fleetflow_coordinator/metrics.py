@@ -295,6 +295,13 @@ class _StateCollector(Collector):
             g.add_metric([task, shape], n)
         yield g
         yield from self._workers(core, now)
+        c = CounterMetricFamily(
+            "fleetflow_attempts_expired",
+            "Attempts the coordinator expired: no outcome within their timeout plus the grace, "
+            "although their worker may still heartbeat (each also an event naming the worker).",
+        )
+        c.add_metric([], getattr(core, "attempts_expired", 0))
+        yield c
         last_commit_s = getattr(self._rt, "last_commit_s", None)
         if last_commit_s is not None:
             g = GaugeMetricFamily(

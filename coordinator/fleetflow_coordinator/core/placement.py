@@ -243,11 +243,14 @@ class PlacementMixin:
         head.batch = batch
         worker_id = worker.worker_id
         running = worker.running
-        for tr in members[1:]:
+        timed = head.node.timeout_s > 0
+        for position, tr in enumerate(members[1:], start=2):
             args = self._resolve_args(tr)
             self._set_state(tr, TaskRunState.RUNNING)
             tr.worker_id = worker_id
             tr.leased_at = now
+            if timed:
+                self._watch_deadline(tr, now, position)
             tr.batch = batch
             running[tr.id] = tr
             self._task_event(tr, EventKind.TASK_RUN_STARTED, now, worker_id)
@@ -320,6 +323,8 @@ class PlacementMixin:
         self._set_state(tr, TaskRunState.RUNNING)
         tr.worker_id = worker.worker_id
         tr.leased_at = now
+        if tr.node.timeout_s > 0:
+            self._watch_deadline(tr, now)
         worker.running[tr.id] = tr
         self._take_slots(tr.node, +1)
         allocated = worker.allocated

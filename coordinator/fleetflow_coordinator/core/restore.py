@@ -104,6 +104,9 @@ class RestoreMixin:
         self._next_task_run_id = max(self._next_task_run_id, next_task_run_id)
         for stored in flows:
             self._restore_flow(stored)
+        for tr in self._orphans.values():  # a fresh deadline: the restart is not the worker's
+            if tr.node.timeout_s > 0:
+                self._watch_deadline(tr, now)
         self._orphans_due = now + self.lease_ttl_s
         # Judge queued task runs once workers had one TTL to reconnect; the
         # unschedulable timeout then runs from there.

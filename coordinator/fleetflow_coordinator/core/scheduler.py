@@ -94,8 +94,18 @@ class Scheduler(TransitionsMixin, PlacementMixin, UnschedulableMixin, WorkersMix
         uniform: Callable[[], float] = lambda: 0.5,
         concurrency_limits: dict[str, int] | None = None,
         unschedulable_timeout_s: float = 300.0,
+        attempt_grace_s: float | None = None,
     ) -> None:
         self.lease_ttl_s = lease_ttl_s
+        #: An attempt with a timeout that has no outcome this long after its
+        #: timeout is expired by the coordinator (default: twice the lease TTL).
+        self.attempt_grace_s = 2 * lease_ttl_s if attempt_grace_s is None else attempt_grace_s
+        #: heap of (deadline, tie-breaker, TaskRun, attempt) of running attempts
+        #: that have a timeout (see TransitionsMixin._expire_attempts)
+        self._attempt_deadlines: list[tuple[float, int, TaskRun, int]] = []
+        self._deadlines_compact_at = 4096
+        #: Attempts expired that way, in total (a metric).
+        self.attempts_expired = 0
         self.max_infra_failures = max_infra_failures
         self.max_result_bytes = max_result_bytes
         #: Returns a float in [0, 1) for retry jitter; injected (no random here).
@@ -317,7 +327,7 @@ class Scheduler(TransitionsMixin, PlacementMixin, UnschedulableMixin, WorkersMix
     # ---------------------------------------------------------------------- time
 
     def tick(self, now: float) -> None:
-        """Advance time: start due retries and expire silent workers."""
+        """Advance time: start due retries, expire overdue attempts and silent workers."""
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, tr, attempt = heapq.heappop(timers)
@@ -332,6 +342,8 @@ class Scheduler(TransitionsMixin, PlacementMixin, UnschedulableMixin, WorkersMix
                     )
         if self._flow_deadlines:
             self._expire_flows(now)
+        if self._attempt_deadlines and self._attempt_deadlines[0][0] <= now:
+            self._expire_attempts(now)
         if self._recheck_due and now >= self._recheck_due:
             self._recheck_due = 0.0
             self._recheck_unschedulable(now)

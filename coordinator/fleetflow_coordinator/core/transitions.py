@@ -58,8 +58,10 @@ class TransitionsMixin:
 
     Owns these Scheduler attributes: ``_changes``, ``_changed_flows``,
     ``_work_added``, ``_timers`` and ``_timer_seq`` (retry delays),
-    ``_next_task_run_id``, ``_flow_deadlines``, and every record's state,
-    counts and terminal flags; reads ``uniform`` and ``max_infra_failures``.
+    ``_next_task_run_id``, ``_flow_deadlines``, ``_attempt_deadlines``,
+    ``_deadlines_compact_at`` and ``attempts_expired`` (attempt deadlines), and
+    every record's state, counts and terminal flags; reads ``uniform``,
+    ``attempt_grace_s`` and ``max_infra_failures``.
     """
 
     def _expire_flows(self, now: float) -> None:
@@ -78,6 +80,49 @@ class TransitionsMixin:
             for node in flow.nodes:
                 self._cancel_node(flow, node, now)
         self._flow_deadlines = keep
+
+    def _watch_deadline(self, tr: TaskRun, now: float, position: int = 1) -> None:
+        """Expire ``tr``'s current attempt if no outcome came by its deadline.
+
+        The deadline is ``now + position * timeout + attempt_grace_s``:
+        ``position`` is the attempt's place in its batch (1 for the first),
+        since a batch's members run one after another in one slot.
+        """
+        deadline = now + position * tr.node.timeout_s + self.attempt_grace_s
+        self._timer_seq += 1
+        heap = self._attempt_deadlines
+        heapq.heappush(heap, (deadline, self._timer_seq, tr, tr.attempt))
+        if len(heap) > self._deadlines_compact_at:
+            # Entries of attempts that ended wait for their deadline to be
+            # dropped; at high rates that is many: keep only current ones.
+            heap[:] = [
+                e for e in heap if e[2].state == TaskRunState.RUNNING and e[2].attempt == e[3]
+            ]
+            heapq.heapify(heap)
+            self._deadlines_compact_at = max(4096, 2 * len(heap))
+
+    def _expire_attempts(self, now: float) -> None:
+        """Expire running attempts past their timeout plus the grace (issue #12 item 4).
+
+        The worker should have stopped the attempt at its timeout and reported
+        it; it did not, although it may still be heartbeating. That is the
+        worker's failure, not the task code's: the attempt ends like a lost
+        lease (an infrastructure failure, re-queued as a new attempt), and the
+        worker's next heartbeat is told to cancel it.
+        """
+        heap = self._attempt_deadlines
+        while heap and heap[0][0] <= now:
+            _, _, tr, attempt = heapq.heappop(heap)
+            if tr.state != TaskRunState.RUNNING or tr.attempt != attempt:
+                continue  # it ended in time
+            self.attempts_expired += 1
+            self._lose_attempt(
+                tr,
+                now,
+                f"worker {tr.worker_id} sent no outcome within the timeout of "
+                f"{tr.node.timeout_s:g} s plus {self.attempt_grace_s:g} s: "
+                "expired by the coordinator",
+            )
 
     def _cancel_node(self, flow: FlowRun, node: NodeRecord, now: float) -> int:
         if node.terminal:
