@@ -32,7 +32,10 @@ def test_compose_commands_are_real_cli_commands():
         args = [a for a in command[1:]]
         result = subprocess.run(
             [sys.executable, "-m", "fleetflow.cli", *args[:1], "--help"],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
         )
         assert result.returncode == 0, (name, result.stderr)
         for option in [a for a in args if a.startswith("--")]:
@@ -68,4 +71,3 @@ def test_compose_runs_the_fleet_with_tls_and_tokens_from_mounted_secrets():
     assert "pki" not in dockerfile and "token" not in dockerfile.lower()
     assert "pki/" in (ROOT / ".dockerignore").read_text().split()
     assert "/run/secrets/ca" in " ".join(services["coordinator"]["healthcheck"]["test"])
-
