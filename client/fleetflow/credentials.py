@@ -123,29 +123,50 @@ class Credentials:
         """Channel options these credentials need (the certificate name override)."""
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
-    def channel_credentials(self, address: str) -> grpc.ChannelCredentials | None:
-        """The channel credentials for ``address``; None for a plain channel.
+    def channel_credentials(
+        self, address: str, *, with_token: bool = True
+    ) -> grpc.ChannelCredentials | None:
+        """The channel credentials for ``address``; None for a plain channel without token.
 
-        The token is not part of them: it travels as call metadata added by an
-        interceptor (:meth:`aio_channel`, :meth:`channel`), which costs far
-        less per call than gRPC's call-credentials plugin (a thread hop each).
+        Args:
+            address: ``HOST:PORT`` the channel will dial (a token goes in
+                plaintext only to loopback).
+            with_token: Include the token as gRPC call credentials. That plugin
+                costs a thread hop on every call; :meth:`aio_channel` and
+                :meth:`channel` pass ``False`` and add the token with
+                :meth:`aio_interceptors` / :meth:`interceptor` instead, which
+                is as cheap as no token (benchmarks/RESULTS.md).
 
         Raises:
             CredentialsError: a file cannot be read, or a token would travel
                 in plaintext beyond loopback.
         """
+        token = self.token if with_token else None
+        call = grpc.access_token_call_credentials(token) if token else None
         if self.uses_tls:
-            return grpc.ssl_channel_credentials(
+            channel = grpc.ssl_channel_credentials(
                 root_certificates=_read("--tls-ca", self.tls_ca) if self.tls_ca else None,
                 private_key=_read("--tls-key", self.tls_key) if self.tls_key else None,
                 certificate_chain=_read("--tls-cert", self.tls_cert) if self.tls_cert else None,
             )
+            return grpc.composite_channel_credentials(channel, call) if call else channel
         if self.token and not _loopback(address):
             raise CredentialsError(
                 f"a token is sent only over TLS, and {address} is not loopback: "
                 "give the coordinator's CA bundle with --tls-ca (or FLEETFLOW_TLS_CA)"
             )
-        return None
+        if call is None:
+            return None
+        local = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+        return grpc.composite_channel_credentials(local, call)
+
+    def aio_interceptors(self) -> list[grpc.aio.ClientInterceptor]:
+        """Interceptors that add the token to every call of an asyncio channel ([] without)."""
+        return _aio_token_interceptors(self.token) if self.token else []
+
+    def interceptor(self) -> grpc.UnaryUnaryClientInterceptor | None:
+        """An interceptor that adds the token to every call of a blocking channel, or None."""
+        return _TokenInterceptor(self.token) if self.token else None
 
     def aio_channel(
         self, address: str, options: Sequence[tuple[str, Any]] = ()
@@ -155,9 +176,9 @@ class Credentials:
         Raises:
             CredentialsError: see :meth:`channel_credentials`.
         """
-        creds = self.channel_credentials(address)
+        creds = self.channel_credentials(address, with_token=False)
         opts = [*options, *self.options()]
-        interceptors = _aio_token_interceptors(self.token) if self.token else None
+        interceptors = self.aio_interceptors() or None
         if creds is None:
             return grpc.aio.insecure_channel(address, options=opts, interceptors=interceptors)
         return grpc.aio.secure_channel(address, creds, options=opts, interceptors=interceptors)
@@ -168,7 +189,7 @@ class Credentials:
         Raises:
             CredentialsError: see :meth:`channel_credentials`.
         """
-        creds = self.channel_credentials(address)
+        creds = self.channel_credentials(address, with_token=False)
         opts = [*options, *self.options()]
         if creds is None:
             channel = grpc.insecure_channel(address, options=opts)

@@ -278,3 +278,25 @@ async def test_a_token_added_to_the_auth_file_works_without_a_restart(pki, tmp_p
                     await asyncio.sleep(0.1)
             else:
                 pytest.fail("the new token was not accepted within 4 s")
+
+
+async def test_both_ways_of_sending_a_token_work(pki):
+    """aio_channel adds it by interceptor; channel_credentials() carries it as call credentials."""
+    credentials = pki.credentials("viewer")
+    async with secure_coordinator(pki) as (_, address):
+        async with credentials.aio_channel(address) as channel:
+            await cs_grpc.CoordinatorServiceStub(channel).ListWorkers(
+                cs.ListWorkersRequest(), timeout=5
+            )
+        creds = credentials.channel_credentials(address)
+        async with grpc.aio.secure_channel(address, creds) as channel:
+            await cs_grpc.CoordinatorServiceStub(channel).ListWorkers(
+                cs.ListWorkersRequest(), timeout=5
+            )
+
+        def blocking() -> None:  # the server runs on this test's loop: call from a thread
+            with credentials.channel(address) as channel:
+                stub = cs_grpc.CoordinatorServiceStub(channel)
+                stub.ListWorkers(cs.ListWorkersRequest(), timeout=5)
+
+        await asyncio.to_thread(blocking)
