@@ -20,6 +20,7 @@ Define tasks and flows here, submit them with :class:`Client` (or
 from fleetflow._client import (
     AsyncClient,
     AsyncFlowRunHandle,
+    Backoff,
     Client,
     FlowRunHandle,
     FlowRunInfo,
@@ -52,6 +53,7 @@ __all__ = [
     "Credentials",
     "CredentialsError",
     "AsyncFlowRunHandle",
+    "Backoff",
     "Client",
     "FlowRunHandle",
     "FlowRunInfo",

@@ -1,0 +1,382 @@
+"""The asyncio client of the coordinator; every call lives here, once.
+
+:class:`~fleetflow.Client` is a blocking facade over :class:`AsyncClient`
+(see ``_client.py``), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import grpc
+
+from fleetflow._codec import (
+    LONG_POLL_GRACE_S,
+    decode_outcome,
+    get_request,
+    new_events,
+    poll_done,
+    poll_wait_s,
+    submit_request,
+)
+from fleetflow._connection import RPC_TIMEOUT_S, Connection
+from fleetflow._handles import AsyncFlowRunHandle
+from fleetflow._info import FlowRunInfo, WorkerInfo, flow_state_name
+from fleetflow._retry import Backoff, RetryBudget, deadline_after
+from fleetflow._stats import FlowRunStats
+from fleetflow._task import Flow
+from fleetflow._taskruns import DemandInfo, TaskRunInfo
+from fleetflow._transport import AioTransport, BlockingTransport
+from fleetflow.api.v1 import common_pb2
+from fleetflow.api.v1 import coordinator_service_pb2 as pb
+from fleetflow.credentials import Credentials
+from fleetflow.errors import RPCError
+from fleetflow.events import FlowEvent
+
+__all__ = ["AsyncClient", "DEFAULT_ADDRESS"]
+
+R = TypeVar("R")
+
+#: Address a client connects to when given none.
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+class AsyncClient:
+    """asyncio client of a coordinator.
+
+    The channel is opened on first use, inside the running event loop. Every
+    RPC that fails with ``UNAVAILABLE`` is retried with exponential backoff and
+    jitter (see :class:`~fleetflow.Backoff`), so a coordinator restart is
+    invisible to callers as long as it comes back within the budget.
+
+    Example::
+
+        async with AsyncClient("127.0.0.1:50051") as client:
+            run = await client.submit(my_flow, n=10)
+            async for event in run.events():
+                print(event.kind)
+            print(await run.result())
+
+    Args:
+        address: The coordinator's ``host:port``.
+        backoff: Retry policy for ``UNAVAILABLE``; default :class:`Backoff()`.
+        credentials: TLS and token; default from ``FLEETFLOW_TLS_CA``,
+            ``FLEETFLOW_TOKEN`` and the like (:class:`~fleetflow.credentials.Credentials`).
+
+    Raises:
+        fleetflow.credentials.CredentialsError: a credential file is unusable,
+            or a token would travel in plaintext beyond loopback.
+    """
+
+    #: How this client's calls reach gRPC; ``Client`` uses a blocking one.
+    _transport: type[AioTransport] | type[BlockingTransport] = AioTransport
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        backoff: Backoff | None = None,
+        credentials: Credentials | None = None,
+    ) -> None:
+        self.address = address
+        self._conn = Connection(
+            address,
+            transport=self._transport(),
+            backoff=backoff or Backoff(),
+            rng=random.Random(),
+            credentials=credentials or Credentials.from_options(),
+        )
+
+    @property
+    def credentials(self) -> Credentials:
+        """The TLS and token settings of this client's channels."""
+        return self._conn.credentials
+
+    def __repr__(self) -> str:
+        return f"<AsyncClient {self.address}>"
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight end with an error, later calls raise ValueError."""
+        await self._conn.close()
+
+    async def submit(
+        self,
+        flow: Flow[..., R] | common_pb2.FlowSpec,
+        *args: Any,
+        idempotency_key: str | None = None,
+        priority: int = 0,
+        **params: Any,
+    ) -> AsyncFlowRunHandle[R]:
+        """Record ``flow`` with these parameters and submit it.
+
+        Args:
+            flow: A ``@flow`` function (or a ``FlowSpec`` built before).
+            *args: Positional flow parameters.
+            idempotency_key: Resubmitting with the same key returns the same
+                flow run. A random key is used when omitted, so that retries
+                of this call never start a second run.
+            priority: Higher is leased first among ready task runs (default 0).
+            **params: Keyword flow parameters.
+
+        Returns:
+            A handle on the new (or matched) flow run.
+
+        Raises:
+            TypeError: the parameters do not fit the flow (raised while recording).
+            InvalidFlowError: the coordinator rejected the flow graph.
+            RPCError: the coordinator failed otherwise or stayed unavailable.
+        """
+        request = submit_request(flow, args, params, idempotency_key, priority)
+        response = await self._conn.unary("SubmitFlowRun", request)
+        return AsyncFlowRunHandle(self, response.flow_run_id, response.created)
+
+    def handle(self, flow_run_id: str) -> AsyncFlowRunHandle[Any]:
+        """A handle on an existing flow run (not checked until used)."""
+        return AsyncFlowRunHandle(self, flow_run_id, created=False)
+
+    async def get(self, flow_run_id: str, *, wait_s: float = 0.0) -> FlowRunInfo:
+        """Fetch a flow run's state and task run counts.
+
+        Args:
+            flow_run_id: The flow run.
+            wait_s: Long poll: answer once the run has ended or after this
+                many seconds, whichever comes first. Default 0 (at once).
+
+        Raises:
+            FlowRunNotFound: no flow run has this id.
+            RPCError: the coordinator failed or stayed unavailable.
+        """
+        request = get_request(flow_run_id, include_result=False, wait_s=wait_s)
+        response = await self._conn.unary(
+            "GetFlowRun",
+            request,
+            flow_run_id=flow_run_id,
+            timeout_s=wait_s + LONG_POLL_GRACE_S if wait_s else RPC_TIMEOUT_S,
+        )
+        return FlowRunInfo.from_proto(response.info)
+
+    async def list_flow_runs(self) -> list[FlowRunInfo]:
+        """All flow runs the coordinator knows, in its order.
+
+        Raises:
+            RPCError: the coordinator failed or stayed unavailable.
+        """
+        response = await self._conn.unary("ListFlowRuns", pb.ListFlowRunsRequest())
+        return [FlowRunInfo.from_proto(info) for info in response.flow_runs]
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The workers connected to the coordinator now.
+
+        Raises:
+            RPCError: the coordinator failed or stayed unavailable.
+        """
+        response = await self._conn.unary("ListWorkers", pb.ListWorkersRequest())
+        return [WorkerInfo.from_proto(info) for info in response.workers]
+
+    async def cancel(self, flow_run_id: str) -> int:
+        """Cancel a flow run; nothing new starts once this returns.
+
+        Returns:
+            How many task runs were cancelled.
+
+        Raises:
+            FlowRunNotFound: no such flow run.
+            RPCError: the coordinator failed or stayed unavailable.
+        """
+        request = pb.CancelFlowRunRequest(flow_run_id=flow_run_id)
+        response = await self._conn.unary("CancelFlowRun", request, flow_run_id=flow_run_id)
+        return response.cancelled
+
+    async def cancel_task_run(self, task_run_id: int) -> int:
+        """Cancel one task run; its dependents end UPSTREAM_FAILED. Returns 1 or 0.
+
+        Raises:
+            RPCError: the coordinator failed or stayed unavailable.
+        """
+        request = pb.CancelTaskRunRequest(task_run_id=task_run_id)
+        return (await self._conn.unary("CancelTaskRun", request)).cancelled
+
+    async def get_task_run(self, task_run_id: int) -> TaskRunInfo:
+        """One task run with its attempt history (worker, times, outcome, error).
+
+        Raises:
+            RPCError: no such task run (NOT_FOUND), or the coordinator failed.
+        """
+        request = pb.GetTaskRunRequest(task_run_id=task_run_id)
+        return TaskRunInfo.from_proto(await self._conn.unary("GetTaskRun", request))
+
+    async def get_flow_run_stats(self, flow_run_id: str) -> FlowRunStats:
+        """Measured usage per task against its request (with advice), and time per state.
+
+        Raises:
+            FlowRunNotFound: no flow run has this id.
+            RPCError: the coordinator failed or stayed unavailable.
+        """
+        request = pb.GetFlowRunStatsRequest(flow_run_id=flow_run_id)
+        response = await self._conn.unary("GetFlowRunStats", request, flow_run_id=flow_run_id)
+        return FlowRunStats.from_proto(response)
+
+    async def set_concurrency_limit(self, tag: str, limit: int | None) -> None:
+        """Allow at most ``limit`` task runs tagged ``tag`` at once (None removes it).
+
+        Raises:
+            RPCError: the coordinator rejected it or failed.
+        """
+        request = pb.SetConcurrencyLimitRequest(tag=tag, limit=-1 if limit is None else limit)
+        await self._conn.unary("SetConcurrencyLimit", request)
+
+    async def demand(self) -> list[DemandInfo]:
+        """Queued demand per worker pool and resource shape (what an autoscaler adds).
+
+        Raises:
+            RPCError: the coordinator failed or stayed unavailable.
+        """
+        response = await self._conn.unary("GetDemand", pb.GetDemandRequest())
+        return [DemandInfo.from_proto(d) for d in response.demand]
+
+    async def prune(self, older_than_s: float) -> list[str]:
+        """Delete finished flow runs that ended more than ``older_than_s`` seconds ago.
+
+        Returns:
+            The ids of the flow runs deleted.
+
+        Raises:
+            RPCError: the coordinator failed or stayed unavailable.
+        """
+        request = pb.PruneFlowRunsRequest(older_than_seconds=older_than_s)
+        return list((await self._conn.unary("PruneFlowRuns", request)).pruned_flow_run_ids)
+
+    async def _poll_until_ended(
+        self, flow_run_id: str, timeout: float | None, *, include_result: bool
+    ) -> pb.GetFlowRunResponse:
+        deadline = deadline_after(timeout)
+        while True:
+            wait_s = poll_wait_s(deadline)
+            started = time.monotonic()
+            response = await self._conn.unary(
+                "GetFlowRun",
+                get_request(flow_run_id, include_result=include_result, wait_s=wait_s),
+                flow_run_id=flow_run_id,
+                deadline=deadline,
+                timeout_s=wait_s + LONG_POLL_GRACE_S,
+            )
+            pause = poll_done(response, flow_run_id, deadline, time.monotonic() - started)
+            if pause is None:
+                return response
+            await self._conn.sleep(pause)
+
+    async def wait(self, flow_run_id: str, timeout: float | None = None) -> str:
+        """Wait until a flow run ends.
+
+        Args:
+            flow_run_id: The flow run.
+            timeout: Give up after this many seconds; None waits forever.
+
+        Returns:
+            The final state: ``"COMPLETED"``, ``"FAILED"`` or ``"CANCELLED"``.
+
+        Raises:
+            TimeoutError: the run did not end within ``timeout``.
+            FlowRunNotFound: no flow run has this id.
+            RPCError: the coordinator failed or stayed unavailable.
+        """
+        response = await self._poll_until_ended(flow_run_id, timeout, include_result=False)
+        return flow_state_name(response.info.state)
+
+    async def result(self, flow_run_id: str, timeout: float | None = None) -> Any:
+        """Wait until a flow run ends and return its result.
+
+        Args:
+            flow_run_id: The flow run.
+            timeout: Give up after this many seconds; None waits forever.
+
+        Returns:
+            The flow's return value (a map output is a list, in input order).
+
+        Raises:
+            Exception: the flow run failed: its first task failure, re-raised
+                as the original exception type with the remote traceback as a
+                note (or :class:`~fleetflow.RemoteTaskError` when that type
+                cannot be unpickled here).
+            FlowRunFailed: the flow run failed without a task error.
+            FlowRunCancelled: the flow run was cancelled.
+            TimeoutError: the run did not end within ``timeout``.
+            FlowRunNotFound: no flow run has this id.
+            RPCError: the coordinator failed or stayed unavailable.
+        """
+        response = await self._poll_until_ended(flow_run_id, timeout, include_result=True)
+        return decode_outcome(response)
+
+    async def watch(self, flow_run_id: str, after_seq: int = 0) -> AsyncIterator[FlowEvent]:
+        """Iterate over a flow run's events, live, until its terminal event.
+
+        The stream reconnects by itself when the coordinator is unavailable,
+        resuming after the last event it yielded, so no event is lost or
+        repeated.
+
+        Args:
+            flow_run_id: The flow run.
+            after_seq: Start after this event ``seq``; 0 replays from the start.
+
+        Yields:
+            Events in ``seq`` order; the last one is terminal.
+
+        Raises:
+            FlowRunNotFound: no flow run has this id.
+            RPCError: the coordinator failed or stayed unavailable.
+        """
+        async for batch in self._watch_batches(flow_run_id, after_seq):
+            for event in batch:
+                yield event
+
+    async def _watch_batches(
+        self, flow_run_id: str, after_seq: int
+    ) -> AsyncIterator[list[FlowEvent]]:
+        """:meth:`watch` a batch at a time (what the blocking facade pulls per hop)."""
+        last_seq = after_seq
+        budget = RetryBudget(self._conn.backoff, None, self._conn.rng)
+        while True:
+            request = pb.WatchFlowRunRequest(flow_run_id=flow_run_id, after_seq=last_seq)
+            call = self._conn.stream("WatchFlowRun", request)
+            failure: grpc.RpcError | None = None
+            try:
+                async for response in call:
+                    budget.reset()
+                    batch = new_events(response, last_seq)
+                    for i, event in enumerate(batch):
+                        if event.is_terminal:
+                            del batch[i + 1 :]
+                            break
+                    if batch:
+                        last_seq = batch[-1].seq
+                        yield batch
+                        if batch[-1].is_terminal:
+                            return
+            except grpc.RpcError as exc:
+                failure = exc
+            finally:
+                call.cancel()
+            code = failure.code() if failure is not None else _UNAVAILABLE  # type: ignore[attr-defined]
+            delay = budget.delay_s(code)
+            if delay is None:
+                if failure is None:
+                    raise _stream_ended(flow_run_id)
+                raise budget.error(failure, flow_run_id) from failure
+            await self._conn.sleep(delay)
+
+
+def _stream_ended(flow_run_id: str) -> RPCError:
+    return RPCError(
+        "UNAVAILABLE", f"the event stream of flow run {flow_run_id} ended before its last event"
+    )
