@@ -133,11 +133,15 @@ def test_frozen_worker_late_result_is_rejected(fleet, tmp_path):
 
 def _events(client, flow_run_id):
     """Every stored event, including those after the terminal one (raw stream)."""
+    import grpc
     from fleetflow.api.v1 import coordinator_service_pb2 as pb
+    from fleetflow.api.v1 import coordinator_service_pb2_grpc as pb_grpc
     from fleetflow.events import FlowEvent
 
-    stream = client._stub.WatchFlowRun(pb.WatchFlowRunRequest(flow_run_id=flow_run_id), timeout=10)
-    return [FlowEvent.from_proto(e) for batch in stream for e in batch.events]
+    with grpc.insecure_channel(client.address) as channel:
+        stub = pb_grpc.CoordinatorServiceStub(channel)
+        stream = stub.WatchFlowRun(pb.WatchFlowRunRequest(flow_run_id=flow_run_id), timeout=10)
+        return [FlowEvent.from_proto(e) for batch in stream for e in batch.events]
 
 
 def test_watchers_resume_across_a_restart_without_gaps_or_duplicates(fleet, tmp_path):

@@ -151,10 +151,8 @@ def test_invalid_flow_is_rejected_whole_and_the_coordinator_carries_on(fleet):
     spec.nodes[0].resources.amounts["cpu"] = -1.0
     address = _fleet_of_two(fleet)
     with Client(address) as client:
-        from fleetflow.api.v1 import coordinator_service_pb2 as pb
-
         with pytest.raises(InvalidFlowError, match=r"nodes\[0\] \(noop\)\.resources\['cpu'\]"):
-            client._call(client._stub.SubmitFlowRun, pb.SubmitFlowRunRequest(spec=spec))
+            client.submit(spec)
         assert client.list_flow_runs() == []
 
 

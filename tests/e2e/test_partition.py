@@ -309,24 +309,31 @@ def _events(client: Client, flow_run_id: str) -> list:
     (and recorded) after the flow run has ended, so this reads the raw stream,
     which the coordinator ends once it has sent every stored event.
     """
+    import grpc
     from fleetflow.api.v1 import coordinator_service_pb2 as pb
+    from fleetflow.api.v1 import coordinator_service_pb2_grpc as pb_grpc
     from fleetflow.events import FlowEvent
 
-    stream = client._stub.WatchFlowRun(pb.WatchFlowRunRequest(flow_run_id=flow_run_id), timeout=10)
-    return [FlowEvent.from_proto(e) for batch in stream for e in batch.events]
+    with grpc.insecure_channel(client.address) as channel:
+        stub = pb_grpc.CoordinatorServiceStub(channel)
+        stream = stub.WatchFlowRun(pb.WatchFlowRunRequest(flow_run_id=flow_run_id), timeout=10)
+        return [FlowEvent.from_proto(e) for batch in stream for e in batch.events]
 
 
 def _events_so_far(client: Client, flow_run_id: str, wait_s: float = 1.0) -> list:
     """The stored events of a flow run that may still be running (the stream blocks)."""
     import grpc
     from fleetflow.api.v1 import coordinator_service_pb2 as pb
+    from fleetflow.api.v1 import coordinator_service_pb2_grpc as pb_grpc
     from fleetflow.events import FlowEvent
 
     request = pb.WatchFlowRunRequest(flow_run_id=flow_run_id)
     events = []
     try:
-        for batch in client._stub.WatchFlowRun(request, timeout=wait_s):
-            events += [FlowEvent.from_proto(e) for e in batch.events]
+        with grpc.insecure_channel(client.address) as channel:
+            stub = pb_grpc.CoordinatorServiceStub(channel)
+            for batch in stub.WatchFlowRun(request, timeout=wait_s):
+                events += [FlowEvent.from_proto(e) for e in batch.events]
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
             raise

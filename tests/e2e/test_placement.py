@@ -102,13 +102,19 @@ def _env() -> dict[str, str]:
 
 
 def _all_events(client, flow_run_id):
-    stream = client._stub.WatchFlowRun(pb.WatchFlowRunRequest(flow_run_id=flow_run_id), timeout=2)
+    import grpc
+    from fleetflow.api.v1 import coordinator_service_pb2_grpc as pb_grpc
+
     out = []
-    try:
-        for batch in stream:
-            out.extend(batch.events)
-    except Exception:  # noqa: BLE001 - the deadline ends a stream of a running flow run
-        pass
+    with grpc.insecure_channel(client.address) as channel:
+        stream = pb_grpc.CoordinatorServiceStub(channel).WatchFlowRun(
+            pb.WatchFlowRunRequest(flow_run_id=flow_run_id), timeout=2
+        )
+        try:
+            for batch in stream:
+                out.extend(batch.events)
+        except Exception:  # noqa: BLE001 - the deadline ends a stream of a running flow run
+            pass
     from fleetflow.events import FlowEvent
 
     return [FlowEvent.from_proto(e) for e in out]
@@ -205,4 +211,4 @@ def test_rejected_quantities_fail_in_client_worker_and_coordinator(text, fleet):
         spec.nodes[0].resources.amounts["memory"] = float(text)
         with Client(address) as client:
             with pytest.raises(Exception, match=r"resources\['memory'\]"):
-                client._call(client._stub.SubmitFlowRun, pb.SubmitFlowRunRequest(spec=spec))
+                client.submit(spec)
