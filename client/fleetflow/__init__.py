@@ -24,6 +24,7 @@ from fleetflow._client import (
     Client,
     FlowRunHandle,
     FlowRunInfo,
+    KeepAlive,
     TaskCounts,
     WorkerInfo,
 )
@@ -33,14 +34,18 @@ from fleetflow._task import Flow, Task, TaskFuture, flow, task, unmapped
 from fleetflow._taskruns import AttemptInfo, TaskRunInfo
 from fleetflow.credentials import Credentials, CredentialsError
 from fleetflow.errors import (
+    ConnectFailure,
+    CoordinatorUnreachable,
     FleetflowError,
     FlowRunCancelled,
     FlowRunFailed,
     FlowRunNotFound,
+    InvalidAddressError,
     InvalidFlowError,
     NonRetryableError,
     Retry,
     RPCError,
+    WatchInterrupted,
 )
 from fleetflow.events import FlowEvent, TaskErrorInfo
 from fleetflow.resources import InvalidResourceError, parse_quantity, parse_resources
@@ -57,6 +62,7 @@ __all__ = [
     "Client",
     "FlowRunHandle",
     "FlowRunInfo",
+    "KeepAlive",
     "TaskCounts",
     "WorkerInfo",
     "FlowEvent",
@@ -67,12 +73,16 @@ __all__ = [
     "flow",
     "task",
     "unmapped",
+    "ConnectFailure",
+    "CoordinatorUnreachable",
     "FleetflowError",
     "FlowRunCancelled",
     "FlowRunFailed",
     "FlowRunNotFound",
+    "InvalidAddressError",
     "InvalidFlowError",
     "RPCError",
+    "WatchInterrupted",
     "Retry",
     "NonRetryableError",
     "TaskRunInfo",

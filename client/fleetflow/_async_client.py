@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -22,7 +23,13 @@ from fleetflow._codec import (
     poll_wait_s,
     submit_request,
 )
-from fleetflow._connection import RPC_TIMEOUT_S, Connection
+from fleetflow._connection import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    RPC_TIMEOUT_S,
+    Connection,
+    KeepAlive,
+    client_log,
+)
 from fleetflow._handles import AsyncFlowRunHandle
 from fleetflow._info import FlowRunInfo, WorkerInfo, flow_state_name
 from fleetflow._retry import Backoff, RetryBudget, deadline_after
@@ -30,13 +37,15 @@ from fleetflow._stats import FlowRunStats
 from fleetflow._task import Flow
 from fleetflow._taskruns import DemandInfo, TaskRunInfo
 from fleetflow._transport import AioTransport, BlockingTransport
+from fleetflow.addresses import Address, parse_addresses
 from fleetflow.api.v1 import common_pb2
 from fleetflow.api.v1 import coordinator_service_pb2 as pb
 from fleetflow.credentials import Credentials
-from fleetflow.errors import RPCError
+from fleetflow.errors import CoordinatorUnreachable, RPCError, WatchInterrupted
 from fleetflow.events import FlowEvent
 
 __all__ = ["AsyncClient", "DEFAULT_ADDRESS"]
+
 
 R = TypeVar("R")
 
@@ -49,10 +58,17 @@ _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 class AsyncClient:
     """asyncio client of a coordinator.
 
-    The channel is opened on first use, inside the running event loop. Every
-    RPC that fails with ``UNAVAILABLE`` is retried with exponential backoff and
-    jitter (see :class:`~fleetflow.Backoff`), so a coordinator restart is
-    invisible to callers as long as it comes back within the budget.
+    Channels are opened on first use, inside the running event loop. Every
+    call has a deadline (60 s; a long poll gets its wait plus 10 s; a caller's
+    timeout, when shorter, wins). Connecting is bounded: a client that never
+    reached the coordinator raises :class:`~fleetflow.CoordinatorUnreachable`
+    after ``connect_timeout_s``, naming each address and whether it was
+    refused, unresolvable or silent. Once connected, calls that fail with
+    ``UNAVAILABLE`` (a restart, a lost connection, a standby) are retried with
+    exponential backoff and jitter for up to ``backoff.give_up_s`` (see
+    :class:`~fleetflow.Backoff`), so a coordinator restart is invisible to
+    callers as long as it comes back within that budget. Keepalive pings
+    notice a dead or frozen coordinator within ``keepalive.bound_s``.
 
     Example::
 
@@ -63,12 +79,21 @@ class AsyncClient:
             print(await run.result())
 
     Args:
-        address: The coordinator's ``host:port``.
+        address: The coordinator's ``HOST:PORT``; several coordinators (an
+            active one and standbys) as ``"A:P,B:P"`` or a list. A DNS name
+            that resolves to several addresses counts as all of them. The
+            rules are :func:`fleetflow.addresses.parse_addresses`'.
         backoff: Retry policy for ``UNAVAILABLE``; default :class:`Backoff()`.
+        connect_timeout_s: How long a client that never reached a coordinator
+            tries to connect before raising, seconds. Default 10.
+        keepalive: Keepalive pings; default :class:`KeepAlive()` (a dead or
+            frozen coordinator is noticed within 20 s).
         credentials: TLS and token; default from ``FLEETFLOW_TLS_CA``,
             ``FLEETFLOW_TOKEN`` and the like (:class:`~fleetflow.credentials.Credentials`).
 
     Raises:
+        InvalidAddressError: ``address`` is not ``HOST:PORT`` (or a list of them).
+        ValueError: ``connect_timeout_s`` is not a positive number of seconds.
         fleetflow.credentials.CredentialsError: a credential file is unusable,
             or a token would travel in plaintext beyond loopback.
     """
@@ -78,19 +103,32 @@ class AsyncClient:
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | Sequence[str] = DEFAULT_ADDRESS,
         *,
         backoff: Backoff | None = None,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        keepalive: KeepAlive | None = None,
         credentials: Credentials | None = None,
     ) -> None:
-        self.address = address
+        if not (isinstance(connect_timeout_s, int | float) and 0 < connect_timeout_s < math.inf):
+            raise ValueError(
+                f"connect_timeout_s must be a positive number of seconds, got {connect_timeout_s!r}"
+            )
+        self.address = address if isinstance(address, str) else ",".join(address)
         self._conn = Connection(
-            address,
+            parse_addresses(address),
             transport=self._transport(),
             backoff=backoff or Backoff(),
             rng=random.Random(),
+            connect_timeout_s=float(connect_timeout_s),
+            keepalive=keepalive,
             credentials=credentials or Credentials.from_options(),
         )
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        """The coordinator addresses, parsed, in order of preference."""
+        return self._conn.addresses
 
     @property
     def credentials(self) -> Credentials:
@@ -321,9 +359,10 @@ class AsyncClient:
     async def watch(self, flow_run_id: str, after_seq: int = 0) -> AsyncIterator[FlowEvent]:
         """Iterate over a flow run's events, live, until its terminal event.
 
-        The stream reconnects by itself when the coordinator is unavailable,
-        resuming after the last event it yielded, so no event is lost or
-        repeated.
+        A lost stream (the coordinator restarted, went away, or froze: keepalive
+        notices within ``keepalive.bound_s``) reconnects by itself, also to
+        another of several coordinators, resuming after the last event it
+        yielded, so no event is lost or repeated.
 
         Args:
             flow_run_id: The flow run.
@@ -334,7 +373,12 @@ class AsyncClient:
 
         Raises:
             FlowRunNotFound: no flow run has this id.
-            RPCError: the coordinator failed or stayed unavailable.
+            WatchInterrupted: the stream was lost and the coordinator stayed
+                unreachable (or answered ``UNAVAILABLE``) past the retry budget
+                (``backoff.give_up_s``, 30 s, from the loss); every event up to
+                its ``last_seq`` was delivered once, and ``watch(flow_run_id,
+                after_seq=exc.last_seq)`` resumes.
+            RPCError: the coordinator failed otherwise.
         """
         async for batch in self._watch_batches(flow_run_id, after_seq):
             for event in batch:
@@ -343,16 +387,25 @@ class AsyncClient:
     async def _watch_batches(
         self, flow_run_id: str, after_seq: int
     ) -> AsyncIterator[list[FlowEvent]]:
-        """:meth:`watch` a batch at a time (what the blocking facade pulls per hop)."""
+        """:meth:`watch` a batch at a time (what the blocking facade pulls per step)."""
         last_seq = after_seq
         budget = RetryBudget(self._conn.backoff, None, self._conn.rng)
+        interrupted = False
         while True:
             request = pb.WatchFlowRunRequest(flow_run_id=flow_run_id, after_seq=last_seq)
-            call = self._conn.stream("WatchFlowRun", request)
+            try:
+                endpoint, call = await self._conn.open_stream("WatchFlowRun", request, budget)
+            except CoordinatorUnreachable as exc:
+                raise WatchInterrupted(flow_run_id, last_seq, exc.details) from exc
             failure: grpc.RpcError | None = None
             try:
                 async for response in call:
                     budget.reset()
+                    if interrupted:
+                        interrupted = False
+                        client_log().info(
+                            "watch_resumed", flow_run_id=flow_run_id, after_seq=last_seq
+                        )
                     batch = new_events(response, last_seq)
                     for i, event in enumerate(batch):
                         if event.is_terminal:
@@ -368,15 +421,30 @@ class AsyncClient:
             finally:
                 call.cancel()
             code = failure.code() if failure is not None else _UNAVAILABLE  # type: ignore[attr-defined]
+            details = failure.details() if failure is not None else "the stream ended early"  # type: ignore[attr-defined]
+            if code is _UNAVAILABLE:
+                self._conn.lost(endpoint, details or "")
+                if not interrupted:
+                    interrupted = True
+                    client_log().warning(
+                        "watch_interrupted",
+                        flow_run_id=flow_run_id,
+                        last_seq=last_seq,
+                        address=endpoint.label,
+                        details=details,
+                    )
             delay = budget.delay_s(code)
             if delay is None:
                 if failure is None:
-                    raise _stream_ended(flow_run_id)
-                raise budget.error(failure, flow_run_id) from failure
+                    raise _stream_ended(flow_run_id, last_seq)
+                error = budget.error(failure, flow_run_id)
+                if code is _UNAVAILABLE and isinstance(error, RPCError):
+                    raise WatchInterrupted(flow_run_id, last_seq, error.details) from failure
+                raise error from failure
             await self._conn.sleep(delay)
 
 
-def _stream_ended(flow_run_id: str) -> RPCError:
-    return RPCError(
-        "UNAVAILABLE", f"the event stream of flow run {flow_run_id} ended before its last event"
+def _stream_ended(flow_run_id: str, last_seq: int) -> WatchInterrupted:
+    return WatchInterrupted(
+        flow_run_id, last_seq, "the event stream kept ending before the flow run's last event"
     )

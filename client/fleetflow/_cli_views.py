@@ -23,6 +23,7 @@ from rich.text import Text
 from fleetflow._cli_credentials import credential_options
 from fleetflow._client import DEFAULT_ADDRESS, Client, FlowRunInfo, TaskCounts, WorkerInfo
 from fleetflow._stats import FlowRunStats, TaskUsage
+from fleetflow.addresses import InvalidAddressError, format_addresses, parse_addresses
 from fleetflow.errors import FleetflowError, FlowRunCancelled, FlowRunFailed, RPCError
 from fleetflow.serde import RemoteTaskError
 
@@ -44,8 +45,21 @@ WATCH_INTERVAL_S = 0.2
 MAX_TASK_BARS = 30
 
 
+def check_coordinator(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: refuse a ``--coordinator`` that is not ``HOST:PORT[,HOST:PORT...]``."""
+    if value is None:
+        return None
+    try:
+        return format_addresses(parse_addresses(value))
+    except InvalidAddressError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 def coordinator_option(fn: Any) -> Any:
-    """The ``--coordinator HOST:PORT`` option every client command takes (and credentials)."""
+    """The ``--coordinator HOST:PORT[,HOST:PORT...]`` option every client command takes.
+
+    With it come the credential options (``--tls-ca`` and the like).
+    """
     return credential_options(
         click.option(
             "--coordinator",
@@ -54,7 +68,11 @@ def coordinator_option(fn: Any) -> Any:
             default=DEFAULT_ADDRESS,
             show_default=True,
             metavar="HOST:PORT",
-            help="Coordinator address HOST:PORT (or set FLEETFLOW_COORDINATOR).",
+            callback=check_coordinator,
+            help=(
+                "Coordinator address HOST:PORT, or several (active and standbys) as "
+                "A:PORT,B:PORT (or set FLEETFLOW_COORDINATOR)."
+            ),
         )(fn)
     )
 

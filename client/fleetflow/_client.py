@@ -15,11 +15,11 @@ expose the same methods with the same signatures.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 from fleetflow._async_client import DEFAULT_ADDRESS, AsyncClient
-from fleetflow._connection import MAX_MESSAGE_BYTES
+from fleetflow._connection import DEFAULT_CONNECT_TIMEOUT_S, MAX_MESSAGE_BYTES, KeepAlive
 from fleetflow._handles import AsyncFlowRunHandle, FlowRunHandle
 from fleetflow._info import FlowRunInfo, TaskCounts, WorkerInfo
 from fleetflow._retry import Backoff
@@ -27,6 +27,7 @@ from fleetflow._stats import FlowRunStats
 from fleetflow._task import Flow
 from fleetflow._taskruns import DemandInfo, TaskRunInfo
 from fleetflow._transport import BlockingTransport, drive
+from fleetflow.addresses import Address
 from fleetflow.api.v1 import common_pb2
 from fleetflow.credentials import Credentials
 from fleetflow.events import FlowEvent
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "FlowRunHandle",
     "FlowRunInfo",
+    "KeepAlive",
     "MAX_MESSAGE_BYTES",
     "TaskCounts",
     "WorkerInfo",
@@ -65,26 +67,43 @@ class Client:
             run = client.submit(my_flow, n=10)
             print(run.result(timeout=600))
 
-    Takes the same arguments as :class:`AsyncClient`.
+    Takes the same arguments as :class:`AsyncClient`, with the same bounds:
+    connecting gives up after ``connect_timeout_s`` (default 10 s), every call
+    has a deadline, keepalive notices a frozen coordinator within 20 s.
 
     Raises:
+        InvalidAddressError: ``address`` is not ``HOST:PORT`` (or a list of them).
+        ValueError: ``connect_timeout_s`` is not a positive number of seconds.
         fleetflow.credentials.CredentialsError: a credential file is unusable,
             or a token would travel in plaintext beyond loopback.
     """
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | Sequence[str] = DEFAULT_ADDRESS,
         *,
         backoff: Backoff | None = None,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        keepalive: KeepAlive | None = None,
         credentials: Credentials | None = None,
     ) -> None:
-        self._async = _BlockingAsyncClient(address, backoff=backoff, credentials=credentials)
+        self._async = _BlockingAsyncClient(
+            address,
+            backoff=backoff,
+            connect_timeout_s=connect_timeout_s,
+            keepalive=keepalive,
+            credentials=credentials,
+        )
 
     @property
     def address(self) -> str:
-        """The coordinator address this client was given."""
+        """The coordinator address (or comma list of them) this client was given."""
         return self._async.address
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        """The coordinator addresses, parsed, in order of preference."""
+        return self._async.addresses
 
     @property
     def credentials(self) -> Credentials:

@@ -82,8 +82,7 @@ class RetryBudget:
         if code is not _UNAVAILABLE:
             return None
         now = time.monotonic()
-        if self._retries == 0:
-            self._give_up_at = now + self._backoff.give_up_s
+        self.give_up_at(now)
         retry_at = now + self._backoff.delay_s(self._retries, self._rng)
         if self.deadline is not None and retry_at > self.deadline:
             self.deadline_hit = True
@@ -92,6 +91,12 @@ class RetryBudget:
             return None
         self._retries += 1
         return retry_at - now
+
+    def give_up_at(self, now: float) -> float:
+        """When retries stop: ``give_up_s`` after the first failure (``now`` if none yet)."""
+        if self._give_up_at == math.inf:
+            self._give_up_at = now + self._backoff.give_up_s
+        return self._give_up_at
 
     def reset(self) -> None:
         """Start over after progress (a watch stream delivered events)."""

@@ -18,12 +18,17 @@ Every call of the client is written once, as a coroutine of
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+
+from fleetflow.addresses import Address, resolve
 
 __all__ = ["AioTransport", "BlockingTransport", "Transport", "drive"]
 
@@ -60,6 +65,28 @@ class AioTransport:
     async def sleep(self, seconds: float) -> None:
         """Wait ``seconds``."""
         await asyncio.sleep(seconds)
+
+    async def resolve(self, address: Address, timeout_s: float) -> tuple[Address, ...]:
+        """:func:`~fleetflow.addresses.resolve` in a thread, waiting at most ``timeout_s``.
+
+        Raises:
+            OSError: the name does not resolve, or not within ``timeout_s``.
+        """
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(resolve, address), timeout_s)
+        except TimeoutError:
+            raise OSError(f"no answer from the resolver within {timeout_s:g} s") from None
+
+    async def probe(self, address: Address, timeout_s: float) -> str:
+        """Try a plain TCP connection: ``"open"``, ``"refused"``, ``"timeout"`` or the OS error."""
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(address.host, address.port), timeout_s
+            )
+        except (TimeoutError, OSError) as exc:
+            return _probe_outcome(exc)
+        writer.close()
+        return "open"
 
     async def close(self, channel: grpc.aio.Channel) -> None:
         """Close a channel; its calls in flight end."""
@@ -118,12 +145,53 @@ class BlockingTransport:
         """Wait ``seconds`` (blocks)."""
         time.sleep(seconds)
 
+    async def resolve(self, address: Address, timeout_s: float) -> tuple[Address, ...]:
+        """:func:`~fleetflow.addresses.resolve` in a helper thread, waiting at most ``timeout_s``.
+
+        Raises:
+            OSError: the name does not resolve, or not within ``timeout_s``.
+        """
+        future = _resolver().submit(resolve, address)
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise OSError(f"no answer from the resolver within {timeout_s:g} s") from None
+
+    async def probe(self, address: Address, timeout_s: float) -> str:
+        """Try a plain TCP connection: ``"open"``, ``"refused"``, ``"timeout"`` or the OS error."""
+        try:
+            socket.create_connection((address.host, address.port), timeout=timeout_s).close()
+        except OSError as exc:
+            return _probe_outcome(exc)
+        return "open"
+
     async def close(self, channel: grpc.Channel) -> None:
         """Close a channel; its calls in flight (also in other threads) end."""
         channel.close()
 
 
 Transport = AioTransport | BlockingTransport
+
+_RESOLVER: concurrent.futures.ThreadPoolExecutor | None = None
+_RESOLVER_LOCK = threading.Lock()
+
+
+def _resolver() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads for blocking name lookups (``getaddrinfo`` has no timeout of its own)."""
+    global _RESOLVER
+    with _RESOLVER_LOCK:
+        if _RESOLVER is None:
+            _RESOLVER = concurrent.futures.ThreadPoolExecutor(4, "fleetflow-resolve")
+        return _RESOLVER
+
+
+def _probe_outcome(exc: BaseException) -> str:
+    """A probe's failure in words: ``"refused"``, ``"timeout"`` or the OS error's text."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timeout"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 def drive(awaitable: Awaitable[T]) -> T:

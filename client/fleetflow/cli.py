@@ -47,6 +47,7 @@ from rich.text import Text
 from fleetflow._cli_control import cancel_command, limit_command, prune_command, queue_command
 from fleetflow._cli_credentials import credential_options
 from fleetflow._cli_views import (
+    check_coordinator,
     coordinator_option,
     flow_run_summary_json,
     follow_progress,
@@ -575,7 +576,8 @@ def _write_output(path: Path, result: Any) -> None:
     "address",
     envvar="FLEETFLOW_COORDINATOR",
     metavar="HOST:PORT",
-    help="Run on this coordinator instead of starting an embedded fleet.",
+    callback=check_coordinator,
+    help="Run on this coordinator (or A:PORT,B:PORT) instead of starting an embedded fleet.",
 )
 @credential_options
 @click.option(
@@ -665,8 +667,14 @@ def run_command(
                     shutil.rmtree(fleet.log_dir, ignore_errors=True)
                 else:
                     err.print(f"fleet logs: {fleet.log_path}")
-            err.print(f"wall time: {time.monotonic() - started:.2f} s")
+            if fleet is not None or handle_seen(flow_run_id):
+                err.print(f"wall time: {time.monotonic() - started:.2f} s")
     sys.exit(code)
+
+
+def handle_seen(flow_run_id: str) -> bool:
+    """Whether ``fleetflow run`` got as far as submitting (else its error is its only line)."""
+    return flow_run_id != "(not submitted)"
 
 
 # ---------------------------------------------------------- flow-runs and watch

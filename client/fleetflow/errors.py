@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 __all__ = [
+    "ConnectFailure",
+    "CoordinatorUnreachable",
     "FleetflowError",
+    "InvalidAddressError",
     "RPCError",
+    "WatchInterrupted",
     "FlowRunNotFound",
     "FlowRunFailed",
     "FlowRunCancelled",
@@ -30,6 +36,99 @@ class RPCError(FleetflowError):
         super().__init__(f"{code}: {details}")
         self.code = code
         self.details = details
+
+    def __reduce__(self) -> tuple:
+        return (RPCError, (self.code, self.details))
+
+
+class InvalidAddressError(FleetflowError, ValueError):
+    """A coordinator address is not ``HOST:PORT`` (see :mod:`fleetflow.addresses`)."""
+
+
+@dataclass(frozen=True)
+class ConnectFailure:
+    """Why one coordinator address could not be connected.
+
+    Attributes:
+        address: The address as given, with the IP address tried in
+            parentheses when a name was resolved.
+        kind: ``"refused"`` (nothing listens on the port), ``"unresolvable"``
+            (the name does not resolve), ``"silent"`` (no answer: the host
+            accepts TCP connections but never answers, or drops them),
+            ``"unreachable"`` (another network error, e.g. no route to host)
+            or ``"failed"`` (TCP connects but the gRPC connection fails, e.g.
+            a TLS mismatch).
+        detail: What was seen, in words.
+    """
+
+    address: str
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.address}: {self.kind} ({self.detail})"
+
+
+class CoordinatorUnreachable(RPCError):
+    """No coordinator address could be connected within the client's bound.
+
+    The bound is ``connect_timeout_s`` (default 10 s) for a client that has
+    never reached a coordinator, else its :class:`~fleetflow.Backoff`
+    ``give_up_s`` (default 30 s) from the first failure. ``code`` is
+    ``"UNAVAILABLE"``.
+
+    Attributes:
+        failures: One entry per address tried, saying why it failed.
+        waited_s: How long the client tried, seconds.
+    """
+
+    def __init__(self, failures: tuple[ConnectFailure, ...], waited_s: float) -> None:
+        self.failures = tuple(failures)
+        self.waited_s = waited_s
+        if len(self.failures) == 1:
+            (only,) = self.failures
+            message = (
+                f"cannot reach the coordinator at {only.address}: {only.kind} ({only.detail}); "
+                f"tried for {waited_s:.1f} s"
+            )
+        else:
+            message = (
+                f"cannot reach any of {len(self.failures)} coordinator addresses "
+                f"(tried for {waited_s:.1f} s): " + "; ".join(str(f) for f in self.failures)
+            )
+        super().__init__("UNAVAILABLE", message)
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.failures, self.waited_s))
+
+
+class WatchInterrupted(RPCError):
+    """A flow run's event stream was lost and could not be resumed in time.
+
+    Raised by ``watch`` when the coordinator stayed unreachable (or kept
+    answering ``UNAVAILABLE``) past the retry budget. Every event up to
+    ``last_seq`` was delivered exactly once; ``watch(flow_run_id,
+    after_seq=last_seq)`` resumes from there. ``code`` is the code of the last
+    failure (``"UNAVAILABLE"``); ``__cause__`` is that failure.
+
+    Attributes:
+        flow_run_id: The flow run watched.
+        last_seq: ``seq`` of the last event delivered (the ``after_seq`` given
+            when none was).
+    """
+
+    def __init__(self, flow_run_id: str, last_seq: int, reason: str, code: str = "UNAVAILABLE"):
+        self.flow_run_id = flow_run_id
+        self.last_seq = last_seq
+        self.reason = reason
+        super().__init__(
+            code,
+            f"watching flow run {flow_run_id} stopped after event {last_seq}: {reason}; "
+            f"watch({flow_run_id!r}, after_seq={last_seq}) resumes",
+        )
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.flow_run_id, self.last_seq, self.reason, self.code))
 
 
 class FlowRunNotFound(FleetflowError):
