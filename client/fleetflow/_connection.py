@@ -209,6 +209,7 @@ class Connection:
         credentials: Credentials | None = None,
     ) -> None:
         self.addresses = tuple(addresses)
+        self._names = any(not a.is_ip for a in self.addresses)
         self.credentials = credentials or Credentials()
         # Per address as given (a token goes in plaintext to loopback only): fail now.
         self._channel_credentials = {
@@ -350,8 +351,8 @@ class Connection:
         by_deadline = budget.deadline is not None and budget.deadline < end
         if by_deadline:
             end = budget.deadline  # type: ignore[assignment]
-        if not self._endpoints or self._unresolved:
-            await self._resolve(end)
+        if not self._endpoints or self._names:
+            await self._resolve(end)  # names again at each connect: a failover may move them
         pause = _POLL_FIRST_S
         while True:
             chosen = self._pick(time.monotonic() - start)
