@@ -113,6 +113,15 @@ class Client:
     def __repr__(self) -> str:
         return f"<Client {self.address}>"
 
+    @property
+    def _stub(self) -> Any:
+        """The raw blocking stub of the coordinator in use (connects first); for tests.
+
+        Tests read the unfiltered event stream through it (``WatchFlowRun``
+        past the terminal event); applications use the methods.
+        """
+        return drive(self._async._conn.ready_endpoint()).stub
+
     def __enter__(self) -> Client:
         return self
 

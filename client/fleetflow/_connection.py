@@ -304,6 +304,13 @@ class Connection:
             endpoint = await self.connect(budget)
         return endpoint, self.transport.stream(getattr(endpoint.stub, method), request)
 
+    async def ready_endpoint(self) -> _Endpoint:
+        """The endpoint calls go to now, connecting first if need be (see :meth:`connect`)."""
+        endpoint = self._current
+        if endpoint is None or self.transport.state(endpoint.channel, False) is not _READY:
+            endpoint = await self.connect(RetryBudget(self.backoff, None, self.rng))
+        return endpoint
+
     def lost(self, endpoint: _Endpoint, details: str) -> None:
         """Note that ``endpoint`` answered ``UNAVAILABLE``: the next call connects anew.
 

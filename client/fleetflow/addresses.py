@@ -35,6 +35,8 @@ __all__ = [
     "Address",
     "InvalidAddressError",
     "STANDBY_MESSAGE",
+    "STANDBY_PREFIX",
+    "expand_dns",
     "format_addresses",
     "parse_address",
     "parse_addresses",
@@ -46,6 +48,8 @@ __all__ = [
 #: coordinator's ``HOST:PORT`` follows when the standby knows it:
 #: ``"standby coordinator; the active one is HOST:PORT"``.
 STANDBY_MESSAGE = "standby coordinator"
+#: The whole prefix a standby writes before the active coordinator's address.
+STANDBY_PREFIX = "standby coordinator; the active one is "
 
 _EXAMPLE = "write HOST:PORT, e.g. 127.0.0.1:50051"
 # RFC 1123 labels; underscores are accepted too (compose and some DNS setups use them).
@@ -174,6 +178,8 @@ def parse_addresses(
             is none.
     """
     parts = text.split(",") if isinstance(text, str) else [p for t in text for p in t.split(",")]
+    if not "".join(parts).strip():
+        raise InvalidAddressError(f"{what} is empty: {_EXAMPLE}")
     addresses: list[Address] = []
     for part in parts:
         if not part.strip():
@@ -213,7 +219,27 @@ def resolve(address: Address) -> tuple[Address, ...]:
     return tuple(found)
 
 
-def standby_hint(details: str) -> Address | None:
+def expand_dns(addresses: Iterable[Address]) -> tuple[Address, ...]:
+    """Replace each name that resolves to several addresses by one entry per address.
+
+    What the worker dials: a name with a single address is kept as written
+    (TLS checks that name), and so is one that does not resolve (connecting
+    reports the error). The client resolves every name itself instead (one
+    channel per address, the name sent as ``:authority``).
+    """
+    out: list[Address] = []
+    for address in addresses:
+        try:
+            found = resolve(address)
+        except (OSError, UnicodeError):
+            found = ()
+        for entry in found if len(found) > 1 else (address,):
+            if entry not in out:
+                out.append(entry)
+    return tuple(out)
+
+
+def standby_hint(details: str | None) -> Address | None:
     """The active coordinator a standby's ``UNAVAILABLE`` message names, if any.
 
     Args:
@@ -223,7 +249,7 @@ def standby_hint(details: str) -> Address | None:
         The address after "the active one is" in a message that starts with
         :data:`STANDBY_MESSAGE`, or None (not a standby, or it did not say).
     """
-    match = _HINT.search(details)
+    match = _HINT.search(details or "")
     if match is None:
         return None
     try:

@@ -1,29 +1,41 @@
-"""Coordinator address lists (several coordinators: hot standby) and the standby hint."""
+"""The worker's use of fleetflow.addresses: address lists (hot standby) and the standby hint.
+
+The rules themselves are tested in ``test_addresses.py``.
+"""
 
 from __future__ import annotations
 
 import grpc
 import pytest
-from fleetflow._address import STANDBY_PREFIX, active_hint, expand_dns, parse_addresses
+from fleetflow.addresses import (
+    STANDBY_PREFIX,
+    Address,
+    expand_dns,
+    parse_addresses,
+    standby_hint,
+)
 
 
 def test_a_comma_list_is_split_checked_and_deduplicated():
-    assert parse_addresses("a:1") == ["a:1"]
-    assert parse_addresses(" a:1 , b:2,a:1 ") == ["a:1", "b:2"]
-    assert parse_addresses("[::1]:50051,127.0.0.1:7") == ["[::1]:50051", "127.0.0.1:7"]
+    assert [str(a) for a in parse_addresses("a:1")] == ["a:1"]
+    assert [str(a) for a in parse_addresses(" a:1 , b:2,a:1 ")] == ["a:1", "b:2"]
+    assert [str(a) for a in parse_addresses("[::1]:50051,127.0.0.1:7")] == [
+        "[::1]:50051",
+        "127.0.0.1:7",
+    ]
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "got nothing"),
+        ("", "is empty"),
         ("a:1,,b:2", "empty entry"),
-        ("a", "'a': expected HOST:PORT"),
-        (":50051", "expected HOST:PORT"),
-        ("a:0", "'a:0': the port must be 1..65535"),
-        ("a:99999", "the port must be"),
-        ("a:http", "the port must be"),
-        ("[::1:5", "unbalanced brackets"),
+        ("a", "'a' has no port"),
+        (":50051", "has no host"),
+        ("a:0", "'a:0': port 0 is outside 1-65535"),
+        ("a:99999", "port 99999 is outside 1-65535"),
+        ("a:http", "port 'http' is not a number"),
+        ("[::1:5", "missing ']'"),
     ],
 )
 def test_a_bad_entry_is_named(text, message):
@@ -32,17 +44,15 @@ def test_a_bad_entry_is_named(text, message):
 
 
 def test_the_standby_message_names_the_active_coordinator():
-    assert active_hint(f"{STANDBY_PREFIX}10.0.0.7:50051") == "10.0.0.7:50051"
-    assert active_hint(f"{STANDBY_PREFIX}unknown") is None
-    assert active_hint("connection refused") is None and active_hint(None) is None
+    assert standby_hint(f"{STANDBY_PREFIX}10.0.0.7:50051") == Address("10.0.0.7", 50051)
+    assert standby_hint(f"{STANDBY_PREFIX}unknown") is None
+    assert standby_hint("connection refused") is None and standby_hint(None) is None
 
 
 def test_a_name_with_one_address_is_kept_and_localhost_lists_its_addresses():
-    assert expand_dns(["127.0.0.1:5", "no-such-host.invalid:5"]) == [
-        "127.0.0.1:5",
-        "no-such-host.invalid:5",
-    ]
-    assert all(a.endswith(":5") for a in expand_dns(["localhost:5"]))
+    kept = expand_dns(parse_addresses("127.0.0.1:5,no-such-host.invalid:5"))
+    assert [str(a) for a in kept] == ["127.0.0.1:5", "no-such-host.invalid:5"]
+    assert all(a.port == 5 for a in expand_dns(parse_addresses("localhost:5")))
 
 
 class _Failure(grpc.aio.AioRpcError):

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 import structlog
-from fleetflow._address import active_hint, expand_dns, parse_addresses
+from fleetflow.addresses import expand_dns, parse_addresses, standby_hint
 from fleetflow.api.v1 import worker_service_pb2_grpc
 
 from fleetflow_worker.backoff import Backoff
@@ -84,7 +84,7 @@ class CoordinatorConnection:
         *,
         channel: Callable[[str, list[tuple[str, Any]]], grpc.aio.Channel] | None = None,
     ) -> None:
-        self.addresses = expand_dns(parse_addresses(addresses))
+        self.addresses = [str(a) for a in expand_dns(parse_addresses(addresses))]
         self.options = options
         self._open = channel or (lambda address, opts: grpc.aio.insecure_channel(address, opts))
         self._index = 0
@@ -116,7 +116,8 @@ class CoordinatorConnection:
             return
         if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return
-        hint = active_hint(exc.details())
+        named = standby_hint(exc.details())
+        hint = None if named is None else str(named)
         before = self.address
         if hint in self.addresses and hint != before:
             self._index = self.addresses.index(hint)

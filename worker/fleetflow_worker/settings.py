@@ -9,7 +9,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from fleetflow._address import parse_addresses
+from fleetflow.addresses import parse_addresses
 from fleetflow.credentials import Credentials
 
 from fleetflow_worker.capacity import default_cpu, default_memory
