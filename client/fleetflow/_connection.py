@@ -135,9 +135,9 @@ def channel_options(keepalive: KeepAlive, authority: str | None = None) -> tuple
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         # gRPC's own reconnect backoff grows to 120 s by default; a restarted
-        # coordinator should be found again within our retry budget.
+        # coordinator should be found again within a second of listening.
         ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.max_reconnect_backoff_ms", 1000),
         ("grpc.keepalive_time_ms", round(keepalive.time_s * 1000)),
         ("grpc.keepalive_timeout_ms", round(keepalive.timeout_s * 1000)),
         # Any unanswered ping ends the connection after the same time: while a
@@ -466,7 +466,10 @@ class Connection:
                 kind, detail = "silent", f"no answer to a TCP connection within {probe_s:g} s"
             elif outcome == "open" and state is _FAILURE:
                 kind = "failed"
-                detail = "TCP connects but the gRPC connection fails (TLS or protocol mismatch?)"
+                detail = (
+                    "TCP connects but no gRPC connection was made in time "
+                    "(a TLS or protocol mismatch, or a coordinator still starting)"
+                )
             elif outcome == "open":
                 kind = "silent"
                 detail = f"accepts TCP connections but did not answer within {waited_s:.1f} s"

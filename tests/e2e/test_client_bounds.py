@@ -182,7 +182,7 @@ def test_a_watch_whose_coordinator_stays_away_raises_and_resumes(fleet, tmp_path
     fleet.start_worker()
     ledger = tmp_path / "ledger"
     seen = []
-    with Client(address, backoff=Backoff(give_up_s=2.0)) as client:
+    with Client(address, backoff=Backoff(give_up_s=3.0)) as client:
         run = client.submit(flows.logged_map, n=20, ledger=str(ledger), seconds=0.2)
         started = None
         with pytest.raises(WatchInterrupted) as info:
@@ -192,7 +192,7 @@ def test_a_watch_whose_coordinator_stays_away_raises_and_resumes(fleet, tmp_path
                     fleet.coordinator.kill(signal.SIGKILL)
                     fleet.coordinator.popen.wait(10)
                     started = time.monotonic()
-        assert time.monotonic() - started < 2.0 + SLACK_S
+        assert time.monotonic() - started < 3.0 + SLACK_S
         assert info.value.last_seq == seen[-1] and info.value.flow_run_id == run.id
         assert f"after_seq={seen[-1]}" in str(info.value)
         fleet.start_coordinator(port=port, db=fleet.db, lease_ttl=2.0, heartbeat=0.5)
