@@ -211,10 +211,8 @@ class Connection:
         self.addresses = tuple(addresses)
         self._names = any(not a.is_ip for a in self.addresses)
         self.credentials = credentials or Credentials()
-        # Per address as given (a token goes in plaintext to loopback only): fail now.
-        self._channel_credentials = {
-            a: self.credentials.channel_credentials(str(a)) for a in self.addresses
-        }
+        for given in self.addresses:  # a token goes in plaintext to loopback only: fail now
+            self.credentials.channel_credentials(str(given), with_token=False)
         self.transport = transport
         self.backoff = backoff
         self.rng = rng
@@ -445,8 +443,8 @@ class Connection:
             endpoint = self._channels.get((given, ip))
             if endpoint is None:
                 authority = None if given == ip else str(given)
-                options = (*channel_options(self.keepalive, authority), *self.credentials.options())
-                channel = self.transport.channel(str(ip), options, self._channel_credentials[given])
+                options = channel_options(self.keepalive, authority)
+                channel = self.transport.channel(str(ip), options, self.credentials)
                 endpoint = self._channels[(given, ip)] = _Endpoint(given, ip, channel)
             return endpoint
 

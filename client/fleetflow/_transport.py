@@ -29,6 +29,7 @@ import grpc
 import grpc.aio
 
 from fleetflow.addresses import Address, resolve
+from fleetflow.credentials import Credentials
 
 __all__ = ["AioTransport", "BlockingTransport", "Transport", "drive"]
 
@@ -42,13 +43,9 @@ class AioTransport:
 
     blocking = False
 
-    def channel(
-        self, target: str, options: tuple, credentials: grpc.ChannelCredentials | None
-    ) -> grpc.aio.Channel:
-        """A new channel to ``target``, opened inside the running loop (TLS with credentials)."""
-        if credentials is None:
-            return grpc.aio.insecure_channel(target, options=options)
-        return grpc.aio.secure_channel(target, credentials, options=options)
+    def channel(self, target: str, options: tuple, credentials: Credentials) -> grpc.aio.Channel:
+        """A new channel to ``target``, opened inside the running loop, with ``credentials``."""
+        return credentials.aio_channel(target, options)
 
     def state(self, channel: grpc.aio.Channel, try_to_connect: bool) -> grpc.ChannelConnectivity:
         """The channel's connectivity now; ``try_to_connect`` leaves IDLE."""
@@ -117,21 +114,21 @@ class BlockingTransport:
 
     blocking = True
 
-    def channel(
-        self, target: str, options: tuple, credentials: grpc.ChannelCredentials | None
-    ) -> grpc.Channel:
-        """A new channel to ``target``, shared by the calling threads (TLS with credentials)."""
-        if credentials is None:
-            return grpc.insecure_channel(target, options=options)
-        return grpc.secure_channel(target, credentials, options=options)
+    def channel(self, target: str, options: tuple, credentials: Credentials) -> grpc.Channel:
+        """A new channel to ``target``, shared by the calling threads, with ``credentials``."""
+        return credentials.channel(target, options)
 
     def state(self, channel: grpc.Channel, try_to_connect: bool) -> grpc.ChannelConnectivity:
         """The channel's connectivity now; ``try_to_connect`` leaves IDLE.
 
         gRPC's blocking API offers only callbacks for this; the channel's core
-        object answers at once, as ``grpc.aio.Channel.get_state`` does.
+        object answers at once, as ``grpc.aio.Channel.get_state`` does (under
+        the interceptor that adds a token, when there is one).
         """
-        return _STATES[channel._channel.check_connectivity_state(try_to_connect)]  # type: ignore[attr-defined]
+        core: Any = channel
+        while not hasattr(core, "check_connectivity_state"):
+            core = core._channel
+        return _STATES[core.check_connectivity_state(try_to_connect)]
 
     async def unary(self, method: Callable[..., Any], request: Any, timeout_s: float) -> Any:
         """One unary call with a deadline ``timeout_s`` seconds away (blocks)."""

@@ -71,10 +71,16 @@ def test_a_list_keeps_its_order_once_each():
     assert listed == (Address("b", 2), Address("a", 1), Address("c", 3))
 
 
-@pytest.mark.parametrize("text", ["a:1,", ",a:1", "a:1,,b:2", ","])
+@pytest.mark.parametrize("text", ["a:1,", ",a:1", "a:1,,b:2"])
 def test_a_list_with_an_empty_entry_is_refused(text):
     with pytest.raises(InvalidAddressError, match="empty entry"):
         parse_addresses(text)
+
+
+def test_a_list_of_nothing_is_empty():
+    for text in [",", " , ", ""]:
+        with pytest.raises(InvalidAddressError, match="is empty"):
+            parse_addresses(text)
 
 
 def test_a_bad_entry_in_a_list_is_named():
