@@ -217,9 +217,7 @@ async def serve_shared(settings: Settings, store: PostgresStore, security: Secur
             last = None
             await standby[0].stop(0)
             standby = None
-            reason = await _serve_term(
-                settings, store, writer, listen, stop, port, state, security
-            )
+            reason = await _serve_term(settings, store, writer, listen, stop, port, state, security)
             if reason == "stopped":
                 await writer.call(store.release)
                 log.info("leadership_released", epoch=state.epoch)

@@ -552,11 +552,9 @@ class PostgresStore:
                     except _Unfenced:
                         fenced = False
                 else:
-                    # One query string, one round trip, one implicit transaction:
-                    # a failing statement (the fence) rolls all of it back.
-                    psycopg.ClientCursor(conn).execute(self._small_sql(batch))
-                    fenced = True
+                    fenced = self._write_pipeline(conn, batch)
             except psycopg.Error as exc:
+                self._rollback()
                 self._refused(exc)
             if not fenced:  # nothing was written (the triggers would have refused it)
                 epoch, self.epoch = self.epoch, 0
@@ -597,48 +595,29 @@ class PostgresStore:
                 cur.execute(f"DELETE FROM fleetflow.{table} WHERE {column} = %s", (flow_id,))
         return fence
 
-    def _small_sql(self, batch: RowBatch) -> str:
-        """The whole batch as one multi-statement string (values bound client-side)."""
-        cur = psycopg.ClientCursor(self._db())
-        parts = [cur.mogrify("SELECT fleetflow.fence(%s, %s)", (self.epoch, self.lease_s))]
+    def _write_pipeline(self, conn: psycopg.Connection, batch: RowBatch) -> bool:
+        """Write a small batch as one pipeline: prepared statements, one network round trip.
 
-        def upsert(table: str, columns: tuple[str, ...], key: int | tuple[int, ...], rows):
-            last = {(r[key] if isinstance(key, int) else tuple(r[k] for k in key)): r for r in rows}
-            marks = "(" + ", ".join("%s" for _ in columns) + ")"
-            values = ", ".join(cur.mogrify(marks, r) for r in last.values())
-            keys = (columns[key],) if isinstance(key, int) else tuple(columns[k] for k in key)
-            updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in keys)
-            parts.append(
-                f"INSERT INTO fleetflow.{table} ({', '.join(columns)}) VALUES {values} "
-                f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
-            )
+        Returns:
+            Whether the fence found our epoch (when it did not, every write was
+            refused by the tables' triggers and the transaction rolled back).
+        """
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            fence = self._write_rows(conn, batch, batch.task_runs, batch.events)
+            conn.execute("COMMIT")
+        return fence.fetchone() is not None
 
-        if batch.flows:
-            upsert("flows", FLOW_COLUMNS, 0, batch.flows)
-        for row in batch.flow_updates:
-            parts.append(cur.mogrify(_UPDATE_FLOW, row))
-        if batch.nodes:
-            upsert("nodes", NODE_COLUMNS, (0, 1), batch.nodes)
-        if batch.task_runs:
-            upsert("task_runs", TASK_RUN_COLUMNS, 0, batch.task_runs)
-        if batch.events:
-            upsert("events", EVENT_COLUMNS, (0, 1), batch.events)
-        if batch.expansions:
-            upsert("expansions", RANGE_COLUMNS, (0, 1), batch.expansions)
-        if batch.next_task_run_id:
-            parts.append(cur.mogrify(_NEXT_ID, (str(batch.next_task_run_id),)))
-        for flow_id in batch.pruned:
-            for table, column in (
-                ("expansions", "flow_id"),
-                ("events", "flow_id"),
-                ("task_runs", "flow_id"),
-                ("nodes", "flow_id"),
-                ("flows", "id"),
-            ):
-                parts.append(
-                    cur.mogrify(f"DELETE FROM fleetflow.{table} WHERE {column} = %s", (flow_id,))
-                )
-        return ";\n".join(parts)
+    def _rollback(self) -> None:
+        """End a transaction a failed pipeline left open (explicit BEGIN)."""
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            return
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            try:
+                conn.execute("ROLLBACK")
+            except psycopg.Error:
+                self._lost()
 
     def _write_copy(self, conn: psycopg.Connection, batch: RowBatch) -> bool:
         """Write a large batch with COPY; False (nothing written) if the fence found no row."""
