@@ -68,6 +68,7 @@ def takeover(fleet: Fleet, dsn: str, lease_s: float | None, tag: str) -> dict:
     assert fleet.coordinator is not None
     port_file = OUT / f"{tag}.port"
     port_file.unlink(missing_ok=True)
+    (OUT / f"{tag}.log").unlink(missing_ok=True)  # read below: this start's lines only
     lease = ("--leader-lease", str(lease_s)) if lease_s else ()
     standby = Proc(
         [

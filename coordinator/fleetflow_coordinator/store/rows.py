@@ -106,43 +106,46 @@ def snapshot_to_flows(snapshot: RowSnapshot) -> list[RestoredFlow]:
     """Decode stored rows into what :meth:`Scheduler.restore` takes."""
     from fleetflow_coordinator.convert import node_specs  # the spec decoding lives there
 
+    kinds = {int(kind): kind for kind in EventKind}
     flows = []
     for row in snapshot.flows:
         flow_id, name, spec_blob, state, created_at, ended_at, key, err_task, err, err_msg = row
         spec = common_pb2.FlowSpec.FromString(spec_blob)
         task_runs = [
             RestoredTaskRun(
-                id=r[0],
-                node=r[2],
-                index=r[3],
-                state=r[4],
-                attempt=r[5],
-                worker_id=r[6],
-                leased_at=r[7],
-                result=r[8],
-                items=None if r[9] is None else list(common_pb2.ValueList.FromString(r[9]).items),
-                error=_error_from_blob(r[10]),
-                code_failures=r[11],
-                infra_failures=r[12],
-                retry_at=r[13],
+                r[0],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                None if r[9] is None else list(common_pb2.ValueList.FromString(r[9]).items),
+                None if r[10] is None else _error_from_blob(r[10]),
+                r[11],
+                r[12],
+                r[13],
             )
             for r in snapshot.task_runs.get(flow_id, [])
         ]
+        # Positional, with the kind looked up in a dict: 300,000 events of a
+        # 100,000-item map decode in a fraction of the keyword/enum-call time.
         events = [
             EventRecord(
-                seq=e[1],
-                kind=EventKind(e[2]),
-                time=e[3],
-                node=e[4],
-                task_name=e[5],
-                task_run_id=e[6],
-                index=e[7],
-                attempt=e[8],
-                worker_id=e[9],
-                count=e[10],
-                message=e[11],
-                error=_error_from_blob(e[12]),
-                retry_at=e[13],
+                e[1],
+                kinds[e[2]],
+                e[3],
+                e[4],
+                e[5],
+                e[6],
+                e[7],
+                e[8],
+                e[9],
+                e[10],
+                e[11],
+                None if e[12] is None else _error_from_blob(e[12]),
+                e[13],
             )
             for e in snapshot.events.get(flow_id, [])
         ]
