@@ -294,6 +294,15 @@ class _StateCollector(Collector):
         for (task, shape), n in sorted(queued.items()):
             g.add_metric([task, shape], n)
         yield g
+        c = CounterMetricFamily(
+            "fleetflow_events_after_end",
+            "Events not appended because their flow run had ended (late results on finished "
+            "runs...), by kind; each is logged as events_after_flow_run_end.",
+            labels=["kind"],
+        )
+        for kind, n in sorted(core.events_after_end.items()):
+            c.add_metric([kind.name], n)
+        yield c
         yield from self._workers(core, now)
         c = CounterMetricFamily(
             "fleetflow_attempts_expired",

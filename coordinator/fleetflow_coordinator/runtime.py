@@ -34,7 +34,7 @@ from fleetflow_coordinator.observe import Observer
 from fleetflow_coordinator.settings import Settings
 from fleetflow_coordinator.store import MemoryStore, Store, StoreError
 from fleetflow_coordinator.store.base import NotLeader
-from fleetflow_coordinator.store.rows import changes_to_batch, snapshot_to_flows
+from fleetflow_coordinator.store.rows import changes_to_batch, gc_paused, restore_snapshot
 from fleetflow_coordinator.supervisor import StoreWriter, Supervisor
 from fleetflow_coordinator.usage import UsageBook
 
@@ -119,11 +119,11 @@ class Runtime:
             StoreError: the stored state cannot be read.
             fleetflow_coordinator.core.InvalidFlowSpec: a stored spec is invalid.
         """
-        snapshot = await self.writer.call(self.store.load)
-        flows = snapshot_to_flows(snapshot)
-        self.core.restore(flows, self.clock(), snapshot.next_task_run_id)
+        with gc_paused():  # linear restore: see store/rows.py
+            snapshot = await self.writer.call(self.store.load)
+            restored = restore_snapshot(self.core, snapshot, self.clock())
         self.after_change()
-        return len(flows)
+        return restored
 
     def start(self) -> None:
         """Start the committer, the timer loop and the retention loop, supervised."""
@@ -194,6 +194,22 @@ class Runtime:
         core.drain_changed_flows()  # watchers are woken by commits instead
         if core.has_changes():
             self._commit_wake.set()
+        if core.has_after_end_notes():
+            # Late results on finished runs change nothing and are not logged
+            # as events; one line per batch says what came (issue 11, item 6).
+            notes = core.drain_after_end()
+            flow_run_id, kind, task_run_id, attempt, worker_id, message = notes[0]
+            log.info(
+                "events_after_flow_run_end",
+                count=len(notes),
+                total=sum(core.events_after_end.values()),
+                flow_run_id=flow_run_id,
+                kind=kind,
+                task_run_id=task_run_id,
+                attempt=attempt,
+                worker_id=worker_id,
+                message=message,
+            )
 
     async def durable(self) -> None:
         """Return once every change made so far is stored.

@@ -53,10 +53,15 @@ class Fleet:
         self.core = Scheduler(lease_ttl_s=lease_ttl_s)
         self.n_flows = 0
 
+    def check(self) -> None:
+        """The scheduler's invariants hold (called after every step the harness takes)."""
+        self.core.validate_state()
+
     def add_worker(
         self, worker_id: str, tasks: list[str], cpu: float = 4.0, **extra: float
     ) -> None:
         self.core.register_worker(worker_id, {"cpu": cpu, **extra}, frozenset(tasks), self.now)
+        self.check()
 
     def submit(self, nodes: list[NodeSpec], output: int | None = None, key: str = "") -> FlowRun:
         self.n_flows += 1
@@ -69,11 +74,13 @@ class Fleet:
             output_literal=pickle.dumps(None),
             idempotency_key=key,
         )
+        self.check()
         return flow
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
         self.core.tick(self.now)
+        self.check()
 
     def run(
         self,
@@ -87,6 +94,7 @@ class Fleet:
         for _ in range(max_rounds):
             grants = self.core.lease(worker_id, batch, self.now)
             assert grants is not None, "worker unknown"
+            self.check()
             if not grants:
                 return ran
             outcomes = []
@@ -111,6 +119,7 @@ class Fleet:
                 else:
                     outcomes.append(Outcome(tr.id, g.attempt, value=pickle.dumps(result)))
             self.core.report(worker_id, outcomes, self.now)
+            self.check()
         raise AssertionError("run() did not settle")
 
     def result(self, flow: FlowRun) -> Any:

@@ -30,6 +30,7 @@ actions = st.lists(
 
 
 def _check(fleet: Fleet) -> None:
+    fleet.core.validate_state()
     tagged = sum(
         1
         for tr in fleet.core.task_runs.values()

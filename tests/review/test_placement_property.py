@@ -15,6 +15,7 @@ ERR = common_pb2.TaskError(type="x", message="x")
 
 
 def _check(core: Scheduler) -> None:
+    core.validate_state()
     queued = set()
     for by_node in core.ready.values():
         for lane in by_node.values():

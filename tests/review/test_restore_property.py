@@ -145,6 +145,8 @@ def test_restart_at_any_point_rebuilds_the_same_derived_state(n_items, plan):
                 if before.get(k) != after.get(k)
             }
             assert not diff, diff
+        # Re-attached batch members each count their resources (documented).
+        core.validate_state(check_overcommit=False)
     # Everything still ends: finish what is held, then run the rest with a fresh worker.
     for wid, gs in held.items():
         for g in gs:

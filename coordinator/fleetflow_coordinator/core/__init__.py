@@ -10,6 +10,8 @@ from fleetflow_coordinator.core.model import (
 from fleetflow_coordinator.core.scheduler import (
     Ack,
     InvalidFlowSpec,
+    InvalidState,
+    InvalidTransition,
     LeaseGrant,
     NodeSpec,
     Outcome,
@@ -23,6 +25,8 @@ __all__ = [
     "EventKind",
     "FlowRunState",
     "InvalidFlowSpec",
+    "InvalidState",
+    "InvalidTransition",
     "LeaseGrant",
     "NodeSpec",
     "Outcome",

@@ -14,6 +14,7 @@ docstring.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 
@@ -21,7 +22,6 @@ from fleetflow_coordinator.core.messages import LeaseGrant
 from fleetflow_coordinator.core.model import (
     EPS,
     ArgKind,
-    EventKind,
     FlowRun,
     NodeRecord,
     SlotBatch,
@@ -29,6 +29,9 @@ from fleetflow_coordinator.core.model import (
     TaskRunState,
     WorkerRecord,
 )
+from fleetflow_coordinator.core.table import Stimulus
+
+_LEASE = Stimulus.LEASE
 
 __all__ = [
     "BATCH_TARGET_S",
@@ -79,7 +82,9 @@ class PlacementMixin:
 
     Owns these Scheduler attributes: ``ready`` (the lanes), ``_reservations``,
     ``limits``, ``slots_held``, ``_rr``, ``_batch_seq``, ``_max_batch``,
-    ``_slots``, ``_leasing`` and ``_leasing_at``; reads ``workers``.
+    ``_slots``, ``_leasing`` and ``_leasing_at``, and the attempt deadlines of
+    leased attempts (``_attempt_deadlines``, ``_deadlines_compact_at``,
+    ``attempts_expired``; reads ``attempt_grace_s``); reads ``workers``.
     """
 
     def lease(
@@ -211,9 +216,13 @@ class PlacementMixin:
     def _batch_size(self, lane: Lane) -> int:
         """How many task runs of ``lane`` one slot should take now (>= 1)."""
         mean = lane.node.mean_duration_s
-        if mean <= 0.0 or mean >= BATCH_TARGET_S / 2:
+        if not 0.0 < mean < BATCH_TARGET_S / 2:  # also NaN: whatever a worker sent
             return 1
-        size = min(self._max_batch, int(BATCH_TARGET_S / mean))
+        # Compared before dividing: a tiny mean (5e-324) must not overflow int().
+        if mean * self._max_batch <= BATCH_TARGET_S:
+            size = self._max_batch
+        else:
+            size = int(BATCH_TARGET_S / mean)
         # Leave some of the lane for the other workers that lease, so the tail is shared.
         share = -(-(len(lane.queue) + 1) // max(1, self._leasing))
         return max(1, min(size, share))
@@ -246,14 +255,13 @@ class PlacementMixin:
         timed = head.node.timeout_s > 0
         for position, tr in enumerate(members[1:], start=2):
             args = self._resolve_args(tr)
-            self._set_state(tr, TaskRunState.RUNNING)
             tr.worker_id = worker_id
             tr.leased_at = now
             if timed:
                 self._watch_deadline(tr, now, position)
             tr.batch = batch
             running[tr.id] = tr
-            self._task_event(tr, EventKind.TASK_RUN_STARTED, now, worker_id)
+            self._transition(tr, _LEASE, now, worker_id)
             grants.append(LeaseGrant(tr, tr.attempt, args, batch.id))
 
     def _unreserve(self, lane: Lane) -> None:
@@ -320,7 +328,6 @@ class PlacementMixin:
         args = self._resolve_args(tr)  # before any state changes
         if lane.reserved_worker not in (None, worker.worker_id):
             self._unreserve(lane)  # its task run starts elsewhere: stop clearing that worker
-        self._set_state(tr, TaskRunState.RUNNING)
         tr.worker_id = worker.worker_id
         tr.leased_at = now
         if tr.node.timeout_s > 0:
@@ -330,7 +337,7 @@ class PlacementMixin:
         allocated = worker.allocated
         for resource, amount in tr.node.resources.items():
             allocated[resource] = allocated.get(resource, 0.0) + amount
-        self._task_event(tr, EventKind.TASK_RUN_STARTED, now, worker.worker_id)
+        self._transition(tr, _LEASE, now, worker.worker_id)
         return LeaseGrant(tr, tr.attempt, args, batch_id)
 
     def _resolve_args(self, tr: TaskRun) -> list[tuple[str, bytes | list[bytes]]]:
@@ -378,6 +385,49 @@ class PlacementMixin:
                 allocated[resource] = 0.0 if left < EPS else left
             self._work_added = True  # freed capacity may let a waiting long poll lease
         tr.worker_id = None
+
+    def _watch_deadline(self, tr: TaskRun, now: float, position: int = 1) -> None:
+        """Expire ``tr``'s current attempt if no outcome came by its deadline.
+
+        The deadline is ``now + position * timeout + attempt_grace_s``:
+        ``position`` is the attempt's place in its batch (1 for the first),
+        since a batch's members run one after another in one slot.
+        """
+        deadline = now + position * tr.node.timeout_s + self.attempt_grace_s
+        self._timer_seq += 1
+        heap = self._attempt_deadlines
+        heapq.heappush(heap, (deadline, self._timer_seq, tr, tr.attempt))
+        if len(heap) > self._deadlines_compact_at:
+            # Entries of attempts that ended wait for their deadline to be
+            # dropped; at high rates that is many: keep only current ones.
+            heap[:] = [
+                e for e in heap if e[2].state == TaskRunState.RUNNING and e[2].attempt == e[3]
+            ]
+            heapq.heapify(heap)
+            self._deadlines_compact_at = max(4096, 2 * len(heap))
+
+    def _expire_attempts(self, now: float) -> None:
+        """Expire running attempts past their timeout plus the grace (issue #12 item 4).
+
+        The worker should have stopped the attempt at its timeout and reported
+        it; it did not, although it may still be heartbeating. That is the
+        worker's failure, not the task code's: the attempt ends like a lost
+        lease (an infrastructure failure, re-queued as a new attempt), and the
+        worker's next heartbeat is told to cancel it.
+        """
+        heap = self._attempt_deadlines
+        while heap and heap[0][0] <= now:
+            _, _, tr, attempt = heapq.heappop(heap)
+            if tr.state != TaskRunState.RUNNING or tr.attempt != attempt:
+                continue  # it ended in time
+            self.attempts_expired += 1
+            self._lose_attempt(
+                tr,
+                now,
+                f"worker {tr.worker_id} sent no outcome within the timeout of "
+                f"{tr.node.timeout_s:g} s plus {self.attempt_grace_s:g} s: "
+                "expired by the coordinator",
+            )
 
 
 def whole_value(node: NodeRecord) -> bytes | list[bytes]:

@@ -28,6 +28,7 @@ import heapq
 import math
 from collections.abc import Callable
 
+from fleetflow_coordinator.core.invariants import InvalidState, InvariantsMixin
 from fleetflow_coordinator.core.messages import Ack, Changes, LeaseGrant, Outcome
 from fleetflow_coordinator.core.model import (
     TERMINAL_TASK_STATES,
@@ -50,6 +51,7 @@ from fleetflow_coordinator.core.placement import (
 )
 from fleetflow_coordinator.core.restore import RestoredFlow, RestoredTaskRun, RestoreMixin
 from fleetflow_coordinator.core.spec import InvalidFlowSpec, NodeSpec, validate_and_link
+from fleetflow_coordinator.core.table import InvalidTransition, Stimulus
 from fleetflow_coordinator.core.transitions import TransitionsMixin
 from fleetflow_coordinator.core.unschedulable import UnschedulableMixin
 from fleetflow_coordinator.core.workers import WorkersMixin
@@ -61,6 +63,8 @@ __all__ = [
     "Scheduler",
     "NodeSpec",
     "InvalidFlowSpec",
+    "InvalidTransition",
+    "InvalidState",
     "LeaseGrant",
     "Outcome",
     "Ack",
@@ -75,7 +79,14 @@ __all__ = [
 ]
 
 
-class Scheduler(TransitionsMixin, PlacementMixin, UnschedulableMixin, WorkersMixin, RestoreMixin):
+class Scheduler(
+    TransitionsMixin,
+    PlacementMixin,
+    UnschedulableMixin,
+    WorkersMixin,
+    RestoreMixin,
+    InvariantsMixin,
+):
     """Holds all flow state and decides every transition.
 
     Args:
@@ -101,7 +112,7 @@ class Scheduler(TransitionsMixin, PlacementMixin, UnschedulableMixin, WorkersMix
         #: timeout is expired by the coordinator (default: twice the lease TTL).
         self.attempt_grace_s = 2 * lease_ttl_s if attempt_grace_s is None else attempt_grace_s
         #: heap of (deadline, tie-breaker, TaskRun, attempt) of running attempts
-        #: that have a timeout (see TransitionsMixin._expire_attempts)
+        #: that have a timeout (see PlacementMixin._expire_attempts)
         self._attempt_deadlines: list[tuple[float, int, TaskRun, int]] = []
         self._deadlines_compact_at = 4096
         #: Attempts expired that way, in total (a metric).
@@ -113,8 +124,9 @@ class Scheduler(TransitionsMixin, PlacementMixin, UnschedulableMixin, WorkersMix
         #: A task run that no connected worker could ever run fails after this
         #: many seconds (0: never).
         self.unschedulable_timeout_s = unschedulable_timeout_s
-        #: {(flow_run_id, node index): (node, since, reason)} nodes reported unschedulable
-        self._unschedulable: dict[tuple[str, int], tuple[NodeRecord, float, str]] = {}
+        #: {(flow_run_id, node index): (flow, node, since, reason)} nodes reported
+        #: unschedulable; only of running flow runs (dropped when one ends).
+        self._unschedulable: dict[tuple[str, int], tuple[FlowRun, NodeRecord, float, str]] = {}
         #: {worker_id: Lane} workers being cleared for a starving large request
         self._reservations: dict[str, Lane] = {}
         #: {tag: limit} named concurrency limits
@@ -158,6 +170,12 @@ class Scheduler(TransitionsMixin, PlacementMixin, UnschedulableMixin, WorkersMix
         #: [(deadline, FlowRun)] of flow runs with a timeout (few; scanned per tick)
         self._flow_deadlines: list[tuple[float, FlowRun]] = []
         self._changes = self._empty_changes()
+        #: Steps of the graph walk in progress (see TransitionsMixin._walk).
+        self._stack: list[tuple[Callable[..., None], tuple]] = []
+        #: {EventKind: count} of events not appended because their flow run had
+        #: ended (late results on finished runs...), for the edge's metric.
+        self.events_after_end: dict[EventKind, int] = {}
+        self._after_end_notes: list[tuple[str, str, int, int, str, str]] = []
 
     @staticmethod
     def _empty_changes() -> Changes:
@@ -243,7 +261,7 @@ class Scheduler(TransitionsMixin, PlacementMixin, UnschedulableMixin, WorkersMix
         self._changes.new_flows.append(flow)
         if idempotency_key:
             self.idempotency[idempotency_key] = flow_run_id
-        self._event(flow, EventKind.FLOW_RUN_SUBMITTED, now, count=len(records))
+        self._emit(flow, EventKind.FLOW_RUN_SUBMITTED, now, count=len(records))
         for node in records:
             self._try_expand(flow, node, now)
         self._check_flow_end(flow, now)
@@ -271,7 +289,7 @@ class Scheduler(TransitionsMixin, PlacementMixin, UnschedulableMixin, WorkersMix
                 or tr.worker_id != worker_id
             ):
                 acks.append(Ack.REJECTED_STALE)
-                self._event(
+                self._emit(
                     tr.flow,
                     EventKind.LATE_RESULT_REJECTED,
                     now,
@@ -284,7 +302,9 @@ class Scheduler(TransitionsMixin, PlacementMixin, UnschedulableMixin, WorkersMix
                 continue
             acks.append(Ack.ACCEPTED)
             duration = outcome.duration_s
-            if duration > 0.0 and not outcome.infrastructure:
+            # Only a finite, positive duration moves the mean (NaN, inf and
+            # negatives from a peer would poison it for good).
+            if 0.0 < duration < math.inf and not outcome.infrastructure:
                 node = tr.node
                 mean = node.mean_duration_s
                 node.mean_duration_s = (
@@ -314,7 +334,7 @@ class Scheduler(TransitionsMixin, PlacementMixin, UnschedulableMixin, WorkersMix
                 self._end_failed(
                     tr,
                     now,
-                    TaskRunState.FAILED,
+                    Stimulus.FAIL,
                     message=f"result is {size} bytes, over the inline result limit of "
                     f"{self.max_result_bytes} bytes (setting max_result_bytes)",
                 )
@@ -332,7 +352,7 @@ class Scheduler(TransitionsMixin, PlacementMixin, UnschedulableMixin, WorkersMix
         while timers and timers[0][0] <= now:
             _, _, tr, attempt = heapq.heappop(timers)
             if tr.state == TaskRunState.AWAITING_RETRY and tr.attempt == attempt:
-                self._schedule(tr, now)
+                self._schedule(tr, now, Stimulus.RETRY_DUE)
         if self._orphans and now >= self._orphans_due:
             orphans, self._orphans = self._orphans, {}
             for tr in orphans.values():
@@ -385,7 +405,7 @@ class Scheduler(TransitionsMixin, PlacementMixin, UnschedulableMixin, WorkersMix
             return None
         if tr.state in TERMINAL_TASK_STATES:
             return 0
-        self._end_failed(tr, now, TaskRunState.CANCELLED, message="cancelled")
+        self._end_failed(tr, now, Stimulus.CANCEL, message="cancelled")
         return 1
 
     def cancel_node(self, flow_run_id: str, node_index: int, now: float) -> int | None:
@@ -410,6 +430,7 @@ class Scheduler(TransitionsMixin, PlacementMixin, UnschedulableMixin, WorkersMix
         pruned = [f.id for f in self.flows.values() if f.terminal and f.ended_at < ended_before]
         for flow_run_id in pruned:
             flow = self.flows.pop(flow_run_id)
+            self._forget_unschedulable(flow)
             if flow.idempotency_key:
                 self.idempotency.pop(flow.idempotency_key, None)
             for node in flow.nodes:

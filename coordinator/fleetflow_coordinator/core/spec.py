@@ -51,6 +51,7 @@ def validate_and_link(nodes: list[NodeSpec], output_node: int | None) -> list[No
         InvalidFlowSpec: naming ``nodes[i]`` (task) and the field that broke a rule.
     """
     records: list[NodeRecord] = []
+    policies: dict[tuple, RetryPolicy] = {}
     for i, spec in enumerate(nodes):
         where = f"nodes[{i}] ({spec.task_name or '?'})"
         if not spec.task_name:
@@ -83,14 +84,19 @@ def validate_and_link(nodes: list[NodeSpec], output_node: int | None) -> list[No
             spec.retry_delay_s,
             spec.timeout_s,
         )
-        record.policy = RetryPolicy(
-            retries=spec.retries,
-            delay_s=spec.retry_delay_s,
-            delays_s=tuple(spec.retry_delays_s),
-            backoff=spec.backoff or 1.0,
-            max_delay_s=spec.max_delay_s,
-            jitter=spec.jitter,
+        # Nodes mostly share a policy: build each distinct one once.
+        policy_key = (
+            spec.retries,
+            spec.retry_delay_s,
+            tuple(spec.retry_delays_s),
+            spec.backoff or 1.0,
+            spec.max_delay_s,
+            spec.jitter,
         )
+        policy = policies.get(policy_key)
+        if policy is None:
+            policy = policies[policy_key] = RetryPolicy(*policy_key)
+        record.policy = policy
         record.tags = tuple(spec.tags)
         record.concurrency_limit = spec.concurrency_limit
         record.pool = spec.pool or "default"

@@ -19,6 +19,7 @@ from fleetflow_coordinator.core.model import (
     TaskRun,
     TaskRunState,
 )
+from fleetflow_coordinator.core.table import Stimulus
 
 __all__ = ["UnschedulableMixin"]
 
@@ -73,12 +74,22 @@ class UnschedulableMixin:
     ) -> None:
         node.unschedulable_reported = True
         key = (flow.id, node.index)
-        since = self._unschedulable[key][1] if key in self._unschedulable else now
-        self._unschedulable[key] = (node, since, reason)
+        entry = self._unschedulable.get(key)
+        since = entry[2] if entry is not None else now
+        self._unschedulable[key] = (flow, node, since, reason)
         if tr is None:
-            self._event(flow, EventKind.TASK_RUN_UNSCHEDULABLE, now, node=node, message=reason)
+            self._emit(flow, EventKind.TASK_RUN_UNSCHEDULABLE, now, node=node, message=reason)
         else:
-            self._event(flow, EventKind.TASK_RUN_UNSCHEDULABLE, now, tr=tr, message=reason)
+            self._emit(flow, EventKind.TASK_RUN_UNSCHEDULABLE, now, tr=tr, message=reason)
+
+    def _forget_unschedulable(self, flow: FlowRun) -> None:
+        """A flow run ended (or was pruned): its nodes wait for nothing any more."""
+        entries = self._unschedulable
+        if entries:
+            for node in flow.nodes:
+                if node.unschedulable_reported:
+                    node.unschedulable_reported = False
+                    entries.pop((flow.id, node.index), None)
 
     def _unschedulable_reason(self, node: NodeRecord) -> str:
         offering = [
@@ -101,13 +112,17 @@ class UnschedulableMixin:
 
     def _recheck_unschedulable(self, now: float) -> None:
         """After the fleet changed: clear nodes that fit now, report ones that no longer do."""
-        for key, (node, _, reported) in list(self._unschedulable.items()):
+        for key, (flow, node, _, reported) in list(self._unschedulable.items()):
+            if node.terminal:  # nothing of it waits any more
+                node.unschedulable_reported = False
+                del self._unschedulable[key]
+                continue
             reason = self._unschedulable_reason(node)
             if reason == "":
                 node.unschedulable_reported = False
                 del self._unschedulable[key]
             elif reason != reported:  # still stuck, for a new reason: say so
-                self._report_unschedulable(self.flows[key[0]], node, now, reason, None)
+                self._report_unschedulable(flow, node, now, reason, None)
         for by_node in self.ready.values():
             for lane in by_node.values():
                 node = lane.node
@@ -120,10 +135,13 @@ class UnschedulableMixin:
     def _fail_unschedulable(self, now: float) -> None:
         """Fail queued task runs that no worker could run for unschedulable_timeout_s."""
         timeout = self.unschedulable_timeout_s
-        for key, (node, since, _) in list(self._unschedulable.items()):
-            if now - since < timeout:
+        for key, (_, node, since, _) in list(self._unschedulable.items()):
+            if now - since < timeout and not node.terminal:
                 continue
             del self._unschedulable[key]
+            if node.terminal:
+                node.unschedulable_reported = False
+                continue
             reason = self._unschedulable_reason(node)
             if not reason:
                 node.unschedulable_reported = False
@@ -133,4 +151,4 @@ class UnschedulableMixin:
             for tr in node.children:
                 if tr.state == TaskRunState.SCHEDULED:
                     tr.error = None
-                    self._end_failed(tr, now, TaskRunState.FAILED, message=message)
+                    self._end_failed(tr, now, Stimulus.FAIL, message=message)

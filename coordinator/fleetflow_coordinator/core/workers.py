@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from fleetflow_coordinator.core.model import EventKind, TaskRunState, WorkerRecord
+from fleetflow_coordinator.core.table import Stimulus
 
 __all__ = ["WorkersMixin"]
 
@@ -154,7 +155,7 @@ class WorkersMixin:
             if tr is None or tr.attempt != attempt or tr.state != TaskRunState.RUNNING:
                 continue
             self._release(tr)
-            self._event(
+            self._emit(
                 tr.flow,
                 EventKind.TASK_RUN_LEASE_EXPIRED,
                 now,
@@ -163,7 +164,7 @@ class WorkersMixin:
                 message="handed back by a draining worker",
             )
             tr.attempt += 1
-            self._schedule(tr, now)
+            self._schedule(tr, now, Stimulus.REQUEUE)
             requeued += 1
         return requeued
 

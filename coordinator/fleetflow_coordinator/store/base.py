@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fleetflow.api.v1 import common_pb2
+
 __all__ = [
     "FLOW_COLUMNS",
     "FLOW_UPDATE_COLUMNS",
@@ -94,10 +96,10 @@ RANGE_COLUMNS = (
     "time",
 )
 
-#: TaskRunState.SCHEDULED and EventKind.TASK_RUN_SCHEDULED (kept as plain
-#: numbers: the store does not import the core).
-_SCHEDULED_STATE = 2
-_SCHEDULED_EVENT = 6
+#: TaskRunState.SCHEDULED and EventKind.TASK_RUN_SCHEDULED, from the protocol's
+#: enums (the numbers the core's enums equal; the store does not import the core).
+_SCHEDULED_STATE = common_pb2.TASK_RUN_STATE_SCHEDULED
+_SCHEDULED_EVENT = common_pb2.EVENT_KIND_TASK_RUN_SCHEDULED
 
 
 def expand_range(row: tuple) -> tuple[list[tuple], list[tuple]]:
@@ -128,15 +130,21 @@ def merge_expansions(
     """Add what ``expansions`` stand for to loaded rows (as :class:`RowSnapshot` groups them).
 
     A task run with a row of its own keeps it; event lists stay in seq order.
+    Linear in rows: each flow run's known ids are collected once and its
+    events sorted once, however many expansions it has (a flow run of
+    100,000 plain nodes has one per node).
     """
+    by_flow: dict[str, list[tuple]] = {}
     for row in expansions:
-        flow_id = row[0]
-        range_runs, range_events = expand_range(row)
+        by_flow.setdefault(row[0], []).append(row)
+    for flow_id, rows in by_flow.items():
         stored = task_runs.setdefault(flow_id, [])
         known = {r[0] for r in stored}
-        stored.extend(r for r in range_runs if r[0] not in known)
         merged = events.setdefault(flow_id, [])
-        merged.extend(range_events)
+        for row in rows:
+            range_runs, range_events = expand_range(row)
+            stored.extend(r for r in range_runs if r[0] not in known)
+            merged.extend(range_events)
         merged.sort(key=lambda r: r[1])
 
 

@@ -1,0 +1,157 @@
+"""The module map of docs/architecture.md, checked: which module may import which (an AST check).
+
+Reads every source file's imports (module level and inside functions) without
+importing anything, and checks the rules of "Module map": the direction between
+the three packages, the pure core's imports, and the layers inside the core.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE_ROOTS = {
+    "fleetflow": "client",
+    "fleetflow_coordinator": "coordinator",
+    "fleetflow_worker": "worker",
+}
+
+#: The standard-library modules the pure core may use: no clock, no randomness,
+#: no I/O, no threads, no event loop, no logging.
+CORE_STDLIB = {
+    "__future__",
+    "bisect",
+    "collections",
+    "dataclasses",
+    "enum",
+    "heapq",
+    "itertools",
+    "math",
+    "typing",
+}
+
+#: Inside the core: {module: core modules it may import}. A new module is added
+#: here and to docs/architecture.md ("Module map") together.
+CORE_LAYERS = {
+    "model": set(),
+    "retry": set(),
+    "table": {"model"},
+    "spec": {"model", "retry"},
+    "messages": {"model"},
+    "queries": {"model"},
+    "placement": {"model", "messages", "table"},
+    "unschedulable": {"model", "table"},
+    "workers": {"model", "table"},
+    "transitions": {"model", "placement", "retry", "table"},
+    "restore": {"model", "spec"},
+    "invariants": {"model", "table"},
+    "scheduler": {
+        "model",
+        "messages",
+        "table",
+        "spec",
+        "placement",
+        "unschedulable",
+        "workers",
+        "transitions",
+        "restore",
+        "invariants",
+        "retry",
+    },
+    "__init__": {"model", "scheduler", "spec", "messages", "table", "invariants"},
+}
+
+#: {package: packages it must never import}
+FORBIDDEN = {
+    "fleetflow": {"fleetflow_coordinator", "fleetflow_worker"},
+    "fleetflow_worker": {"fleetflow_coordinator"},
+    "fleetflow_coordinator": {"fleetflow_worker"},
+}
+
+
+def _modules(package: str) -> list[tuple[str, Path]]:
+    base = ROOT / SOURCE_ROOTS[package]
+    out = []
+    for path in sorted((base / package).rglob("*.py")):
+        if "api" in path.relative_to(base / package).parts[:1]:
+            continue  # generated protocol code
+        parts = path.relative_to(base).with_suffix("").parts
+        out.append((".".join(parts), path))
+    return out
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = set()
+    package = module.rsplit(".", 1)[0] if not path.name == "__init__.py" else module
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this package
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            found.add(name)
+            for alias in node.names:  # "from pkg import submodule"
+                found.add(f"{name}.{alias.name}")
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_packages_point_one_way(package):
+    bad = []
+    for module, path in _modules(package):
+        for name in _imports(path, module):
+            if name.split(".")[0] in FORBIDDEN[package]:
+                bad.append(f"{module} imports {name}")
+    assert not bad, bad
+
+
+def test_the_core_is_pure_and_layered():
+    core = "fleetflow_coordinator.core"
+    seen = set()
+    bad = []
+    for module, path in _modules("fleetflow_coordinator"):
+        if not module.startswith(core + "."):
+            continue
+        short = module.removeprefix(core + ".")
+        seen.add(short)
+        if short not in CORE_LAYERS:
+            bad.append(f"{module}: not in the module map (CORE_LAYERS and docs/architecture.md)")
+            continue
+        for name in _imports(path, module):
+            if name.startswith(core + "."):
+                target = name.removeprefix(core + ".").split(".")[0]
+                if target in CORE_LAYERS and target not in CORE_LAYERS[short] | {short}:
+                    bad.append(f"{module} imports core.{target}")
+            elif name == core:
+                if short != "__init__":
+                    bad.append(f"{module} imports the core package from inside it")
+            elif name.split(".")[0] not in CORE_STDLIB:
+                bad.append(f"{module} imports {name}: the core is pure ({sorted(CORE_STDLIB)})")
+    assert not bad, bad
+    assert seen == set(CORE_LAYERS), set(CORE_LAYERS) - seen
+
+
+def test_the_map_is_in_the_docs():
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    assert "## Module map" in doc
+    for short in CORE_LAYERS:
+        if short != "__init__":
+            assert f"`core/{short}.py`" in doc, f"core/{short}.py is missing from the module map"
+
+
+def test_the_check_sees_a_violation(tmp_path):
+    # The AST reader resolves relative imports and "from x import y" submodules.
+    path = tmp_path / "mod.py"
+    path.write_text("from . import scheduler\nfrom ..store import rows\nimport time\n")
+    found = _imports(path, "fleetflow_coordinator.core.mod")
+    assert "fleetflow_coordinator.core.scheduler" in found
+    assert "fleetflow_coordinator.store.rows" in found
+    assert "time" in found
