@@ -195,21 +195,28 @@ class Runtime:
         if core.has_changes():
             self._commit_wake.set()
         if core.has_after_end_notes():
-            # Late results on finished runs change nothing and are not logged
-            # as events; one line per batch says what came (issue 11, item 6).
-            notes = core.drain_after_end()
-            flow_run_id, kind, task_run_id, attempt, worker_id, message = notes[0]
-            log.info(
-                "events_after_flow_run_end",
-                count=len(notes),
-                total=sum(core.events_after_end.values()),
-                flow_run_id=flow_run_id,
-                kind=kind,
-                task_run_id=task_run_id,
-                attempt=attempt,
-                worker_id=worker_id,
-                message=message,
-            )
+            # Late results on finished runs change nothing and are not events
+            # any more (issue 11, item 6): one log line each (at most 100 per
+            # call; all are counted in fleetflow_events_after_end_total).
+            total = sum(core.events_after_end.values())
+            for (
+                flow_run_id,
+                kind,
+                task_run_id,
+                attempt,
+                worker_id,
+                message,
+            ) in core.drain_after_end():
+                log.info(
+                    "events_after_flow_run_end",
+                    flow_run_id=flow_run_id,
+                    kind=kind,
+                    task_run_id=task_run_id,
+                    attempt=attempt,
+                    worker_id=worker_id,
+                    message=message,
+                    total=total,
+                )
 
     async def durable(self) -> None:
         """Return once every change made so far is stored.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -172,6 +173,22 @@ class Fleet:
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
+
+
+def late_results(proc: Proc, flow_run_id: str) -> list[dict]:
+    """What a coordinator logged about late results on a finished flow run.
+
+    Issue 11, item 6: such results change nothing and add no event after the
+    run's terminal event; the coordinator logs each (``events_after_flow_run_end``).
+    """
+    found = []
+    for line in proc.log().splitlines():
+        if '"events_after_flow_run_end"' not in line:
+            continue
+        record = json.loads(line)
+        if record.get("flow_run_id") == flow_run_id and record["kind"] == "LATE_RESULT_REJECTED":
+            found.append(record)
+    return found
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):

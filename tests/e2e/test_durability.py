@@ -14,7 +14,7 @@ import pytest
 from fleetflow import Client
 from fleetflow.loader import load_module
 
-from .fleet import FLOWS, wait_until
+from .fleet import FLOWS, late_results, wait_until
 
 flows = load_module(str(FLOWS))
 pytestmark = pytest.mark.slow
@@ -119,14 +119,19 @@ def test_frozen_worker_late_result_is_rejected(fleet, tmp_path):
         assert pid != frozen.pid
         final = client.get(run.id)
         frozen.kill(signal.SIGCONT)
-        events = wait_until(
-            lambda: [e for e in _events(client, run.id) if e.kind == "LATE_RESULT_REJECTED"],
+        # The run had ended: the late result is rejected and logged, and its
+        # log gets no event after FLOW_RUN_COMPLETED (issue 11, item 6).
+        late = wait_until(
+            lambda: late_results(fleet.coordinator, run.id),
             30,
             what="the late result to be rejected",
         )
-        assert events[0].attempt == 1
+        assert late[0]["attempt"] == 1 and "attempt 1 is not current" in late[0]["message"]
         after = client.get(run.id)
         assert after.state == final.state == "COMPLETED"
+        events = _events(client, run.id)
+        assert events[-1].kind == "FLOW_RUN_COMPLETED"
+        assert not [e for e in events if e.kind == "LATE_RESULT_REJECTED"]
         assert client.submit(flows.stamped, ledger=str(ledger), seconds=0).result(timeout=30)
         assert other.alive()
 
