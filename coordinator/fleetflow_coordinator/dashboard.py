@@ -31,8 +31,10 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from fleetflow.api.v1 import common_pb2
 
 from fleetflow_coordinator import http_guard
+from fleetflow_coordinator.core.model import FAILED_TASK_STATES, TERMINAL_TASK_STATES
 from fleetflow_coordinator.metrics import CONTENT_TYPE
 from fleetflow_coordinator.observe import (
     FOLD_BUDGET,
@@ -106,6 +108,7 @@ class Dashboard:
                 web.get("/api/flow-runs", self._flow_runs),
                 web.get("/api/flow-runs/{flow_run_id}", self._flow_run),
                 web.get("/api/workers", self._workers),
+                web.get("/api/enums", self._enums),
                 web.get("/api/stream", self._stream),
                 web.get("/metrics", self._metrics),
                 web.static("/static", STATIC_DIR),
@@ -227,6 +230,9 @@ class Dashboard:
         )
         return self._json(detail)
 
+    async def _enums(self, request: web.Request) -> web.Response:
+        return self._json(protocol_enums())
+
     async def _workers(self, request: web.Request) -> web.Response:
         now = self.rt.clock()
         return self._json({"workers": [worker_view(w, now) for w in self.rt.core.workers.values()]})
@@ -297,3 +303,27 @@ async def start_dashboard(settings: Settings, runtime: Runtime) -> Dashboard | N
         tmp.write_text(f"{port}\n")
         os.replace(tmp, target)
     return dashboard
+
+
+def protocol_enums() -> dict[str, Any]:
+    """The protocol's state and event numbers and names, for the page (``/api/enums``).
+
+    Taken from the generated protocol code (``fleetflow.api.v1.common_pb2``), so
+    the page keeps no copy of them; the groups come from the core's tables.
+
+    Returns:
+        ``{"task_run_states" | "flow_run_states" | "event_kinds": {number: name}}``
+        (names without the enum's prefix) plus ``terminal_task_run_states`` and
+        ``failed_task_run_states``, lists of names.
+    """
+
+    def names(enum: Any, prefix: str) -> dict[int, str]:
+        return {v.number: v.name.removeprefix(prefix) for v in enum.DESCRIPTOR.values if v.number}
+
+    return {
+        "task_run_states": names(common_pb2.TaskRunState, "TASK_RUN_STATE_"),
+        "flow_run_states": names(common_pb2.FlowRunState, "FLOW_RUN_STATE_"),
+        "event_kinds": names(common_pb2.EventKind, "EVENT_KIND_"),
+        "terminal_task_run_states": sorted(s.name for s in TERMINAL_TASK_STATES),
+        "failed_task_run_states": sorted(s.name for s in FAILED_TASK_STATES),
+    }

@@ -71,6 +71,22 @@ async def test_json_api_describes_flow_runs_nodes_and_workers(served):
         assert (await response.json())["workers"][0]["capacity"] == {"cpu": 4.0}
 
 
+async def test_enums_come_from_the_protocol(served):
+    from fleetflow.api.v1 import common_pb2
+
+    _, http = served
+    async with http.get("/api/enums") as response:
+        assert response.status == 200
+        enums = await response.json()
+    kinds = {int(k): v for k, v in enums["event_kinds"].items()}
+    assert kinds[common_pb2.EVENT_KIND_TASK_RUN_SCHEDULED] == "TASK_RUN_SCHEDULED"
+    assert len(kinds) == len(common_pb2.EventKind.keys()) - 1
+    states = {int(k): v for k, v in enums["task_run_states"].items()}
+    assert states[common_pb2.TASK_RUN_STATE_TIMED_OUT] == "TIMED_OUT"
+    assert "COMPLETED" in enums["terminal_task_run_states"]
+    assert "COMPLETED" not in enums["failed_task_run_states"]
+
+
 async def test_the_http_side_is_read_only(served):
     _, http = served
     for method, path in [("POST", "/api/overview"), ("DELETE", "/api/flow-runs/x"), ("PUT", "/")]:
