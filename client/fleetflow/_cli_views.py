@@ -45,13 +45,18 @@ WATCH_INTERVAL_S = 0.2
 MAX_TASK_BARS = 30
 
 
-def check_coordinator(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Click callback: refuse a ``--coordinator`` that is not ``HOST:PORT[,HOST:PORT...]``."""
-    if value is None:
-        return None
+def check_coordinator(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """Click callback: ``--coordinator``, else FLEETFLOW_COORDINATOR, else the file's ``[client]``.
+
+    Refuses an address that is not ``HOST:PORT[,HOST:PORT...]``, naming where it came from.
+    """
+    from fleetflow.settings import ClientSettings, SettingsError
+
+    flags = {"coordinator": value} if value else {}
     try:
-        return format_addresses(parse_addresses(value))
-    except InvalidAddressError as exc:
+        resolved = ClientSettings.load(flags, flag_names={"coordinator": "--coordinator"})
+        return format_addresses(parse_addresses(resolved.settings.coordinator))
+    except (SettingsError, InvalidAddressError) as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
@@ -64,14 +69,13 @@ def coordinator_option(fn: Any) -> Any:
         click.option(
             "--coordinator",
             "address",
-            envvar="FLEETFLOW_COORDINATOR",
-            default=DEFAULT_ADDRESS,
-            show_default=True,
-            metavar="HOST:PORT",
+            default=None,
             callback=check_coordinator,
+            metavar="HOST:PORT",
             help=(
                 "Coordinator address HOST:PORT, or several (active and standbys) as "
-                "A:PORT,B:PORT (or set FLEETFLOW_COORDINATOR)."
+                "A:PORT,B:PORT (or FLEETFLOW_COORDINATOR, or [client] coordinator in "
+                f"fleetflow.toml).  [default: {DEFAULT_ADDRESS}]"
             ),
         )(fn)
     )

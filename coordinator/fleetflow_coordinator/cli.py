@@ -141,38 +141,34 @@ def command(
     allowed_hosts: tuple[str, ...],
     log_level: str,
 ) -> None:
-    """Run the coordinator: holds flow state and leases task runs to workers."""
+    """Run the coordinator: holds flow state and leases task runs to workers.
+
+    Every setting also comes from a FLEETFLOW_<FIELD> variable or the
+    [coordinator] section of the configuration file (see `fleetflow config
+    show`); flags win over the environment, which wins over the file.
+    """
     from fleetflow._startup import exit_on_signal_during_startup
 
     # Signals first: until the coordinator serves, SIGTERM/SIGINT end it at
     # once (status 143/130), even while it opens or restores a big database.
     exit_on_signal_during_startup("coordinator")
+    from fleetflow.settings import SettingsError, flags_from_click
+
     from fleetflow_coordinator.logs import configure_logging
     from fleetflow_coordinator.server import serve
 
+    flags, names = flags_from_click(click.get_current_context(), Settings)
+    for field, values, flag in (
+        ("concurrency_limits", limits, "--limit"),
+        ("allowed_hosts", allowed_hosts, "--allowed-host"),
+    ):
+        if values:  # repeatable options: one comma-separated setting
+            flags[field] = ",".join(values)
+            names[field] = flag
     try:
-        settings = Settings.from_env(
-            listen=listen,
-            port_file=port_file,
-            lease_ttl_s=lease_ttl_s,
-            heartbeat_interval_s=heartbeat_interval_s,
-            db=db,
-            leader_lease_s=leader_lease_s,
-            advertise=advertise,
-            retention_s=retention_s,
-            http=http,
-            http_port_file=http_port_file,
-            unschedulable_timeout_s=unschedulable_timeout_s,
-            concurrency_limits=",".join(limits) or None,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            tls_client_ca=tls_client_ca,
-            auth_file=auth_file,
-            insecure=insecure,
-            allowed_hosts=",".join(allowed_hosts) or None,
-        )
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        settings = Settings.load(flags, flag_names=names).settings
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
     configure_logging(log_level)
     try:
         import uvloop

@@ -12,13 +12,14 @@ from fleetflow._startup import exit_on_signal_during_startup
 from fleetflow._task import Task
 from fleetflow.credentials import Credentials
 from fleetflow.resources import parse_quantity
+from fleetflow.settings import flags_from_click
 
 from fleetflow_worker._child import load_tasks
 from fleetflow_worker._pool import PoolStartError
-from fleetflow_worker.capacity import default_cpu, default_memory, parse_resource_option
+from fleetflow_worker.capacity import parse_resource_option
 from fleetflow_worker.logs import LEVELS, configure_logging
 from fleetflow_worker.runtime import Worker
-from fleetflow_worker.settings import DEFAULT_COORDINATOR, WorkerSettings, default_worker_id
+from fleetflow_worker.settings import DEFAULT_COORDINATOR, WorkerSettings
 
 __all__ = ["command", "load_all_tasks"]
 
@@ -64,13 +65,10 @@ def load_all_tasks(module_specs: tuple[str, ...] | list[str]) -> dict[str, Task]
 @click.command(name="worker", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--coordinator",
-    default=DEFAULT_COORDINATOR,
-    show_default=True,
-    envvar="FLEETFLOW_COORDINATOR",
-    show_envvar=True,
+    default=None,
     metavar="HOST:PORT[,HOST:PORT...]",
-    help="Coordinator address; several (hot standby on PostgreSQL): the worker follows "
-    "the active one.",
+    help="Coordinator address (or FLEETFLOW_COORDINATOR); several (hot standby on "
+    f"PostgreSQL): the worker follows the active one.  [default: {DEFAULT_COORDINATOR}]",
 )
 @click.option(
     "--module",
@@ -154,7 +152,7 @@ def load_all_tasks(module_specs: tuple[str, ...] | list[str]) -> dict[str, Task]
 )
 @click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
 def command(
-    coordinator: str,
+    coordinator: str | None,
     modules: tuple[str, ...],
     cpu: float | None,
     memory: float | None,
@@ -187,20 +185,10 @@ def command(
         credentials = Credentials.from_options(
             tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token_file=token_file
         )
-        credentials.channel_credentials(coordinator)  # unreadable files fail here, not later
-        settings = WorkerSettings(
-            coordinator=coordinator,
-            worker_id=worker_id or default_worker_id(),
-            cpu=default_cpu() if cpu is None else cpu,
-            memory=default_memory() if memory is None else memory,
-            resources=resources,
-            max_concurrency=max_concurrency,
-            pools=tuple(pools) or ("default",),
-            drain_grace_s=drain_grace_s,
-            task_nice=task_nice,
-            max_batch=max_batch,
-            credentials=credentials,
-        )
+        flags, names = flags_from_click(click.get_current_context(), WorkerSettings)
+        flags["credentials"] = credentials
+        settings = WorkerSettings.load(flags, flag_names=names).settings
+        credentials.channel_credentials(settings.coordinator)  # unreadable files fail here
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     worker = Worker(settings, tasks, list(modules))

@@ -1,4 +1,10 @@
-"""Settings of one worker process, with every default in one place."""
+"""Settings of one worker process, with every default in one place.
+
+One schema (:mod:`fleetflow.settings`) serves flags (``--cpu``), environment
+variables (``FLEETFLOW_CPU``) and the ``[worker]`` section of the
+configuration file, in that order of precedence; :meth:`WorkerSettings.load`
+merges them and the dataclass checks every rule when it is built.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +13,58 @@ import os
 import secrets
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
-from fleetflow.addresses import parse_addresses
 from fleetflow.credentials import Credentials
+from fleetflow.resources import parse_quantity
+from fleetflow.settings import (
+    DEFAULT_COORDINATOR,
+    Resolved,
+    SettingsError,
+    check_coordinator,
+    resolve,
+    setting,
+    validate,
+)
 
-from fleetflow_worker.capacity import default_cpu, default_memory
+from fleetflow_worker.capacity import default_cpu, default_memory, parse_resource_option
 
-__all__ = ["WorkerSettings", "default_worker_id", "DEFAULT_COORDINATOR"]
+__all__ = ["WorkerSettings", "default_worker_id", "DEFAULT_COORDINATOR", "SECTION"]
 
-#: Address the worker dials when none is given (``--coordinator``, FLEETFLOW_COORDINATOR).
-DEFAULT_COORDINATOR = "127.0.0.1:50051"
+#: The configuration file's section for these settings.
+SECTION = "worker"
 
 
 def default_worker_id() -> str:
     """Return ``"{hostname}-{pid}-{8 hex digits}"``: unique per process start."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _memory(value: Any) -> float:
+    """A memory quantity: a number of bytes or a string such as ``16Gi``."""
+    if isinstance(value, str):
+        return parse_quantity(value.strip(), "memory")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number of bytes or a quantity such as 16Gi, got {value!r}")
+    return float(value)
+
+
+def _resources(value: Any) -> dict[str, float]:
+    """Custom capacity from a table, ``NAME=AMOUNT`` text (comma-separated) or a list of it."""
+    if isinstance(value, Mapping):
+        out = {}
+        for name, amount in value.items():
+            text = amount if isinstance(amount, str) else repr(amount)
+            if isinstance(amount, bool):
+                raise ValueError(f"resources.{name}: expected a quantity, got {amount!r}")
+            out.update([parse_resource_option(f"{name}={text}")])
+        return out
+    if isinstance(value, str):
+        value = [p for p in value.split(",") if p.strip()]
+    if isinstance(value, list | tuple):
+        return dict(parse_resource_option(str(v)) for v in value)
+    raise ValueError(f"expected a table of NAME = AMOUNT, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,109 +75,145 @@ class WorkerSettings:
         ValueError: (on construction) a field is out of range.
     """
 
-    coordinator: str = DEFAULT_COORDINATOR
+    coordinator: str = setting(DEFAULT_COORDINATOR, help="Coordinator address HOST:PORT.")
     """Coordinator address, ``HOST:PORT``. Default ``127.0.0.1:50051``."""
 
-    worker_id: str = field(default_factory=default_worker_id)
+    worker_id: str = setting(factory=default_worker_id, help="Stable for the process lifetime.")
     """Stable for the process lifetime. Default ``{hostname}-{pid}-{random hex}``."""
 
-    cpu: float = field(default_factory=default_cpu)
+    cpu: float = setting(factory=default_cpu, gt=0, help="CPU capacity, logical CPUs.")
     """CPU capacity offered, in logical CPUs. Default: all logical CPUs. It also
     sizes the process pool for plain ``def`` tasks (``ceil(cpu)`` processes
     kept warm; more start on demand, e.g. for ``cpu=0.5`` tasks)."""
 
-    memory: float = field(default_factory=default_memory)
+    memory: float = setting(
+        factory=default_memory, ge=0, parse=_memory, help="Memory capacity, bytes or 16Gi."
+    )
     """Memory capacity offered, in bytes. Default: the machine's total memory."""
 
-    resources: Mapping[str, float] = field(default_factory=dict)
+    resources: Mapping[str, float] = setting(
+        factory=dict, flag="--resource", parse=_resources, help="Custom capacity NAME=AMOUNT."
+    )
     """Custom capacity, ``{name: amount}`` (e.g. ``{"gpu": 1}``). Default none."""
 
-    pools: tuple[str, ...] = ("default",)
+    pools: tuple[str, ...] = setting(("default",), flag="--pool", help="Worker pools served.")
     """Worker pools this worker serves (tasks pick one with ``@task(pool=...)``)."""
 
-    max_concurrency: int = 1000
+    max_concurrency: int = setting(1000, ge=1, help="Most task runs executing at once.")
     """Most task runs executing at once on this worker. Default 1000."""
 
-    drain_grace_s: float = 30.0
+    drain_grace_s: float = setting(30.0, ge=0, help="Seconds running task runs get on stop.")
     """On stop, how long running task runs may take to finish, seconds. Default 30."""
 
-    lease_wait_s: float = 5.0
+    lease_wait_s: float = setting(5.0, gt=0, help="Long-poll bound of LeaseTasks, seconds.")
     """Long-poll bound of each LeaseTasks call, seconds. Default 5."""
 
-    flush_timeout_s: float = 10.0
+    flush_timeout_s: float = setting(10.0, ge=0, help="Seconds to report outcomes on stop.")
     """On stop, how long to keep trying to report outcomes, seconds. Default 10."""
 
-    rpc_timeout_s: float = 10.0
+    rpc_timeout_s: float = setting(10.0, gt=0, help="Deadline of unary RPCs, seconds.")
     """Deadline of unary RPCs other than the long poll, seconds. Default 10."""
 
-    backoff_cap_s: float = 2.0
+    backoff_cap_s: float = setting(2.0, gt=0, help="Longest reconnect wait, seconds.")
     """Longest wait between retries while the coordinator is unreachable, seconds. Default 2."""
 
-    report_batch_size: int = 2000
+    report_batch_size: int = setting(2000, ge=1, help="Most outcomes per ReportOutcomes.")
     """Most outcomes per ReportOutcomes call. Default 2000."""
 
-    max_batch: int = 256
+    max_batch: int = setting(256, ge=1, help="Most short task runs per leased batch.")
     """Most task runs the coordinator may lease in one batch (one slot, run one
     after another in one task process); it batches only task runs whose
     reported durations are short. 1 turns batches off. Default 256."""
 
-    report_batch_bytes: int = 3 * 1024 * 1024
+    report_batch_bytes: int = setting(
+        3 * 1024 * 1024, ge=1, help="Soft size limit of one ReportOutcomes, bytes."
+    )
     """Soft size limit of one ReportOutcomes call, bytes (the coordinator's
     gRPC receive limit is 4 MiB by default). Default 3 MiB."""
 
-    task_nice: int = 10
+    task_nice: int = setting(10, ge=0, le=19, help="Niceness added to task processes.")
     """Niceness added to task processes (0-19), so the worker's own loop, and
     with it the heartbeats, keeps its share of a CPU when task processes
     saturate every CPU. 0 keeps the worker's priority. Default 10."""
 
-    usage_sample_s: float = 0.1
+    usage_sample_s: float = setting(0.1, gt=0, help="Task process sampling period, seconds.")
     """How often a running task process is sampled (memory limit, peak
     memory, CPU time), seconds. Default 0.1."""
 
-    memory_margin_fraction: float = 0.2
+    memory_margin_fraction: float = setting(0.2, ge=0, help="Memory kill margin, fraction.")
     """A task process is killed when its resident memory exceeds its memory
     request times ``1 + memory_margin_fraction`` plus ``memory_margin_bytes``.
     Default 0.2 (20 %)."""
 
-    memory_margin_bytes: float = 50 * 2**20
+    memory_margin_bytes: float = setting(
+        50 * 2**20, ge=0, parse=_memory, help="Memory kill margin, bytes."
+    )
     """Fixed part of that margin (the interpreter and imported modules), bytes.
     Default 50 MiB."""
 
-    credentials: Credentials = field(default_factory=Credentials)
+    credentials: Credentials = setting(
+        factory=Credentials, help="TLS and token (built from --tls-ca, --token-file...)."
+    )
     """TLS and token for the coordinator (``--tls-ca``, ``--tls-cert``/``--tls-key``,
     ``--token-file`` or ``FLEETFLOW_TOKEN``). Default: plaintext, no token."""
 
     def __post_init__(self) -> None:
-        parse_addresses(self.coordinator)  # HOST:PORT[,HOST:PORT...]; names a bad entry
+        validate(self)
+
+    def _check(self) -> None:
+        """Rules beyond one field's range."""
+        check_coordinator("coordinator", self.coordinator)
         if not self.worker_id:
-            raise ValueError("worker_id must not be empty")
-        if not (math.isfinite(self.cpu) and self.cpu > 0):
-            raise ValueError(f"cpu must be a positive number of CPUs, got {self.cpu!r}")
-        if not (math.isfinite(self.memory) and self.memory >= 0):
-            raise ValueError(f"memory must be a non-negative number of bytes, got {self.memory!r}")
+            raise SettingsError("worker_id", "worker_id must not be empty")
+        if not self.pools or not all(self.pools):
+            raise SettingsError("pools", f"pools must be non-empty names, got {self.pools!r}")
         for name, amount in self.resources.items():
             if name in ("cpu", "memory"):
-                raise ValueError(f"resource {name!r} is set with its own option, not resources")
-            if not (math.isfinite(amount) and amount >= 0):
-                raise ValueError(f"resources[{name!r}] must be a non-negative number")
-        if self.max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency!r}")
-        for name in ("drain_grace_s", "flush_timeout_s"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
-        for name in ("lease_wait_s", "rpc_timeout_s", "backoff_cap_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0")
-        if not 0 <= self.task_nice <= 19:
-            raise ValueError(f"task_nice must be in 0..19, got {self.task_nice!r}")
-        if not self.usage_sample_s > 0:
-            raise ValueError("usage_sample_s must be > 0")
-        if self.memory_margin_fraction < 0 or self.memory_margin_bytes < 0:
-            raise ValueError("memory_margin_fraction and memory_margin_bytes must be >= 0")
-        if self.max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {self.max_batch!r}")
-        if self.report_batch_size < 1 or self.report_batch_bytes < 1:
-            raise ValueError("report_batch_size and report_batch_bytes must be >= 1")
+                raise SettingsError(
+                    "resources", f"resource {name!r} is set with its own option, not resources"
+                )
+            if not (isinstance(amount, int | float) and math.isfinite(amount) and amount >= 0):
+                raise SettingsError(
+                    "resources", f"resources[{name!r}] must be a non-negative number"
+                )
+
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        *,
+        flag_names: Mapping[str, str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        config: Any = "auto",
+    ) -> Resolved[WorkerSettings]:
+        """Resolve the settings: flags, then environment, then file, then defaults.
+
+        Args:
+            flags: ``{field: value}`` from the command line (None: not given).
+            flag_names: ``{field: "--flag"}`` as typed, for messages.
+            environ: The environment (default ``os.environ``).
+            config: A :class:`fleetflow.config.Config`; ``"auto"`` finds and
+                reads the file in effect; None reads none.
+
+        Returns:
+            The settings and where each value came from.
+
+        Raises:
+            fleetflow.settings.SettingsError: a value is malformed or out of
+                range, or the file's ``[worker]`` section has an unknown key.
+        """
+        if config == "auto":
+            from fleetflow.config import load_config
+
+            config = load_config(environ=environ)
+        return resolve(
+            cls,
+            section=SECTION,
+            flags=flags,
+            flag_names=flag_names,
+            environ=environ,
+            config=config,
+        )
 
     @property
     def capacity(self) -> dict[str, float]:
