@@ -64,6 +64,8 @@ class Task(Generic[P, R]):
         tags: Concurrency-limit tags (limits are set on the coordinator).
         pool: Worker pool that runs it (``fleetflow worker --pool NAME``).
         concurrency_limit: At most this many task runs of this task at once.
+        mapped: Calling the task maps it: ``t(xs)`` is ``t.map(xs)`` (inside a
+            flow a fan-out; outside one, a list of results computed here).
         is_async: True for ``async def`` functions (run on the worker's loop).
     """
 
@@ -83,6 +85,7 @@ class Task(Generic[P, R]):
         tags: Sequence[str] = (),
         concurrency_limit: int | None = None,
         pool: str = "default",
+        mapped: bool = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {type(fn).__name__}")
@@ -137,6 +140,9 @@ class Task(Generic[P, R]):
         if not isinstance(pool, str) or not pool:
             raise ValueError(f"task {self.name!r}: pool must be a non-empty string")
         self.pool = pool
+        if not isinstance(mapped, bool):
+            raise ValueError(f"task {self.name!r}: mapped must be True or False, got {mapped!r}")
+        self.mapped = mapped
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
@@ -159,6 +165,7 @@ class Task(Generic[P, R]):
             "tags": self.tags,
             "concurrency_limit": self.concurrency_limit,
             "pool": self.pool,
+            "mapped": self.mapped,
         }
         merged.update(options)
         return Task(self.fn, **merged)
@@ -166,8 +173,46 @@ class Task(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         recorder = _recorder.get()
         if recorder is None:
+            if self.mapped:
+                return self._map_here(args, kwargs)  # type: ignore[return-value]
             return self.fn(*args, **kwargs)
-        return recorder.add(self, args, kwargs, map_=False)  # type: ignore[return-value]
+        return recorder.add(self, args, kwargs, map_=self.mapped)  # type: ignore[return-value]
+
+    def _map_here(self, args: tuple, kwargs: dict) -> list[Any]:
+        """A ``mapped=True`` task called outside a flow: the map, run in this process.
+
+        The same rules as a recorded map: lists, tuples and ranges are mapped,
+        :class:`unmapped` values and everything else are passed whole, and the
+        mapped arguments must have equal lengths.
+        """
+        where = f"{self.name}()"
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{where}: {exc}") from None
+        mapped: dict[str, list[Any]] = {}
+        whole: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            kind = self.signature.parameters[name].kind
+            variadic = kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+            if not variadic and not isinstance(value, unmapped) and _is_mappable(value):
+                mapped[name] = list(value)
+            else:
+                whole[name] = value.value if isinstance(value, unmapped) else value
+        if not mapped:
+            raise TypeError(
+                f"{where}: no argument to map over; pass a list, tuple or range "
+                "(wrap constants in fleetflow.unmapped)"
+            )
+        lengths = {name: len(items) for name, items in mapped.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"{where}: mapped arguments differ in length: {lengths}")
+        results = []
+        for i in range(next(iter(lengths.values()))):
+            bound.arguments.update(whole)
+            bound.arguments.update({name: items[i] for name, items in mapped.items()})
+            results.append(self.fn(*bound.args, **bound.kwargs))
+        return results
 
     def map(self, *args: Any, **kwargs: Any) -> TaskFuture:
         """Fan out: one task run per item of the mapped arguments.
@@ -417,6 +462,7 @@ def task(
     tags: Sequence[str] = ...,
     concurrency_limit: int | None = ...,
     pool: str = ...,
+    mapped: bool = ...,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
     """Declare a task: ``@task`` or ``@task(resources=..., retries=..., ...)``.
@@ -430,7 +476,9 @@ def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
             ``retry_jitter`` (0..1, default 0.2), ``retry_on`` (exception types),
             ``timeout_seconds`` (seconds or None), ``tags`` (concurrency-limit
             tags), ``concurrency_limit`` (int >= 1 or None), ``pool`` (worker
-            pool, default ``"default"``). See :class:`Task`.
+            pool, default ``"default"``), ``mapped`` (calling the task maps it
+            over its list, tuple, range and future arguments, exactly as
+            ``.map()``; default False). See :class:`Task`.
 
     Raises:
         ValueError: an option is out of range.
