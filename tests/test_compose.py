@@ -71,3 +71,30 @@ def test_compose_runs_the_fleet_with_tls_and_tokens_from_mounted_secrets():
     assert "pki" not in dockerfile and "token" not in dockerfile.lower()
     assert "pki/" in (ROOT / ".dockerignore").read_text().split()
     assert "/run/secrets/ca" in " ".join(services["coordinator"]["healthcheck"]["test"])
+
+
+def _seconds(text: str) -> float:
+    assert text.endswith("s"), text
+    return float(text[:-1])
+
+
+def test_compose_keeps_the_database_on_a_volume():
+    data = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    coordinator = data["services"]["coordinator"]
+    command = coordinator["command"]
+    db = command[command.index("--db") + 1]
+    (mount,) = coordinator["volumes"]
+    volume, _, path = mount.partition(":")
+    assert volume in data["volumes"] and Path(db).parent == Path(path)
+
+
+def test_compose_stop_grace_covers_the_worker_drain():
+    from fleetflow_worker.settings import WorkerSettings
+
+    services = _services()
+    worker = services["worker"]
+    command = worker["command"]
+    drain = float(command[command.index("--drain-grace") + 1])
+    flush = WorkerSettings.__dataclass_fields__["flush_timeout_s"].default
+    assert _seconds(worker["stop_grace_period"]) >= drain + flush
+    assert _seconds(services["coordinator"]["stop_grace_period"]) >= 10

@@ -9,6 +9,7 @@ Routes:
 * ``/`` and ``/static/*``: one HTML page and one vanilla-JS file (no build step);
 * ``/api/overview?flow_run_id=ID``: what one dashboard update shows;
 * ``/api/flow-runs``, ``/api/flow-runs/{id}``, ``/api/workers``: the parts;
+* ``/api/demand[?pool=NAME]``: the autoscaling signal (``autoscale.py``);
 * ``/api/stream?flow_run_id=ID``: the overview as server-sent events, pushed
   when the state changed, at most every ``push_interval_s`` and at least
   once a second;
@@ -35,6 +36,7 @@ from fleetflow.api.v1 import common_pb2
 
 from fleetflow_coordinator import http_guard
 from fleetflow_coordinator.core.model import FAILED_TASK_STATES, TERMINAL_TASK_STATES
+from fleetflow_coordinator.autoscale import demand_json
 from fleetflow_coordinator.metrics import CONTENT_TYPE
 from fleetflow_coordinator.observe import (
     FOLD_BUDGET,
@@ -109,6 +111,7 @@ class Dashboard:
                 web.get("/api/flow-runs/{flow_run_id}", self._flow_run),
                 web.get("/api/workers", self._workers),
                 web.get("/api/enums", self._enums),
+                web.get("/api/demand", self._demand),
                 web.get("/api/stream", self._stream),
                 web.get("/metrics", self._metrics),
                 web.static("/static", STATIC_DIR),
@@ -236,6 +239,10 @@ class Dashboard:
     async def _workers(self, request: web.Request) -> web.Response:
         now = self.rt.clock()
         return self._json({"workers": [worker_view(w, now) for w in self.rt.core.workers.values()]})
+
+    async def _demand(self, request: web.Request) -> web.Response:
+        """The autoscaling signal per pool (``?pool=NAME`` for one); see autoscale.py."""
+        return self._json(demand_json(self.rt.core, request.query.get("pool")))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.observer.catch_up(budget=10 * FOLD_BUDGET)

@@ -29,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from fleetflow_coordinator.autoscale import pool_demand
 from fleetflow_coordinator.core import EventKind, FlowRunState, Scheduler, TaskRunState
 from fleetflow_coordinator.observe import shape_label
 
@@ -303,6 +304,15 @@ class _StateCollector(Collector):
         for kind, n in sorted(core.events_after_end.items()):
             c.add_metric([kind.name], n)
         yield c
+        g = GaugeMetricFamily(
+            "fleetflow_pool_demand_cpus",
+            "CPUs a worker pool's work asks for: ready task runs' cpu requests plus leased "
+            "slots' (the autoscaling signal).",
+            labels=["pool"],
+        )
+        for pool, demand in sorted(pool_demand(core).items()):
+            g.add_metric([pool], demand.cpus)
+        yield g
         yield from self._workers(core, now)
         c = CounterMetricFamily(
             "fleetflow_attempts_expired",
