@@ -45,7 +45,17 @@ WATCH_INTERVAL_S = 0.2
 MAX_TASK_BARS = 30
 
 
-def check_coordinator(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+def check_coordinator(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: refuse a ``--coordinator`` that is not ``HOST:PORT[,HOST:PORT...]``."""
+    if value is None:
+        return None
+    try:
+        return format_addresses(parse_addresses(value))
+    except InvalidAddressError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def resolve_coordinator(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
     """Click callback: ``--coordinator``, else FLEETFLOW_COORDINATOR, else the file's ``[client]``.
 
     Refuses an address that is not ``HOST:PORT[,HOST:PORT...]``, naming where it came from.
@@ -70,7 +80,7 @@ def coordinator_option(fn: Any) -> Any:
             "--coordinator",
             "address",
             default=None,
-            callback=check_coordinator,
+            callback=resolve_coordinator,
             metavar="HOST:PORT",
             help=(
                 "Coordinator address HOST:PORT, or several (active and standbys) as "

@@ -44,6 +44,7 @@ from rich.progress import (
 from rich.table import Column, Table
 from rich.text import Text
 
+from fleetflow._cli_config import config_group
 from fleetflow._cli_control import cancel_command, limit_command, prune_command, queue_command
 from fleetflow._cli_credentials import credential_options
 from fleetflow._cli_views import (
@@ -57,6 +58,7 @@ from fleetflow._cli_views import (
 )
 from fleetflow._client import Client, FlowRunInfo
 from fleetflow._task import Flow
+from fleetflow.config import flow_runner_target
 from fleetflow.credentials import Credentials
 from fleetflow.errors import FleetflowError
 from fleetflow.events import FlowEvent
@@ -127,8 +129,22 @@ def _unavailable(name: str, target: str, exc: Exception) -> click.Command:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fleetflow")
-def cli() -> None:
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Configuration file (sets FLEETFLOW_CONFIG).  "
+    "[default: ./fleetflow.toml, ./fleetflow.yaml, ./pyproject.toml, ~/.config/fleetflow/]",
+)
+@click.option("--profile", help="Profile of the configuration file (sets FLEETFLOW_PROFILE).")
+def cli(config_path: str | None, profile: str | None) -> None:
     """Fleetflow: run large Python workflows across a fleet of machines."""
+    # Through the environment, so that lazily loaded subcommands and the processes
+    # of an embedded fleet read the same file and profile.
+    if config_path:
+        os.environ["FLEETFLOW_CONFIG"] = str(Path(config_path).resolve())
+    if profile:
+        os.environ["FLEETFLOW_PROFILE"] = profile
 
 
 def main() -> None:
@@ -577,7 +593,8 @@ def _write_output(path: Path, result: Any) -> None:
     envvar="FLEETFLOW_COORDINATOR",
     metavar="HOST:PORT",
     callback=check_coordinator,
-    help="Run on this coordinator (or A:PORT,B:PORT) instead of starting an embedded fleet.",
+    help="Run on this coordinator (or A:PORT,B:PORT) instead of starting an embedded fleet "
+    "[default: the configuration file's flow_runners.default].",
 )
 @credential_options
 @click.option(
@@ -624,7 +641,9 @@ def run_command(
     with _sigterm_raises_interrupt():
         try:
             if address is None:
-                n = workers or os.cpu_count() or 1
+                address, local_workers = flow_runner_target()
+            if address is None:
+                n = workers or local_workers or os.cpu_count() or 1
                 fleet = _Fleet(module, n, Path(tempfile.mkdtemp(prefix="fleetflow-run-")))
                 address = fleet.start()
                 err.print(
@@ -769,6 +788,7 @@ cli.add_command(cancel_command)
 cli.add_command(limit_command)
 cli.add_command(prune_command)
 cli.add_command(queue_command)
+cli.add_command(config_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

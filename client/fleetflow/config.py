@@ -65,6 +65,7 @@ __all__ = [
     "SECTIONS",
     "find_config",
     "load_config",
+    "flow_runner_target",
 ]
 
 #: Names looked for in a directory, in this order.
@@ -439,3 +440,29 @@ def _apply(
     config._sections = sections
     config._executors = _executors(sections["executors"])
     return config
+
+
+def flow_runner_target(environ: Mapping[str, str] | None = None) -> tuple[str | None, int | None]:
+    """Where ``fleetflow run`` sends a flow run when no coordinator was given.
+
+    Args:
+        environ: The environment (default ``os.environ``).
+
+    Returns:
+        ``(None, workers)`` for an embedded local fleet (``workers``: the
+        file's ``flow_runners.local.workers`` or None), or
+        ``(address, None)``: the coordinator of the profile that
+        ``flow_runners.default`` names (its ``[client]`` section, under the
+        usual precedence).
+
+    Raises:
+        SettingsError: the file or that profile's client settings are invalid.
+    """
+    from fleetflow.settings import ClientSettings
+
+    config = load_config(environ=environ)
+    runner = config.flow_runner()
+    if runner.default == LOCAL_RUNNER:
+        return None, runner.local_workers
+    client = ClientSettings.load(environ=environ, config=config, profile=runner.default)
+    return client.settings.coordinator, None

@@ -35,7 +35,8 @@ def test_pools_are_separate_and_an_unknown_pool_is_zero():
     fleet.core.tick(fleet.now)
     assert set(pool_demand(fleet.core)) == {"gpu"}
     assert demand_json(fleet.core, "gpu")["cpus"] == 2.0
-    assert demand_json(fleet.core, "default") == {"pool": "default", **{
-        k: 0 for k in demand_json(fleet.core, "default") if k != "pool"
-    }}
+    assert demand_json(fleet.core, "default") == {
+        "pool": "default",
+        **{k: 0 for k in demand_json(fleet.core, "default") if k != "pool"},
+    }
     assert demand_json(fleet.core)["pools"]["gpu"]["queued_task_runs"] == 2
