@@ -88,6 +88,14 @@ EXECUTOR_TYPES: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "options": (dict, "a table (keyword arguments of distributed.Client)"),
     },
 }
+#: How the worker's chosen ``executors`` entry fills its settings:
+#: ``{entry key: WorkerSettings field}``. Keys whose field the worker's settings
+#: do not have are ignored, so a new executor option is one line here.
+EXECUTOR_FIELDS: dict[str, str] = {
+    "type": "executor",
+    "address": "dask_address",
+    "options": "dask_options",
+}
 #: The flow runner that starts an embedded fleet.
 LOCAL_RUNNER = "local"
 
@@ -223,6 +231,44 @@ class Config:
     def section(self, name: str) -> dict[str, tuple[Any, str]]:
         """``{key: (value, "FILE: key.path")}`` of a section, profile applied."""
         return dict(self._sections.get(name, {}))
+
+    def settings_values(
+        self, section: str, fields: set[str], given: dict[str, Any]
+    ) -> dict[str, tuple[Any, str]]:
+        """A section's ``{key: (value, where)}`` as a settings class reads it.
+
+        For the worker, the ``executors`` entry in effect adds its values:
+        the entry named by ``executor`` (a flag or variable in ``given``, else
+        the section's ``executor`` key; by name, then by type; else the first
+        entry) sets ``executor`` to its type and fills the fields of
+        :data:`EXECUTOR_FIELDS`. Nothing is added when the settings class has no
+        ``executor`` field.
+
+        Raises:
+            ConfigError: ``executor`` names no entry and no type.
+        """
+        values = self.section(section)
+        if section != "worker" or "executor" not in fields:
+            return values
+        raw = given.get("executor")
+        if raw is None and "executor" in values:
+            raw = values["executor"][0]
+        if raw is not None and not isinstance(raw, str):
+            where = values.get("executor", (None, "executor"))[1]
+            raise ConfigError("executor", f"expected a string, got {raw!r}", where)
+        entry = self.executor(raw)
+        if entry is None:
+            return values
+        entry_values = {"type": entry.type, **entry.options}
+        for key, value in entry_values.items():
+            name = EXECUTOR_FIELDS.get(key)
+            if name is None or name not in fields:
+                continue
+            if name == "executor" and "executor" in values:
+                values[name] = (value, values[name][1])  # a name in [worker] becomes its type
+            elif name not in values:
+                values[name] = (value, f"{entry.where}.{key}")
+        return values
 
     def for_profile(self, name: str) -> Config:
         """This file with another profile active.

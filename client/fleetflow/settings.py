@@ -500,6 +500,10 @@ def resolve(
     sources: dict[str, Source] = {}
 
     def take(name: str, raw: Any, source: Source, *, text: bool) -> None:
+        if name == "executor" and config is not None and source.kind != "file":
+            if isinstance(raw, str) and raw.strip():
+                entry = config.executor(raw.strip())  # an entry's name means its type
+                raw = entry.type if entry is not None else raw
         try:
             values[name] = coerce(raw, hints[name], rule_of(fields[name]), text=text)
         except ValueError as exc:
@@ -507,8 +511,14 @@ def resolve(
             raise SettingsError(name, f"{name}: {exc}", shown) from None
         sources[name] = source
 
+    given = {k: v for k, v in {**(flags or {}), **overrides}.items() if v is not None}
+    if "executor" in fields and "executor" not in given:
+        env_executor = environ.get(env_name("executor"))
+        if env_executor is not None:
+            given["executor"] = env_executor
     if config is not None and section is not None:
-        for key, (raw, where) in config.section(section).items():
+        file_values = config.settings_values(section, set(fields), given)
+        for key, (raw, where) in file_values.items():
             if key not in fields:
                 raise SettingsError(
                     key,
@@ -521,8 +531,7 @@ def resolve(
         raw = environ.get(env_name(name))
         if raw is not None:
             take(name, raw, Source("env", env_name(name)), text=True)
-    given = {**(flags or {}), **overrides}
-    for name, raw in given.items():
+    for name, raw in {**(flags or {}), **overrides}.items():
         if name not in fields:
             raise SettingsError(name, f"{cls.__name__} has no setting {name!r}")
         if raw is None:

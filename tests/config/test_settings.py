@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from fleetflow.config import ConfigError, load_config
-from fleetflow.settings import ClientSettings, SettingsError, Source
+from fleetflow.settings import ClientSettings, SettingsError, Source, resolve, setting, validate
 from fleetflow_coordinator.settings import Settings
 from fleetflow_worker.settings import WorkerSettings
 
@@ -249,3 +250,74 @@ def test_secrets_are_masked():
     assert mask("password", "hunter2") == MASK
     assert mask("token", None) is None
     assert mask("cpu", 3) == 3
+
+
+# The worker's executor fields (``fleetflow worker --executor``) are filled from the
+# chosen ``executors`` entry; a stand-in settings class with those fields checks the
+# wiring, so that the worker's own class only has to declare them.
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutorSettings:
+    executor: str = setting("process", choices=("process", "thread", "dask"))
+    dask_address: str | None = setting(None)
+    dask_options: dict = setting(factory=dict)
+    cpu: float = setting(1.0, gt=0)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+EXECUTORS = """
+[[executors]]
+name = "local-threads"
+type = "thread"
+
+[[executors]]
+name = "cluster"
+type = "dask"
+address = "tcp://10.1.2.3:8786"
+options = { timeout = 30 }
+"""
+
+
+def executor_settings(tmp_path, text, **kwargs):
+    path = write(tmp_path, "fleetflow.toml", text)
+    return resolve(
+        ExecutorSettings, section="worker", config=load_config(path, environ={}), **kwargs
+    )
+
+
+def test_the_first_executors_entry_is_the_default(tmp_path):
+    resolved = executor_settings(tmp_path, EXECUTORS, environ={})
+    assert resolved.settings.executor == "thread"
+    assert resolved.sources["executor"].where.endswith("executors[0].type")
+
+
+def test_worker_executor_names_an_entry_and_gets_its_options(tmp_path):
+    resolved = executor_settings(
+        tmp_path, '[worker]\nexecutor = "cluster"\n' + EXECUTORS, environ={}
+    )
+    s = resolved.settings
+    assert (s.executor, s.dask_address, s.dask_options) == (
+        "dask",
+        "tcp://10.1.2.3:8786",
+        {"timeout": 30},
+    )
+    assert resolved.sources["executor"].where.endswith("worker.executor")
+    assert resolved.sources["dask_address"].where.endswith("executors[1].address")
+
+
+def test_a_flag_or_variable_picks_the_entry_by_name_or_type(tmp_path):
+    by_flag = executor_settings(tmp_path, EXECUTORS, environ={}, flags={"executor": "dask"})
+    assert (by_flag.settings.executor, by_flag.settings.dask_address) == (
+        "dask",
+        "tcp://10.1.2.3:8786",
+    )
+    by_env = executor_settings(tmp_path, EXECUTORS, environ={"FLEETFLOW_EXECUTOR": "cluster"})
+    assert by_env.settings.executor == "dask"
+    assert by_env.sources["executor"].kind == "env"
+    with pytest.raises(ConfigError, match="no executor 'spark'"):
+        executor_settings(tmp_path, EXECUTORS, environ={}, flags={"executor": "spark"})
+    plain = executor_settings(tmp_path, "", environ={}, flags={"executor": "thread"})
+    assert plain.settings.executor == "thread" and plain.settings.dask_address is None
