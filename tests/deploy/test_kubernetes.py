@@ -278,9 +278,10 @@ def test_the_manifests_commands_run_against_a_real_coordinator(objects, tmp_path
     coordinator_obj = objects["StatefulSet/fleetflow-coordinator"]
     container = _container(coordinator_obj)
     command = list(container["command"])
-    # Map the pod's fixed ports and volume to this test's own (port 0, tmp_path).
-    command = _replace(command, "--listen", "127.0.0.1:0")
-    command = _replace(command, "--http", "127.0.0.1:0")
+    # Map the pod's fixed ports and volume to this test's own (port 0, tmp_path); the
+    # hosts stay as written (0.0.0.0: what a pod must listen on to be reachable).
+    command = _replace(command, "--listen", _flag(command, "--listen").rpartition(":")[0] + ":0")
+    command = _replace(command, "--http", _flag(command, "--http").rpartition(":")[0] + ":0")
     command = _replace(command, "--db", str(tmp_path / "fleetflow.db"))
     command += ["--port-file", "port", "--http-port-file", "http-port"]
     log = tmp_path / "coordinator.log"
