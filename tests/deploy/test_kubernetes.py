@@ -15,21 +15,22 @@ import math
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import grpc
 import kubernetes_validate
 import pytest
 import yaml
 from fleetflow import Client
+from fleetflow.credentials import Credentials
 from fleetflow.resources import parse_quantity
 from fleetflow_worker.settings import WorkerSettings
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "deploy" / "kubernetes"
@@ -116,8 +117,17 @@ def test_ports_services_and_probes_agree(objects):
     ports = _ports(container)
     assert ports["grpc"] == int(_flag(command, "--listen").rpartition(":")[2])
     assert ports["http"] == int(_flag(command, "--http").rpartition(":")[2])
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == ports["grpc"], probe
+        argv = container[probe]["exec"]["command"]
+        assert argv[:3] == ["python", "-m", "fleetflow_coordinator.probe"], probe
+        assert int(argv[3].rpartition(":")[2]) == ports["grpc"], probe
+        assert str(Path(_flag(argv, "--tls-ca")).parent) in mounts, probe
+        assert _flag(argv, "--server-name") == "fleetflow-coordinator", probe
+    # TLS files and the auth file come from mounted Secrets
+    for flag in ("--tls-cert", "--tls-key", "--auth-file"):
+        assert str(Path(_flag(command, flag)).parent) in mounts, flag
+    assert _flag(command, "--allowed-host") == "fleetflow-coordinator"
     service = objects["Service/fleetflow-coordinator"]
     assert service["spec"]["selector"] == coordinator["spec"]["selector"]["matchLabels"]
     for port in service["spec"]["ports"]:
@@ -161,14 +171,22 @@ def test_keda_scaled_object(objects):
     (trigger,) = spec["triggers"]
     assert trigger["type"] == "metrics-api" and trigger["metricType"] == "AverageValue"
     meta = trigger["metadata"]
-    assert set(meta) == {"url", "valueLocation", "targetValue", "activationTargetValue"}
+    assert set(meta) == {
+        "url",
+        "valueLocation",
+        "targetValue",
+        "activationTargetValue",
+        "authMode",
+    }
+    assert trigger["authenticationRef"] == {"name": "fleetflow-demand"}
+    assert "TriggerAuthentication/fleetflow-demand" in objects
     # targetValue is one worker's CPUs: what the worker offers (FLEETFLOW_CPU = limits.cpu)
     container = _container(objects["Deployment/fleetflow-worker"])
     cpu = parse_quantity(container["resources"]["limits"]["cpu"], "cpu")
     assert float(meta["targetValue"]) == cpu
     url = urlsplit(meta["url"])
     service = objects["Service/fleetflow-coordinator"]
-    assert url.hostname == service["metadata"]["name"]
+    assert url.scheme == "https" and url.hostname == service["metadata"]["name"]
     assert url.port in [p["port"] for p in service["spec"]["ports"] if p["name"] == "http"]
     # the HPA KEDA creates: validate its behaviour block against the real schema
     hpa = {
@@ -186,14 +204,59 @@ def test_keda_scaled_object(objects):
 
 # ---------------------------------------------------------------- real processes
 
+DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
 
-def _env(container: dict, pod: str) -> dict[str, str]:
+
+def _doc_commands() -> tuple[list[list[str]], dict[str, dict[str, str]]]:
+    """The guide's `fleetflow certs/token` commands and its Secrets: {name: {key: file}}."""
+    text = DEPLOYMENT_DOC.read_text()
+    block = text[text.index("fleetflow certs pki") :]
+    block = block[: block.index("```")]
+    commands, secrets = [], {}
+    for line in block.splitlines():
+        words = line.split()
+        if words[:1] == ["fleetflow"]:
+            commands.append(words)
+        elif words[:4] == ["kubectl", "create", "secret", "generic"]:
+            secrets[words[4]] = dict(
+                w.removeprefix("--from-file=").split("=", 1) for w in words[5:]
+            )
+    return commands, secrets
+
+
+def _pod_files(obj: dict, secrets: dict, pki: Path, root: Path) -> Path:
+    """Lay out a pod's secret volumes under ``root`` as the kubelet would mount them."""
+    spec = obj["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for mount in _container(obj).get("volumeMounts", []):
+        volume = volumes.get(mount["name"], {})
+        if "secret" not in volume:
+            continue
+        secret = volume["secret"]
+        files = secrets[secret["secretName"]]  # the guide creates every Secret used
+        items = secret.get("items") or [{"key": k, "path": k} for k in files]
+        target = root / mount["mountPath"].lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        for item in items:
+            shutil.copy(pki.parent / files[item["key"]], target / item["path"])
+    return root
+
+
+def _mapped(value: str, root: Path) -> str:
+    """A pod path (/etc/fleetflow/..., /var/lib/fleetflow/...) under the test's root."""
+    for prefix in ("/etc/fleetflow", "/var/lib/fleetflow"):
+        if value.startswith(prefix):
+            return str(root / value.lstrip("/"))
+    return value
+
+
+def _env(container: dict, pod: str, root: Path) -> dict[str, str]:
     """The container's environment as the kubelet would set it (downward API resolved)."""
     out = {}
     limits = container.get("resources", {}).get("limits", {})
     for var in container.get("env", []):
         if "value" in var:
-            out[var["name"]] = var["value"]
+            out[var["name"]] = _mapped(var["value"], root)
             continue
         source = var["valueFrom"]
         if "fieldRef" in source:
@@ -215,11 +278,18 @@ def _process_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _command(command: list[str]) -> list[str]:
+    """A container command as this test runs it: `fleetflow` and `python` from here."""
+    if command[0] == "fleetflow":
+        return [sys.executable, "-m", "fleetflow.cli", *command[1:]]
+    assert command[0] == "python", command
+    return [sys.executable, *command[1:]]
+
+
 def _run(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    assert command[0] == "fleetflow"
     with open(log, "ab") as fh:
         return subprocess.Popen(
-            [sys.executable, "-m", "fleetflow.cli", *command[1:]],
+            _command(command),
             env=_process_env(env),
             stdout=fh,
             stderr=subprocess.STDOUT,
@@ -259,11 +329,11 @@ def _wait(predicate, timeout: float, what: str, log: Path):
     raise AssertionError(f"{what} within {timeout} s; log:\n{log.read_text()[-3000:]}")
 
 
-def _demand(url: str, http_port: int) -> dict:
-    parts = urlsplit(url)
-    local = f"http://127.0.0.1:{http_port}{parts.path}?{parts.query}"
-    with urllib.request.urlopen(local, timeout=10) as response:
-        return json.loads(response.read())
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def _value_at(data: dict, location: str) -> float:
@@ -275,51 +345,96 @@ def _value_at(data: dict, location: str) -> float:
 
 @pytest.mark.slow
 def test_the_manifests_commands_run_against_a_real_coordinator(objects, tmp_path):
+    # The Secrets, made with the guide's own commands.
+    commands, secrets = _doc_commands()
+    for words in commands:
+        done = subprocess.run(
+            [sys.executable, "-m", "fleetflow.cli", *words[1:]],
+            cwd=tmp_path, env=_process_env({}), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, (words, done.stderr)
+    pki = tmp_path / "pki"
+    used = {
+        v["secret"]["secretName"]
+        for o in objects.values()
+        if o["kind"] in ("StatefulSet", "Deployment")
+        for v in o["spec"]["template"]["spec"].get("volumes", [])
+        if "secret" in v
+    }
+    auth = objects["TriggerAuthentication/fleetflow-demand"]["spec"]["secretTargetRef"]
+    used |= {ref["name"] for ref in auth}
+    assert used <= set(secrets), f"the guide creates no Secret {used - set(secrets)}"
+    for ref in auth:
+        assert ref["key"] in secrets[ref["name"]]
+    keda_token = (pki.parent / secrets["fleetflow-keda-token"]["token"]).read_text().strip()
+
     coordinator_obj = objects["StatefulSet/fleetflow-coordinator"]
     container = _container(coordinator_obj)
-    command = list(container["command"])
-    # Map the pod's fixed ports and volume to this test's own (port 0, tmp_path); the
-    # hosts stay as written (0.0.0.0: what a pod must listen on to be reachable).
+    root = _pod_files(coordinator_obj, secrets, pki, tmp_path / "coordinator-pod")
+    command = [_mapped(word, root) for word in container["command"]]
+    # Map the pod's fixed ports to this test's own (port 0); the hosts stay as written
+    # (0.0.0.0: what a pod listens on), so the coordinator's security checks apply.
     command = _replace(command, "--listen", _flag(command, "--listen").rpartition(":")[0] + ":0")
     command = _replace(command, "--http", _flag(command, "--http").rpartition(":")[0] + ":0")
-    command = _replace(command, "--db", str(tmp_path / "fleetflow.db"))
+    (root / "var/lib/fleetflow").mkdir(parents=True)
     command += ["--port-file", "port", "--http-port-file", "http-port"]
     log = tmp_path / "coordinator.log"
-    coordinator = _run(command, _env(container, "fleetflow-coordinator-0"), log)
+    coordinator = _run(command, _env(container, "fleetflow-coordinator-0", root), log)
     worker = None
     try:
         port = int(_wait(lambda: _read(tmp_path / "port"), 30, "coordinator serving", log))
         http_port = int((tmp_path / "http-port").read_text())
         address = f"127.0.0.1:{port}"
-        # The probes: what the kubelet's gRPC probe asks (grpc.health.v1.Health/Check, "").
-        with grpc.insecure_channel(address) as channel:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=5
-            )
-        assert answer.status == health_pb2.HealthCheckResponse.SERVING
-        # KEDA's trigger: the URL exists and valueLocation is a number; zero with no work.
+        # The probes, as the kubelet runs them in the container.
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            argv = [_mapped(w, root) for w in container[probe]["exec"]["command"]]
+            argv = [f"127.0.0.1:{port}" if w == "127.0.0.1:50051" else w for w in argv]
+            done = subprocess.run(
+                _command(argv), env=_process_env({}), capture_output=True, text=True,
+                timeout=container[probe]["timeoutSeconds"] + 30,
+            )  # fmt: skip
+            assert done.returncode == 0, (probe, done.stderr)
+        # KEDA's request: HTTPS checked against the CA, the Service's name as Host, the
+        # viewer token as bearer; the value location is a number, zero with no work.
         meta = objects["ScaledObject/fleetflow-worker"]["spec"]["triggers"][0]["metadata"]
-        assert _value_at(_demand(meta["url"], http_port), meta["valueLocation"]) == 0
+        ca = root / "etc/fleetflow/tls/ca.crt"
+
+        def demand(token: str | None = keda_token) -> dict:
+            parts = urlsplit(meta["url"])
+            request = urllib.request.Request(
+                f"{parts.scheme}://127.0.0.1:{http_port}{parts.path}?{parts.query}",
+                headers={"Host": parts.netloc}
+                | ({"Authorization": f"Bearer {token}"} if token else {}),
+            )
+            context = ssl.create_default_context(cafile=str(ca))
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:
+                return json.loads(response.read())
+
+        assert meta["authMode"] == "bearer"
+        assert _value_at(demand(), meta["valueLocation"]) == 0
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            demand(token=None)
+        assert refused.value.code == 401
         # Work queued before any worker exists: the signal asks to scale from zero.
         sys.path.insert(0, str(FLOWS.parent))
         import deploy_flows
 
-        with Client(address) as client:
+        client_token = (pki / "me.token").read_text().strip()
+        credentials = Credentials(tls_ca=str(ca), token=client_token)
+        with Client(address, credentials=credentials) as client:
             run = client.submit(deploy_flows.naps, n=3, seconds=30.0)
-            demand = _wait(
-                lambda: _value_at(_demand(meta["url"], http_port), meta["valueLocation"]),
-                20,
-                "queued demand",
-                log,
-            )
-            assert demand == 3.0  # three cpu=1 task runs
-            # The worker's command and environment, as the Deployment gives them.
+            queued = _wait(lambda: _value_at(demand(), meta["valueLocation"]), 20, "demand", log)
+            assert queued == 3.0  # three cpu=1 task runs
+            # The worker's command, environment and volumes, as the Deployment gives them.
             worker_obj = objects["Deployment/fleetflow-worker"]
             wcontainer = _container(worker_obj)
+            wroot = _pod_files(worker_obj, secrets, pki, tmp_path / "worker-pod")
+            assert sorted(p.name for p in (wroot / "etc/fleetflow/tls").iterdir()) == ["ca.crt"]
             wcommand = _replace(wcontainer["command"], "--coordinator", address)
             wcommand = _replace(wcommand, "--module", str(FLOWS))
             wlog = tmp_path / "worker.log"
-            worker = _run(wcommand, _env(wcontainer, "fleetflow-worker-abc12"), wlog)
+            wenv = _env(wcontainer, "fleetflow-worker-abc12", wroot)
+            worker = _run(wcommand, wenv, wlog)
             workers = _wait(lambda: client.list_workers(), 60, "worker registered", wlog)
             (info,) = workers
             limits = wcontainer["resources"]["limits"]
@@ -327,13 +442,8 @@ def test_the_manifests_commands_run_against_a_real_coordinator(objects, tmp_path
             assert info.capacity["cpu"] == parse_quantity(limits["cpu"], "cpu")
             assert info.capacity["memory"] == parse_quantity(limits["memory"], "memory")
             # Running work still counts (two slots run, one waits): no scale-down mid-run.
-            _wait(
-                lambda: _demand(meta["url"], http_port)["running_slots"] == 2,
-                30,
-                "two running slots",
-                wlog,
-            )
-            assert _value_at(_demand(meta["url"], http_port), meta["valueLocation"]) == 3.0
+            _wait(lambda: demand()["running_slots"] == 2, 30, "two running slots", wlog)
+            assert _value_at(demand(), meta["valueLocation"]) == 3.0
             client.cancel(run.id)
         # SIGTERM: the worker drains and exits 0 well inside its grace period.
         grace = worker_obj["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -346,10 +456,3 @@ def test_the_manifests_commands_run_against_a_real_coordinator(objects, tmp_path
         if worker is not None:
             _stop(worker, 5)
         _stop(coordinator, 5)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        return ""
