@@ -414,6 +414,7 @@ def test_the_manifests_commands_run_against_a_real_coordinator(objects, tmp_path
         assert _value_at(demand(), meta["valueLocation"]) == 0
         with pytest.raises(urllib.error.HTTPError) as refused:
             demand(token=None)
+        refused.value.close()  # the error holds the response and its TLS socket
         assert refused.value.code == 401
         # Work queued before any worker exists: the signal asks to scale from zero.
         sys.path.insert(0, str(FLOWS.parent))
