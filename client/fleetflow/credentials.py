@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import ipaddress
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ import grpc
 
 from fleetflow.errors import FleetflowError
 
-__all__ = ["Credentials", "CredentialsError"]
+__all__ = ["Credentials", "CredentialsError", "read_token_file"]
 
 
 class CredentialsError(FleetflowError, ValueError):
@@ -45,6 +44,18 @@ def _read(option: str, path: str) -> bytes:
         return Path(path).expanduser().read_bytes()
     except OSError as exc:
         raise CredentialsError(f"{option} {path}: {exc.strerror or exc}") from None
+
+
+def read_token_file(path: str) -> str:
+    """The token in a ``--token-file`` (surrounding white space removed).
+
+    Raises:
+        CredentialsError: the file cannot be read or is empty.
+    """
+    token = _read("--token-file", path).decode(errors="replace").strip()
+    if not token:
+        raise CredentialsError(f"--token-file {path}: the file is empty")
+    return token
 
 
 def _loopback(address: str) -> bool:
@@ -95,24 +106,30 @@ class Credentials:
         token_file: str | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Credentials:
-        """Build credentials from command-line options, then ``FLEETFLOW_*`` variables.
+        """Build credentials from options, then ``FLEETFLOW_*`` variables, then the file.
+
+        The file is the ``[client]`` section of the configuration file
+        (:mod:`fleetflow.config`): ``tls_ca``, ``tls_client_cert``,
+        ``tls_client_key``, ``token_file``, ``token``.
 
         Raises:
             CredentialsError: a file cannot be read or options do not go together.
         """
-        env = os.environ if environ is None else environ
-        tls_ca = tls_ca or env.get("FLEETFLOW_TLS_CA") or None
-        tls_cert = tls_cert or env.get("FLEETFLOW_TLS_CLIENT_CERT") or None
-        tls_key = tls_key or env.get("FLEETFLOW_TLS_CLIENT_KEY") or None
-        token_file = token_file or env.get("FLEETFLOW_TOKEN_FILE") or None
-        token = None
-        if token_file:
-            token = _read("--token-file", token_file).decode(errors="replace").strip()
-            if not token:
-                raise CredentialsError(f"--token-file {token_file}: the file is empty")
-        elif env.get("FLEETFLOW_TOKEN"):
-            token = env["FLEETFLOW_TOKEN"].strip()
-        return cls(tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token)
+        from fleetflow.settings import ClientSettings, SettingsError
+
+        flags = {
+            "tls_ca": tls_ca,
+            "tls_client_cert": tls_cert,
+            "tls_client_key": tls_key,
+            "token_file": token_file,
+        }
+        try:
+            # One schema: the options, then FLEETFLOW_* variables, then the [client]
+            # section of the configuration file.
+            settings = ClientSettings.load(flags, environ=environ).settings
+        except SettingsError as exc:
+            raise CredentialsError(str(exc)) from None
+        return settings.build_credentials()
 
     @property
     def uses_tls(self) -> bool:

@@ -35,6 +35,7 @@ from typing import Any, Generic, TypeVar
 
 __all__ = [
     "ClientSettings",
+    "CredentialSettings",
     "DEFAULT_COORDINATOR",
     "Rule",
     "Resolved",
@@ -588,11 +589,53 @@ def flags_from_click(ctx: Any, cls: type) -> tuple[dict[str, Any], dict[str, str
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClientSettings:
+class CredentialSettings:
+    """TLS and token settings of a process that dials a coordinator (client, worker).
+
+    The variables are ``FLEETFLOW_TLS_CA``, ``FLEETFLOW_TLS_CLIENT_CERT``,
+    ``FLEETFLOW_TLS_CLIENT_KEY``, ``FLEETFLOW_TOKEN_FILE`` and ``FLEETFLOW_TOKEN``
+    (``CLIENT_`` keeps them apart from the coordinator's own certificate).
+    Paths are taken relative to the working directory.
+    """
+
+    tls_ca: str | None = setting(
+        None, help="PEM CA bundle the coordinator's certificate must chain to; turns TLS on."
+    )
+    tls_client_cert: str | None = setting(
+        None, flag="--tls-cert", help="PEM client certificate (mutual TLS), with its key."
+    )
+    tls_client_key: str | None = setting(
+        None, flag="--tls-key", help="PEM private key of the client certificate."
+    )
+    token_file: str | None = setting(None, help="File holding a token (fleetflow token).")
+    token: str | None = setting(None, secret=True, help="A token; token_file wins over it.")
+
+    def build_credentials(self) -> Any:
+        """The :class:`fleetflow.credentials.Credentials` these settings describe.
+
+        Raises:
+            fleetflow.credentials.CredentialsError: the token file cannot be
+                read or is empty, or a certificate comes without its key.
+        """
+        from fleetflow.credentials import Credentials, read_token_file
+
+        token = read_token_file(self.token_file) if self.token_file else None
+        if token is None and self.token:
+            token = self.token.strip()
+        return Credentials(
+            tls_ca=self.tls_ca or None,
+            tls_cert=self.tls_client_cert or None,
+            tls_key=self.tls_client_key or None,
+            token=token,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientSettings(CredentialSettings):
     """What a client (the Python ``Client``, the CLI) needs to reach a coordinator.
 
-    Read from ``--coordinator``, ``FLEETFLOW_COORDINATOR`` and the ``[client]``
-    section of the configuration file (of the active profile).
+    Read from flags (``--coordinator``, ``--tls-ca``...), ``FLEETFLOW_*`` variables
+    and the ``[client]`` section of the configuration file (of the active profile).
     """
 
     coordinator: str = setting(

@@ -147,3 +147,49 @@ def test_coordinator_worker_and_cli_take_their_settings_from_the_file(tmp_path):
         if worker is not None:
             stop(worker)
         stop(coordinator)
+
+
+def test_the_cli_reaches_a_tls_coordinator_with_credentials_from_the_file(tmp_path):
+    """[client] tls_ca and token_file: the same schema as --tls-ca and --token-file."""
+    pki = tmp_path / "pki"
+    for args in (
+        ["certs", str(pki)],
+        ["token", "client", "me", "--auth-file", str(pki / "auth.toml"), "--out", str(pki / "me")],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "fleetflow.cli", *args],
+            env=env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    log = tmp_path / "coordinator.log"
+    coordinator = start(
+        ["-m", "fleetflow_coordinator", "--listen", "127.0.0.1:0", "--port-file", "port",
+         "--db", ":memory:", "--http", "off", "--tls-cert", str(pki / "coordinator.pem"),
+         "--tls-key", str(pki / "coordinator-key.pem"), "--auth-file", str(pki / "auth.toml")],
+        tmp_path, log,
+    )  # fmt: skip
+    try:
+        port = wait_for_file(tmp_path / "port", coordinator, log)
+        project = tmp_path / "project"
+        project.mkdir()
+        (project / "fleetflow.toml").write_text(
+            f'[client]\ncoordinator = "127.0.0.1:{port}"\n'
+            f'tls_ca = "{pki / "ca.pem"}"\ntoken_file = "{pki / "me"}"\n'
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "fleetflow.cli", "flow-runs", "--json"],
+            cwd=project, env=env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr + log.read_text()[-2000:]
+        assert json.loads(done.stdout) == []
+        # without the token the same call is refused: the file's token was what let it in
+        (project / "fleetflow.toml").write_text(
+            f'[client]\ncoordinator = "127.0.0.1:{port}"\ntls_ca = "{pki / "ca.pem"}"\n'
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "fleetflow.cli", "flow-runs", "--json"],
+            cwd=project, env=env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode != 0
+    finally:
+        stop(coordinator)

@@ -321,3 +321,27 @@ def test_a_flag_or_variable_picks_the_entry_by_name_or_type(tmp_path):
         executor_settings(tmp_path, EXECUTORS, environ={}, flags={"executor": "spark"})
     plain = executor_settings(tmp_path, "", environ={}, flags={"executor": "thread"})
     assert plain.settings.executor == "thread" and plain.settings.dask_address is None
+
+
+def test_credentials_come_from_the_file_too(tmp_path, monkeypatch):
+    from fleetflow.credentials import Credentials
+
+    (tmp_path / "me.token").write_text("tok-123\n")
+    path = write(
+        tmp_path,
+        "fleetflow.toml",
+        f'[client]\ntls_ca = "{tmp_path}/ca.pem"\ntoken_file = "{tmp_path}/me.token"\n'
+        f'[worker]\ntoken = "worker-secret"\ntls_ca = "{tmp_path}/ca.pem"\n',
+    )
+    monkeypatch.setenv("FLEETFLOW_CONFIG", str(path))
+    for name in ("FLEETFLOW_TLS_CA", "FLEETFLOW_TOKEN", "FLEETFLOW_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    credentials = Credentials.from_options()
+    assert (credentials.tls_ca, credentials.token) == (f"{tmp_path}/ca.pem", "tok-123")
+    # an option still wins over the file
+    assert Credentials.from_options(tls_ca="other.pem").tls_ca == "other.pem"
+    worker = WorkerSettings.load().settings
+    assert worker.credentials.token == "worker-secret"
+    assert worker.credentials.tls_ca == f"{tmp_path}/ca.pem"
+    shown = dict((name, value) for name, value, _ in WorkerSettings.load().rows())
+    assert shown["token"] == "********" and "worker-secret" not in repr(shown)

@@ -10,7 +10,6 @@ import click
 import uvloop
 from fleetflow._startup import exit_on_signal_during_startup
 from fleetflow._task import Task
-from fleetflow.credentials import Credentials
 from fleetflow.resources import parse_quantity
 from fleetflow.settings import flags_from_click
 
@@ -182,13 +181,16 @@ def command(
     configure_logging(log_level)
     tasks = load_all_tasks(modules)
     try:
-        credentials = Credentials.from_options(
-            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token_file=token_file
-        )
         flags, names = flags_from_click(click.get_current_context(), WorkerSettings)
-        flags["credentials"] = credentials
+        for option, field, flag in (
+            (tls_cert, "tls_client_cert", "--tls-cert"),
+            (tls_key, "tls_client_key", "--tls-key"),
+        ):
+            if option:
+                flags[field], names[field] = option, flag
         settings = WorkerSettings.load(flags, flag_names=names).settings
-        credentials.channel_credentials(settings.coordinator)  # unreadable files fail here
+        # unreadable certificate files fail here, not later
+        settings.credentials.channel_credentials(settings.coordinator)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     worker = Worker(settings, tasks, list(modules))

@@ -13,13 +13,14 @@ import os
 import secrets
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fleetflow.credentials import Credentials
 from fleetflow.resources import parse_quantity
 from fleetflow.settings import (
     DEFAULT_COORDINATOR,
+    CredentialSettings,
     Resolved,
     SettingsError,
     check_coordinator,
@@ -68,8 +69,12 @@ def _resources(value: Any) -> dict[str, float]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class WorkerSettings:
+class WorkerSettings(CredentialSettings):
     """Everything a :class:`~fleetflow_worker.Worker` needs besides its tasks.
+
+    The TLS and token fields (``tls_ca``, ``tls_client_cert``, ``tls_client_key``,
+    ``token_file``, ``token``) are those of :class:`fleetflow.settings.CredentialSettings`;
+    :meth:`load` turns them into ``credentials`` unless that is given.
 
     Raises:
         ValueError: (on construction) a field is out of range.
@@ -152,7 +157,8 @@ class WorkerSettings:
     Default 50 MiB."""
 
     credentials: Credentials = setting(
-        factory=Credentials, help="TLS and token (built from --tls-ca, --token-file...)."
+        factory=Credentials,
+        help="TLS and token for the coordinator; load() builds it from the fields above.",
     )
     """TLS and token for the coordinator (``--tls-ca``, ``--tls-cert``/``--tls-key``,
     ``--token-file`` or ``FLEETFLOW_TOKEN``). Default: plaintext, no token."""
@@ -206,7 +212,7 @@ class WorkerSettings:
             from fleetflow.config import load_config
 
             config = load_config(environ=environ)
-        return resolve(
+        resolved = resolve(
             cls,
             section=SECTION,
             flags=flags,
@@ -214,6 +220,10 @@ class WorkerSettings:
             environ=environ,
             config=config,
         )
+        if resolved.sources["credentials"].kind == "default":
+            built = replace(resolved.settings, credentials=resolved.settings.build_credentials())
+            resolved = Resolved(built, resolved.sources)
+        return resolved
 
     @property
     def capacity(self) -> dict[str, float]:
