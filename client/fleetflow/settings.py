@@ -440,12 +440,19 @@ def mask(key: str, value: Any, *, secret: bool = False) -> Any:
     """Hide a secret: a field marked ``secret``, or a key that names one.
 
     Inside tables (executor options), keys containing ``token``,
-    ``password``, ``secret``, ``credential`` or ``private`` are masked too.
+    ``password``, ``secret``, ``credential`` or ``private`` are masked too, and
+    so is the password of a URL (``postgresql://USER:PASSWORD@HOST/DB``).
     """
     if value in (None, ""):
         return value
     if secret or any(w in key.lower() for w in _SECRET_WORDS):
         return MASK
+    if isinstance(value, str) and "://" in value and "@" in value:
+        # a URL with a password (--db postgresql://USER:PASSWORD@HOST/DB)
+        scheme, _, rest = value.partition("://")
+        userinfo, at, host = rest.rpartition("@")
+        if ":" in userinfo:
+            return f"{scheme}://{userinfo.partition(':')[0]}:{MASK}{at}{host}"
     if isinstance(value, Mapping):
         return {k: mask(str(k), v) for k, v in value.items()}
     return value

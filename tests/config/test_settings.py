@@ -250,6 +250,8 @@ def test_secrets_are_masked():
     assert mask("password", "hunter2") == MASK
     assert mask("token", None) is None
     assert mask("cpu", 3) == 3
+    assert mask("db", "postgresql://ff:pw@db:5432/x") == f"postgresql://ff:{MASK}@db:5432/x"
+    assert mask("db", "postgresql://ff@db/x") == "postgresql://ff@db/x"
 
 
 # The worker's executor fields (``fleetflow worker --executor``) are filled from the
