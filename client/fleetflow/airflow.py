@@ -32,7 +32,7 @@ from airflow.exceptions import AirflowException
 from airflow.sdk import BaseOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from fleetflow._client import AsyncClient, Client
+from fleetflow import AsyncClient, Client
 from fleetflow._task import Flow
 from fleetflow.events import FlowEvent
 from fleetflow.loader import load_target
