@@ -35,8 +35,8 @@ from aiohttp import web
 from fleetflow.api.v1 import common_pb2
 
 from fleetflow_coordinator import http_guard
-from fleetflow_coordinator.core.model import FAILED_TASK_STATES, TERMINAL_TASK_STATES
 from fleetflow_coordinator.autoscale import demand_json
+from fleetflow_coordinator.core.model import FAILED_TASK_STATES, TERMINAL_TASK_STATES
 from fleetflow_coordinator.metrics import CONTENT_TYPE
 from fleetflow_coordinator.observe import (
     FOLD_BUDGET,
