@@ -17,6 +17,10 @@ __all__ = [
     "InvalidFlowError",
     "Retry",
     "NonRetryableError",
+    "StoredObjectError",
+    "StoredObjectMissing",
+    "StoredObjectCorrupt",
+    "PayloadTooLarge",
 ]
 
 
@@ -170,3 +174,54 @@ class Retry(Exception):  # noqa: N818 - named for what task code asks for, like 
 
 class NonRetryableError(Exception):
     """Raise from task code (or subclass) to fail the task run at once, without retries."""
+
+
+class StoredObjectError(FleetflowError):
+    """A payload in the result store could not be read as it was written.
+
+    Workers report it as an infrastructure failure of the attempt that needed
+    the payload (so it counts against ``max_infra_failures``, not the task's
+    retries); clients raise it from ``result()``.
+
+    Attributes:
+        key: The object's key in the store (``runs/<flow_run_id>/...``).
+        url: Where the object is (``s3://bucket/...``, a path, or the
+            coordinator-hosted store), for people to look at.
+    """
+
+    def __init__(self, key: str, url: str, problem: str) -> None:
+        super().__init__(f"stored object {url}: {problem}")
+        self.key = key
+        self.url = url
+        self.problem = problem
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.key, self.url, self.problem))
+
+
+class StoredObjectMissing(StoredObjectError):
+    """The object is not in the store (deleted, pruned, or never fully written)."""
+
+
+class StoredObjectCorrupt(StoredObjectError):
+    """The object's bytes differ from what was written (size or checksum)."""
+
+
+class PayloadTooLarge(FleetflowError, ValueError):
+    """A payload is over a size limit; the message names the size, the limit and its setting.
+
+    Attributes:
+        size: The payload's size, bytes.
+        limit: The limit it is over, bytes.
+        setting: The setting that changes the limit.
+    """
+
+    def __init__(self, what: str, size: int, limit: int, setting: str) -> None:
+        super().__init__(f"{what} is {size} bytes, over the limit of {limit} bytes ({setting})")
+        self.what = what
+        self.size = size
+        self.limit = limit
+        self.setting = setting
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.what, self.size, self.limit, self.setting))

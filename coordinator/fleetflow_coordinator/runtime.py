@@ -31,6 +31,7 @@ from fleetflow_coordinator.core import Scheduler
 from fleetflow_coordinator.core.model import FlowRun
 from fleetflow_coordinator.metrics import Metrics
 from fleetflow_coordinator.observe import Observer
+from fleetflow_coordinator.results import ResultStore
 from fleetflow_coordinator.settings import Settings
 from fleetflow_coordinator.store import MemoryStore, Store, StoreError
 from fleetflow_coordinator.store.base import NotLeader
@@ -104,6 +105,8 @@ class Runtime:
         self.halt_error: BaseException | None = None
         self._closing = False
         self.last_commit_s = 0.0
+        #: Where payloads above the inline limit go (opened by :meth:`open`).
+        self.results: ResultStore | None = None
 
     @property
     def fatal_error(self) -> BaseException | None:
@@ -119,6 +122,8 @@ class Runtime:
             StoreError: the stored state cannot be read.
             fleetflow_coordinator.core.InvalidFlowSpec: a stored spec is invalid.
         """
+        if self.results is None:
+            self.results = await asyncio.to_thread(ResultStore.from_settings, self.settings)
         with gc_paused():  # linear restore: see store/rows.py
             snapshot = await self.writer.call(self.store.load)
             restored = restore_snapshot(self.core, snapshot, self.clock())
@@ -153,6 +158,8 @@ class Runtime:
         self._fail_waiters(self.halt_error or StoreError("the coordinator stopped"))
         if self._own_writer:
             await self.writer.close()
+        if self.results is not None:
+            self.results.close()
 
     def depose(self, error: NotLeader) -> None:
         """Step down: another coordinator holds the leadership (or it cannot be proven).
@@ -344,12 +351,15 @@ class Runtime:
 
     async def prune(self, older_than_s: float) -> list[str]:
         """Delete finished flow runs that ended more than ``older_than_s`` seconds ago."""
+        keys = {f.id: f.idempotency_key for f in self.core.flows.values() if f.terminal}
         pruned = self.core.prune(self.clock() - older_than_s)
         self.usage.forget(pruned)
         for flow_run_id in pruned:
             self._flow_signals.pop(flow_run_id, None)
         self.after_change()
         await self.durable()
+        if pruned and self.results is not None:  # rows first: a crash leaves orphans, not holes
+            await self.results.delete_flow_runs((i, keys.get(i, "")) for i in pruned)
         if pruned:
             log.info("flow_runs_pruned", count=len(pruned), older_than_s=older_than_s)
         return pruned
@@ -359,3 +369,8 @@ class Runtime:
         while True:
             await asyncio.sleep(settings.prune_interval_s)
             await self.prune(settings.retention_s)
+            if self.results is not None:
+                try:
+                    await self.results.collect_orphans(self.core.flows, self.clock())
+                except Exception as exc:  # noqa: BLE001 - a store outage must not stop retention
+                    log.warning("orphan_collection_failed", error=str(exc))

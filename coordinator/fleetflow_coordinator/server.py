@@ -12,7 +12,11 @@ from typing import Any
 
 import grpc
 import structlog
-from fleetflow.api.v1 import coordinator_service_pb2_grpc, worker_service_pb2_grpc
+from fleetflow.api.v1 import (
+    coordinator_service_pb2_grpc,
+    transfer_service_pb2_grpc,
+    worker_service_pb2_grpc,
+)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fleetflow_coordinator.dashboard import start_dashboard
@@ -22,6 +26,7 @@ from fleetflow_coordinator.security import Security, check_exposure, load_securi
 from fleetflow_coordinator.servicers import CoordinatorServicer, WorkerServicer
 from fleetflow_coordinator.settings import Settings
 from fleetflow_coordinator.store import open_store
+from fleetflow_coordinator.transfer import TransferServicer
 
 __all__ = [
     "create_server",
@@ -113,6 +118,7 @@ def protect_new_files(db: str) -> None:
 _SERVICES = (
     "fleetflow.api.v1.CoordinatorService",
     "fleetflow.api.v1.WorkerService",
+    "fleetflow.api.v1.TransferService",
 )
 
 
@@ -154,6 +160,9 @@ async def create_server(
         CoordinatorServicer(runtime), server
     )
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(runtime), server)
+    transfer_service_pb2_grpc.add_TransferServiceServicer_to_server(
+        TransferServicer(runtime, runtime.results), server
+    )
     if health_servicer is None:
         health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

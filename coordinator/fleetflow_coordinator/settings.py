@@ -206,6 +206,46 @@ class Settings:
         "wildcard host) and the bound port.",
     )
 
+    result_store: str = setting(
+        "",
+        help="Where payloads above inline_max_bytes go: an fsspec URL (s3://bucket/prefix, "
+        "/mnt/shared/fleetflow, file:///...); empty (default) hosts the store on this "
+        "coordinator's disk, in results/ next to the database, served to workers and clients "
+        "over gRPC in chunks.",
+    )
+    result_store_options: str = setting(
+        "",
+        help='fsspec storage options as a JSON object (e.g. {"endpoint_url": '
+        '"http://minio:9000"}); sent to workers and clients, so never credentials: each '
+        "process takes those from its own environment.",
+    )
+    inline_max_bytes: int = setting(
+        64 << 10,
+        ge=1024,
+        help="A result, argument or parameter whose pickle is larger than this (bytes) is "
+        "written to the result store by its producer; only its reference travels.",
+    )
+    map_inline_bytes: int = setting(
+        16 << 20,
+        ge=1 << 16,
+        help="Inline results the coordinator keeps per map node, bytes: a child of an N-item "
+        "map stores results larger than map_inline_bytes / N (at least 64 bytes inline).",
+    )
+    result_chunk_bytes: int = setting(
+        1 << 20, ge=1 << 12, help="Target size of one chunk of a stored list, bytes."
+    )
+    store_min_free_bytes: int = setting(
+        1 << 30,
+        ge=0,
+        help="The hosted store refuses an upload that would leave less free disk than this, "
+        "bytes.",
+    )
+    orphan_grace_s: float = setting(
+        3600.0,
+        ge=0,
+        help="Stored objects that no flow run refers to are deleted once this old, seconds.",
+    )
+
     def __post_init__(self) -> None:
         validate(self)
 

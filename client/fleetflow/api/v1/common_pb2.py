@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66leetflow/api/v1/common.proto\x12\x10\x66leetflow.api.v1\"v\n\tResources\x12\x39\n\x07\x61mounts\x18\x01 \x03(\x0b\x32(.fleetflow.api.v1.Resources.AmountsEntry\x1a.\n\x0c\x41mountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x95\x01\n\x0bRetryPolicy\x12\x0f\n\x07retries\x18\x01 \x01(\r\x12\x1b\n\x13retry_delay_seconds\x18\x02 \x01(\x01\x12\x1c\n\x14retry_delays_seconds\x18\x03 \x03(\x01\x12\x0f\n\x07\x62\x61\x63koff\x18\x04 \x01(\x01\x12\x19\n\x11max_delay_seconds\x18\x05 \x01(\x01\x12\x0e\n\x06jitter\x18\x06 \x01(\x01\"\x1a\n\tValueList\x12\r\n\x05items\x18\x01 \x03(\x0c\"O\n\x05Value\x12\x11\n\x07pickled\x18\x01 \x01(\x0cH\x00\x12+\n\x04list\x18\x02 \x01(\x0b\x32\x1b.fleetflow.api.v1.ValueListH\x00\x42\x06\n\x04kind\"\xb7\x01\n\x07\x41rgSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07literal\x18\x02 \x01(\x0cH\x00\x12\x34\n\rliteral_items\x18\x03 \x01(\x0b\x32\x1b.fleetflow.api.v1.ValueListH\x00\x12\x0e\n\x04node\x18\x04 \x01(\rH\x00\x12+\n\x05nodes\x18\x05 \x01(\x0b\x32\x1a.fleetflow.api.v1.NodeListH\x00\x12\x0e\n\x06mapped\x18\x06 \x01(\x08\x42\x08\n\x06source\"\x19\n\x08NodeList\x12\r\n\x05nodes\x18\x01 \x03(\r\"\x81\x02\n\x08TaskNode\x12\x11\n\ttask_name\x18\x01 \x01(\t\x12\'\n\x04\x61rgs\x18\x02 \x03(\x0b\x32\x19.fleetflow.api.v1.ArgSpec\x12\x0b\n\x03map\x18\x03 \x01(\x08\x12.\n\tresources\x18\x04 \x01(\x0b\x32\x1b.fleetflow.api.v1.Resources\x12,\n\x05retry\x18\x05 \x01(\x0b\x32\x1d.fleetflow.api.v1.RetryPolicy\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x01\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\x19\n\x11\x63oncurrency_limit\x18\x08 \x01(\r\x12\x0c\n\x04pool\x18\t \x01(\t\"\xbd\x01\n\x08\x46lowSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x05nodes\x18\x02 \x03(\x0b\x32\x1a.fleetflow.api.v1.TaskNode\x12\x15\n\x0boutput_node\x18\x03 \x01(\rH\x00\x12\x18\n\x0eoutput_literal\x18\x04 \x01(\x0cH\x00\x12\x12\n\nparameters\x18\x05 \x01(\x0c\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x42\x08\n\x06output\"`\n\tTaskError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x0f\n\x07pickled\x18\x04 \x01(\x0c\x12\x10\n\x08log_tail\x18\x05 \x03(\t\"\xa9\x02\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.fleetflow.api.v1.EventKind\x12\x13\n\x0b\x66low_run_id\x18\x03 \x01(\t\x12\x0c\n\x04time\x18\x04 \x01(\x01\x12\x0c\n\x04node\x18\x05 \x01(\r\x12\x11\n\ttask_name\x18\x06 \x01(\t\x12\x13\n\x0btask_run_id\x18\x07 \x01(\x04\x12\r\n\x05index\x18\x08 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\x12\x11\n\tworker_id\x18\n \x01(\t\x12\r\n\x05\x63ount\x18\x0b \x01(\r\x12\x0f\n\x07message\x18\x0c \x01(\t\x12*\n\x05\x65rror\x18\r \x01(\x0b\x32\x1b.fleetflow.api.v1.TaskError\x12\x10\n\x08retry_at\x18\x0e \x01(\x01*\xc0\x02\n\x0cTaskRunState\x12\x1e\n\x1aTASK_RUN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_RUN_STATE_PENDING\x10\x01\x12\x1c\n\x18TASK_RUN_STATE_SCHEDULED\x10\x02\x12\x1a\n\x16TASK_RUN_STATE_RUNNING\x10\x03\x12!\n\x1dTASK_RUN_STATE_AWAITING_RETRY\x10\x04\x12\x1c\n\x18TASK_RUN_STATE_COMPLETED\x10\x05\x12\x19\n\x15TASK_RUN_STATE_FAILED\x10\x06\x12\"\n\x1eTASK_RUN_STATE_UPSTREAM_FAILED\x10\x07\x12\x1c\n\x18TASK_RUN_STATE_CANCELLED\x10\x08\x12\x1c\n\x18TASK_RUN_STATE_TIMED_OUT\x10\t*\xa1\x01\n\x0c\x46lowRunState\x12\x1e\n\x1a\x46LOW_RUN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46LOW_RUN_STATE_RUNNING\x10\x01\x12\x1c\n\x18\x46LOW_RUN_STATE_COMPLETED\x10\x02\x12\x19\n\x15\x46LOW_RUN_STATE_FAILED\x10\x03\x12\x1c\n\x18\x46LOW_RUN_STATE_CANCELLED\x10\x04*\xf5\x04\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12!\n\x1d\x45VENT_KIND_FLOW_RUN_SUBMITTED\x10\x01\x12!\n\x1d\x45VENT_KIND_FLOW_RUN_COMPLETED\x10\x02\x12\x1e\n\x1a\x45VENT_KIND_FLOW_RUN_FAILED\x10\x03\x12!\n\x1d\x45VENT_KIND_FLOW_RUN_CANCELLED\x10\x04\x12\x1c\n\x18\x45VENT_KIND_NODE_EXPANDED\x10\x05\x12!\n\x1d\x45VENT_KIND_TASK_RUN_SCHEDULED\x10\x06\x12\x1f\n\x1b\x45VENT_KIND_TASK_RUN_STARTED\x10\x07\x12!\n\x1d\x45VENT_KIND_TASK_RUN_COMPLETED\x10\x08\x12\x1e\n\x1a\x45VENT_KIND_TASK_RUN_FAILED\x10\t\x12 \n\x1c\x45VENT_KIND_TASK_RUN_RETRYING\x10\n\x12\'\n#EVENT_KIND_TASK_RUN_UPSTREAM_FAILED\x10\x0b\x12%\n!EVENT_KIND_TASK_RUN_LEASE_EXPIRED\x10\x0c\x12#\n\x1f\x45VENT_KIND_LATE_RESULT_REJECTED\x10\r\x12%\n!EVENT_KIND_TASK_RUN_UNSCHEDULABLE\x10\x0e\x12\x1a\n\x16\x45VENT_KIND_NODE_FAILED\x10\x0f\x12!\n\x1d\x45VENT_KIND_TASK_RUN_CANCELLED\x10\x10\x12!\n\x1d\x45VENT_KIND_TASK_RUN_TIMED_OUT\x10\x11\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66leetflow/api/v1/common.proto\x12\x10\x66leetflow.api.v1\"v\n\tResources\x12\x39\n\x07\x61mounts\x18\x01 \x03(\x0b\x32(.fleetflow.api.v1.Resources.AmountsEntry\x1a.\n\x0c\x41mountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x95\x01\n\x0bRetryPolicy\x12\x0f\n\x07retries\x18\x01 \x01(\r\x12\x1b\n\x13retry_delay_seconds\x18\x02 \x01(\x01\x12\x1c\n\x14retry_delays_seconds\x18\x03 \x03(\x01\x12\x0f\n\x07\x62\x61\x63koff\x18\x04 \x01(\x01\x12\x19\n\x11max_delay_seconds\x18\x05 \x01(\x01\x12\x0e\n\x06jitter\x18\x06 \x01(\x01\"\x1a\n\tValueList\x12\r\n\x05items\x18\x01 \x03(\x0c\"H\n\tStoredRef\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x0c\x12\x0e\n\x06offset\x18\x04 \x01(\x04\"K\n\x0bStoredItems\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12-\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x1d.fleetflow.api.v1.StoredChunk\"F\n\x0bStoredChunk\x12(\n\x03ref\x18\x01 \x01(\x0b\x32\x1b.fleetflow.api.v1.StoredRef\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"J\n\nStoredItem\x12*\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x1b.fleetflow.api.v1.StoredRef\x12\x10\n\x08position\x18\x02 \x01(\r\">\n\nNodeValues\x12\x13\n\x0b\x66low_run_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"1\n\x06Values\x12\'\n\x06values\x18\x01 \x03(\x0b\x32\x17.fleetflow.api.v1.Value\"\xba\x02\n\x05Value\x12\x11\n\x07pickled\x18\x01 \x01(\x0cH\x00\x12+\n\x04list\x18\x02 \x01(\x0b\x32\x1b.fleetflow.api.v1.ValueListH\x00\x12*\n\x03ref\x18\x03 \x01(\x0b\x32\x1b.fleetflow.api.v1.StoredRefH\x00\x12,\n\x04item\x18\x04 \x01(\x0b\x32\x1c.fleetflow.api.v1.StoredItemH\x00\x12.\n\x05items\x18\x05 \x01(\x0b\x32\x1d.fleetflow.api.v1.StoredItemsH\x00\x12*\n\x06values\x18\x06 \x01(\x0b\x32\x18.fleetflow.api.v1.ValuesH\x00\x12\x33\n\x0bnode_values\x18\x07 \x01(\x0b\x32\x1c.fleetflow.api.v1.NodeValuesH\x00\x42\x06\n\x04kind\"\x9a\x02\n\x07\x41rgSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07literal\x18\x02 \x01(\x0cH\x00\x12\x34\n\rliteral_items\x18\x03 \x01(\x0b\x32\x1b.fleetflow.api.v1.ValueListH\x00\x12\x0e\n\x04node\x18\x04 \x01(\rH\x00\x12+\n\x05nodes\x18\x05 \x01(\x0b\x32\x1a.fleetflow.api.v1.NodeListH\x00\x12*\n\x03ref\x18\x07 \x01(\x0b\x32\x1b.fleetflow.api.v1.StoredRefH\x00\x12\x35\n\x0cstored_items\x18\x08 \x01(\x0b\x32\x1d.fleetflow.api.v1.StoredItemsH\x00\x12\x0e\n\x06mapped\x18\x06 \x01(\x08\x42\x08\n\x06source\"\x19\n\x08NodeList\x12\r\n\x05nodes\x18\x01 \x03(\r\"\x81\x02\n\x08TaskNode\x12\x11\n\ttask_name\x18\x01 \x01(\t\x12\'\n\x04\x61rgs\x18\x02 \x03(\x0b\x32\x19.fleetflow.api.v1.ArgSpec\x12\x0b\n\x03map\x18\x03 \x01(\x08\x12.\n\tresources\x18\x04 \x01(\x0b\x32\x1b.fleetflow.api.v1.Resources\x12,\n\x05retry\x18\x05 \x01(\x0b\x32\x1d.fleetflow.api.v1.RetryPolicy\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x01\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\x19\n\x11\x63oncurrency_limit\x18\x08 \x01(\r\x12\x0c\n\x04pool\x18\t \x01(\t\"\x93\x03\n\x08\x46lowSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x05nodes\x18\x02 \x03(\x0b\x32\x1a.fleetflow.api.v1.TaskNode\x12\x15\n\x0boutput_node\x18\x03 \x01(\rH\x00\x12\x18\n\x0eoutput_literal\x18\x04 \x01(\x0cH\x00\x12\x31\n\noutput_ref\x18\t \x01(\x0b\x32\x1b.fleetflow.api.v1.StoredRefH\x00\x12\x12\n\nparameters\x18\x05 \x01(\x0c\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12K\n\x11stored_parameters\x18\x08 \x03(\x0b\x32\x30.fleetflow.api.v1.FlowSpec.StoredParametersEntry\x1aT\n\x15StoredParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.fleetflow.api.v1.StoredRef:\x02\x38\x01\x42\x08\n\x06output\"`\n\tTaskError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x0f\n\x07pickled\x18\x04 \x01(\x0c\x12\x10\n\x08log_tail\x18\x05 \x03(\t\"\xa9\x02\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.fleetflow.api.v1.EventKind\x12\x13\n\x0b\x66low_run_id\x18\x03 \x01(\t\x12\x0c\n\x04time\x18\x04 \x01(\x01\x12\x0c\n\x04node\x18\x05 \x01(\r\x12\x11\n\ttask_name\x18\x06 \x01(\t\x12\x13\n\x0btask_run_id\x18\x07 \x01(\x04\x12\r\n\x05index\x18\x08 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\x12\x11\n\tworker_id\x18\n \x01(\t\x12\r\n\x05\x63ount\x18\x0b \x01(\r\x12\x0f\n\x07message\x18\x0c \x01(\t\x12*\n\x05\x65rror\x18\r \x01(\x0b\x32\x1b.fleetflow.api.v1.TaskError\x12\x10\n\x08retry_at\x18\x0e \x01(\x01*\xc0\x02\n\x0cTaskRunState\x12\x1e\n\x1aTASK_RUN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_RUN_STATE_PENDING\x10\x01\x12\x1c\n\x18TASK_RUN_STATE_SCHEDULED\x10\x02\x12\x1a\n\x16TASK_RUN_STATE_RUNNING\x10\x03\x12!\n\x1dTASK_RUN_STATE_AWAITING_RETRY\x10\x04\x12\x1c\n\x18TASK_RUN_STATE_COMPLETED\x10\x05\x12\x19\n\x15TASK_RUN_STATE_FAILED\x10\x06\x12\"\n\x1eTASK_RUN_STATE_UPSTREAM_FAILED\x10\x07\x12\x1c\n\x18TASK_RUN_STATE_CANCELLED\x10\x08\x12\x1c\n\x18TASK_RUN_STATE_TIMED_OUT\x10\t*\xa1\x01\n\x0c\x46lowRunState\x12\x1e\n\x1a\x46LOW_RUN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46LOW_RUN_STATE_RUNNING\x10\x01\x12\x1c\n\x18\x46LOW_RUN_STATE_COMPLETED\x10\x02\x12\x19\n\x15\x46LOW_RUN_STATE_FAILED\x10\x03\x12\x1c\n\x18\x46LOW_RUN_STATE_CANCELLED\x10\x04*\xf5\x04\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12!\n\x1d\x45VENT_KIND_FLOW_RUN_SUBMITTED\x10\x01\x12!\n\x1d\x45VENT_KIND_FLOW_RUN_COMPLETED\x10\x02\x12\x1e\n\x1a\x45VENT_KIND_FLOW_RUN_FAILED\x10\x03\x12!\n\x1d\x45VENT_KIND_FLOW_RUN_CANCELLED\x10\x04\x12\x1c\n\x18\x45VENT_KIND_NODE_EXPANDED\x10\x05\x12!\n\x1d\x45VENT_KIND_TASK_RUN_SCHEDULED\x10\x06\x12\x1f\n\x1b\x45VENT_KIND_TASK_RUN_STARTED\x10\x07\x12!\n\x1d\x45VENT_KIND_TASK_RUN_COMPLETED\x10\x08\x12\x1e\n\x1a\x45VENT_KIND_TASK_RUN_FAILED\x10\t\x12 \n\x1c\x45VENT_KIND_TASK_RUN_RETRYING\x10\n\x12\'\n#EVENT_KIND_TASK_RUN_UPSTREAM_FAILED\x10\x0b\x12%\n!EVENT_KIND_TASK_RUN_LEASE_EXPIRED\x10\x0c\x12#\n\x1f\x45VENT_KIND_LATE_RESULT_REJECTED\x10\r\x12%\n!EVENT_KIND_TASK_RUN_UNSCHEDULABLE\x10\x0e\x12\x1a\n\x16\x45VENT_KIND_NODE_FAILED\x10\x0f\x12!\n\x1d\x45VENT_KIND_TASK_RUN_CANCELLED\x10\x10\x12!\n\x1d\x45VENT_KIND_TASK_RUN_TIMED_OUT\x10\x11\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RESOURCES_AMOUNTSENTRY']._loaded_options = None
   _globals['_RESOURCES_AMOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKRUNSTATE']._serialized_start=1496
-  _globals['_TASKRUNSTATE']._serialized_end=1816
-  _globals['_FLOWRUNSTATE']._serialized_start=1819
-  _globals['_FLOWRUNSTATE']._serialized_end=1980
-  _globals['_EVENTKIND']._serialized_start=1983
-  _globals['_EVENTKIND']._serialized_end=2612
+  _globals['_FLOWSPEC_STOREDPARAMETERSENTRY']._loaded_options = None
+  _globals['_FLOWSPEC_STOREDPARAMETERSENTRY']._serialized_options = b'8\001'
+  _globals['_TASKRUNSTATE']._serialized_start=2459
+  _globals['_TASKRUNSTATE']._serialized_end=2779
+  _globals['_FLOWRUNSTATE']._serialized_start=2782
+  _globals['_FLOWRUNSTATE']._serialized_end=2943
+  _globals['_EVENTKIND']._serialized_start=2946
+  _globals['_EVENTKIND']._serialized_end=3575
   _globals['_RESOURCES']._serialized_start=51
   _globals['_RESOURCES']._serialized_end=169
   _globals['_RESOURCES_AMOUNTSENTRY']._serialized_start=123
@@ -47,18 +49,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRYPOLICY']._serialized_end=321
   _globals['_VALUELIST']._serialized_start=323
   _globals['_VALUELIST']._serialized_end=349
-  _globals['_VALUE']._serialized_start=351
-  _globals['_VALUE']._serialized_end=430
-  _globals['_ARGSPEC']._serialized_start=433
-  _globals['_ARGSPEC']._serialized_end=616
-  _globals['_NODELIST']._serialized_start=618
-  _globals['_NODELIST']._serialized_end=643
-  _globals['_TASKNODE']._serialized_start=646
-  _globals['_TASKNODE']._serialized_end=903
-  _globals['_FLOWSPEC']._serialized_start=906
-  _globals['_FLOWSPEC']._serialized_end=1095
-  _globals['_TASKERROR']._serialized_start=1097
-  _globals['_TASKERROR']._serialized_end=1193
-  _globals['_EVENT']._serialized_start=1196
-  _globals['_EVENT']._serialized_end=1493
+  _globals['_STOREDREF']._serialized_start=351
+  _globals['_STOREDREF']._serialized_end=423
+  _globals['_STOREDITEMS']._serialized_start=425
+  _globals['_STOREDITEMS']._serialized_end=500
+  _globals['_STOREDCHUNK']._serialized_start=502
+  _globals['_STOREDCHUNK']._serialized_end=572
+  _globals['_STOREDITEM']._serialized_start=574
+  _globals['_STOREDITEM']._serialized_end=648
+  _globals['_NODEVALUES']._serialized_start=650
+  _globals['_NODEVALUES']._serialized_end=712
+  _globals['_VALUES']._serialized_start=714
+  _globals['_VALUES']._serialized_end=763
+  _globals['_VALUE']._serialized_start=766
+  _globals['_VALUE']._serialized_end=1080
+  _globals['_ARGSPEC']._serialized_start=1083
+  _globals['_ARGSPEC']._serialized_end=1365
+  _globals['_NODELIST']._serialized_start=1367
+  _globals['_NODELIST']._serialized_end=1392
+  _globals['_TASKNODE']._serialized_start=1395
+  _globals['_TASKNODE']._serialized_end=1652
+  _globals['_FLOWSPEC']._serialized_start=1655
+  _globals['_FLOWSPEC']._serialized_end=2058
+  _globals['_FLOWSPEC_STOREDPARAMETERSENTRY']._serialized_start=1964
+  _globals['_FLOWSPEC_STOREDPARAMETERSENTRY']._serialized_end=2048
+  _globals['_TASKERROR']._serialized_start=2060
+  _globals['_TASKERROR']._serialized_end=2156
+  _globals['_EVENT']._serialized_start=2159
+  _globals['_EVENT']._serialized_end=2456
 # @@protoc_insertion_point(module_scope)

@@ -117,29 +117,95 @@ class ValueList(_message.Message):
     items: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, items: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
+class StoredRef(_message.Message):
+    __slots__ = ("key", "size", "checksum", "offset")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    size: int
+    checksum: bytes
+    offset: int
+    def __init__(self, key: _Optional[str] = ..., size: _Optional[int] = ..., checksum: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class StoredItems(_message.Message):
+    __slots__ = ("count", "chunks")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    chunks: _containers.RepeatedCompositeFieldContainer[StoredChunk]
+    def __init__(self, count: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[StoredChunk, _Mapping]]] = ...) -> None: ...
+
+class StoredChunk(_message.Message):
+    __slots__ = ("ref", "count")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ref: StoredRef
+    count: int
+    def __init__(self, ref: _Optional[_Union[StoredRef, _Mapping]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class StoredItem(_message.Message):
+    __slots__ = ("chunk", "position")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    chunk: StoredRef
+    position: int
+    def __init__(self, chunk: _Optional[_Union[StoredRef, _Mapping]] = ..., position: _Optional[int] = ...) -> None: ...
+
+class NodeValues(_message.Message):
+    __slots__ = ("flow_run_id", "node", "count")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    node: int
+    count: int
+    def __init__(self, flow_run_id: _Optional[str] = ..., node: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+
+class Values(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedCompositeFieldContainer[Value]
+    def __init__(self, values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
+
 class Value(_message.Message):
-    __slots__ = ("pickled", "list")
+    __slots__ = ("pickled", "list", "ref", "item", "items", "values", "node_values")
     PICKLED_FIELD_NUMBER: _ClassVar[int]
     LIST_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    NODE_VALUES_FIELD_NUMBER: _ClassVar[int]
     pickled: bytes
     list: ValueList
-    def __init__(self, pickled: _Optional[bytes] = ..., list: _Optional[_Union[ValueList, _Mapping]] = ...) -> None: ...
+    ref: StoredRef
+    item: StoredItem
+    items: StoredItems
+    values: Values
+    node_values: NodeValues
+    def __init__(self, pickled: _Optional[bytes] = ..., list: _Optional[_Union[ValueList, _Mapping]] = ..., ref: _Optional[_Union[StoredRef, _Mapping]] = ..., item: _Optional[_Union[StoredItem, _Mapping]] = ..., items: _Optional[_Union[StoredItems, _Mapping]] = ..., values: _Optional[_Union[Values, _Mapping]] = ..., node_values: _Optional[_Union[NodeValues, _Mapping]] = ...) -> None: ...
 
 class ArgSpec(_message.Message):
-    __slots__ = ("name", "literal", "literal_items", "node", "nodes", "mapped")
+    __slots__ = ("name", "literal", "literal_items", "node", "nodes", "ref", "stored_items", "mapped")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LITERAL_FIELD_NUMBER: _ClassVar[int]
     LITERAL_ITEMS_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    STORED_ITEMS_FIELD_NUMBER: _ClassVar[int]
     MAPPED_FIELD_NUMBER: _ClassVar[int]
     name: str
     literal: bytes
     literal_items: ValueList
     node: int
     nodes: NodeList
+    ref: StoredRef
+    stored_items: StoredItems
     mapped: bool
-    def __init__(self, name: _Optional[str] = ..., literal: _Optional[bytes] = ..., literal_items: _Optional[_Union[ValueList, _Mapping]] = ..., node: _Optional[int] = ..., nodes: _Optional[_Union[NodeList, _Mapping]] = ..., mapped: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., literal: _Optional[bytes] = ..., literal_items: _Optional[_Union[ValueList, _Mapping]] = ..., node: _Optional[int] = ..., nodes: _Optional[_Union[NodeList, _Mapping]] = ..., ref: _Optional[_Union[StoredRef, _Mapping]] = ..., stored_items: _Optional[_Union[StoredItems, _Mapping]] = ..., mapped: _Optional[bool] = ...) -> None: ...
 
 class NodeList(_message.Message):
     __slots__ = ("nodes",)
@@ -170,22 +236,33 @@ class TaskNode(_message.Message):
     def __init__(self, task_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[ArgSpec, _Mapping]]] = ..., map: _Optional[bool] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., concurrency_limit: _Optional[int] = ..., pool: _Optional[str] = ...) -> None: ...
 
 class FlowSpec(_message.Message):
-    __slots__ = ("name", "nodes", "output_node", "output_literal", "parameters", "priority", "timeout_seconds")
+    __slots__ = ("name", "nodes", "output_node", "output_literal", "output_ref", "parameters", "priority", "timeout_seconds", "stored_parameters")
+    class StoredParametersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: StoredRef
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[StoredRef, _Mapping]] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_NODE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_LITERAL_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_REF_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STORED_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     nodes: _containers.RepeatedCompositeFieldContainer[TaskNode]
     output_node: int
     output_literal: bytes
+    output_ref: StoredRef
     parameters: bytes
     priority: int
     timeout_seconds: float
-    def __init__(self, name: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[TaskNode, _Mapping]]] = ..., output_node: _Optional[int] = ..., output_literal: _Optional[bytes] = ..., parameters: _Optional[bytes] = ..., priority: _Optional[int] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+    stored_parameters: _containers.MessageMap[str, StoredRef]
+    def __init__(self, name: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[TaskNode, _Mapping]]] = ..., output_node: _Optional[int] = ..., output_literal: _Optional[bytes] = ..., output_ref: _Optional[_Union[StoredRef, _Mapping]] = ..., parameters: _Optional[bytes] = ..., priority: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., stored_parameters: _Optional[_Mapping[str, StoredRef]] = ...) -> None: ...
 
 class TaskError(_message.Message):
     __slots__ = ("type", "message", "traceback", "pickled", "log_tail")

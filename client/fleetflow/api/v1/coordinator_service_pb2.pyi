@@ -344,15 +344,27 @@ class TimeInState(_message.Message):
     def __init__(self, pending_seconds: _Optional[float] = ..., queued_seconds: _Optional[float] = ..., running_seconds: _Optional[float] = ..., awaiting_retry_seconds: _Optional[float] = ...) -> None: ...
 
 class GetFlowRunStatsResponse(_message.Message):
-    __slots__ = ("flow_run_id", "tasks", "fleet_tasks", "time", "folded_seq")
+    __slots__ = ("flow_run_id", "tasks", "fleet_tasks", "time", "folded_seq", "stored")
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     FLEET_TASKS_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     FOLDED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
     flow_run_id: str
     tasks: _containers.RepeatedCompositeFieldContainer[TaskUsage]
     fleet_tasks: _containers.RepeatedCompositeFieldContainer[TaskUsage]
     time: TimeInState
     folded_seq: int
-    def __init__(self, flow_run_id: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskUsage, _Mapping]]] = ..., fleet_tasks: _Optional[_Iterable[_Union[TaskUsage, _Mapping]]] = ..., time: _Optional[_Union[TimeInState, _Mapping]] = ..., folded_seq: _Optional[int] = ...) -> None: ...
+    stored: StoredUsage
+    def __init__(self, flow_run_id: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskUsage, _Mapping]]] = ..., fleet_tasks: _Optional[_Iterable[_Union[TaskUsage, _Mapping]]] = ..., time: _Optional[_Union[TimeInState, _Mapping]] = ..., folded_seq: _Optional[int] = ..., stored: _Optional[_Union[StoredUsage, _Mapping]] = ...) -> None: ...
+
+class StoredUsage(_message.Message):
+    __slots__ = ("bytes", "objects", "largest")
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_FIELD_NUMBER: _ClassVar[int]
+    bytes: int
+    objects: int
+    largest: int
+    def __init__(self, bytes: _Optional[int] = ..., objects: _Optional[int] = ..., largest: _Optional[int] = ...) -> None: ...

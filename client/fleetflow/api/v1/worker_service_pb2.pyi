@@ -94,7 +94,7 @@ class ArgValue(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[_Union[_common_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("task_run_id", "attempt", "task_name", "flow_run_id", "node", "index", "args", "split_result", "timeout_seconds", "resources", "batch")
+    __slots__ = ("task_run_id", "attempt", "task_name", "flow_run_id", "node", "index", "args", "split_result", "timeout_seconds", "resources", "batch", "inline_max_bytes")
     TASK_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     TASK_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class Lease(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    INLINE_MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     task_run_id: int
     attempt: int
     task_name: str
@@ -117,7 +118,8 @@ class Lease(_message.Message):
     timeout_seconds: float
     resources: _common_pb2.Resources
     batch: int
-    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., task_name: _Optional[str] = ..., flow_run_id: _Optional[str] = ..., node: _Optional[int] = ..., index: _Optional[int] = ..., args: _Optional[_Iterable[_Union[ArgValue, _Mapping]]] = ..., split_result: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., batch: _Optional[int] = ...) -> None: ...
+    inline_max_bytes: int
+    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., task_name: _Optional[str] = ..., flow_run_id: _Optional[str] = ..., node: _Optional[int] = ..., index: _Optional[int] = ..., args: _Optional[_Iterable[_Union[ArgValue, _Mapping]]] = ..., split_result: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., batch: _Optional[int] = ..., inline_max_bytes: _Optional[int] = ...) -> None: ...
 
 class LeaseTasksResponse(_message.Message):
     __slots__ = ("leases", "known")
@@ -128,12 +130,14 @@ class LeaseTasksResponse(_message.Message):
     def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., known: _Optional[bool] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("task_run_id", "attempt", "value", "items", "error", "infrastructure", "timed_out", "cpu_seconds", "peak_memory_bytes", "non_retryable", "retry_requested", "retry_delay_seconds", "duration_seconds")
+    __slots__ = ("task_run_id", "attempt", "value", "items", "error", "ref", "stored_items", "infrastructure", "timed_out", "cpu_seconds", "peak_memory_bytes", "non_retryable", "retry_requested", "retry_delay_seconds", "duration_seconds")
     TASK_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    STORED_ITEMS_FIELD_NUMBER: _ClassVar[int]
     INFRASTRUCTURE_FIELD_NUMBER: _ClassVar[int]
     TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +151,8 @@ class Outcome(_message.Message):
     value: bytes
     items: _common_pb2.ValueList
     error: _common_pb2.TaskError
+    ref: _common_pb2.StoredRef
+    stored_items: _common_pb2.StoredItems
     infrastructure: bool
     timed_out: bool
     cpu_seconds: float
@@ -155,7 +161,7 @@ class Outcome(_message.Message):
     retry_requested: bool
     retry_delay_seconds: float
     duration_seconds: float
-    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., value: _Optional[bytes] = ..., items: _Optional[_Union[_common_pb2.ValueList, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., infrastructure: _Optional[bool] = ..., timed_out: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[float] = ..., non_retryable: _Optional[bool] = ..., retry_requested: _Optional[bool] = ..., retry_delay_seconds: _Optional[float] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
+    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., value: _Optional[bytes] = ..., items: _Optional[_Union[_common_pb2.ValueList, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., ref: _Optional[_Union[_common_pb2.StoredRef, _Mapping]] = ..., stored_items: _Optional[_Union[_common_pb2.StoredItems, _Mapping]] = ..., infrastructure: _Optional[bool] = ..., timed_out: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[float] = ..., non_retryable: _Optional[bool] = ..., retry_requested: _Optional[bool] = ..., retry_delay_seconds: _Optional[float] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
 
 class ReportOutcomesRequest(_message.Message):
     __slots__ = ("worker_id", "outcomes", "max_new_leases", "max_batch")
