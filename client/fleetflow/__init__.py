@@ -43,13 +43,18 @@ from fleetflow.errors import (
     InvalidAddressError,
     InvalidFlowError,
     NonRetryableError,
+    PayloadTooLarge,
     Retry,
     RPCError,
+    StoredObjectCorrupt,
+    StoredObjectError,
+    StoredObjectMissing,
     WatchInterrupted,
 )
 from fleetflow.events import FlowEvent, TaskErrorInfo
 from fleetflow.resources import InvalidResourceError, parse_quantity, parse_resources
 from fleetflow.serde import RemoteTaskError
+from fleetflow.store.values import ResultRef, StoredPiece
 
 __version__ = "0.1.0"
 
@@ -97,4 +102,10 @@ __all__ = [
     "TaskUsage",
     "ResourceAdvice",
     "TimeInState",
+    "StoredObjectError",
+    "StoredObjectMissing",
+    "StoredObjectCorrupt",
+    "PayloadTooLarge",
+    "ResultRef",
+    "StoredPiece",
 ]

@@ -16,6 +16,7 @@ import grpc
 
 from fleetflow._codec import (
     LONG_POLL_GRACE_S,
+    STORED,
     decode_outcome,
     get_request,
     new_events,
@@ -43,6 +44,7 @@ from fleetflow.api.v1 import coordinator_service_pb2 as pb
 from fleetflow.credentials import Credentials
 from fleetflow.errors import CoordinatorUnreachable, RPCError, WatchInterrupted
 from fleetflow.events import FlowEvent
+from fleetflow.store.session import StoreSession
 
 __all__ = ["AsyncClient", "DEFAULT_ADDRESS"]
 
@@ -124,6 +126,14 @@ class AsyncClient:
             keepalive=keepalive,
             credentials=credentials or Credentials.from_options(),
         )
+        #: The result store, opened on first need (a large constant or result).
+        self._store = self._store_session()
+
+    def _store_session(self) -> StoreSession:
+        async def channel() -> Any:
+            return (await self._conn.ready_endpoint()).channel
+
+        return StoreSession(channel)
 
     @property
     def addresses(self) -> tuple[Address, ...]:
@@ -146,6 +156,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Close the channel; calls in flight end with an error, later calls raise ValueError."""
+        await self._store.aclose()
         await self._conn.close()
 
     async def submit(
@@ -176,6 +187,7 @@ class AsyncClient:
             RPCError: the coordinator failed otherwise or stayed unavailable.
         """
         request = submit_request(flow, args, params, idempotency_key, priority)
+        await self._prepare_submit(request)
         response = await self._conn.unary("SubmitFlowRun", request)
         return AsyncFlowRunHandle(self, response.flow_run_id, response.created)
 
@@ -332,15 +344,33 @@ class AsyncClient:
         response = await self._poll_until_ended(flow_run_id, timeout, include_result=False)
         return flow_state_name(response.info.state)
 
-    async def result(self, flow_run_id: str, timeout: float | None = None) -> Any:
+    async def _prepare_submit(self, request: Any) -> None:
+        """Store the spec's constants over the inline limit before it is sent."""
+        await self._store.prepare_submit(request)
+
+    async def _stored(self, flow_run_id: str, response: Any, fetch: bool) -> Any:
+        """The result of ``response``: downloaded (``fetch``) or described as a ResultRef."""
+        if not fetch:
+            return await self._store.ref(flow_run_id, response.result)
+        return await self._store.load(response.result)
+
+    async def result(
+        self, flow_run_id: str, timeout: float | None = None, *, fetch: bool = True
+    ) -> Any:
         """Wait until a flow run ends and return its result.
+
+        A result in the result store is downloaded now, its checksum
+        verified; ``fetch=False`` returns a :class:`~fleetflow.ResultRef`
+        saying where it is instead, without reading stored bytes.
 
         Args:
             flow_run_id: The flow run.
             timeout: Give up after this many seconds; None waits forever.
+            fetch: Download a stored result (default) or describe it.
 
         Returns:
-            The flow's return value (a map output is a list, in input order).
+            The flow's return value (a map output is a list, in input order),
+            or its :class:`~fleetflow.ResultRef` with ``fetch=False``.
 
         Raises:
             Exception: the flow run failed: its first task failure, re-raised
@@ -352,9 +382,14 @@ class AsyncClient:
             TimeoutError: the run did not end within ``timeout``.
             FlowRunNotFound: no flow run has this id.
             RPCError: the coordinator failed or stayed unavailable.
+            fleetflow.StoredObjectError: a stored part of the result is
+                missing or damaged (the message names it).
         """
         response = await self._poll_until_ended(flow_run_id, timeout, include_result=True)
-        return decode_outcome(response)
+        value = decode_outcome(response)
+        if value is STORED or not fetch:
+            return await self._stored(flow_run_id, response, fetch)
+        return value
 
     async def watch(self, flow_run_id: str, after_seq: int = 0) -> AsyncIterator[FlowEvent]:
         """Iterate over a flow run's events, live, until its terminal event.

@@ -194,6 +194,13 @@ def flow_run_json(
         fleet_usage=None if stats is None else [dataclasses.asdict(t) for t in stats.fleet_tasks],
         advice=None if stats is None else [a.message for a in stats.advice],
         time_in_state=None if stats is None else _time_json(stats),
+        stored=None
+        if stats is None
+        else {
+            "bytes": stats.stored_bytes,
+            "objects": stats.stored_objects,
+            "largest": stats.stored_largest,
+        },
     )
     return data
 
@@ -351,6 +358,15 @@ def _inspect_view(
     parts: list[RenderableType] = [header, meta, _nodes_table(info)]
     if stats is not None:
         parts.append(_time_view(stats))
+        parts.append(
+            Text(
+                f"result store: {format_bytes(stats.stored_bytes)} in "
+                f"{stats.stored_objects:,} objects (largest {format_bytes(stats.stored_largest)})"
+                if stats.stored_objects
+                else "result store: nothing stored (every payload was inline)",
+                style="dim",
+            )
+        )
         if stats.tasks:
             parts.append(_usage_table(stats.tasks))
         parts.extend(Text(f"advice: {a.message}", style="yellow") for a in stats.advice)

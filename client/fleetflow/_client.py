@@ -31,6 +31,9 @@ from fleetflow.addresses import Address
 from fleetflow.api.v1 import common_pb2
 from fleetflow.credentials import Credentials
 from fleetflow.events import FlowEvent
+from fleetflow.store.access import DEFAULT_INLINE_MAX_BYTES
+from fleetflow.store.session import SESSION_CHANNEL_OPTIONS, StoreSession
+from fleetflow.store.values import needs_store
 
 __all__ = [
     "AsyncClient",
@@ -53,6 +56,38 @@ class _BlockingAsyncClient(AsyncClient):
     """The :class:`AsyncClient` a :class:`Client` drives: same calls, blocking transport."""
 
     _transport = BlockingTransport
+
+    # The result store needs an event loop (gRPC's asyncio API, file I/O in
+    # threads), which blocking calls do not run on: the session runs its
+    # transfers on a private loop thread, over a channel of its own.
+
+    def _store_session(self) -> StoreSession:
+        opened: dict[str, Any] = {}
+
+        async def channel() -> Any:
+            endpoint = drive(self._conn.ready_endpoint())
+            target = str(endpoint.given)
+            if target not in opened:
+                for old in opened.values():
+                    await old.close()
+                opened.clear()
+                opened[target] = self.credentials.aio_channel(target, SESSION_CHANNEL_OPTIONS)
+            return opened[target]
+
+        return StoreSession(channel, owns_channel=True)
+
+    async def _prepare_submit(self, request: Any) -> None:
+        if needs_store(request.spec, DEFAULT_INLINE_MAX_BYTES):
+            self._store.run(lambda: self._store.prepare_submit(request))
+
+    async def _stored(self, flow_run_id: str, response: Any, fetch: bool) -> Any:
+        if not fetch:
+            return self._store.run(lambda: self._store.ref(flow_run_id, response.result))
+        return self._store.run(lambda: self._store.load(response.result))
+
+    async def close(self) -> None:
+        self._store.close()
+        await self._conn.close()
 
 
 class Client:
@@ -196,9 +231,9 @@ class Client:
         """Blocking :meth:`AsyncClient.wait`."""
         return drive(self._async.wait(flow_run_id, timeout=timeout))
 
-    def result(self, flow_run_id: str, timeout: float | None = None) -> Any:
+    def result(self, flow_run_id: str, timeout: float | None = None, *, fetch: bool = True) -> Any:
         """Blocking :meth:`AsyncClient.result`."""
-        return drive(self._async.result(flow_run_id, timeout=timeout))
+        return drive(self._async.result(flow_run_id, timeout=timeout, fetch=fetch))
 
     def watch(self, flow_run_id: str, after_seq: int = 0) -> Iterator[FlowEvent]:
         """Blocking :meth:`AsyncClient.watch`: an iterator that blocks for each batch."""

@@ -13,6 +13,7 @@ from fleetflow.api.v1 import coordinator_service_pb2 as pb
 from fleetflow.errors import FlowRunCancelled, FlowRunFailed
 from fleetflow.events import FlowEvent
 from fleetflow.serde import exception_from_error, loads
+from fleetflow.store.session import STORED_KINDS
 
 __all__ = [
     "LONG_POLL_GRACE_S",
@@ -93,12 +94,19 @@ def poll_done(
     return pause if remaining is None else min(pause, remaining)
 
 
+#: What :func:`decode_outcome` returns for a result in the result store: the
+#: caller reads it from there (or describes it).
+STORED = object()
+
+
 def _decode_value(value: common_pb2.Value) -> Any:
     kind = value.WhichOneof("kind")
     if kind == "pickled":
         return loads(value.pickled)
     if kind == "list":
         return [loads(item) for item in value.list.items]
+    if kind in STORED_KINDS:
+        return STORED
     return None
 
 

@@ -41,9 +41,9 @@ class AsyncFlowRunHandle(Generic[R]):
         """Wait until the flow run ends; see :meth:`AsyncClient.wait`."""
         return await self._client.wait(self.id, timeout=timeout)
 
-    async def result(self, timeout: float | None = None) -> R:
+    async def result(self, timeout: float | None = None, *, fetch: bool = True) -> R:
         """Wait until the flow run ends and return its result; see :meth:`AsyncClient.result`."""
-        return await self._client.result(self.id, timeout=timeout)
+        return await self._client.result(self.id, timeout=timeout, fetch=fetch)
 
     async def cancel(self) -> int:
         """Cancel this flow run; returns how many task runs were cancelled."""
@@ -80,9 +80,9 @@ class FlowRunHandle(Generic[R]):
         """Block until the flow run ends; see :meth:`Client.wait`."""
         return self._client.wait(self.id, timeout=timeout)
 
-    def result(self, timeout: float | None = None) -> R:
+    def result(self, timeout: float | None = None, *, fetch: bool = True) -> R:
         """Block until the flow run ends and return its result; see :meth:`Client.result`."""
-        return self._client.result(self.id, timeout=timeout)
+        return self._client.result(self.id, timeout=timeout, fetch=fetch)
 
     def cancel(self) -> int:
         """Cancel this flow run; returns how many task runs were cancelled."""

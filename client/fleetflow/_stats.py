@@ -134,6 +134,10 @@ class FlowRunStats:
             saw since it started.
         time: Where the flow run's time went.
         folded_seq: Events folded into ``time``.
+        stored_bytes: Bytes the flow run keeps in the result store (its
+            payloads over the inline limit; deleted with the flow run).
+        stored_objects: Distinct objects they are in.
+        stored_largest: The largest stored payload, bytes.
     """
 
     flow_run_id: str
@@ -141,6 +145,9 @@ class FlowRunStats:
     fleet_tasks: tuple[TaskUsage, ...]
     time: TimeInState
     folded_seq: int
+    stored_bytes: int = 0
+    stored_objects: int = 0
+    stored_largest: int = 0
 
     @classmethod
     def from_proto(cls, message: pb.GetFlowRunStatsResponse) -> FlowRunStats:
@@ -151,6 +158,9 @@ class FlowRunStats:
             fleet_tasks=tuple(TaskUsage.from_proto(t) for t in message.fleet_tasks),
             time=TimeInState.from_proto(message.time),
             folded_seq=message.folded_seq,
+            stored_bytes=message.stored.bytes,
+            stored_objects=message.stored.objects,
+            stored_largest=message.stored.largest,
         )
 
     @property

@@ -441,7 +441,7 @@ class Flow(Generic[P, R]):
         else:
             _reject_futures(out, f"flow {self.name!r}", "return value")
             spec.output_literal = dumps(out)
-        spec.parameters = dumps(dict(bound.arguments))
+        _record_parameters(spec, dict(bound.arguments))
         return spec
 
 
@@ -520,3 +520,31 @@ def find_tasks(namespace: Mapping[str, Any]) -> dict[str, Task]:
 def is_sequence_result(value: Any) -> bool:
     """Whether a result can be split for a downstream map (not str/bytes/dict)."""
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray))
+
+
+#: A parameter whose pickle is larger than this is not kept in
+#: ``FlowSpec.parameters`` (bytes; the default inline limit of the result store).
+PARAMETER_INLINE_BYTES = 64 << 10
+
+
+def _record_parameters(spec: common_pb2.FlowSpec, params: dict[str, Any]) -> None:
+    """Record the flow's parameters for display, each large one only once.
+
+    Small parameters go into ``spec.parameters`` (one pickled dict). A large
+    one gets a placeholder in ``spec.stored_parameters`` (its size and
+    checksum, no key): when the flow is submitted, it is pointed at the
+    stored argument with the same bytes (a task that receives the parameter
+    as it is), so the parameter does not travel a second time.
+    """
+    from fleetflow.store.codec import checksum
+
+    small: dict[str, Any] = {}
+    for name, value in params.items():
+        data = dumps(value)
+        if len(data) <= PARAMETER_INLINE_BYTES:
+            small[name] = value
+        else:
+            placeholder = spec.stored_parameters[name]
+            placeholder.size = len(data)
+            placeholder.checksum = checksum([data])
+    spec.parameters = dumps(small)

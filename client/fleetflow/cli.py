@@ -490,7 +490,10 @@ def _type_name(exc: BaseException) -> str:
 
 
 def _print_failure(console: Console, exc: BaseException, flow_run_id: str) -> None:
-    message = exc.args[0] if isinstance(exc, RemoteTaskError) else str(exc)
+    if isinstance(exc, RemoteTaskError):  # its text already starts with the type: say it once
+        message = str(exc.args[0]).removeprefix(f"{exc.type_name}: ")
+    else:
+        message = str(exc)
     console.print(f"[bold red]flow run {flow_run_id} failed[/]")
     console.print(Text(f"{_type_name(exc)}: {message}", style="red"))
     for note in getattr(exc, "__notes__", ()):

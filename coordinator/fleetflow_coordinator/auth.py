@@ -58,12 +58,15 @@ ROLES = ("client", "worker", "viewer", "admin")
 
 _C = "/fleetflow.api.v1.CoordinatorService/"
 _W = "/fleetflow.api.v1.WorkerService/"
+_T = "/fleetflow.api.v1.TransferService/"
 _READ = frozenset({"viewer", "client", "admin"})
 _CLIENT = frozenset({"client", "admin"})
 _ADMIN = frozenset({"admin"})
 _WORKER = frozenset({"worker", "admin"})
+#: Payload bytes (the result store): those who submit flow runs and those who run them.
+_DATA = frozenset({"client", "worker", "admin"})
 
-#: ``{method: roles allowed to call it}`` for every RPC of both services.
+#: ``{method: roles allowed to call it}`` for every RPC of the three services.
 #: ``client`` submits, reads, watches and cancels; ``viewer`` only reads;
 #: ``worker`` runs task runs; ``admin`` may do everything (prune, limits).
 METHOD_ROLES: dict[str, frozenset[str]] = {
@@ -84,6 +87,10 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     _W + "LeaseTasks": _WORKER,
     _W + "ReportOutcomes": _WORKER,
     _W + "ReleaseLeases": _WORKER,
+    _T + "GetStoreInfo": _DATA,
+    _T + "WriteObject": _DATA,
+    _T + "ReadObject": _DATA,
+    _T + "ReadNodeValues": _DATA,
 }
 
 #: Roles that may read the dashboard and ``/metrics`` when a token is needed.

@@ -33,6 +33,7 @@ from typing import Any
 
 from fleetflow.api.v1 import common_pb2
 from fleetflow.api.v1 import coordinator_service_pb2 as cs
+from fleetflow.api.v1 import transfer_service_pb2 as ts
 from fleetflow.api.v1 import worker_service_pb2 as ws
 
 from fleetflow_coordinator.errors import InvalidRequest, LimitExceeded
@@ -97,6 +98,9 @@ _ROWS = (
           "RESOURCE_EXHAUSTED"),
     Bound("small_request_bytes", "every other request", 4 * _MIB, "bytes",
           "RESOURCE_EXHAUSTED"),
+    Bound("object_key", "key of a result store object (WriteObject, ReadObject)", 300,
+          "characters", "INVALID_ARGUMENT"),
+    Bound("transfer_chunk", "WriteObjectRequest.data", _MIB, "bytes", "RESOURCE_EXHAUSTED"),
     Bound("seconds", "timeouts, retry delays, max delays of a flow spec", MAX_SECONDS, "seconds",
           "INVALID_ARGUMENT"),
     Bound("retries", "RetryPolicy.retries", 10_000, "retries", "INVALID_ARGUMENT"),
@@ -375,6 +379,23 @@ def _release(request: ws.ReleaseLeasesRequest) -> None:
     _held("released", request.released)
 
 
+# ------------------------------------------------------ result store calls
+
+
+def _object_key(request: Any) -> None:
+    # The servicer checks the key's layout (fleetflow.store.refs.valid_key).
+    _name("key", request.key, "object_key")
+
+
+def _write_object(request: ts.WriteObjectRequest) -> None:
+    _object_key(request)
+    if len(request.data) > _LIMIT["transfer_chunk"]:
+        raise LimitExceeded(
+            f"data: {len(request.data)} bytes, over the limit of "
+            f"{_LIMIT['transfer_chunk']:.0f} bytes per message (transfer_chunk)"
+        )
+
+
 #: ``{request message type: check}``: one entry per request type of both services.
 _CHECKS: dict[type, Callable[[Any], None]] = {
     cs.SubmitFlowRunRequest: _submit,
@@ -394,6 +415,10 @@ _CHECKS: dict[type, Callable[[Any], None]] = {
     ws.LeaseTasksRequest: _lease,
     ws.ReportOutcomesRequest: _report,
     ws.ReleaseLeasesRequest: _release,
+    ts.GetStoreInfoRequest: _nothing,
+    ts.WriteObjectRequest: _write_object,
+    ts.ReadObjectRequest: _object_key,
+    ts.ReadNodeValuesRequest: _by_flow_run_id,
 }
 
 

@@ -115,6 +115,28 @@ __all__ = ["command"]
     "localhost and this machine's names always are.",
 )
 @click.option(
+    "--result-store",
+    default=None,
+    metavar="URL",
+    help="Where payloads over the inline limit go: s3://bucket/prefix, a shared path, "
+    "any fsspec URL [default: hosted on this coordinator's disk, next to --db, served "
+    "to workers and clients over gRPC].",
+)
+@click.option(
+    "--result-store-options",
+    default=None,
+    metavar="JSON",
+    help='fsspec options for --result-store, e.g. \'{"endpoint_url": "http://minio:9000"}\' '
+    "(no credentials: each process reads its own environment).",
+)
+@click.option(
+    "--inline-max-bytes",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Results, arguments and parameters whose pickle is larger go to the result store "
+    "[default: 65536].",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -139,6 +161,9 @@ def command(
     auth_file: str | None,
     insecure: bool | None,
     allowed_hosts: tuple[str, ...],
+    result_store: str | None,
+    result_store_options: str | None,
+    inline_max_bytes: int | None,
     log_level: str,
 ) -> None:
     """Run the coordinator: holds flow state and leases task runs to workers.

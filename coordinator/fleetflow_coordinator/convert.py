@@ -10,15 +10,18 @@ from collections.abc import Iterable
 from typing import Any
 
 from fleetflow.api.v1 import common_pb2, coordinator_service_pb2, worker_service_pb2
+from fleetflow.store.refs import items_from_proto, ref_from_proto
 
 from fleetflow_coordinator.core import Arg, ArgKind, InvalidFlowSpec, NodeSpec, Outcome
 from fleetflow_coordinator.core.model import EventRecord, FlowRun, TaskRunState, WorkerRecord
 from fleetflow_coordinator.core.scheduler import LeaseGrant
 from fleetflow_coordinator.usage import QuantileSketch, TaskUsageStats, advise
+from fleetflow_coordinator.values import fill_value, inline_limit
 
 __all__ = [
     "node_specs",
     "lease_to_proto",
+    "flow_result_to_proto",
     "outcome_from_proto",
     "event_to_proto",
     "flow_info",
@@ -47,6 +50,19 @@ def node_specs(spec: common_pb2.FlowSpec) -> list[NodeSpec]:
                 args.append(Arg(arg.name, ArgKind.NODE, arg.node, arg.mapped))
             elif source == "nodes":
                 args.append(Arg(arg.name, ArgKind.NODES, list(arg.nodes.nodes), arg.mapped))
+            elif source in ("ref", "stored_items"):
+                try:
+                    if source == "ref":
+                        stored: Any = ref_from_proto(arg.ref)
+                        kind = ArgKind.LITERAL
+                    else:
+                        stored = items_from_proto(arg.stored_items)
+                        kind = ArgKind.LITERAL_ITEMS
+                except ValueError as exc:
+                    raise InvalidFlowSpec(
+                        f"nodes[{i}] ({node.task_name}).args[{arg.name!r}].{source}: {exc}"
+                    ) from None
+                args.append(Arg(arg.name, kind, stored, arg.mapped))
             else:
                 raise InvalidFlowSpec(
                     f"nodes[{i}] ({node.task_name}).args[{arg.name!r}]: no value source set"
@@ -72,11 +88,36 @@ def node_specs(spec: common_pb2.FlowSpec) -> list[NodeSpec]:
     return out
 
 
-def value_to_proto(value: bytes | list[bytes]) -> common_pb2.Value:
-    """Wrap a pickled value or a list of them."""
-    if isinstance(value, list):
-        return common_pb2.Value(list=common_pb2.ValueList(items=value))
-    return common_pb2.Value(pickled=value)
+def output_literal(spec: common_pb2.FlowSpec) -> Any:
+    """The flow's constant output: pickled bytes, or where the client stored it.
+
+    Raises:
+        InvalidFlowSpec: ``output_ref`` is malformed.
+    """
+    if spec.HasField("output_ref"):
+        try:
+            return ref_from_proto(spec.output_ref)
+        except ValueError as exc:
+            raise InvalidFlowSpec(f"output_ref: {exc}") from None
+    return spec.output_literal
+
+
+def value_to_proto(value: Any) -> common_pb2.Value:
+    """Wrap a value the core holds (pickled bytes, a list, a stored reference)."""
+    out = common_pb2.Value()
+    fill_value(out, value)
+    return out
+
+
+def flow_result_to_proto(flow: FlowRun, value: Any) -> common_pb2.Value:
+    """A completed flow run's result; a large map output comes as ``node_values``."""
+    out = common_pb2.Value()
+    node = flow.output_node
+    if isinstance(value, list) and node is not None and flow.nodes[node].is_map:
+        fill_value(out, value, flow_run_id=flow.id, node=node)
+    else:
+        fill_value(out, value)
+    return out
 
 
 def lease_to_proto(grant: LeaseGrant) -> worker_service_pb2.Lease:
@@ -86,12 +127,25 @@ def lease_to_proto(grant: LeaseGrant) -> worker_service_pb2.Lease:
     return response.leases[0]
 
 
-def add_leases(leases: Any, grants: Iterable[LeaseGrant]) -> None:
+def add_leases(
+    leases: Any,
+    grants: Iterable[LeaseGrant],
+    inline_max_bytes: int = 64 << 10,
+    map_inline_bytes: int = 16 << 20,
+) -> None:
     """Append a Lease message per grant to a response's repeated ``leases`` field.
 
     Builds each message in place (``add()``): no temporary nested messages to
     copy, about twice as fast as constructing them, which matters once per
-    task run.
+    task run. Plain bytes (almost every argument) take the short path; stored
+    values and fan-ins go through :func:`~fleetflow_coordinator.values.fill_value`.
+
+    Args:
+        leases: The response's repeated ``leases`` field.
+        grants: What the core granted.
+        inline_max_bytes: The store's inline limit, bytes.
+        map_inline_bytes: Inline results kept per map node, bytes (see
+            :func:`~fleetflow_coordinator.values.inline_limit`).
     """
     for grant in grants:
         tr = grant.task_run
@@ -106,15 +160,23 @@ def add_leases(leases: Any, grants: Iterable[LeaseGrant]) -> None:
             split_result=node.split,
             timeout_seconds=node.timeout_s,
             batch=grant.batch,
+            inline_max_bytes=inline_limit(node, inline_max_bytes, map_inline_bytes),
         )
         lease.resources.amounts.update(node.resources)
         args = lease.args
-        for name, value in grant.args:
+        for (name, value), spec in zip(grant.args, node.args, strict=True):
             arg = args.add(name=name)
-            if isinstance(value, list):
-                arg.value.list.items.extend(value)
-            else:
+            if type(value) is bytes:
                 arg.value.pickled = value
+            elif (
+                isinstance(value, list)
+                and spec.kind == ArgKind.NODE
+                and not spec.mapped
+                and tr.flow.nodes[spec.payload].is_map
+            ):
+                fill_value(arg.value, value, flow_run_id=tr.flow.id, node=spec.payload)
+            else:
+                fill_value(arg.value, value)
 
 
 def outcome_from_proto(outcome: worker_service_pb2.Outcome) -> Outcome:
@@ -135,6 +197,31 @@ def outcome_from_proto(outcome: worker_service_pb2.Outcome) -> Outcome:
             items=list(outcome.items.items),
             duration_s=duration,
         )
+    if which in ("ref", "stored_items"):
+        try:
+            if which == "ref":
+                return Outcome(
+                    outcome.task_run_id,
+                    outcome.attempt,
+                    value=ref_from_proto(outcome.ref),
+                    duration_s=duration,
+                )
+            return Outcome(
+                outcome.task_run_id,
+                outcome.attempt,
+                items=items_from_proto(outcome.stored_items),
+                duration_s=duration,
+            )
+        except ValueError as exc:
+            return Outcome(
+                outcome.task_run_id,
+                outcome.attempt,
+                error=common_pb2.TaskError(
+                    type="fleetflow.ProtocolError", message=f"outcome.{which}: {exc}"
+                ),
+                infrastructure=True,
+                duration_s=duration,
+            )
     error = (
         outcome.error
         if which == "error"

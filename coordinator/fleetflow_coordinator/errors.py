@@ -17,6 +17,7 @@ failing store, a standby coordinator, shutting down).
 from __future__ import annotations
 
 import grpc
+from fleetflow.errors import StoredObjectMissing
 from google.protobuf.message import DecodeError
 
 from fleetflow_coordinator.core import InvalidFlowSpec
@@ -25,6 +26,8 @@ from fleetflow_coordinator.store.base import NotLeader
 
 __all__ = [
     "ERROR_TABLE",
+    "FailedPrecondition",
+    "DataLoss",
     "AlreadyExists",
     "CoordinatorError",
     "InvalidRequest",
@@ -69,12 +72,23 @@ class Unavailable(CoordinatorError):
     """The coordinator cannot serve now (standby, shutting down); retry, maybe elsewhere."""
 
 
+class FailedPrecondition(CoordinatorError):
+    """The request is valid but the state does not allow it (e.g. the store is not hosted here)."""
+
+
+class DataLoss(CoordinatorError):
+    """Bytes arrived damaged (an upload whose size or checksum does not match what was sent)."""
+
+
 #: ``(exception type, status code)``, most specific first; the first match wins.
 ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidFlowSpec, grpc.StatusCode.INVALID_ARGUMENT),
     (DecodeError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (StoredObjectMissing, grpc.StatusCode.NOT_FOUND),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (DataLoss, grpc.StatusCode.DATA_LOSS),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),

@@ -42,7 +42,11 @@ __all__ = ["EdgeInterceptor", "SERVICES", "MAX_STATUS_MESSAGE"]
 log = structlog.get_logger(__name__)
 
 #: The services whose methods pass through the interceptor.
-SERVICES = ("fleetflow.api.v1.CoordinatorService", "fleetflow.api.v1.WorkerService")
+SERVICES = (
+    "fleetflow.api.v1.CoordinatorService",
+    "fleetflow.api.v1.WorkerService",
+    "fleetflow.api.v1.TransferService",
+)
 
 #: Status messages are cut to this many characters: they travel in trailing
 #: metadata, which peers cap (8 KiB by default in gRPC clients).
@@ -130,7 +134,13 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
-        return handler  # no client-streaming methods in the protocol
+        if handler.stream_unary is not None:  # TransferService.WriteObject
+            return grpc.stream_unary_rpc_method_handler(
+                self._stream_in(method, handler.stream_unary, decode),
+                request_deserializer=None,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # no bidirectional methods in the protocol
 
     def _unary(
         self,
@@ -162,6 +172,30 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 request = decode(raw)
                 async for response in behavior(request, context):
                     yield response
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:  # every error goes through the table
+                await self._refuse(method, exc, context)
+
+        return serve
+
+    def _stream_in(
+        self,
+        method: str,
+        behavior: Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], Awaitable[Any]],
+        decode: Callable[[bytes], Any],
+    ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[Any]]:
+        """A client stream: admitted once, every message size-checked and decoded as it comes."""
+
+        async def serve(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+            try:
+                set_principal(self._admit(method, context))
+
+                async def requests() -> AsyncIterator[Any]:
+                    async for message in raw:
+                        yield decode(message)
+
+                return await behavior(requests(), context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:  # every error goes through the table

@@ -107,6 +107,8 @@ class Runtime:
         self.last_commit_s = 0.0
         #: Where payloads above the inline limit go (opened by :meth:`open`).
         self.results: ResultStore | None = None
+        #: ``(inline_max_bytes, map_inline_bytes)`` for leases.
+        self.inline_limits = (settings.inline_max_bytes, settings.map_inline_bytes)
 
     @property
     def fatal_error(self) -> BaseException | None:

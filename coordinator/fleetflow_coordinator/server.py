@@ -153,9 +153,13 @@ async def create_server(
         security = load_security(runtime.settings)
     refused = runtime.metrics.credential_refused
     interceptor = EdgeInterceptor(security.auth, lambda code, _: refused.labels(code).inc())
-    server = grpc.aio.server(
-        options=server_options(runtime.settings), interceptors=[*interceptors, interceptor]
-    )
+    limit = runtime.settings.max_message_bytes
+    options = [
+        *(o for o in server_options(runtime.settings) if not o[0].endswith("_message_length")),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+    ]
+    server = grpc.aio.server(options=options, interceptors=[*interceptors, interceptor])
     coordinator_service_pb2_grpc.add_CoordinatorServiceServicer_to_server(
         CoordinatorServicer(runtime), server
     )

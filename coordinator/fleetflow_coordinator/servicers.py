@@ -35,6 +35,7 @@ from fleetflow_coordinator.core.model import FlowRun
 from fleetflow_coordinator.core.queries import attempt_history
 from fleetflow_coordinator.errors import AlreadyExists, NotFound, PermissionDenied
 from fleetflow_coordinator.observe import Observer
+from fleetflow_coordinator.results import stored_usage
 from fleetflow_coordinator.runtime import Runtime
 
 __all__ = ["CoordinatorServicer", "WorkerServicer"]
@@ -71,7 +72,7 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
                 nodes,
                 self.rt.clock(),
                 output_node=spec.output_node if spec.HasField("output_node") else None,
-                output_literal=spec.output_literal,
+                output_literal=convert.output_literal(spec),
                 idempotency_key=request.idempotency_key,
                 spec_blob=spec.SerializeToString(),
                 priority=spec.priority,
@@ -108,13 +109,19 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
         response = cs.GetFlowRunResponse(info=convert.flow_info(flow))
         if request.include_result:
             if flow.state == FlowRunState.COMPLETED:
-                response.result.CopyFrom(convert.value_to_proto(self.rt.core.flow_result(flow)))
+                response.result.CopyFrom(
+                    convert.flow_result_to_proto(flow, self.rt.core.flow_result(flow))
+                )
             elif flow.state == FlowRunState.FAILED and flow.first_error is not None:
                 task_name, error, message = flow.first_error
                 response.error_task_name = task_name
                 if error is not None and not message:
                     response.error.CopyFrom(error)
                 else:
+                    if error is not None and (error.type or error.message):
+                        # say what the last attempt reported (e.g. the stored
+                        # object an input was missing from), not only that it failed
+                        message = f"{message} (last error: {error.type}: {error.message})"
                     response.error.CopyFrom(
                         common_pb2.TaskError(
                             type="fleetflow.errors.FlowRunFailed",
@@ -263,13 +270,17 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
         digest = observer.digest(flow.id)
         usage = self.rt.usage
         rows = usage.flow(flow.id)
-        return convert.flow_stats(
+        response = convert.flow_stats(
             flow.id,
             rows,
             usage.fleet(r.task_name for r in rows),
             digest.time_in_state(self.rt.clock(), flow.terminal),
             digest.cursor,
         )
+        stored, objects, largest = stored_usage(flow)
+        response.stored.bytes, response.stored.objects = stored, objects
+        response.stored.largest = largest
+        return response
 
     async def PruneFlowRuns(  # noqa: N802
         self, request: cs.PruneFlowRunsRequest, context: grpc.aio.ServicerContext
@@ -412,7 +423,7 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
                 # the same attempt number to a second worker.
                 await rt.durable()
                 response = ws.LeaseTasksResponse(known=True)
-                convert.add_leases(response.leases, grants)
+                convert.add_leases(response.leases, grants, *rt.inline_limits)
                 return response
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -455,5 +466,5 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
         rt.metrics.reported(acks)
         await rt.durable()  # the worker drops an outcome once acked; a lease must be stored
         response = ws.ReportOutcomesResponse(acks=acks)
-        convert.add_leases(response.leases, grants or ())
+        convert.add_leases(response.leases, grants or (), *rt.inline_limits)
         return response

@@ -246,6 +246,14 @@ class Settings:
         help="Stored objects that no flow run refers to are deleted once this old, seconds.",
     )
 
+    max_message_bytes: int = setting(
+        256 << 20,
+        ge=4 << 20,
+        help="Largest gRPC message the coordinator sends or receives, bytes. Large payloads "
+        "travel through the result store, so every message of the data paths stays under "
+        "16 MiB; tests run with 16 MiB to prove it.",
+    )
+
     def __post_init__(self) -> None:
         validate(self)
 

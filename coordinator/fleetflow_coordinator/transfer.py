@@ -19,12 +19,19 @@ import grpc
 import structlog
 from fleetflow.api.v1 import transfer_service_pb2 as ts
 from fleetflow.api.v1 import transfer_service_pb2_grpc
-from fleetflow.errors import StoredObjectMissing
 from fleetflow.store import StoredRef
 from fleetflow.store.codec import new_hasher
 from fleetflow.store.refs import ref_to_proto, valid_key
 
 from fleetflow_coordinator.core.model import TaskRunState
+from fleetflow_coordinator.errors import (
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    InvalidRequest,
+    LimitExceeded,
+    NotFound,
+)
 from fleetflow_coordinator.results import TRANSFER_CHUNK_BYTES, ResultStore
 
 __all__ = ["TransferServicer", "PAGE_BYTES", "PAGE_VALUES", "node_value_pages"]
@@ -79,19 +86,16 @@ class TransferServicer(transfer_service_pb2_grpc.TransferServiceServicer):
         self.rt = runtime
         self.results = results
 
-    async def _hosted(self, context: grpc.aio.ServicerContext) -> ResultStore:
+    def _hosted(self) -> ResultStore:
         results = self.results
         if results is None:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, "this coordinator has no result store"
+            raise FailedPrecondition("this coordinator has no result store")
+        if not results.hosted:
+            raise FailedPrecondition(
+                f"the result store is {results.objects.url}, not hosted by the coordinator: "
+                "read and write it directly"
             )
-        if not results.hosted:  # type: ignore[union-attr]
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"the result store is {results.objects.url}, not hosted by the coordinator: "  # type: ignore[union-attr]
-                "read and write it directly",
-            )
-        return results  # type: ignore[return-value]
+        return results
 
     async def GetStoreInfo(  # noqa: N802 - generated name
         self, request: ts.GetStoreInfoRequest, context: grpc.aio.ServicerContext
@@ -107,7 +111,7 @@ class TransferServicer(transfer_service_pb2_grpc.TransferServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> ts.WriteObjectResponse:
         """Receive one object in chunks; it becomes visible once size and checksum match."""
-        results = await self._hosted(context)
+        results = self._hosted()
         objects = results.objects
         key = ""
         hasher = new_hasher()
@@ -119,40 +123,27 @@ class TransferServicer(transfer_service_pb2_grpc.TransferServiceServicer):
             async for message in request_iterator:
                 if writer is None:
                     key = message.key
-                    if not valid_key(key):
-                        await context.abort(
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            f"key {key!r}: must be runs/<flow_run_id>/... or "
-                            "submit/<idempotency_key>/... (letters, digits, '._-')",
-                        )
+                    _check_key(key)
                     writer = objects.raw_writer(key)
                     out = await asyncio.to_thread(writer.__enter__)
-                if len(message.data) > TRANSFER_CHUNK_BYTES:
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"a chunk of {len(message.data)} bytes is over the limit of "
-                        f"{TRANSFER_CHUNK_BYTES} bytes per message",
-                    )
                 if message.data:
                     received += len(message.data)
                     if received % (64 * TRANSFER_CHUNK_BYTES) < len(message.data):
-                        await self._check_space(results, key, received, context)
+                        await self._check_space(results, key, received)
                     hasher.update(message.data)
                     await asyncio.to_thread(out.write, message.data)  # type: ignore[union-attr]
                 if message.last:
                     final = message
                     break
             if writer is None or final is None:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"upload of {key or 'an object'} ended before its last message",
+                raise InvalidRequest(
+                    f"upload of {key or 'an object'} ended before its last message"
                 )
             digest = hasher.digest()
-            if final.size != received or final.checksum != digest:  # type: ignore[union-attr]
-                await context.abort(
-                    grpc.StatusCode.DATA_LOSS,
+            if final.size != received or final.checksum != digest:
+                raise DataLoss(
                     f"upload of {key}: received {received} bytes with checksum {digest.hex()}, "
-                    f"the sender says {final.size} bytes with {final.checksum.hex()}",  # type: ignore[union-attr]
+                    f"the sender says {final.size} bytes with {final.checksum.hex()}"
                 )
             existing = await asyncio.to_thread(objects.size_of, key)
             if existing is not None:
@@ -161,9 +152,8 @@ class TransferServicer(transfer_service_pb2_grpc.TransferServiceServicer):
                     and await asyncio.to_thread(_digest_of, objects, key) == digest
                 )
                 if not same:
-                    await context.abort(
-                        grpc.StatusCode.ALREADY_EXISTS,
-                        f"stored object {key} exists with other bytes; keys are written once",
+                    raise AlreadyExists(
+                        f"stored object {key} exists with other bytes; keys are written once"
                     )
                 await asyncio.to_thread(writer.__exit__, ValueError, ValueError("exists"), None)
                 writer = None
@@ -176,25 +166,21 @@ class TransferServicer(transfer_service_pb2_grpc.TransferServiceServicer):
                     await asyncio.to_thread(writer.__exit__, ValueError, ValueError("abort"), None)
         return ts.WriteObjectResponse(ref=ref_to_proto(StoredRef(key, received, digest)))
 
-    async def _check_space(
-        self, results: ResultStore, key: str, received: int, context: grpc.aio.ServicerContext
-    ) -> None:
+    async def _check_space(self, results: ResultStore, key: str, received: int) -> None:
         free = await asyncio.to_thread(results.free_bytes)
         if free < results.min_free_bytes:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            raise LimitExceeded(
                 f"upload of {key}: the coordinator's disk has {free} bytes free, under the "
                 f"limit of {results.min_free_bytes} bytes (setting store_min_free_bytes); "
-                f"{received} bytes were received and dropped",
+                f"{received} bytes were received and dropped"
             )
 
     async def ReadObject(  # noqa: N802
         self, request: ts.ReadObjectRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ts.ReadObjectResponse]:
         """Send an object (or a byte range of it) in chunks."""
-        results = await self._hosted(context)
-        if not valid_key(request.key):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"key {request.key!r}: invalid")
+        results = self._hosted()
+        _check_key(request.key)
         chunks = results.objects.read_raw(request.key, request.offset, request.length)
         try:
             while True:
@@ -202,10 +188,6 @@ class TransferServicer(transfer_service_pb2_grpc.TransferServiceServicer):
                 if data is None:
                     return
                 yield ts.ReadObjectResponse(data=data)
-        except StoredObjectMissing:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"stored object {request.key}: not found"
-            )
         finally:
             chunks.close()
 
@@ -215,19 +197,16 @@ class TransferServicer(transfer_service_pb2_grpc.TransferServiceServicer):
         """Send a completed map node's results in input order, page by page."""
         flow = self.rt.core.flows.get(request.flow_run_id)
         if flow is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no flow run {request.flow_run_id!r}")
+            raise NotFound(f"no flow run {request.flow_run_id!r}")
         if not 0 <= request.node < len(flow.nodes):
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"flow run {request.flow_run_id} has no node {request.node}",
-            )
+            raise NotFound(f"flow run {request.flow_run_id} has no node {request.node}")
         children = flow.nodes[request.node].children
         pages = node_value_pages(children, request.start)
         while True:
             try:
                 page = next(pages, None)
             except ValueError as exc:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+                raise FailedPrecondition(str(exc)) from None
             if page is None:
                 return
             first, values = page
@@ -239,6 +218,14 @@ class TransferServicer(transfer_service_pb2_grpc.TransferServiceServicer):
                 else:
                     ref_to_proto(value, add().ref)
             yield response
+
+
+def _check_key(key: str) -> None:
+    if not valid_key(key):
+        raise InvalidRequest(
+            f"key {key[:300]!r}: must be runs/<flow_run_id>/... or submit/<idempotency_key>/... "
+            "(letters, digits, '._-')"
+        )
 
 
 def _digest_of(objects: Any, key: str) -> bytes:

@@ -69,3 +69,21 @@ async def test_orphans_older_than_the_grace_period_are_collected():
         assert deleted == 3
         remaining = {o.key for top in ("runs", "submit") for o in objects.list(top)}
         assert remaining == {"submit/k-done/b", "runs/recent-flow/1.1.r"}
+
+
+def test_references_survive_a_restart_in_the_task_run_rows():
+    from fleetflow.store import StoredItems, StoredRef
+    from fleetflow_coordinator.store.rows import (
+        _items_blob,
+        _items_from_blob,
+        _result_blob,
+        _result_from_blob,
+    )
+
+    ref = StoredRef("runs/f/1.1.r-ab12cd34", 123, b"\x07" * 16, 64)
+    items = StoredItems([(ref, 10), (ref._replace(offset=999), 5)])
+    assert _result_from_blob(_result_blob(ref)) == ref
+    assert _result_from_blob(_result_blob(b"\x80\x05K\x01.")) == b"\x80\x05K\x01."
+    assert _result_from_blob(None) is None
+    assert _items_from_blob(_items_blob(items)) == items
+    assert _items_from_blob(_items_blob([b"a", b"b"])) == [b"a", b"b"]

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from fleetflow.api.v1 import common_pb2
 from fleetflow.api.v1 import coordinator_service_pb2 as cs
+from fleetflow.api.v1 import transfer_service_pb2 as ts
 from fleetflow.api.v1 import worker_service_pb2 as ws
 from fleetflow_coordinator.bounds import _CHECKS, BOUNDS, MAX_SECONDS
 
@@ -26,7 +27,7 @@ EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 def test_every_request_type_has_a_check():
     names = {t.DESCRIPTOR.full_name for t in _CHECKS}
-    for module in (cs, ws):
+    for module in (cs, ws, ts):
         for service in module.DESCRIPTOR.services_by_name.values():
             for m in service.methods:
                 assert m.input_type.full_name in names, m.full_name

@@ -9,6 +9,7 @@ import grpc
 import pytest
 import structlog
 from fleetflow.api.v1 import coordinator_service_pb2 as cs
+from fleetflow.api.v1 import transfer_service_pb2 as ts
 from fleetflow.api.v1 import worker_service_pb2 as ws
 from fleetflow_coordinator import errors
 from fleetflow_coordinator.core import InvalidFlowSpec
@@ -19,12 +20,13 @@ from tests.review.helpers import plain, spec_of
 from tests.review.rpc import coordinator
 
 SERVICERS = pathlib.Path(errors.__file__).with_name("servicers.py")
+TRANSFER = pathlib.Path(errors.__file__).with_name("transfer.py")
 
 
 def _methods():
-    """(full method name, is_stream) for every RPC of both fleetflow services."""
+    """(full method name, is_stream) for every RPC of the fleetflow services."""
     out = []
-    for module in (cs, ws):
+    for module in (cs, ws, ts):
         for service in module.DESCRIPTOR.services_by_name.values():
             for m in service.methods:
                 out.append((f"/{service.full_name}/{m.name}", m.server_streaming))
@@ -35,17 +37,19 @@ METHODS = _methods()
 
 
 def test_every_rpc_is_listed():
-    assert len(METHODS) == 17  # 12 client-facing, 5 worker-facing: a new RPC joins these tests
+    # 12 client-facing, 5 worker-facing, 4 of the result store: a new RPC joins these tests
+    assert len(METHODS) == 21
 
 
 def test_servicers_never_pick_a_status_code():
-    tree = ast.parse(SERVICERS.read_text())
-    picked = [
-        node.lineno
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute) and node.attr in ("abort", "set_code", "StatusCode")
-    ]
-    assert picked == [], f"servicers.py picks status codes itself at lines {picked}"
+    for path in (SERVICERS, TRANSFER):
+        tree = ast.parse(path.read_text())
+        picked = [
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr in ("abort", "set_code", "StatusCode")
+        ]
+        assert picked == [], f"{path.name} picks status codes itself at lines {picked}"
 
 
 @pytest.mark.parametrize(

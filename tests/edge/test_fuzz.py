@@ -74,7 +74,12 @@ def messages(descriptor, depth: int = 0):
         if field.type == F.TYPE_MESSAGE:
             if field.message_type.GetOptions().map_entry:
                 key, value = field.message_type.fields
-                strategy = st.dictionaries(_scalar(key), _scalar(value), max_size=4)
+                values = (
+                    messages(value.message_type, depth + 1)
+                    if value.type == F.TYPE_MESSAGE
+                    else _scalar(value)
+                )
+                strategy = st.dictionaries(_scalar(key), values, max_size=4)
             elif depth >= 3:
                 continue
             else:
@@ -95,7 +100,11 @@ def messages(descriptor, depth: int = 0):
             field = descriptor.fields_by_name[name]
             target = getattr(message, name)
             if field.type == F.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
-                target.update(value)
+                if field.message_type.fields[1].type == F.TYPE_MESSAGE:
+                    for k, v in value.items():
+                        target[k].CopyFrom(v)
+                else:
+                    target.update(value)
             elif field.is_repeated:
                 target.extend(value)
             elif field.type == F.TYPE_MESSAGE:

@@ -10,10 +10,11 @@ import pytest
 from fleetflow.api.v1 import common_pb2
 from fleetflow.api.v1 import coordinator_service_pb2 as cs
 from fleetflow.api.v1 import coordinator_service_pb2_grpc as cs_grpc
+from fleetflow.api.v1 import transfer_service_pb2 as ts
 from fleetflow.api.v1 import worker_service_pb2 as ws
 from fleetflow.api.v1 import worker_service_pb2_grpc as ws_grpc
 from fleetflow.credentials import Credentials
-from fleetflow_coordinator import servicers
+from fleetflow_coordinator import servicers, transfer
 from fleetflow_coordinator.auth import METHOD_ROLES, ROLES
 
 from tests.review.helpers import plain, spec_of
@@ -54,6 +55,10 @@ def _request(method: str, who: str):
         "LeaseTasks": lambda: ws.LeaseTasksRequest(worker_id=worker, max_task_runs=1),
         "ReportOutcomes": lambda: ws.ReportOutcomesRequest(worker_id=worker),
         "ReleaseLeases": lambda: ws.ReleaseLeasesRequest(worker_id=worker),
+        "GetStoreInfo": ts.GetStoreInfoRequest,
+        "WriteObject": lambda: ts.WriteObjectRequest(key="runs/x/y", last=True, checksum=b"0"),
+        "ReadObject": lambda: ts.ReadObjectRequest(key="runs/x/y"),
+        "ReadNodeValues": lambda: ts.ReadNodeValuesRequest(flow_run_id="nope"),
     }[name]()
 
 
@@ -76,7 +81,7 @@ async def _call(channel: grpc.aio.Channel, method: str, request, stream: bool):
 def entered(monkeypatch):
     """Count entries into every servicer method (the handlers themselves)."""
     counts: dict[str, int] = {}
-    for cls in (servicers.CoordinatorServicer, servicers.WorkerServicer):
+    for cls in (servicers.CoordinatorServicer, servicers.WorkerServicer, transfer.TransferServicer):
         for method, _ in METHODS:
             name = method.rpartition("/")[2]
             if name not in vars(cls):

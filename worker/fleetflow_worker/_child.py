@@ -25,10 +25,12 @@ from typing import Any
 
 from fleetflow._logging import attempt_scope
 from fleetflow._task import Task, find_tasks
+from fleetflow.errors import StoredObjectError
 from fleetflow.loader import load_module
 
 from fleetflow_worker._codec import (
     Payload,
+    StoreContext,
     WireArg,
     bind_arguments,
     decode_args,
@@ -154,7 +156,9 @@ def serve(
         task_name, args, split_result, *rest = request
         _reset_peak_memory()
         with attempt_scope(rest[0] if rest else {}):
-            payload = run_task(task_name, args, split_result)
+            payload = run_task(
+                task_name, args, split_result, store=rest[1] if len(rest) > 1 else None
+            )
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -163,29 +167,39 @@ def serve(
             return
 
 
+#: The last chunk of a stored list this process decoded (batch members walk a map in order).
+_CHUNK_CACHE: dict[object, object] = {}
+
+
 def run_task(
     task_name: str,
     args: Sequence[WireArg],
     split_result: bool,
     tasks: dict[str, Task] | None = None,
+    store: StoreContext | None = None,
 ) -> Payload:
     """Run one attempt of a plain ``def`` task; never raises for task failures.
 
     Args:
         task_name: Registered task name.
-        args: ``[(name, pickled or [pickled, ...])]`` as leased.
+        args: ``[(name, value)]`` as leased: pickles, or where to read them.
         split_result: Return the result item by item (a downstream map needs it).
         tasks: Registry to look the task up in; defaults to this process's.
+        store: Where stored inputs are read and large results written; None
+            keeps everything inline.
 
     Returns:
-        A payload (see :mod:`fleetflow_worker._codec`): the pickled result or
-        items, or the captured exception.
+        A payload (see :mod:`fleetflow_worker._codec`): the result (pickled,
+        or its reference in the store), or the captured exception. An input
+        missing from or damaged in the store is an infrastructure failure.
     """
     task = (_TASKS if tasks is None else tasks).get(task_name)
     if task is None:
         return encode_error(TaskNotRegistered(task_name, "task process"))
     try:
-        call_args, call_kwargs = bind_arguments(task, decode_args(args))
+        call_args, call_kwargs = bind_arguments(task, decode_args(args, store, _CHUNK_CACHE))
+    except StoredObjectError as exc:  # not the task's fault: another attempt may succeed
+        return encode_error(exc, infrastructure=True)
     except BaseException as exc:  # noqa: BLE001 - bad arguments fail the attempt
         return encode_error(exc)
     try:
@@ -193,7 +207,9 @@ def run_task(
     except BaseException as exc:  # noqa: BLE001 - sys.exit() in a task fails the task only
         return encode_failure(exc, getattr(task, "retry_on", None))
     try:
-        return encode_result(task_name, result, split_result)
+        return encode_result(task_name, result, split_result, store)
+    except OSError as exc:  # the store refused the write: not the task's fault
+        return encode_error(exc, infrastructure=True)
     except Exception as exc:  # noqa: BLE001 - an unpicklable or unsplittable result
         return encode_error(exc)
 
@@ -221,13 +237,13 @@ def run_batch(conn: Connection, requests: Sequence[tuple], progress: Any = None)
     clock, cpu_clock = time.perf_counter, time.process_time
     flushed = clock()
     last = len(requests) - 1
-    for position, (task_name, args, split_result, ids) in enumerate(requests):
+    for position, (task_name, args, split_result, ids, *more) in enumerate(requests):
         if progress is not None:
             progress[1] = time.monotonic()
             progress[0] = position
         started, cpu_started = clock(), cpu_clock()
         with attempt_scope(ids):
-            payload = run_task(task_name, args, split_result)
+            payload = run_task(task_name, args, split_result, store=more[0] if more else None)
         ended = clock()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
         done.append((position, payload, cpu_clock() - cpu_started, ended - started, peak))

@@ -19,8 +19,10 @@ import structlog
 from fleetflow._logging import start_tail
 from fleetflow._task import Task
 from fleetflow.api.v1 import worker_service_pb2
+from fleetflow.errors import StoredObjectError
 
 from fleetflow_worker._codec import (
+    StoreContext,
     WireArg,
     bind_arguments,
     decode_args,
@@ -28,9 +30,11 @@ from fleetflow_worker._codec import (
     encode_failure,
     encode_result,
     error_of,
+    stored_refs,
     to_outcome,
     wire_args,
 )
+from fleetflow_worker._data import DataPlane, InputUnavailable
 from fleetflow_worker._pool import BatchItem, PoolResult, TaskProcessPool
 from fleetflow_worker.errors import TaskNotRegistered, TaskTimeout
 from fleetflow_worker.state import AttemptKey, AttemptTable, CancelAction
@@ -60,6 +64,7 @@ class AttemptRunner:
         table: Bookkeeping of held attempts (shared with the heartbeat).
         on_outcome: Called once per attempt whose outcome must be reported.
         on_slot_freed: Called whenever an attempt stops running.
+        data: The result store as this worker reaches it (None: everything inline).
     """
 
     def __init__(
@@ -70,8 +75,10 @@ class AttemptRunner:
         table: AttemptTable,
         on_outcome: Callable[[worker_service_pb2.Outcome], None],
         on_slot_freed: Callable[[], None] = lambda: None,
+        data: DataPlane | None = None,
     ) -> None:
         self.worker_id = worker_id
+        self.data = data
         self.tasks = dict(tasks)
         self.pool = pool
         self.table = table
@@ -246,6 +253,7 @@ class AttemptRunner:
         head = members[0][1]
         runnable: list[tuple[AttemptKey, worker_service_pb2.Lease, dict[str, Any]]] = []
         items: list[BatchItem] = []
+        pinned: list[str] = []
         poke = asyncio.Event()
         for key, lease in members:
             ids = {
@@ -260,9 +268,19 @@ class AttemptRunner:
             except ValueError as exc:
                 self._finish(key, PoolResult(encode_error(exc)), 0.0, ids)
                 continue
+            store = None
+            if self.data is not None:
+                store = self.data.context(lease)
+                try:
+                    args, keys = await self.data.prepare(args)
+                except InputUnavailable as exc:
+                    failed = PoolResult(encode_error(exc, infrastructure=True), infrastructure=True)
+                    self._finish(key, failed, 0.0, ids)
+                    continue
+                pinned.extend(keys)
             self._pokes[key] = poke
             runnable.append((key, lease, ids))
-            items.append(BatchItem(args, lease.split_result, ids))
+            items.append(BatchItem(args, lease.split_result, ids, store))
 
         completed: list[AttemptKey] = []
         started = time.monotonic()
@@ -288,6 +306,8 @@ class AttemptRunner:
                 if key in self._attempts and not self.table.is_cancelled(key):
                     self._finish(key, failed, 0.0, ids)
         finally:
+            if self.data is not None:
+                self.data.release(pinned)
             for key, _, ids in runnable:  # cancelled members (or the batch itself was)
                 if key in self._attempts:
                     self._finish(key, None, 0.0, ids)
@@ -316,17 +336,45 @@ class AttemptRunner:
             args = wire_args(lease)
         except ValueError as exc:
             return PoolResult(encode_error(exc))
+        store = None
+        pinned: list[str] = []
+        if self.data is not None:
+            store = self.data.context(lease)
+            try:
+                args, pinned = await self.data.prepare(args)
+            except InputUnavailable as exc:
+                return PoolResult(encode_error(exc, infrastructure=True), infrastructure=True)
+        try:
+            return await self._start(key, lease, task, args, store)
+        finally:
+            if pinned:
+                self.data.release(pinned)  # type: ignore[union-attr]
+
+    async def _start(
+        self,
+        key: AttemptKey,
+        lease: worker_service_pb2.Lease,
+        task: Task,
+        args: list[WireArg],
+        store: StoreContext | None,
+    ) -> _Result:
         if task.is_async:
             try:
-                call_args, call_kwargs = bind_arguments(task, decode_args(args))
+                if stored_refs(args):  # reading stored inputs must not block the loop
+                    decoded = await asyncio.to_thread(decode_args, args, store)
+                else:
+                    decoded = decode_args(args, store)
+                call_args, call_kwargs = bind_arguments(task, decoded)
                 coro = task.fn(*call_args, **call_kwargs)
+            except StoredObjectError as exc:
+                return PoolResult(encode_error(exc, infrastructure=True), infrastructure=True)
             except Exception as exc:  # noqa: BLE001 - bad arguments fail the attempt
                 return PoolResult(encode_error(exc))
             inner = asyncio.ensure_future(
-                _guarded(coro, task, lease.split_result, lease.timeout_seconds)
+                _guarded(coro, task, lease.split_result, lease.timeout_seconds, store)
             )
         else:
-            inner = asyncio.ensure_future(self._in_process(key, task, args, lease))
+            inner = asyncio.ensure_future(self._in_process(key, task, args, lease, store))
         self._inner[key] = inner
         try:
             return await inner
@@ -343,7 +391,12 @@ class AttemptRunner:
             del self._inner[key]
 
     async def _in_process(
-        self, key: AttemptKey, task: Task, args: list[WireArg], lease: worker_service_pb2.Lease
+        self,
+        key: AttemptKey,
+        task: Task,
+        args: list[WireArg],
+        lease: worker_service_pb2.Lease,
+        store: StoreContext | None = None,
     ) -> PoolResult | None:
         return await self.pool.run(
             task.name,
@@ -353,10 +406,13 @@ class AttemptRunner:
             memory_request_bytes=memory_request(lease),
             skip=lambda: self.table.is_cancelled(key),
             log_ids=structlog.contextvars.get_contextvars(),
+            store=store,
         )
 
 
-async def _guarded(coro: Any, task: Task, split_result: bool, timeout_s: float) -> PoolResult:
+async def _guarded(
+    coro: Any, task: Task, split_result: bool, timeout_s: float, store: StoreContext | None = None
+) -> PoolResult:
     """Await task code and encode how it ended; only CancelledError escapes."""
     task_name = task.name
     start_tail()  # this attempt's own context: a failure keeps its last log lines
@@ -375,7 +431,14 @@ async def _guarded(coro: Any, task: Task, split_result: bool, timeout_s: float) 
     except BaseException as exc:  # noqa: BLE001 - sys.exit() in a task fails the task only
         return PoolResult(encode_failure(exc, getattr(task, "retry_on", None)))
     try:
-        return PoolResult(encode_result(task_name, result, split_result))
+        if store is None:
+            return PoolResult(encode_result(task_name, result, split_result))
+        # Writing a large result to the store must not block the loop.
+        return PoolResult(
+            await asyncio.to_thread(encode_result, task_name, result, split_result, store)
+        )
+    except OSError as exc:  # the store refused the write: not the task's fault
+        return PoolResult(encode_error(exc, infrastructure=True), infrastructure=True)
     except Exception as exc:  # noqa: BLE001
         return PoolResult(encode_error(exc))
 

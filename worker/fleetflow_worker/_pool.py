@@ -35,7 +35,7 @@ from typing import Any
 
 import structlog
 
-from fleetflow_worker._codec import Payload, WireArg, encode_error
+from fleetflow_worker._codec import Payload, StoreContext, WireArg, encode_error
 from fleetflow_worker._process import PoolStartError, TaskProcess, live_pids
 from fleetflow_worker._usage import AttemptUsage, ProcessMeter, memory_limit_bytes
 from fleetflow_worker.errors import MemoryLimitExceeded, TaskProcessDied, TaskTimeout
@@ -74,11 +74,14 @@ class BatchItem:
         args: Pickled arguments as leased.
         split_result: Return the result item by item.
         log_ids: Bound to every log line of the attempt in its process.
+        store: Where stored inputs are read and large results written (None:
+            everything inline).
     """
 
     args: Sequence[WireArg]
     split_result: bool
     log_ids: Mapping[str, Any]
+    store: StoreContext | None = None
 
 
 #: Why a batch's process was stopped: the member running then was cancelled.
@@ -204,6 +207,7 @@ class TaskProcessPool:
         memory_request_bytes: float = 0.0,
         skip: Callable[[], bool] | None = None,
         log_ids: Mapping[str, Any] | None = None,
+        store: StoreContext | None = None,
     ) -> PoolResult | None:
         """Run one attempt in a task process once a seat is free.
 
@@ -223,6 +227,7 @@ class TaskProcessPool:
                 killed) and None is returned.
             log_ids: Bound to every log line of the attempt in its process
                 (``flow_run_id``, ``task_run_id``, ``attempt``, ``worker_id``...).
+            store: Where stored inputs are read and large results written.
 
         Returns:
             How the attempt ended, or None when skipped.
@@ -233,7 +238,7 @@ class TaskProcessPool:
         results: list[PoolResult] = []
         await self.run_batch(
             task_name,
-            [BatchItem(args, split_result, log_ids or {})],
+            [BatchItem(args, split_result, log_ids or {}, store)],
             timeout_s=timeout_s,
             memory_request_bytes=memory_request_bytes,
             cancelled=lambda _: skip is not None and skip(),
@@ -342,7 +347,13 @@ class TaskProcessPool:
             loop.call_soon_threadsafe(on_results, results)
 
         requests = [
-            (task_name, list(items[i].args), items[i].split_result, dict(items[i].log_ids))
+            (
+                task_name,
+                list(items[i].args),
+                items[i].split_result,
+                dict(items[i].log_ids),
+                items[i].store,
+            )
             for i in todo
         ]
         proc.reset_progress()

@@ -110,6 +110,11 @@ class CoordinatorConnection:
             )
         return entry[1]
 
+    def current_channel(self) -> grpc.aio.Channel:
+        """The channel to the current address (for the result store's TransferService)."""
+        self.current()
+        return self._stubs[self.address][0]
+
     def failed(self, generation: int, exc: grpc.aio.AioRpcError) -> None:
         """A call sent at ``generation`` failed with ``exc``: move on if it says to."""
         if len(self.addresses) < 2 or generation != self.generation:

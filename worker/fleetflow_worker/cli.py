@@ -149,6 +149,25 @@ def load_all_tasks(module_specs: tuple[str, ...] | list[str]) -> dict[str, Task]
     metavar="PATH",
     help="File holding this worker's token [env FLEETFLOW_TOKEN_FILE, or FLEETFLOW_TOKEN].",
 )
+@click.option(
+    "--result-store",
+    default=None,
+    metavar="URL",
+    help="Reach the result store here instead of where the coordinator says "
+    "(the same shared folder mounted at another path) [default: the coordinator's].",
+)
+@click.option(
+    "--result-store-direct/--no-result-store-direct",
+    default=None,
+    help="Use the coordinator-hosted store's folder directly when it is on this machine.",
+)
+@click.option(
+    "--spool-dir",
+    default=None,
+    metavar="PATH",
+    help="Local folder for payloads streamed to and from a coordinator-hosted store "
+    "[default: a temporary folder].",
+)
 @click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
 def command(
     coordinator: str | None,
@@ -166,6 +185,9 @@ def command(
     tls_cert: str | None,
     tls_key: str | None,
     token_file: str | None,
+    result_store: str | None,
+    result_store_direct: bool | None,
+    spool_dir: str | None,
     log_level: str,
 ) -> None:
     """Run the tasks of user modules for a coordinator until SIGTERM or SIGINT.

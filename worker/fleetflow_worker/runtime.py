@@ -34,6 +34,7 @@ from fleetflow._task import Task
 from fleetflow.api.v1 import common_pb2, worker_service_pb2, worker_service_pb2_grpc
 
 from fleetflow_worker._codec import encode_error, to_outcome
+from fleetflow_worker._data import DataPlane
 from fleetflow_worker._execute import AttemptRunner
 from fleetflow_worker._pool import TaskProcessPool
 from fleetflow_worker._reporter import OutcomeReporter
@@ -92,18 +93,27 @@ class Worker:
             batch_bytes=settings.report_batch_bytes,
             backoff=self._backoff(),
         )
+        #: The result store as this worker reaches it (set up at registration).
+        self.data = DataPlane(
+            url=settings.result_store,
+            direct=settings.result_store_direct,
+            spool_dir=settings.spool_dir,
+            spool_max_bytes=settings.spool_max_bytes,
+        )
         self.runner = AttemptRunner(
             settings.worker_id,
             self.tasks,
             self.pool,
             self.table,
-            on_outcome=self.reporter.put,
+            on_outcome=self.data.deliver(self.reporter.put, encode_error),
             on_slot_freed=self._slot_freed,
+            data=self.data,
         )
         #: Lease TTL and heartbeat interval from the last registration, seconds.
         self.lease_ttl_s = 0.0
         self.heartbeat_interval_s = _DEFAULT_HEARTBEAT_S
         self._stub: worker_service_pb2_grpc.WorkerServiceStub | None = None
+        self._connection: CoordinatorConnection | None = None
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
         self._slot_free = asyncio.Event()
@@ -140,6 +150,7 @@ class Worker:
             self.settings.coordinator, options, channel=self.settings.credentials.aio_channel
         )
         self._stub = connection.stub  # type: ignore[assignment]
+        self._connection = connection
         with structlog.contextvars.bound_contextvars(worker_id=self.settings.worker_id):
             try:
                 if any(not t.is_async for t in self.tasks.values()):
@@ -163,6 +174,7 @@ class Worker:
                 self.pool.kill()
                 await self.pool.close()
                 await connection.close()
+                self.data.close()
                 log.info("worker_stopped")
 
     # ------------------------------------------------------------ registration
@@ -193,8 +205,19 @@ class Worker:
                 await (self._pause(delay) if give_up_on_stop else asyncio.sleep(delay))
                 continue
             self._apply_registration(response)
+            await self._connect_store()
             return True
         return False
+
+    async def _connect_store(self) -> None:
+        """Learn where the result store is (after every registration: it may have moved)."""
+        try:
+            channel = None if self._connection is None else self._connection.current_channel()
+            await self.data.connect(channel)
+        except (grpc.aio.AioRpcError, ValueError, OSError) as exc:
+            # Leases that need the store fail as infrastructure failures naming
+            # the cause; the next registration tries again.
+            log.warning("result_store_unavailable", error=str(exc))
 
     def _apply_registration(self, response: worker_service_pb2.RegisterWorkerResponse) -> None:
         self._registrations += 1
@@ -305,6 +328,7 @@ class Worker:
             await self._wait_for_attempts(5.0, stop_early_on_force=False)
             await self._hand_back(stopped, WorkerShutDown(grace_s, forced=forced))
         flush_s = 1.0 if self._forced.is_set() else self.settings.flush_timeout_s
+        await self.data.settle(flush_s)  # results still uploading to the coordinator
         if self._loops and not await self.reporter.flush(flush_s):
             log.error("outcomes_not_reported", count=len(self.reporter), flush_timeout_s=flush_s)
 

@@ -163,6 +163,28 @@ class WorkerSettings(CredentialSettings):
     """TLS and token for the coordinator (``--tls-ca``, ``--tls-cert``/``--tls-key``,
     ``--token-file`` or ``FLEETFLOW_TOKEN``). Default: plaintext, no token."""
 
+    result_store: str = setting(
+        "", help="Reach the coordinator's result store at this fsspec URL instead."
+    )
+    """Reach the coordinator's result store at this fsspec URL instead of the
+    one it names (the same shared folder mounted at another path here). ""
+    (default) uses the coordinator's."""
+
+    result_store_direct: bool = setting(
+        True, help="Use a coordinator-hosted store's folder directly when visible here."
+    )
+    """Use the coordinator-hosted store's folder directly when it is visible
+    on this machine (the coordinator runs here); False always streams through
+    the coordinator, as from another machine. Default True."""
+
+    spool_dir: str = setting("", help="Local folder for payloads of a remote hosted store.")
+    """Local folder for payloads moving to and from a coordinator-hosted store
+    on another machine; "" (default) is a temporary folder."""
+
+    spool_max_bytes: int = setting(2 << 30, ge=0, help="Spool size kept for reuse, bytes.")
+    """Payloads kept in the spool for reuse; past this, the oldest not in use
+    are deleted, bytes. Default 2 GiB."""
+
     def __post_init__(self) -> None:
         validate(self)
 

@@ -29,29 +29,14 @@ from typing import Any
 
 from fleetflow.api.v1 import transfer_service_pb2 as ts
 from fleetflow.store.codec import Frame, chunk_frames, encode_frame
-from fleetflow.store.objects import ObjectStore, StoreMarker
+from fleetflow.store.objects import ObjectStore, StoreMarker, StoreSpec
 from fleetflow.store.refs import StoredItem, StoredItems, StoredRef
 from fleetflow.store.remote import TransferClient
 
-__all__ = ["StoreClient", "StoreSpec", "open_spec", "DEFAULT_INLINE_MAX_BYTES"]
+__all__ = ["StoreClient", "DEFAULT_INLINE_MAX_BYTES"]
 
 #: The default inline limit, bytes (the coordinator's ``inline_max_bytes``).
 DEFAULT_INLINE_MAX_BYTES = 64 << 10
-
-#: What a task process needs to open the store: ``(url, options)``.
-StoreSpec = tuple[str, dict[str, Any]]
-
-_OPEN: dict[str, ObjectStore] = {}
-
-
-def open_spec(spec: StoreSpec) -> ObjectStore:
-    """Open (once per process) the store a spec names."""
-    url, options = spec
-    cache_key = url + json.dumps(options, sort_keys=True)
-    store = _OPEN.get(cache_key)
-    if store is None:
-        store = _OPEN[cache_key] = ObjectStore(url, options)
-    return store
 
 
 class StoreClient:

@@ -40,6 +40,12 @@ __all__ = [
     "checksum",
     "new_hasher",
     "FrameError",
+    "PickledItems",
+    "encode_items_frame",
+    "item_chunks",
+    "pickle_frame",
+    "frame_size",
+    "materialize",
     "MAGIC",
     "ALIGN",
 ]
@@ -47,6 +53,9 @@ __all__ = [
 MAGIC = b"FFS1"
 KIND_PICKLE = 0
 KIND_BYTES = 1
+#: A chunk of a list whose items were pickled one by one (by a client): the
+#: body is the pickle of the list of item pickles; items are unpickled on use.
+KIND_ITEMS = 2
 #: Buffers start at multiples of this many bytes from the frame's start.
 ALIGN = 64
 _HEAD = struct.Struct("<4sB3xIQ")
@@ -158,7 +167,7 @@ def decode_frame(read: Callable[[int, bool], Any], size: int) -> tuple[Any, byte
     if len(head) != _HEAD.size:
         raise FrameError("truncated header")
     magic, kind, nbuf, body_len = _HEAD.unpack(head)
-    if magic != MAGIC or kind not in (KIND_PICKLE, KIND_BYTES):
+    if magic != MAGIC or kind not in (KIND_PICKLE, KIND_BYTES, KIND_ITEMS):
         raise FrameError("not a fleetflow stored payload (bad magic or kind)")
     lens_raw = read(8 * nbuf, False) if nbuf else b""
     hasher.update(lens_raw)
@@ -179,6 +188,8 @@ def decode_frame(read: Callable[[int, bool], Any], size: int) -> tuple[Any, byte
         raise FrameError("truncated body")
     if kind == KIND_BYTES:
         return body, hasher.digest()
+    if kind == KIND_ITEMS:
+        return _Deferred(body, [], items=True), hasher.digest()
     buffers = []
     if nbuf:
         hasher.update(read(_pad(body_len), False))
@@ -197,14 +208,60 @@ def decode_frame(read: Callable[[int, bool], Any], size: int) -> tuple[Any, byte
 class _Deferred:
     """A frame's pickle, unpickled only once its checksum was verified."""
 
-    __slots__ = ("body", "buffers")
+    __slots__ = ("body", "buffers", "items")
 
-    def __init__(self, body: bytes, buffers: list[bytearray]) -> None:
+    def __init__(self, body: bytes, buffers: list[bytearray], items: bool = False) -> None:
         self.body = body
         self.buffers = buffers
+        self.items = items
 
     def load(self) -> Any:
-        return pickle.loads(self.body, buffers=self.buffers)
+        value = pickle.loads(self.body, buffers=self.buffers)
+        return PickledItems(value) if self.items else value
+
+
+class PickledItems:
+    """A chunk of item pickles (kind ITEMS): a sequence that unpickles item *i* when read."""
+
+    __slots__ = ("pickles",)
+
+    def __init__(self, pickles: list[bytes]) -> None:
+        self.pickles = pickles
+
+    def __len__(self) -> int:
+        return len(self.pickles)
+
+    def __getitem__(self, index: int) -> Any:
+        return cloudpickle.loads(self.pickles[index])
+
+    def __iter__(self) -> Iterator[Any]:
+        return (cloudpickle.loads(p) for p in self.pickles)
+
+
+def encode_items_frame(pickles: Sequence[bytes]) -> Frame:
+    """A chunk frame (kind ITEMS) from items that are already pickled one by one."""
+    body = pickle.dumps(list(pickles), protocol=5)
+    head = _HEAD.pack(MAGIC, KIND_ITEMS, 0, len(body))
+    return [head + b"\0" * _pad(len(head)), body]
+
+
+def pickle_frame(data: bytes) -> Frame:
+    """A frame (kind PICKLE, no out-of-band buffers) around bytes that are already a pickle."""
+    head = _HEAD.pack(MAGIC, KIND_PICKLE, 0, len(data))
+    return [head + b"\0" * _pad(len(head)), data]
+
+
+def item_chunks(pickles: Sequence[bytes], target_bytes: int) -> Iterator[tuple[Frame, int]]:
+    """Cut already-pickled items into ITEMS chunk frames of about ``target_bytes`` each."""
+    start = 0
+    size = 0
+    for i, data in enumerate(pickles):
+        if i > start and (size + len(data) > target_bytes or i - start >= MAX_CHUNK_ITEMS):
+            yield encode_items_frame(pickles[start:i]), i - start
+            start, size = i, 0
+        size += len(data)
+    if start < len(pickles):
+        yield encode_items_frame(pickles[start:]), len(pickles) - start
 
 
 def materialize(decoded: Any) -> Any:

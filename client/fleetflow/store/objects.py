@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
+import json
 import os
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+import cloudpickle
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
@@ -27,6 +30,7 @@ from fleetflow.errors import StoredObjectCorrupt, StoredObjectMissing
 from fleetflow.store.codec import (
     Frame,
     FrameError,
+    PickledItems,
     decode_frame,
     frame_size,
     materialize,
@@ -34,7 +38,7 @@ from fleetflow.store.codec import (
 )
 from fleetflow.store.refs import StoredItem, StoredRef, valid_key
 
-__all__ = ["ObjectStore", "ObjectInfo", "StoreMarker", "MARKER_NAME"]
+__all__ = ["ObjectStore", "ObjectInfo", "StoreMarker", "StoreSpec", "open_spec", "MARKER_NAME"]
 
 #: The file at a hosted store's root whose text identifies it (see StoreInfo).
 MARKER_NAME = ".fleetflow-store"
@@ -209,7 +213,47 @@ class ObjectStore:
             )
         return decoded
 
-    def load_item(self, item: StoredItem, cache: dict[Any, list[Any]] | None = None) -> Any:
+    def load_chunk(self, ref: StoredRef) -> Sequence[Any]:
+        """A chunk of a stored list, as a sequence of its items.
+
+        Raises:
+            StoredObjectMissing: the chunk is not there.
+            StoredObjectCorrupt: it is damaged, or not a list.
+        """
+        chunk = self.load(ref)
+        if not isinstance(chunk, list | PickledItems):
+            raise StoredObjectCorrupt(ref.key, self.url_of(ref.key), "not a chunk of a list")
+        return chunk
+
+    def load_many(self, values: Sequence[Any]) -> list[Any]:
+        """A fan-in's list: inline pickles unpickled, references read, each object once.
+
+        References into the same object (a pack) are read with one read of
+        that object, so 100,000 results in a few hundred packs cost a few
+        hundred reads.
+
+        Raises:
+            StoredObjectMissing, StoredObjectCorrupt: as for :meth:`load`.
+        """
+        out: list[Any] = [None] * len(values)
+        by_key: dict[str, list[int]] = {}
+        for i, value in enumerate(values):
+            if isinstance(value, StoredRef):
+                by_key.setdefault(value.key, []).append(i)
+            else:
+                out[i] = cloudpickle.loads(value)
+        for key, positions in by_key.items():
+            if len(positions) == 1:
+                out[positions[0]] = self.load(values[positions[0]])
+                continue
+            data = b"".join(self.read_raw(key))
+            for i in positions:
+                ref = values[i]
+                reader = io.BytesIO(memoryview(data)[ref.offset : ref.offset + ref.size])
+                out[i] = materialize(self._decode(reader, ref))  # type: ignore[arg-type]
+        return out
+
+    def load_item(self, item: StoredItem, cache: dict[Any, Any] | None = None) -> Any:
         """One item of a stored list (its chunk decoded, and kept in ``cache`` if given).
 
         Raises:
@@ -218,7 +262,7 @@ class ObjectStore:
         """
         chunk = None if cache is None else cache.get(item.chunk)
         if chunk is None:
-            chunk = self.load(item.chunk)
+            chunk = self.load_chunk(item.chunk)
             if cache is not None:
                 cache.clear()  # one chunk at a time: batches walk a map in order
                 cache[item.chunk] = chunk
@@ -355,3 +399,19 @@ class StoreMarker:
                 return f.read().strip() == store_id and os.access(root, os.W_OK)
         except OSError:
             return False
+
+
+#: What a task process needs to open the store: ``(url, options)``.
+StoreSpec = tuple[str, dict[str, Any]]
+
+_OPEN: dict[str, ObjectStore] = {}
+
+
+def open_spec(spec: StoreSpec) -> ObjectStore:
+    """Open (once per process) the store a spec names."""
+    url, options = spec
+    cache_key = url + json.dumps(options, sort_keys=True) if options else url
+    store = _OPEN.get(cache_key)
+    if store is None:
+        store = _OPEN[cache_key] = ObjectStore(url, options)
+    return store

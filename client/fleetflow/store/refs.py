@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import re
+import secrets
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -178,9 +179,11 @@ def flow_prefix(flow_run_id: str) -> str:
 
 
 def result_key(flow_run_id: str, task_run_id: int, attempt: int, part: str = "r") -> str:
-    """Key of what one attempt stores: ``runs/<flow>/<task_run_id>.<attempt>.<part>``.
+    """Key of what one attempt stores: ``runs/<flow>/<task_run_id>.<attempt>.<part>-<random>``.
 
     The attempt is part of the key, so a late attempt never overwrites the
-    accepted one's payload, and orphans are told apart by attempt.
+    accepted one's payload; the random suffix keeps a rerun of the same
+    attempt (a batch member whose result was lost with a killed process)
+    from colliding with what the first run wrote.
     """
-    return f"runs/{flow_run_id}/{task_run_id}.{attempt}.{part}"
+    return f"runs/{flow_run_id}/{task_run_id}.{attempt}.{part}-{secrets.token_hex(4)}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from typing import Any
 
 from fleetflow_coordinator.core.messages import LeaseGrant
 from fleetflow_coordinator.core.model import (
@@ -430,8 +431,13 @@ class PlacementMixin:
             )
 
 
-def whole_value(node: NodeRecord) -> bytes | list[bytes]:
-    """A completed node's whole result as the worker should receive it."""
+def whole_value(node: NodeRecord) -> Any:
+    """A completed node's whole result as the worker should receive it.
+
+    Opaque to the core: pickled bytes or a reference to the result store (one
+    value), a list of those (a map), or a plain node's split items (a list of
+    bytes, or a stored list that supports ``len`` and indexing).
+    """
     if node.is_map:
         return [tr.result or b"" for tr in node.children]
     child = node.children[0]
@@ -440,9 +446,9 @@ def whole_value(node: NodeRecord) -> bytes | list[bytes]:
     return child.result or b""
 
 
-def _whole_single(node: NodeRecord) -> bytes:
+def _whole_single(node: NodeRecord) -> Any:
     value = whole_value(node)
-    assert isinstance(value, bytes), "validated at submission: gathered nodes are plain"
+    assert not isinstance(value, list), "validated at submission: gathered nodes are plain"
     return value
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
+from typing import Any
 
 from fleetflow_coordinator.core.invariants import InvalidState, InvariantsMixin
 from fleetflow_coordinator.core.messages import Ack, Changes, LeaseGrant, Outcome
@@ -441,8 +442,8 @@ class Scheduler(
 
     # ------------------------------------------------------------------- queries
 
-    def flow_result(self, flow: FlowRun) -> bytes | list[bytes] | None:
-        """The completed flow's result: pickled bytes or a list of them."""
+    def flow_result(self, flow: FlowRun) -> Any:
+        """The completed flow's result: pickled bytes, a list of values, or a stored reference."""
         if flow.state != FlowRunState.COMPLETED:
             return None
         if flow.output_node is None:
@@ -451,6 +452,9 @@ class Scheduler(
 
 
 def _result_size(outcome: Outcome) -> int:
-    if outcome.items is not None:
-        return sum(len(item) for item in outcome.items)
-    return len(outcome.value or b"")
+    """Bytes of an outcome's *inline* result (a stored one is a reference, held for free)."""
+    items = outcome.items
+    if items is not None:
+        return sum(len(item) for item in items) if isinstance(items, list) else 0
+    value = outcome.value
+    return len(value) if isinstance(value, bytes) else 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator
+from typing import Any
 
 from fleetflow.api.v1 import common_pb2
+from fleetflow.store.refs import items_from_proto, items_to_proto, ref_from_proto, ref_to_proto
 
 from fleetflow_coordinator.core.model import EventKind, EventRecord, FlowRun, TaskRun
 from fleetflow_coordinator.core.scheduler import Changes, RestoredFlow, RestoredTaskRun, Scheduler
@@ -21,6 +23,40 @@ def _error_blob(error: common_pb2.TaskError | None) -> bytes | None:
 
 def _error_from_blob(blob: bytes | None) -> common_pb2.TaskError | None:
     return None if blob is None else common_pb2.TaskError.FromString(blob)
+
+
+#: First byte of a ``result``/``items`` column that holds a stored reference
+#: (a ``StoredRef``/``StoredItems`` message follows) rather than a pickle
+#: (protocol 2+ pickles start with 0x80) or a ``ValueList`` (starts with a tag).
+_STORED = b"\x00"
+
+
+def _result_blob(result: Any) -> bytes | None:
+    if result is None or isinstance(result, bytes):
+        return result
+    return _STORED + ref_to_proto(result).SerializeToString()
+
+
+def _result_from_blob(blob: bytes | None) -> Any:
+    if blob is None or blob[:1] != _STORED:
+        return blob
+    return ref_from_proto(common_pb2.StoredRef.FromString(blob[1:]))
+
+
+def _items_blob(items: Any) -> bytes | None:
+    if items is None:
+        return None
+    if isinstance(items, list):
+        return common_pb2.ValueList(items=items).SerializeToString()
+    return _STORED + items_to_proto(items).SerializeToString()
+
+
+def _items_from_blob(blob: bytes | None) -> Any:
+    if blob is None:
+        return None
+    if blob[:1] == _STORED:
+        return items_from_proto(common_pb2.StoredItems.FromString(blob[1:]))
+    return list(common_pb2.ValueList.FromString(blob).items)
 
 
 def _flow_row(flow: FlowRun) -> tuple:
@@ -45,7 +81,6 @@ def _flow_update(flow: FlowRun) -> tuple:
 
 
 def _task_run_row(tr: TaskRun) -> tuple:
-    items = tr.items
     return (
         tr.id,
         tr.flow.id,
@@ -55,8 +90,8 @@ def _task_run_row(tr: TaskRun) -> tuple:
         tr.attempt,
         tr.worker_id or "",
         tr.leased_at,
-        tr.result,
-        None if items is None else common_pb2.ValueList(items=items).SerializeToString(),
+        _result_blob(tr.result),
+        _items_blob(tr.items),
         _error_blob(tr.error),
         tr.code_failures,
         tr.infra_failures,
@@ -140,7 +175,8 @@ def restore_snapshot(core: Scheduler, snapshot: RowSnapshot, now: float) -> int:
 
 def snapshot_to_flows(snapshot: RowSnapshot) -> list[RestoredFlow]:
     """Decode stored rows into what :meth:`Scheduler.restore` takes."""
-    from fleetflow_coordinator.convert import node_specs  # the spec decoding lives there
+    # the spec decoding lives there
+    from fleetflow_coordinator.convert import node_specs, output_literal
 
     kinds = {int(kind): kind for kind in EventKind}
     flows = []
@@ -156,8 +192,8 @@ def snapshot_to_flows(snapshot: RowSnapshot) -> list[RestoredFlow]:
                 r[5],
                 r[6],
                 r[7],
-                r[8],
-                None if r[9] is None else list(common_pb2.ValueList.FromString(r[9]).items),
+                _result_from_blob(r[8]),
+                _items_from_blob(r[9]),
                 None if r[10] is None else _error_from_blob(r[10]),
                 r[11],
                 r[12],
@@ -195,7 +231,7 @@ def snapshot_to_flows(snapshot: RowSnapshot) -> list[RestoredFlow]:
                 created_at=created_at,
                 ended_at=ended_at,
                 output_node=spec.output_node if spec.HasField("output_node") else None,
-                output_literal=spec.output_literal,
+                output_literal=output_literal(spec),
                 idempotency_key=key,
                 first_error=None
                 if err_task is None
