@@ -221,18 +221,18 @@ class Settings:
     )
     inline_max_bytes: int = setting(
         64 << 10,
-        ge=1024,
+        ge=0,
         help="A result, argument or parameter whose pickle is larger than this (bytes) is "
         "written to the result store by its producer; only its reference travels.",
     )
     map_inline_bytes: int = setting(
         16 << 20,
-        ge=1 << 16,
+        ge=0,
         help="Inline results the coordinator keeps per map node, bytes: a child of an N-item "
         "map stores results larger than map_inline_bytes / N (at least 64 bytes inline).",
     )
     result_chunk_bytes: int = setting(
-        1 << 20, ge=1 << 12, help="Target size of one chunk of a stored list, bytes."
+        1 << 20, ge=1, help="Target size of one chunk of a stored list, bytes."
     )
     store_min_free_bytes: int = setting(
         1 << 30,
@@ -248,7 +248,7 @@ class Settings:
 
     max_message_bytes: int = setting(
         256 << 20,
-        ge=4 << 20,
+        ge=1 << 20,
         help="Largest gRPC message the coordinator sends or receives, bytes. Large payloads "
         "travel through the result store, so every message of the data paths stays under "
         "16 MiB; tests run with 16 MiB to prove it.",
