@@ -237,8 +237,7 @@ class Settings:
     store_min_free_bytes: int = setting(
         1 << 30,
         ge=0,
-        help="The hosted store refuses an upload that would leave less free disk than this, "
-        "bytes.",
+        help="The hosted store refuses an upload that would leave less free disk than this, bytes.",
     )
     orphan_grace_s: float = setting(
         3600.0,
