@@ -15,6 +15,10 @@ Systems:
   what the Prefect docs offer for parallel CPU-bound work.
 * ``prefect-threads``: the same with ``ThreadPoolTaskRunner(max_workers=2)``,
   Prefect's default kind of runner, for the no-op and sleep workloads.
+* ``ray``: ``ray.init(num_cpus=2)``, a local Ray cluster on 127.0.0.1 with no
+  dashboard, started by this process; tasks are ``@ray.remote`` functions with
+  their default of one CPU each. Ray runs from its own virtual environment
+  (``.venv-ray``, see ``run.py``), so its pins never touch fleetflow's.
 
 A watchdog ends the process with a ``did_not_finish`` result once
 ``--timeout`` seconds have passed, so a slow or hung peer is reported, never
@@ -110,7 +114,7 @@ def run_dask(args: argparse.Namespace) -> dict:
 
     dask.config.set({"distributed.admin.system-monitor.gil.enabled": False})
     cluster = LocalCluster(
-        n_workers=2,
+        n_workers=args.n_workers,
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
@@ -219,6 +223,58 @@ def run_dask_w5(args: argparse.Namespace) -> dict:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+# ------------------------------------------------------------------------- ray
+
+
+def run_ray(args: argparse.Namespace) -> dict:
+    import ray
+
+    ray.init(
+        num_cpus=args.n_workers,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        inc = ray.remote(workloads.inc)
+        sleep_task = ray.remote(workloads.sleep_task)
+        cpu_burn = ray.remote(workloads.cpu_burn)
+        assert ray.get([inc.remote(0), inc.remote(1)]) == [1, 2]
+        _RESULT["startup_s"] = time.perf_counter() - T_PROCESS_START
+        _RESULT["ray_version"] = ray.__version__
+        n = args.n
+
+        def one_rep() -> dict:
+            rep: dict = {}
+            t0 = time.perf_counter()
+            if args.workload == "W1":
+                results = ray.get([inc.remote(i) for i in range(n)])
+                assert results == list(range(1, n + 1)), "W1 results differ"
+            elif args.workload == "W2":
+                results = ray.get([sleep_task.remote(i) for i in range(n)])
+                assert results == list(range(n)), "W2 results differ"
+            elif args.workload == "W4":
+                results = ray.get([cpu_burn.remote(i, args.iters) for i in range(n)])
+                assert len(results) == n
+            elif args.workload == "W3":
+                latencies = []
+                for i in range(n):
+                    t = time.perf_counter()
+                    assert ray.get(inc.remote(i)) == i + 1
+                    latencies.append((time.perf_counter() - t) * 1000)
+                rep.update(p50_ms=_pctl(latencies, 50), p99_ms=_pctl(latencies, 99))
+            else:
+                raise ValueError(args.workload)
+            rep["wall_s"] = time.perf_counter() - t0
+            return rep
+
+        _repeat(args, one_rep)
+        return _RESULT
+    finally:
+        ray.shutdown()
 
 
 # --------------------------------------------------------------------- prefect
@@ -386,9 +442,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--role", default="workload")
     parser.add_argument("--address-file")
-    parser.add_argument("--system", choices=["dask", "prefect", "prefect-threads"])
+    parser.add_argument("--system", choices=["dask", "prefect", "prefect-threads", "ray"])
     parser.add_argument("--workload", choices=["W1", "W2", "W3", "W4", "W5"])
     parser.add_argument("--n", type=int, default=0)
+    parser.add_argument(
+        "--n-workers", type=int, default=2, help="Dask worker processes / Ray CPUs [2]"
+    )
     parser.add_argument("--iters", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--reps", type=int, default=1)
@@ -402,7 +461,12 @@ def main() -> None:
     _RESULT.update(system=args.system, workload=args.workload, n=args.n, pid=os.getpid())
     _watchdog(args.timeout)
     try:
-        result = run_dask(args) if args.system == "dask" else run_prefect(args)
+        if args.system == "dask":
+            result = run_dask(args)
+        elif args.system == "ray":
+            result = run_ray(args)
+        else:
+            result = run_prefect(args)
         result.setdefault("status", "ok")
     except BaseException as exc:  # noqa: BLE001 - a peer's failure is a result
         import traceback

@@ -11,7 +11,7 @@ import sys
 
 from common import OUT
 
-PEERS = ["dask", "prefect", "prefect-threads"]
+PEERS = ["dask", "prefect", "prefect-threads", "ray"]
 SYSTEMS = ["fleetflow", *PEERS]
 
 CONFIG = {
@@ -32,6 +32,9 @@ CONFIG = {
     "runner) with the temporary server that the first flow run starts (Prefect's default "
     "when no server is configured): run where the process pool cannot finish (W1 at 10,000 "
     "and 100,000) and for W5, since the process pool submits too slowly to queue 100,000",
+    "ray": "`ray.init(num_cpus=2)`: a local Ray cluster on 127.0.0.1 started by the client "
+    "process, no dashboard, `@ray.remote` tasks with the default of 1 CPU each, results with "
+    "`ray.get`; its own virtual environment (`.venv-ray`)",
 }
 
 

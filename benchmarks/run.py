@@ -1,7 +1,7 @@
 """fleetflow against Dask distributed and Prefect 3 on the same workloads, in one run.
 
     .venv/bin/python benchmarks/run.py [--quick] [--reps 3] [--only W1,W3]
-                                       [--systems fleetflow,dask,prefect,prefect-threads]
+                                       [--systems fleetflow,dask,prefect,prefect-threads,ray]
 
 Writes ``benchmarks/RESULTS.md`` (and the raw numbers to
 ``benchmarks/out/results.json``; process logs go to ``benchmarks/out/``).
@@ -42,7 +42,11 @@ import workloads
 from common import BENCH, OUT, ROOT, Proc, child_env, cpu_s, python, stop_all, wait_until
 from ff_fleet import DidNotFinish, Fleet, bounded, pending_memory, run_rep
 
-SYSTEMS = ["fleetflow", "dask", "prefect", "prefect-threads"]
+SYSTEMS = ["fleetflow", "dask", "prefect", "prefect-threads", "ray"]
+
+#: Ray runs from its own virtual environment (its pins never touch fleetflow's):
+#: ``python3 -m venv .venv-ray && .venv-ray/bin/pip install ray==2.60.0 psutil``.
+RAY_PYTHON = ROOT / ".venv-ray" / "bin" / "python"
 
 #: (entry, workload, size key). Order = run order.
 PLAN = [
@@ -77,6 +81,10 @@ DEFAULT_ENTRIES = {
     "prefect-threads": (
         {"W1-10k", "W1-100k", "W5-100k", "W5-1M"},
         {"W5-100k"},
+    ),
+    "ray": (
+        {"W1-1k", "W1-10k", "W1-100k", "W2", "W3", "W4"},
+        {"W1-1k", "W3"},
     ),
 }
 
@@ -420,12 +428,20 @@ def run_peer_process(system, entry, workload, n, reps, timeout, args, iters, tag
         shutil.rmtree(home, ignore_errors=True)
         home.mkdir(parents=True)
         extra["PREFECT_HOME"] = str(home)
+    if system == "ray":
+        if not RAY_PYTHON.exists():
+            return {
+                "status": "failed",
+                "error": f"{RAY_PYTHON} not found: python3 -m venv .venv-ray && "
+                ".venv-ray/bin/pip install ray==2.60.0 psutil",
+            }
+        extra["RAY_USAGE_STATS_ENABLED"] = "0"
     env = child_env(extra)
     for var in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE"):
         env.pop(var, None)
     cmd = [
         *UNSHARE_PREFIX,
-        python(),
+        str(RAY_PYTHON) if system == "ray" else python(),
         str(BENCH / "peers.py"),
         "--system",
         system,
