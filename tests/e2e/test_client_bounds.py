@@ -120,14 +120,20 @@ def test_the_cli_gives_up_within_15_s_with_one_line(silent_port):
         )
         for kind, address in cases.items()
     }
-    for kind, proc in procs.items():
-        out, err = proc.communicate(timeout=30)
-        took = time.monotonic() - started
-        assert proc.returncode != 0, (kind, out, err)
-        assert took < 15.0, f"{kind}: {took:.1f} s"
-        lines = err.strip().splitlines()
-        assert len(lines) == 1, err
-        assert cases[kind] in lines[0] and kind in lines[0], lines[0]
+    try:
+        for kind, proc in procs.items():
+            out, err = proc.communicate(timeout=30)
+            took = time.monotonic() - started
+            assert proc.returncode != 0, (kind, out, err)
+            assert took < 15.0, f"{kind}: {took:.1f} s"
+            lines = err.strip().splitlines()
+            assert len(lines) == 1, err
+            assert cases[kind] in lines[0] and kind in lines[0], lines[0]
+    finally:  # a failed assertion must not leave the other CLIs running
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
 
 
 def test_the_cli_rejects_an_address_without_a_port():
