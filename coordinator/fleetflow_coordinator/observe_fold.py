@@ -1,0 +1,376 @@
+"""The dashboard's fold: what each flow run's event log adds to the core's counters.
+
+What the core already counts (task runs per state per node, ``node.counts``)
+is read as is by the views (:mod:`fleetflow_coordinator.observe_views`). What it
+does not keep (the slowest attempts, recent failures with tracebacks,
+throughput over time, queue wait, time in state) is folded incrementally by
+:class:`FlowDigest` from the flow run's event log, the same log
+``WatchFlowRun`` streams, at most a budget of events per call. Every folded
+event is also told to an :class:`EventSink` (the metrics).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from fleetflow_coordinator.core import EventKind
+from fleetflow_coordinator.core.model import EventRecord, FlowRun
+
+__all__ = [
+    "AttemptLog",
+    "EventSink",
+    "FlowDigest",
+    "NullSink",
+    "FOLD_BUDGET",
+    "MAX_FAILURES",
+    "TIME_STATES",
+    "TOP_SLOWEST",
+    "TRACEBACK_CHARS",
+]
+
+_attempt_log = structlog.get_logger("fleetflow_coordinator.attempts")
+
+#: Slowest finished attempts kept per flow run.
+TOP_SLOWEST = 10
+#: Most recent failures (with tracebacks) kept per flow run.
+MAX_FAILURES = 20
+#: Tracebacks are cut to their last this-many characters.
+TRACEBACK_CHARS = 6000
+#: Events folded per :meth:`Observer.catch_up` call, so one call never blocks
+#: the event loop for long (a 100,000-task flow run logs about 300,000 events).
+FOLD_BUDGET = 50_000
+
+#: The states time is accounted in, per flow run (``FlowDigest.time_in_state``).
+TIME_STATES = ("pending", "queued", "running", "awaiting_retry")
+_PENDING, _SCHEDULED, _RUNNING, _AWAITING = range(4)
+#: {event kind: the state it moves a task run to (an index of TIME_STATES),
+#: _ENDS when it leaves them all, _LOST when its attempt was lost (a new state
+#: follows), _EXPANDS for new PENDING task runs}
+_ENDS, _LOST, _EXPANDS = -1, -2, -3
+_TIME_TARGET = {
+    int(EventKind.NODE_EXPANDED): _EXPANDS,
+    int(EventKind.TASK_RUN_SCHEDULED): _SCHEDULED,
+    int(EventKind.TASK_RUN_STARTED): _RUNNING,
+    int(EventKind.TASK_RUN_RETRYING): _AWAITING,
+    int(EventKind.TASK_RUN_COMPLETED): _ENDS,
+    int(EventKind.TASK_RUN_FAILED): _ENDS,
+    int(EventKind.TASK_RUN_TIMED_OUT): _ENDS,
+    int(EventKind.TASK_RUN_CANCELLED): _ENDS,
+    int(EventKind.TASK_RUN_UPSTREAM_FAILED): _ENDS,
+    int(EventKind.TASK_RUN_LEASE_EXPIRED): _LOST,
+}
+#: Events on a RUNNING task run that the fold does not close an attempt on.
+_DROPS_RUNNING = frozenset(
+    {
+        int(EventKind.TASK_RUN_SCHEDULED),
+        int(EventKind.TASK_RUN_CANCELLED),
+        int(EventKind.TASK_RUN_UPSTREAM_FAILED),
+    }
+)
+
+
+class EventSink(Protocol):
+    """Receives what a fold learns (the metrics implement it)."""
+
+    def event(self, kind: EventKind) -> None:
+        """One event was appended to some flow run's log."""
+
+    def started(self, task_name: str, queue_wait_s: float | None) -> None:
+        """An attempt was leased, after waiting ``queue_wait_s`` seconds in its queue."""
+
+    def finished(self, flow_run_id: str, attempt: dict[str, Any]) -> None:
+        """An attempt ended.
+
+        ``attempt`` holds task_name, task_run_id, index, attempt, worker_id,
+        outcome (completed, failed, retrying, lost), duration_s and error_type.
+        """
+
+
+class AttemptLog:
+    """An :class:`EventSink` that writes one log line per ended attempt, then forwards.
+
+    The line is the attempt's canonical summary: ``flow_run_id``,
+    ``task_run_id``, ``attempt``, ``worker_id``, task, outcome and duration.
+    Completed attempts log at debug level, failed, retried and lost ones at
+    info, so a default coordinator log shows every failure with its ids.
+
+    Args:
+        inner: The sink to forward every call to (the metrics).
+    """
+
+    def __init__(self, inner: EventSink) -> None:
+        self.inner = inner
+
+    def event(self, kind: EventKind) -> None:
+        """Forward."""
+        self.inner.event(kind)
+
+    def started(self, task_name: str, queue_wait_s: float | None) -> None:
+        """Forward."""
+        self.inner.started(task_name, queue_wait_s)
+
+    def finished(self, flow_run_id: str, attempt: dict[str, Any]) -> None:
+        """Log the attempt's summary line, then forward."""
+        self.inner.finished(flow_run_id, attempt)
+        outcome = attempt["outcome"]
+        if outcome == "completed":
+            if not _attempt_log.is_enabled_for(logging.DEBUG):
+                return  # the common case: skip building a line nobody keeps
+            emit = _attempt_log.debug
+        else:
+            emit = _attempt_log.info
+        emit(
+            "task_run_attempt_ended",
+            flow_run_id=flow_run_id,
+            task_run_id=attempt["task_run_id"],
+            attempt=attempt["attempt"],
+            worker_id=attempt["worker_id"],
+            task=attempt["task_name"],
+            index=attempt["index"],
+            outcome=outcome,
+            duration_s=round(attempt["duration_s"], 6),
+            error_type=attempt["error_type"] or None,
+        )
+
+
+class NullSink:
+    """An :class:`EventSink` that ignores everything (an observer without metrics)."""
+
+    def event(self, kind: EventKind) -> None:
+        """Ignore."""
+
+    def started(self, task_name: str, queue_wait_s: float | None) -> None:
+        """Ignore."""
+
+    def finished(self, flow_run_id: str, attempt: dict[str, Any]) -> None:
+        """Ignore."""
+
+
+@dataclass(slots=True)
+class _Running:
+    attempt: int
+    started_at: float
+    worker_id: str
+    node: int
+    task_name: str
+    index: int
+
+
+@dataclass(slots=True)
+class FlowDigest:
+    """What the dashboard shows about one flow run beyond its counters.
+
+    Attributes:
+        flow_run_id: The flow run.
+        cursor: Events of the flow run's log folded so far.
+    """
+
+    flow_run_id: str = ""
+    cursor: int = 0
+    #: {task_run_id: time it was last SCHEDULED}; entries leave when leased.
+    scheduled_at: dict[int, float] = field(default_factory=dict)
+    #: {task_run_id: the attempt running now}
+    running: dict[int, _Running] = field(default_factory=dict)
+    #: min-heap of (duration_s, seq, attempt record): the TOP_SLOWEST finished attempts.
+    slowest: list[tuple[float, int, dict]] = field(default_factory=list)
+    #: The MAX_FAILURES most recent failures, oldest first.
+    failures: deque[dict] = field(default_factory=lambda: deque(maxlen=MAX_FAILURES))
+    n_failures: int = 0
+    n_retries: int = 0
+    n_lost: int = 0
+    n_late: int = 0
+    #: {node index: why it cannot be scheduled (latest report)}
+    unschedulable: dict[int, str] = field(default_factory=dict)
+    #: {second since epoch: [completed, failed]} of finished task runs.
+    buckets: dict[int, list[int]] = field(default_factory=dict)
+    first_time: float = 0.0
+    last_time: float = 0.0
+    #: Task runs in each waiting/running state now, as folded: [pending,
+    #: scheduled, running, awaiting_retry] (see :data:`TIME_STATES`).
+    live: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    #: Task-run seconds spent in each of those states up to ``last_time``.
+    seconds: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    #: Task runs AWAITING_RETRY now.
+    awaiting: set[int] = field(default_factory=set)
+    #: Task runs whose attempt was lost and that have no new state yet.
+    limbo: set[int] = field(default_factory=set)
+
+    def fold(
+        self,
+        flow: FlowRun,
+        budget: int,
+        sink: EventSink,
+        on_finish: Callable[[int, bool], None] | None = None,
+    ) -> int:
+        """Fold up to ``budget`` new events of ``flow``; return how many were folded."""
+        events = flow.events
+        end = min(len(events), self.cursor + budget)
+        for event in events[self.cursor : end]:
+            sink.event(event.kind)
+            self._fold_one(event, sink, on_finish)
+        folded = end - self.cursor
+        self.cursor = end
+        return folded
+
+    def _fold_one(
+        self, e: EventRecord, sink: EventSink, on_finish: Callable[[int, bool], None] | None
+    ) -> None:
+        kind = e.kind
+        if not self.first_time:
+            self.first_time = e.time
+        self._account(e)
+        self.last_time = max(self.last_time, e.time)
+        if kind == EventKind.TASK_RUN_SCHEDULED:
+            self.scheduled_at[e.task_run_id] = e.time
+        elif kind == EventKind.TASK_RUN_STARTED:
+            queued = self.scheduled_at.pop(e.task_run_id, None)
+            self.running[e.task_run_id] = _Running(
+                e.attempt, e.time, e.worker_id, e.node, e.task_name, e.index
+            )
+            sink.started(e.task_name, None if queued is None else max(0.0, e.time - queued))
+        elif kind == EventKind.TASK_RUN_COMPLETED:
+            self._end_attempt(e, "completed", sink)
+            self._count(e.time, failed=False, on_finish=on_finish)
+        elif kind == EventKind.TASK_RUN_RETRYING:
+            self.n_retries += 1
+            self._failure(e, self._end_attempt(e, "retrying", sink))
+        elif kind == EventKind.TASK_RUN_FAILED or kind == EventKind.TASK_RUN_TIMED_OUT:
+            self._failure(e, self._end_attempt(e, "failed", sink))
+            self._count(e.time, failed=True, on_finish=on_finish)
+        elif kind == EventKind.TASK_RUN_LEASE_EXPIRED:
+            self.n_lost += 1
+            self._failure(e, self._end_attempt(e, "lost", sink))
+        elif kind == EventKind.TASK_RUN_UPSTREAM_FAILED:
+            self.scheduled_at.pop(e.task_run_id, None)
+        elif kind == EventKind.NODE_FAILED:
+            self._failure(e, "")
+        elif kind == EventKind.TASK_RUN_UNSCHEDULABLE:
+            self.unschedulable[e.node] = e.message
+        elif kind == EventKind.LATE_RESULT_REJECTED:
+            self.n_late += 1
+
+    def _account(self, e: EventRecord) -> None:
+        """Integrate time in state up to ``e``, then move the task run ``e`` is about.
+
+        Runs before the other bookkeeping of ``e``: where a task run comes
+        from is read from ``scheduled_at``, ``running``, ``awaiting`` and
+        ``limbo`` (none of them: PENDING) as they were before the event.
+        """
+        live = self.live
+        last = self.last_time
+        if e.time > last and last:
+            pending, scheduled, running, awaiting = live
+            if pending or scheduled or running or awaiting:
+                elapsed = e.time - last
+                seconds = self.seconds
+                seconds[0] += pending * elapsed
+                seconds[1] += scheduled * elapsed
+                seconds[2] += running * elapsed
+                seconds[3] += awaiting * elapsed
+        kind = e.kind
+        target = _TIME_TARGET.get(kind)
+        if target is None:
+            return
+        if target == _EXPANDS:
+            live[_PENDING] += e.count
+            return
+        tid = e.task_run_id
+        if tid in self.running:
+            live[_RUNNING] -= 1
+            if kind in _DROPS_RUNNING:
+                # Its attempt ended without an event the fold closes it on (a
+                # reported infrastructure failure, a cancellation): forget it.
+                del self.running[tid]
+        elif tid in self.scheduled_at:
+            live[_SCHEDULED] -= 1
+            if target < 0:
+                del self.scheduled_at[tid]
+        elif tid in self.awaiting:
+            self.awaiting.discard(tid)
+            live[_AWAITING] -= 1
+        elif tid in self.limbo:
+            self.limbo.discard(tid)
+        else:
+            live[_PENDING] -= 1
+        if target >= 0:
+            live[target] += 1
+            if target == _AWAITING:
+                self.awaiting.add(tid)
+        elif target == _LOST:
+            self.limbo.add(tid)
+
+    def time_in_state(self, now: float, ended: bool) -> dict[str, float]:
+        """Task-run seconds per state, up to ``now`` (or the last event once ``ended``)."""
+        seconds = list(self.seconds)
+        if not ended and self.last_time and now > self.last_time:
+            for i in range(4):
+                seconds[i] += self.live[i] * (now - self.last_time)
+        return dict(zip(TIME_STATES, seconds, strict=True))
+
+    def _end_attempt(self, e: EventRecord, outcome: str, sink: EventSink) -> str:
+        """Close the attempt ``e`` is about; return the worker that ran it ("" if unknown)."""
+        run = self.running.get(e.task_run_id)
+        if run is None or run.attempt != e.attempt:
+            return e.worker_id
+        del self.running[e.task_run_id]
+        duration = max(0.0, e.time - run.started_at)
+        record = {
+            "task_run_id": e.task_run_id,
+            "task_name": run.task_name,
+            "node": run.node,
+            "index": run.index,
+            "attempt": run.attempt,
+            "worker_id": run.worker_id,
+            "started_at": run.started_at,
+            "duration_s": duration,
+            "outcome": outcome,
+            "error_type": getattr(e.error, "type", "") or "",
+        }
+        sink.finished(self.flow_run_id, record)
+        entry = (duration, e.seq, record)
+        if len(self.slowest) < TOP_SLOWEST:
+            heapq.heappush(self.slowest, entry)
+        elif duration > self.slowest[0][0]:
+            heapq.heapreplace(self.slowest, entry)
+        return run.worker_id
+
+    def _failure(self, e: EventRecord, worker_id: str) -> None:
+        self.n_failures += 1
+        error = e.error
+        traceback = getattr(error, "traceback", "") or ""
+        if len(traceback) > TRACEBACK_CHARS:
+            traceback = "...\n" + traceback[-TRACEBACK_CHARS:]
+        self.failures.append(
+            {
+                "seq": e.seq,
+                "time": e.time,
+                "kind": e.kind.name,
+                "task_name": e.task_name,
+                "node": e.node,
+                "index": e.index,
+                "task_run_id": e.task_run_id,
+                "attempt": e.attempt,
+                "worker_id": worker_id or e.worker_id,
+                "type": getattr(error, "type", "") or "",
+                "message": (getattr(error, "message", "") or e.message)[:2000],
+                "traceback": traceback,
+            }
+        )
+
+    def _count(
+        self, time: float, *, failed: bool, on_finish: Callable[[int, bool], None] | None
+    ) -> None:
+        second = int(time)
+        bucket = self.buckets.get(second)
+        if bucket is None:
+            bucket = self.buckets[second] = [0, 0]
+        bucket[1 if failed else 0] += 1
+        if on_finish is not None:
+            on_finish(second, failed)
