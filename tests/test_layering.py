@@ -113,6 +113,27 @@ def test_packages_point_one_way(package):
     assert not bad, bad
 
 
+def _private(name: str) -> bool:
+    """Whether an imported dotted name reaches a private module or name (``_x``, not ``__x__``)."""
+    return any(part.startswith("_") and not part.endswith("__") for part in name.split("."))
+
+
+#: The packages that use the client package only through its public modules
+#: (fleetflow.execution, fleetflow.startup, fleetflow.store, ...), never
+#: ``fleetflow._task`` and the like.
+PUBLIC_CLIENT_ONLY = ("fleetflow_coordinator", "fleetflow_worker")
+
+
+@pytest.mark.parametrize("package", PUBLIC_CLIENT_ONLY)
+def test_the_client_package_is_used_through_public_modules(package):
+    bad = []
+    for module, path in _modules(package):
+        for name in _imports(path, module):
+            if name.split(".")[0] == "fleetflow" and _private(name):
+                bad.append(f"{module} imports {name}: use a public module (fleetflow.execution)")
+    assert not bad, bad
+
+
 def test_the_core_is_pure_and_layered():
     core = "fleetflow_coordinator.core"
     seen = set()
@@ -155,3 +176,8 @@ def test_the_check_sees_a_violation(tmp_path):
     assert "fleetflow_coordinator.core.scheduler" in found
     assert "fleetflow_coordinator.store.rows" in found
     assert "time" in found
+    # A private module or name of another package is seen; dunders are not private.
+    path.write_text("from fleetflow import _task\nfrom fleetflow.execution import Task\n")
+    found = _imports(path, "fleetflow_worker.mod")
+    assert [n for n in sorted(found) if _private(n)] == ["fleetflow._task"]
+    assert not _private("fleetflow.__init__")

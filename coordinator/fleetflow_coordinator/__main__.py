@@ -2,7 +2,7 @@
 
 # Signals first (issue 11): SIGTERM/SIGINT while the modules below import (about
 # a second) end the process at once, with 128 + the signal number, even as PID 1
-# in a container. This is fleetflow._startup's rule, inlined because importing
+# in a container. This is fleetflow.startup's rule, inlined because importing
 # any fleetflow module first would leave that second uncovered.
 import os
 import signal

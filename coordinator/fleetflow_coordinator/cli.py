@@ -172,7 +172,7 @@ def command(
     [coordinator] section of the configuration file (see `fleetflow config
     show`); flags win over the environment, which wins over the file.
     """
-    from fleetflow._startup import exit_on_signal_during_startup
+    from fleetflow.startup import exit_on_signal_during_startup
 
     # Signals first: until the coordinator serves, SIGTERM/SIGINT end it at
     # once (status 143/130), even while it opens or restores a big database.

@@ -225,7 +225,7 @@ async def serve(settings: Settings) -> None:
     """Run a coordinator until SIGTERM or SIGINT, then stop gracefully.
 
     Until it serves, the process-wide start-up handlers (installed by the
-    entry point before anything else, see ``fleetflow._startup``) end the
+    entry point before anything else, see ``fleetflow.startup``) end the
     process at once on SIGTERM/SIGINT; from then on a signal stops it
     gracefully: health NOT_SERVING, in-flight RPCs finish, the commit in
     flight and then the pending changes are stored, exit 0. With a

@@ -65,7 +65,7 @@ def _sleeps(*seconds: float) -> list[BatchItem]:
 
 
 async def test_cancelling_a_member_never_drops_the_member_after_it(pool, slow_kill_path):
-    """_pool.py _batch_on: the member to blame is re-read from the progress array *after*
+    """_batch.py BatchPass: the member to blame is re-read from the progress array *after*
     the kill (``position, _ = proc.current()``), not the one the decision was about. If
     the cancelled member ends and the next one starts in between, the next one becomes
     ``current``: with error == _CANCELLED it gets no result, and it is also left out of

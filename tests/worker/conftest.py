@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from fleetflow._task import Task
+from fleetflow.execution import Task
 from fleetflow_worker._child import load_tasks
 
 SAMPLE_TASKS = str(Path(__file__).with_name("sample_tasks.py"))

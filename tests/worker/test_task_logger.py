@@ -9,7 +9,7 @@ import pytest
 import structlog
 import structlog.testing
 from fleetflow import get_logger, task
-from fleetflow._logging import TAIL_LINES, attempt_scope, current_tail
+from fleetflow.execution import TAIL_LINES, attempt_scope, current_tail
 from fleetflow.serde import error_from_exception, exception_from_error
 from fleetflow_worker import _codec
 from fleetflow_worker._child import run_task

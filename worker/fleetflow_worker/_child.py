@@ -23,9 +23,8 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from fleetflow._logging import attempt_scope
-from fleetflow._task import Task, find_tasks
 from fleetflow.errors import StoredObjectError
+from fleetflow.execution import Task, attempt_scope, find_tasks
 from fleetflow.loader import load_module
 
 from fleetflow_worker._codec import (

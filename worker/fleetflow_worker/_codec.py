@@ -31,9 +31,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple, TypeAlias
 
-from fleetflow._task import Task, is_sequence_result
 from fleetflow.api.v1 import common_pb2, worker_service_pb2
 from fleetflow.errors import NonRetryableError, Retry
+from fleetflow.execution import Task, is_sequence_result
 from fleetflow.serde import dumps, error_from_exception, loads
 from fleetflow.store import (
     StoredItem,

@@ -16,10 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
-from fleetflow._logging import start_tail
-from fleetflow._task import Task
 from fleetflow.api.v1 import worker_service_pb2
 from fleetflow.errors import StoredObjectError
+from fleetflow.execution import Task, start_tail
 
 from fleetflow_worker._codec import (
     StoreContext,
@@ -187,13 +186,8 @@ class AttemptRunner:
     ) -> None:
         started = time.monotonic()
         result: _Result = None
-        with structlog.contextvars.bound_contextvars(
-            worker_id=self.worker_id,
-            flow_run_id=lease.flow_run_id,
-            task_run_id=key.task_run_id,
-            attempt=key.attempt,
-            task_name=lease.task_name,
-        ):
+        ids = _attempt_ids(self.worker_id, key, lease)
+        with structlog.contextvars.bound_contextvars(**ids):
             try:
                 result = await self._execute(key, lease, task)
             finally:
@@ -251,18 +245,59 @@ class AttemptRunner:
                     await self._run(key, lease, task)
             return
         head = members[0][1]
-        runnable: list[tuple[AttemptKey, worker_service_pb2.Lease, dict[str, Any]]] = []
+        poke = asyncio.Event()
+        runnable, items, pinned = await self._prepare_batch(members, poke)
+        completed: list[AttemptKey] = []
+        started = time.monotonic()
+
+        def on_result(i: int, result: PoolResult) -> None:
+            key, ids = runnable[i]
+            if key in self._attempts:
+                self._finish(key, result, 0.0, ids, completed)
+
+        try:
+            await self.pool.run_batch(
+                task.name,
+                items,
+                timeout_s=head.timeout_seconds,
+                memory_request_bytes=memory_request(head),
+                cancelled=lambda i: self.table.is_cancelled(runnable[i][0]),
+                on_result=on_result,
+                poke=poke,
+            )
+        except Exception as exc:  # noqa: BLE001 - the pool failed (e.g. closed)
+            failed = PoolResult(encode_error(exc), infrastructure=True)
+            for key, ids in runnable:
+                if key in self._attempts and not self.table.is_cancelled(key):
+                    self._finish(key, failed, 0.0, ids)
+        finally:
+            if self.data is not None:
+                self.data.release(pinned)
+            for key, ids in runnable:  # cancelled members (or the batch itself was)
+                if key in self._attempts:
+                    self._finish(key, None, 0.0, ids)
+            if completed:
+                self._log_batch(head, completed, time.monotonic() - started)
+
+    async def _prepare_batch(
+        self,
+        members: list[tuple[AttemptKey, worker_service_pb2.Lease]],
+        poke: asyncio.Event,
+    ) -> tuple[list[tuple[AttemptKey, dict[str, Any]]], list[BatchItem], list[str]]:
+        """Decode each member's arguments and pin its stored inputs.
+
+        A member whose arguments are bad, or whose stored inputs cannot be
+        read, ends here with its failure.
+
+        Returns:
+            The members that can run (key, log ids), their batch items (in the
+            same order) and the pinned store keys to release afterwards.
+        """
+        runnable: list[tuple[AttemptKey, dict[str, Any]]] = []
         items: list[BatchItem] = []
         pinned: list[str] = []
-        poke = asyncio.Event()
         for key, lease in members:
-            ids = {
-                "worker_id": self.worker_id,
-                "flow_run_id": lease.flow_run_id,
-                "task_run_id": key.task_run_id,
-                "attempt": key.attempt,
-                "task_name": lease.task_name,
-            }
+            ids = _attempt_ids(self.worker_id, key, lease)
             try:
                 args = wire_args(lease)
             except ValueError as exc:
@@ -279,51 +314,27 @@ class AttemptRunner:
                     continue
                 pinned.extend(keys)
             self._pokes[key] = poke
-            runnable.append((key, lease, ids))
+            runnable.append((key, ids))
             items.append(BatchItem(args, lease.split_result, ids, store))
+        return runnable, items, pinned
 
-        completed: list[AttemptKey] = []
-        started = time.monotonic()
+    def _log_batch(
+        self, head: worker_service_pb2.Lease, completed: list[AttemptKey], duration_s: float
+    ) -> None:
+        """One line for a batch's completed members, each named by its (task_run_id, attempt).
 
-        def on_result(i: int, result: PoolResult) -> None:
-            key, _, ids = runnable[i]
-            if key in self._attempts:
-                self._finish(key, result, 0.0, ids, completed)
-
-        try:
-            await self.pool.run_batch(
-                task.name,
-                items,
-                timeout_s=head.timeout_seconds,
-                memory_request_bytes=memory_request(head),
-                cancelled=lambda i: self.table.is_cancelled(runnable[i][0]),
-                on_result=on_result,
-                poke=poke,
-            )
-        except Exception as exc:  # noqa: BLE001 - the pool failed (e.g. closed)
-            failed = PoolResult(encode_error(exc), infrastructure=True)
-            for key, _, ids in runnable:
-                if key in self._attempts and not self.table.is_cancelled(key):
-                    self._finish(key, failed, 0.0, ids)
-        finally:
-            if self.data is not None:
-                self.data.release(pinned)
-            for key, _, ids in runnable:  # cancelled members (or the batch itself was)
-                if key in self._attempts:
-                    self._finish(key, None, 0.0, ids)
-            if completed:
-                # One line for the batch's completed members, each named by its
-                # (task_run_id, attempt); failures were logged one by one.
-                log.info(
-                    "task_run_batch_finished",
-                    worker_id=self.worker_id,
-                    flow_run_id=head.flow_run_id,
-                    task_name=head.task_name,
-                    outcome="completed",
-                    count=len(completed),
-                    task_runs=[list(key) for key in completed],
-                    duration_s=round(time.monotonic() - started, 6),
-                )
+        Failures were logged one by one.
+        """
+        log.info(
+            "task_run_batch_finished",
+            worker_id=self.worker_id,
+            flow_run_id=head.flow_run_id,
+            task_name=head.task_name,
+            outcome="completed",
+            count=len(completed),
+            task_runs=[list(key) for key in completed],
+            duration_s=round(duration_s, 6),
+        )
 
     async def _execute(
         self, key: AttemptKey, lease: worker_service_pb2.Lease, task: Task | None
@@ -441,6 +452,19 @@ async def _guarded(
         return PoolResult(encode_error(exc, infrastructure=True), infrastructure=True)
     except Exception as exc:  # noqa: BLE001
         return PoolResult(encode_error(exc))
+
+
+def _attempt_ids(
+    worker_id: str, key: AttemptKey, lease: worker_service_pb2.Lease
+) -> dict[str, Any]:
+    """The ids bound to every log line of one attempt."""
+    return {
+        "worker_id": worker_id,
+        "flow_run_id": lease.flow_run_id,
+        "task_run_id": key.task_run_id,
+        "attempt": key.attempt,
+        "task_name": lease.task_name,
+    }
 
 
 def _log_finished(result: _Result, duration_s: float, ids: Mapping[str, Any] | None = None) -> None:

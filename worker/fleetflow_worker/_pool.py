@@ -25,67 +25,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 import structlog
 
-from fleetflow_worker._codec import Payload, StoreContext, WireArg, encode_error
+from fleetflow_worker._batch import BatchItem, BatchLimits, BatchPass, PoolResult, retrieve
+from fleetflow_worker._codec import StoreContext, WireArg, encode_error
 from fleetflow_worker._process import PoolStartError, TaskProcess, live_pids
-from fleetflow_worker._usage import AttemptUsage, ProcessMeter, memory_limit_bytes
-from fleetflow_worker.errors import MemoryLimitExceeded, TaskProcessDied, TaskTimeout
+from fleetflow_worker._usage import memory_limit_bytes
 
 __all__ = ["TaskProcessPool", "PoolResult", "PoolStartError", "BatchItem"]
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True, slots=True)
-class PoolResult:
-    """How one attempt in a task process ended.
-
-    Attributes:
-        payload: The result, or the failure (the task's own exception, or the
-            timeout, memory-limit or process-death error).
-        usage: CPU time and peak memory of the attempt.
-        timed_out: The attempt ran past its timeout and was killed.
-        infrastructure: The failure is not the task code's doing (its process
-            died or could not start).
-    """
-
-    payload: Payload
-    usage: AttemptUsage = field(default_factory=AttemptUsage)
-    timed_out: bool = False
-    infrastructure: bool = False
-    #: Wall time of the task code, seconds (0: not measured).
-    duration_s: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class BatchItem:
-    """One member of a batch for :meth:`TaskProcessPool.run_batch`.
-
-    Attributes:
-        args: Pickled arguments as leased.
-        split_result: Return the result item by item.
-        log_ids: Bound to every log line of the attempt in its process.
-        store: Where stored inputs are read and large results written (None:
-            everything inline).
-    """
-
-    args: Sequence[WireArg]
-    split_result: bool
-    log_ids: Mapping[str, Any]
-    store: StoreContext | None = None
-
-
-#: Why a batch's process was stopped: the member running then was cancelled.
-_CANCELLED = "cancelled"
 
 
 @dataclass(eq=False)
@@ -284,6 +240,14 @@ class TaskProcessPool:
         Raises:
             RuntimeError: the pool is closed.
         """
+        limits = BatchLimits(
+            timeout_s,
+            memory_request_bytes,
+            memory_limit_bytes(
+                memory_request_bytes, self.memory_margin_fraction, self.memory_margin_bytes
+            ),
+            self.sample_interval_s,
+        )
         seat = await self._take_seat()
         try:
             todo = list(range(len(items)))
@@ -299,148 +263,10 @@ class TaskProcessPool:
                     for i in todo:
                         on_result(i, PoolResult(encode_error(exc), infrastructure=True))
                     return
-                todo = await self._batch_on(
-                    seat,
-                    proc,
-                    task_name,
-                    items,
-                    todo,
-                    timeout_s,
-                    memory_request_bytes,
-                    cancelled,
-                    on_result,
-                    poke,
-                )
+                one_pass = BatchPass(proc, task_name, items, todo, limits, cancelled, on_result)
+                todo = await one_pass.run(self._io, lambda: self._replace(seat), poke)
         finally:
             self._give_back(seat)
-
-    async def _batch_on(
-        self,
-        seat: _Seat,
-        proc: TaskProcess,
-        task_name: str,
-        items: Sequence[BatchItem],
-        todo: list[int],
-        timeout_s: float,
-        memory_request_bytes: float,
-        cancelled: Callable[[int], bool],
-        on_result: Callable[[int, PoolResult], None],
-        poke: asyncio.Event | None,
-    ) -> list[int]:
-        """Send ``todo`` to ``proc`` and collect results; returns the members left to run."""
-        loop = asyncio.get_running_loop()
-        meter: ProcessMeter | None = None  # made at the first sample: short batches need none
-        limit = memory_limit_bytes(
-            memory_request_bytes, self.memory_margin_fraction, self.memory_margin_bytes
-        )
-        answered = [False] * len(todo)
-
-        def on_results(results: list[tuple]) -> None:  # on the loop, in arrival order
-            for position, payload, cpu_s, duration_s, peak in results:
-                answered[position] = True
-                i = todo[position]
-                if not cancelled(i):
-                    usage = AttemptUsage(cpu_s, peak)
-                    on_result(i, PoolResult(payload, usage, duration_s=duration_s))
-
-        def post(results: list[tuple]) -> None:  # in the pipe thread
-            loop.call_soon_threadsafe(on_results, results)
-
-        requests = [
-            (
-                task_name,
-                list(items[i].args),
-                items[i].split_result,
-                dict(items[i].log_ids),
-                items[i].store,
-            )
-            for i in todo
-        ]
-        proc.reset_progress()
-        call = loop.run_in_executor(self._io, proc.call_batch, requests, post)
-        call.add_done_callback(_retrieve)
-        poked = asyncio.ensure_future(poke.wait()) if poke is not None else None
-        waiters: list[asyncio.Future[Any]] = [call] if poked is None else [call, poked]
-        error: BaseException | str | None = None
-        #: The member a kill is for, read when the kill is decided: the child
-        #: may start the next member before the SIGKILL lands.
-        decided, decided_started = -1, 0.0
-        try:
-            while not call.done():
-                wait_s = self.sample_interval_s
-                position, started = proc.current()
-                if timeout_s > 0 and 0 <= position < len(todo) and not answered[position]:
-                    wait_s = min(wait_s, started + timeout_s - time.monotonic())
-                if wait_s > 0:
-                    await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-                if call.done():
-                    break
-                if poked is not None and poked.done():
-                    poke.clear()  # type: ignore[union-attr]
-                    poked = asyncio.ensure_future(poke.wait())  # type: ignore[union-attr]
-                    waiters = [call, poked]
-                position, started = proc.current()
-                running = 0 <= position < len(todo) and not answered[position]
-                decided, decided_started = position, started
-                if running and cancelled(todo[position]):
-                    error = _CANCELLED
-                    break
-                if meter is None:
-                    meter = ProcessMeter(proc.ps)
-                rss = meter.sample()
-                if limit and rss > limit:
-                    error = MemoryLimitExceeded(task_name, memory_request_bytes, rss, limit)
-                    break
-                if running and timeout_s > 0 and time.monotonic() >= started + timeout_s:
-                    error = TaskTimeout(task_name, timeout_s)
-                    break
-        except asyncio.CancelledError:
-            self._replace(seat)  # kills the process; the blocked call ends with EOF
-            raise
-        finally:
-            if poked is not None:
-                poked.cancel()
-        if error is None and call.exception() is None:
-            return []  # every member answered
-        exitcode: int | None = None
-        if meter is None:
-            meter = ProcessMeter(proc.ps)
-        if error is not None:
-            meter.sample(high_water_mark=True)
-            if isinstance(error, MemoryLimitExceeded):
-                error.peak_bytes = max(error.peak_bytes, meter.rss_peak)
-            self._replace(seat)
-            await asyncio.wait([call], timeout=5.0)
-            await asyncio.sleep(0)  # results read before the EOF are delivered first
-            reason = error if isinstance(error, str) else type(error).__name__
-            log.info("task_process_killed", reason=reason, pid=proc.process.pid)
-        else:
-            exitcode = await self._replace(seat)
-            log.warning("task_process_died", exitcode=exitcode, pid=proc.process.pid)
-        if error is None:  # it died on its own: the member running at its death
-            decided, decided_started = proc.current()
-        # Blame that member, unless its result arrived after all (then the kill
-        # only cost the next one its start: it runs again). Before any member
-        # started, the first unanswered one is blamed.
-        position = max(0, decided)
-        if position < len(todo) and answered[position] and decided < 0:
-            position = next((q for q in range(len(todo)) if not answered[q]), len(todo))
-        current = position if position < len(todo) and not answered[position] else -1
-        if current >= 0 and not cancelled(todo[current]):
-            usage = meter.usage()
-            # Its wall time so far, so a node whose members hang gets smaller batches.
-            ran_s = max(0.0, time.monotonic() - decided_started) if decided_started else 0.0
-            if error is None:
-                died = encode_error(TaskProcessDied(exitcode))
-                result = PoolResult(died, usage, infrastructure=True, duration_s=ran_s)
-                on_result(todo[current], result)
-            elif not isinstance(error, str):
-                timed_out = isinstance(error, TaskTimeout)
-                stopped = PoolResult(
-                    encode_error(error), usage, timed_out=timed_out, duration_s=ran_s
-                )
-                on_result(todo[current], stopped)
-        return [i for q, i in enumerate(todo) if not answered[q] and q != current]
 
     async def _take_seat(self) -> _Seat:
         """A free seat, or a new surplus seat while fewer than ``max_size`` exist.
@@ -534,7 +360,7 @@ class TaskProcessPool:
     def _keep(self, future: asyncio.Future) -> None:  # type: ignore[type-arg]
         self._background.add(future)
         future.add_done_callback(self._background.discard)
-        future.add_done_callback(_retrieve)
+        future.add_done_callback(retrieve)
 
     def _spawn_blocking(self) -> TaskProcess:
         if self._closed:
@@ -572,9 +398,3 @@ class TaskProcessPool:
             proc.kill()
         await asyncio.gather(*(asyncio.to_thread(self._reap, p) for p in procs))
         await asyncio.to_thread(self._io.shutdown, wait=True)
-
-
-def _retrieve(future: asyncio.Future) -> None:  # type: ignore[type-arg]
-    """Mark a background future's exception as seen (it is handled elsewhere or moot)."""
-    if not future.cancelled():
-        future.exception()

@@ -8,10 +8,10 @@ import traceback
 
 import click
 import uvloop
-from fleetflow._startup import exit_on_signal_during_startup
-from fleetflow._task import Task
+from fleetflow.execution import Task
 from fleetflow.resources import parse_quantity
 from fleetflow.settings import flags_from_click
+from fleetflow.startup import exit_on_signal_during_startup
 
 from fleetflow_worker._child import load_tasks
 from fleetflow_worker._pool import PoolStartError

@@ -30,8 +30,8 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 import structlog
-from fleetflow._task import Task
 from fleetflow.api.v1 import common_pb2, worker_service_pb2, worker_service_pb2_grpc
+from fleetflow.execution import Task
 
 from fleetflow_worker._codec import encode_error, to_outcome
 from fleetflow_worker._data import DataPlane
