@@ -107,7 +107,7 @@ def format_bytes(n: float) -> str:
 
 
 def _amount(resource: str, value: float) -> str:
-    return format_bytes(value) if resource == "memory" else f"{value:g}"
+    return format_bytes(value) if resource in ("memory", "gpu_memory") else f"{value:g}"
 
 
 def _print_json(data: Any) -> None:

@@ -108,7 +108,7 @@ _ROWS = (
     Bound("amount", "any resource amount requested or offered (finite, >= 0)", 2.0**60,
           "units", "INVALID_ARGUMENT"),
     Bound("worker_cpu", "RegisterWorker.capacity cpu", 4096, "logical CPUs", "INVALID_ARGUMENT"),
-    Bound("worker_memory", "RegisterWorker.capacity memory", 2.0**50, "bytes (1 PiB)",
+    Bound("worker_memory", "RegisterWorker.capacity memory, gpu_memory", 2.0**50, "bytes (1 PiB)",
           "INVALID_ARGUMENT"),
     Bound("worker_custom", "RegisterWorker.capacity, other resources", 1_000_000, "units",
           "INVALID_ARGUMENT"),
@@ -192,7 +192,9 @@ def _any_amount(_name: str) -> tuple[float, str]:
 
 
 def _capacity_limit(name: str) -> tuple[float, str]:
-    key = {"cpu": "worker_cpu", "memory": "worker_memory"}.get(name, "worker_custom")
+    key = {"cpu": "worker_cpu", "memory": "worker_memory", "gpu_memory": "worker_memory"}.get(
+        name, "worker_custom"
+    )
     return _LIMIT[key], key
 
 

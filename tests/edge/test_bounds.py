@@ -157,6 +157,15 @@ async def test_worker_claims_over_a_bound_are_refused(what, code, request_, limi
         assert not co.rt.core.workers
 
 
+def test_gpu_memory_is_bounded_like_memory():
+    from fleetflow_coordinator.bounds import check_request
+
+    h200 = {"cpu": 16, "memory": 2**37, "gpu": 8, "gpu_memory": 8 * 141e9}
+    check_request(_register(capacity=common_pb2.Resources(amounts=h200)))
+    with pytest.raises(Exception, match="worker_memory"):
+        check_request(_register(capacity=common_pb2.Resources(amounts={"gpu_memory": 2.0**51})))
+
+
 async def test_small_requests_have_a_size_limit():
     async with coordinator() as co:
         huge = ws.HeartbeatRequest(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,9 @@ def sample_tasks_path() -> str:
 @pytest.fixture(scope="session")
 def sample_tasks() -> dict[str, Task]:
     return load_tasks([SAMPLE_TASKS])
+
+
+@pytest.fixture(autouse=True)
+def _no_real_gpus(monkeypatch):
+    """Worker tests see no GPUs unless they install a fake NVML (tests/worker/fake_nvml.py)."""
+    monkeypatch.setitem(sys.modules, "pynvml", None)

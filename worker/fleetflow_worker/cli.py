@@ -16,6 +16,7 @@ from fleetflow.startup import exit_on_signal_during_startup
 from fleetflow_worker._child import load_tasks
 from fleetflow_worker._pool import PoolStartError
 from fleetflow_worker.capacity import parse_resource_option
+from fleetflow_worker.gpus import GpuSelectionError
 from fleetflow_worker.logs import LEVELS, configure_logging
 from fleetflow_worker.runtime import Worker
 from fleetflow_worker.settings import DEFAULT_COORDINATOR, WorkerSettings
@@ -98,6 +99,13 @@ def load_all_tasks(module_specs: tuple[str, ...] | list[str]) -> dict[str, Task]
     help="Custom capacity, e.g. gpu=1. Repeatable.",
 )
 @click.option(
+    "--gpus",
+    default=None,
+    metavar="IDS|none|all",
+    help="NVIDIA GPUs to offer, e.g. 0,2 (as nvidia-smi numbers them), or none "
+    "[env FLEETFLOW_GPUS].  [default: all that CUDA_VISIBLE_DEVICES leaves visible]",
+)
+@click.option(
     "--max-concurrency",
     type=click.IntRange(min=1),
     default=1000,
@@ -175,6 +183,7 @@ def command(
     cpu: float | None,
     memory: float | None,
     resources: dict[str, float],
+    gpus: str | None,
     max_concurrency: int,
     pools: tuple[str, ...],
     worker_id: str | None,
@@ -215,7 +224,10 @@ def command(
         settings.credentials.channel_credentials(settings.coordinator)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    worker = Worker(settings, tasks, list(modules))
+    try:
+        worker = Worker(settings, tasks, list(modules))
+    except GpuSelectionError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(_serve(worker))

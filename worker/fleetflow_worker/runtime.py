@@ -42,6 +42,7 @@ from fleetflow_worker._rpc import CoordinatorConnection, channel_options, recove
 from fleetflow_worker.backoff import Backoff
 from fleetflow_worker.capacity import sample_usage
 from fleetflow_worker.errors import WorkerShutDown
+from fleetflow_worker.gpus import plan_gpus
 from fleetflow_worker.logs import configured_level
 from fleetflow_worker.settings import WorkerSettings
 from fleetflow_worker.state import AttemptKey, AttemptTable
@@ -65,6 +66,8 @@ class Worker:
 
     Raises:
         ValueError: ``tasks`` is empty.
+        fleetflow_worker.gpus.GpuSelectionError: ``settings.gpus`` names a
+            GPU this machine does not show.
     """
 
     def __init__(
@@ -76,6 +79,10 @@ class Worker:
         self.tasks = dict(tasks)
         self.module_specs = list(module_specs)
         self.table = AttemptTable(settings.max_concurrency)
+        #: The GPUs offered (discovered through NVML, restricted, overridden).
+        self.gpus = plan_gpus(settings.gpus, settings.resources.get("gpu"))
+        #: Announced at registration: the settings' capacity plus the GPUs'.
+        self.capacity = {**self.gpus.capacity, **settings.capacity}
         self.pool = TaskProcessPool(
             settings.pool_size,
             self.module_specs,
@@ -189,7 +196,7 @@ class Worker:
         while not (give_up_on_stop and self._stopping.is_set()):
             request = worker_service_pb2.RegisterWorkerRequest(
                 worker_id=self.settings.worker_id,
-                capacity=common_pb2.Resources(amounts=self.settings.capacity),
+                capacity=common_pb2.Resources(amounts=self.capacity),
                 task_names=sorted(self.tasks),
                 hostname=socket.gethostname(),
                 pid=os.getpid(),
@@ -230,7 +237,8 @@ class Worker:
             "worker_registered",
             coordinator=self.settings.coordinator,
             tasks=sorted(self.tasks),
-            capacity=self.settings.capacity,
+            capacity=self.capacity,
+            gpus=[f"{d.id}:{d.name or '?'}" for d in self.gpus.devices],
             lease_ttl_s=self.lease_ttl_s,
             heartbeat_interval_s=self.heartbeat_interval_s,
             registrations=self._registrations,

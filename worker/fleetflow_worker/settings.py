@@ -30,6 +30,7 @@ from fleetflow.settings import (
 )
 
 from fleetflow_worker.capacity import default_cpu, default_memory, parse_resource_option
+from fleetflow_worker.gpus import parse_gpu_selection
 
 __all__ = ["WorkerSettings", "default_worker_id", "DEFAULT_COORDINATOR", "SECTION"]
 
@@ -100,6 +101,13 @@ class WorkerSettings(CredentialSettings):
         factory=dict, flag="--resource", parse=_resources, help="Custom capacity NAME=AMOUNT."
     )
     """Custom capacity, ``{name: amount}`` (e.g. ``{"gpu": 1}``). Default none."""
+
+    gpus: str = setting("", help="GPUs offered: 0,2 (ids as nvidia-smi shows), none, or all.")
+    """NVIDIA GPUs this worker offers: ``0,2`` (NVML indexes or ``GPU-`` UUIDs, as
+    ``nvidia-smi`` shows them), ``none``, or ``all``/"" (default: every GPU NVML
+    reports that the worker's ``CUDA_VISIBLE_DEVICES`` leaves visible). They are
+    offered as capacity ``gpu`` and ``gpu_memory``; ``resources={"gpu": N}``
+    overrides the count (see :mod:`fleetflow_worker.gpus`)."""
 
     pools: tuple[str, ...] = setting(("default",), flag="--pool", help="Worker pools served.")
     """Worker pools this worker serves (tasks pick one with ``@task(pool=...)``)."""
@@ -193,6 +201,10 @@ class WorkerSettings(CredentialSettings):
         check_coordinator("coordinator", self.coordinator)
         if not self.worker_id:
             raise SettingsError("worker_id", "worker_id must not be empty")
+        try:
+            parse_gpu_selection(self.gpus)
+        except ValueError as exc:
+            raise SettingsError("gpus", str(exc)) from None
         if not self.pools or not all(self.pools):
             raise SettingsError("pools", f"pools must be non-empty names, got {self.pools!r}")
         for name, amount in self.resources.items():
@@ -249,7 +261,11 @@ class WorkerSettings(CredentialSettings):
 
     @property
     def capacity(self) -> dict[str, float]:
-        """Total capacity announced at registration: ``{"cpu", "memory", **resources}``."""
+        """Configured capacity: ``{"cpu", "memory", **resources}``.
+
+        The worker adds the discovered GPUs (``gpu``, ``gpu_memory``) unless
+        ``resources`` sets them (:attr:`fleetflow_worker.Worker.capacity`).
+        """
         return {"cpu": float(self.cpu), "memory": float(self.memory), **self.resources}
 
     @property

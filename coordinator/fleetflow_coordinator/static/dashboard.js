@@ -54,7 +54,8 @@ function shortId(id) {
 }
 
 function amount(resource, value) {
-  return resource === "memory" ? bytes(value) : (Math.round(value * 100) / 100).toString();
+  if (resource === "memory" || resource === "gpu_memory") return bytes(value);
+  return (Math.round(value * 100) / 100).toString();
 }
 
 // A stacked progress bar: segments as fractions of total.
