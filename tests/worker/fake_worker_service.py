@@ -52,6 +52,11 @@ class FakeCoordinator(worker_service_pb2_grpc.WorkerServiceServicer):
         self.released: list[tuple[int, int]] = []
         #: Answer ReleaseLeases with UNIMPLEMENTED, as an older coordinator does.
         self.release_unimplemented = False
+        #: Honour ReportOutcomes.max_new_leases too (as the real coordinator does):
+        #: hand out queued leases in the answer, without waiting.
+        self.piggyback = False
+        #: Leases handed out in ReportOutcomes answers.
+        self.piggybacked = 0
         self._changed = asyncio.Condition()
 
     async def _notify(self) -> None:
@@ -87,6 +92,7 @@ class FakeCoordinator(worker_service_pb2_grpc.WorkerServiceServicer):
 
     async def LeaseTasks(self, request, context):
         self.lease_requests.append(request)
+        await self._notify()
         if request.worker_id not in self.known:
             return pb.LeaseTasksResponse(known=False)
         leases = []
@@ -105,7 +111,13 @@ class FakeCoordinator(worker_service_pb2_grpc.WorkerServiceServicer):
         for outcome in request.outcomes:
             self.outcomes[(outcome.task_run_id, outcome.attempt)] = outcome
         await self._notify()
-        return pb.ReportOutcomesResponse(acks=[pb.OUTCOME_ACK_ACCEPTED] * len(request.outcomes))
+        leases = []
+        while self.piggyback and len(leases) < request.max_new_leases and not self.leases.empty():
+            leases.append(self.leases.get_nowait())
+        self.piggybacked += len(leases)
+        return pb.ReportOutcomesResponse(
+            acks=[pb.OUTCOME_ACK_ACCEPTED] * len(request.outcomes), leases=leases
+        )
 
     async def ReleaseLeases(self, request, context):
         if self.release_unimplemented:

@@ -95,6 +95,21 @@ async def asleep(seconds):
     return seconds
 
 
+#: Attempts of ``counted`` running now, and the most at once (in the worker's process).
+COUNTED = {"now": 0, "peak": 0}
+
+
+@task
+async def counted(seconds):
+    COUNTED["now"] += 1
+    COUNTED["peak"] = max(COUNTED["peak"], COUNTED["now"])
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        COUNTED["now"] -= 1
+    return seconds
+
+
 @task
 async def aboom():
     raise KeyError("missing")

@@ -269,6 +269,31 @@ async def test_never_leases_more_than_max_concurrency(coordinator, make_worker):
     assert max(asked) == 2 and min(asked) >= 1
 
 
+async def test_the_long_poll_and_the_piggybacked_lease_share_the_free_slots(
+    coordinator, make_worker, sample_tasks
+):
+    # Issue 11: both asks used to take every free slot, so a coordinator that
+    # honours both ran 4 attempts at once on a worker with max_concurrency=2.
+    counted = sample_tasks["counted"].fn.__globals__["COUNTED"]
+    counted.update(now=0, peak=0)
+    coordinator.piggyback = True
+    worker = make_worker(max_concurrency=2, lease_wait_s=5)
+    waves, per_wave = 4, 10
+    for wave in range(waves):
+        # Each wave finds the worker idle, its long poll waiting for work; the
+        # rest of the wave goes out in ReportOutcomes answers.
+        polls = len(coordinator.lease_requests)
+        await coordinator.wait_for(lambda n=polls: len(coordinator.lease_requests) > n)
+        for i in range(per_wave):
+            coordinator.leases.put_nowait(make_lease(wave * per_wave + i, "counted", seconds=0.02))
+        await coordinator.wait_outcomes((wave + 1) * per_wave, timeout_s=30)
+    assert coordinator.piggybacked >= waves  # both asks were served, every wave
+    assert len(coordinator.lease_requests) >= waves  # each wave began with a long poll
+    assert counted["peak"] == 2, counted  # both slots used, never more
+    table = worker.table  # idle: the long poll holds what is free, nothing leaked
+    assert table.running == 0 and table.free_slots + table.reserved == 2
+
+
 async def test_drain_lets_running_attempts_finish(coordinator, make_worker):
     worker = make_worker()
     coordinator.leases.put_nowait(make_lease(1, "asleep", seconds=0.5))

@@ -127,3 +127,41 @@ def test_a_batch_takes_one_slot_until_its_last_member_ends():
     assert table.finish(keys[0]) is True
     assert table.running == 0 and table.free_slots == 2
     table.validate()
+
+
+def test_two_asks_in_flight_never_ask_for_the_same_slot():
+    table = AttemptTable(3)
+    poll = table.reserve()  # the long poll takes every free slot
+    assert poll.remaining == 3 and table.free_slots == 0
+    piggyback = table.reserve()  # ReportOutcomes asks at the same moment: nothing left
+    assert piggyback.remaining == 0
+    assert table.release(piggyback) == 0
+    keys = [AttemptKey(i, 1) for i in range(1, 4)]
+    assert table.start(keys[0], is_async=True, reservation=poll)
+    assert table.start_batch(keys[1:], is_async=False, reservation=poll) == keys[1:]
+    assert table.running == 2 and table.reserved == 1 and table.free_slots == 0
+    table.validate()
+    assert table.release(poll) == 1  # the answer used two of three
+    assert table.free_slots == 1 and table.reserved == 0
+    assert table.release(poll) == 0  # releasing twice gives nothing back
+    table.validate()
+
+
+def test_a_reservation_is_bounded_by_what_is_free_and_by_most():
+    table = AttemptTable(4)
+    table.start(A, is_async=True)
+    assert table.reserve(2).remaining == 2
+    assert table.reserve(5).remaining == 1  # only one left
+    assert table.reserve(0).remaining == 0  # a draining worker asks for none
+    assert table.free_slots == 0
+    table.validate()
+
+
+def test_a_duplicate_lease_leaves_its_reserved_slot_to_be_released():
+    table = AttemptTable(2)
+    table.start(A, is_async=True)
+    ask = table.reserve()
+    assert not table.start(A, is_async=True, reservation=ask)  # already held
+    assert ask.remaining == 1 and table.release(ask) == 1
+    assert table.free_slots == 1
+    table.validate()

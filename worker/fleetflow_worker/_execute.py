@@ -36,7 +36,7 @@ from fleetflow_worker._codec import (
 from fleetflow_worker._data import DataPlane, InputUnavailable
 from fleetflow_worker._pool import BatchItem, PoolResult, TaskProcessPool
 from fleetflow_worker.errors import TaskNotRegistered, TaskTimeout
-from fleetflow_worker.state import AttemptKey, AttemptTable, CancelAction
+from fleetflow_worker.state import AttemptKey, AttemptTable, CancelAction, Reservation
 
 __all__ = ["AttemptRunner", "memory_request"]
 
@@ -97,11 +97,19 @@ class AttemptRunner:
         """The asyncio tasks of every running attempt."""
         return list(self._attempts.values())
 
-    def start(self, lease: worker_service_pb2.Lease) -> bool:
-        """Start executing a lease; returns False for a duplicate of a held attempt."""
+    def start(
+        self, lease: worker_service_pb2.Lease, reservation: Reservation | None = None
+    ) -> bool:
+        """Start executing a lease; returns False for a duplicate of a held attempt.
+
+        Args:
+            lease: The lease.
+            reservation: The slots reserved for the request it answers.
+        """
         key = AttemptKey(lease.task_run_id, lease.attempt)
         task = self.tasks.get(lease.task_name)
-        if not self.table.start(key, is_async=task is not None and task.is_async):
+        is_async = task is not None and task.is_async
+        if not self.table.start(key, is_async=is_async, reservation=reservation):
             log.warning(
                 "duplicate_lease_ignored",
                 flow_run_id=lease.flow_run_id,
@@ -115,8 +123,18 @@ class AttemptRunner:
         self._flow_run_ids[key] = lease.flow_run_id
         return True
 
-    def start_all(self, leases: Sequence[worker_service_pb2.Lease]) -> None:
-        """Start every lease of one response; consecutive members of a batch share a slot."""
+    def start_all(
+        self,
+        leases: Sequence[worker_service_pb2.Lease],
+        reservation: Reservation | None = None,
+    ) -> None:
+        """Start every lease of one response; consecutive members of a batch share a slot.
+
+        Args:
+            leases: The response's leases.
+            reservation: The slots reserved for the request (each single lease
+                or batch uses one).
+        """
         i, n = 0, len(leases)
         while i < n:
             batch = leases[i].batch
@@ -125,20 +143,25 @@ class AttemptRunner:
                 while j < n and leases[j].batch == batch:
                     j += 1
             if j - i > 1:
-                self.start_batch(leases[i:j])
+                self.start_batch(leases[i:j], reservation)
             else:
-                self.start(leases[i])
+                self.start(leases[i], reservation)
             i = j
 
-    def start_batch(self, leases: Sequence[worker_service_pb2.Lease]) -> int:
-        """Start a batch: its leases run one after another in one slot.
+    def start_batch(
+        self,
+        leases: Sequence[worker_service_pb2.Lease],
+        reservation: Reservation | None = None,
+    ) -> int:
+        """Start a batch: its leases run one after another in one slot (of ``reservation``).
 
         Returns:
             How many leases started (duplicates of held attempts are ignored).
         """
         task = self.tasks.get(leases[0].task_name)
         keys = [AttemptKey(lease.task_run_id, lease.attempt) for lease in leases]
-        fresh = self.table.start_batch(keys, is_async=task is not None and task.is_async)
+        is_async = task is not None and task.is_async
+        fresh = self.table.start_batch(keys, is_async=is_async, reservation=reservation)
         if len(fresh) < len(keys):
             log.warning("duplicate_lease_ignored", count=len(keys) - len(fresh), batch=True)
         if not fresh:

@@ -68,6 +68,15 @@ class OutcomeReporter:
     def __len__(self) -> int:
         return len(self._queue)
 
+    @property
+    def asks_next(self) -> bool:
+        """Whether a ReportOutcomes call is due now (outcomes queued, no backoff).
+
+        Each call also asks for new leases, so the lease loop leaves freed
+        slots to it rather than asking for them in a LeaseTasks of its own.
+        """
+        return bool(self._queue) and self._backoff.failures == 0
+
     def put(self, outcome: worker_service_pb2.Outcome) -> None:
         """Queue one outcome for reporting."""
         self._queue.append(outcome)

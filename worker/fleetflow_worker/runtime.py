@@ -3,7 +3,10 @@
 One gRPC channel and four concurrent loops:
 
 * **lease**: long-polls LeaseTasks for as many task runs as there are free
-  slots (the coordinator fits them to the registered capacity);
+  slots (the coordinator fits them to the registered capacity); the outcome
+  reporter asks for more in ReportOutcomes too, and the two asks share the
+  free slots through :meth:`~fleetflow_worker.state.AttemptTable.reserve`, so
+  together they never ask for more than ``max_concurrency``;
 * **execute**: one asyncio task per attempt (:mod:`fleetflow_worker._execute`);
 * **report**: batches outcomes into ReportOutcomes (:mod:`fleetflow_worker._reporter`);
 * **heartbeat**: renews leases, sends live usage, applies cancellations
@@ -26,7 +29,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import grpc
 import structlog
@@ -45,7 +48,7 @@ from fleetflow_worker.errors import WorkerShutDown
 from fleetflow_worker.gpus import plan_gpus
 from fleetflow_worker.logs import configured_level
 from fleetflow_worker.settings import WorkerSettings
-from fleetflow_worker.state import AttemptKey, AttemptTable
+from fleetflow_worker.state import AttemptKey, AttemptTable, Reservation
 
 __all__ = ["Worker"]
 
@@ -261,26 +264,32 @@ class Worker:
     async def _lease_loop(self) -> None:
         backoff = self._backoff()
         while not self._stopping.is_set():
-            free = self.table.free_slots
-            if free == 0:
+            # Freed slots go to the next ReportOutcomes when one is due: it
+            # asks for leases too, and saves a LeaseTasks round trip.
+            if self.table.free_slots == 0 or self.reporter.asks_next:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
             seen = self._registrations
-            request = worker_service_pb2.LeaseTasksRequest(
-                worker_id=self.settings.worker_id,
-                max_task_runs=free,
-                wait_seconds=self.settings.lease_wait_s,
-                max_batch=self.settings.max_batch,
-            )
-            try:
-                response = await self._rpc().LeaseTasks(
-                    request, timeout=self.settings.lease_wait_s + self.settings.rpc_timeout_s
+            with self._reserved() as reservation:
+                request = worker_service_pb2.LeaseTasksRequest(
+                    worker_id=self.settings.worker_id,
+                    max_task_runs=reservation.remaining,
+                    wait_seconds=self.settings.lease_wait_s,
+                    max_batch=self.settings.max_batch,
                 )
-            except grpc.aio.AioRpcError as exc:
-                await self._pause(self._rpc_failed("lease_tasks", backoff, exc))
+                try:
+                    response = await self._rpc().LeaseTasks(
+                        request, timeout=self.settings.lease_wait_s + self.settings.rpc_timeout_s
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    response = None
+                    delay = self._rpc_failed("lease_tasks", backoff, exc)
+                else:
+                    self.runner.start_all(response.leases, reservation)
+            if response is None:
+                await self._pause(delay)
                 continue
-            self.runner.start_all(response.leases)
             if response.known:
                 recovered("lease_tasks", backoff)
             else:
@@ -405,18 +414,29 @@ class Worker:
     async def _send_outcomes(self, outcomes: Sequence[worker_service_pb2.Outcome]) -> Sequence[int]:
         # Ask for the next leases in the same call (none while draining), so a
         # finished task is followed by the next without a LeaseTasks round trip.
-        want = 0 if self._stopping.is_set() else self.table.free_slots
-        response = await self._rpc().ReportOutcomes(
-            worker_service_pb2.ReportOutcomesRequest(
-                worker_id=self.settings.worker_id,
-                outcomes=outcomes,
-                max_new_leases=want,
-                max_batch=self.settings.max_batch,
-            ),
-            timeout=self.settings.rpc_timeout_s,
-        )
-        self.runner.start_all(response.leases)
+        # The slots asked for are reserved, so the long poll cannot ask for them too.
+        with self._reserved(0 if self._stopping.is_set() else None) as reservation:
+            response = await self._rpc().ReportOutcomes(
+                worker_service_pb2.ReportOutcomesRequest(
+                    worker_id=self.settings.worker_id,
+                    outcomes=outcomes,
+                    max_new_leases=reservation.remaining,
+                    max_batch=self.settings.max_batch,
+                ),
+                timeout=self.settings.rpc_timeout_s,
+            )
+            self.runner.start_all(response.leases, reservation)
         return list(response.acks)
+
+    @contextlib.contextmanager
+    def _reserved(self, most: int | None = None) -> Iterator[Reservation]:
+        """Reserve free slots for one lease request; give back what its answer did not use."""
+        reservation = self.table.reserve(most)
+        try:
+            yield reservation
+        finally:
+            self.table.release(reservation)
+            self._slot_free.set()  # the lease loop looks again: it may ask for what is free
 
     @property
     def _heartbeat_timeout_s(self) -> float:

@@ -5,6 +5,14 @@ acknowledges its outcome. While held it is first ``RUNNING`` (task code
 executes and takes one of the ``max_concurrency`` slots) and then
 ``REPORTING`` (its outcome waits in the report queue). Heartbeats list every
 held attempt, so the coordinator keeps the lease alive until the outcome lands.
+
+The table is the one owner of the free-slot count. A worker asks for leases
+in two places at once, the long poll (LeaseTasks) and the lease piggybacked
+on ReportOutcomes; each ask first reserves the slots it asks for
+(:meth:`AttemptTable.reserve`), the leases of its answer start in those
+slots, and the rest is given back (:meth:`AttemptTable.release`). So two
+asks in flight never ask for the same slot, and a coordinator that grants what it is asked for never
+makes the worker run more than ``max_concurrency`` attempts (issue 11).
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import enum
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["AttemptKey", "Phase", "CancelAction", "AttemptTable"]
+__all__ = ["AttemptKey", "Phase", "CancelAction", "AttemptTable", "Reservation"]
 
 
 class AttemptKey(NamedTuple):
@@ -48,6 +56,14 @@ class _Slot:
     remaining: int
 
 
+@dataclass(slots=True, eq=False)
+class Reservation:
+    """Slots taken for one lease request in flight (see :meth:`AttemptTable.reserve`)."""
+
+    #: Slots asked for and not yet used by a lease of the answer.
+    remaining: int
+
+
 @dataclass(slots=True)
 class _Entry:
     is_async: bool
@@ -74,6 +90,8 @@ class AttemptTable:
         #: {AttemptKey: _Entry}, in lease order.
         self._entries: dict[AttemptKey, _Entry] = {}
         self._running = 0
+        #: Slots reserved by lease requests in flight (the sum of their ``remaining``).
+        self._reserved = 0
 
     @property
     def running(self) -> int:
@@ -81,9 +99,37 @@ class AttemptTable:
         return self._running
 
     @property
+    def reserved(self) -> int:
+        """Slots reserved by lease requests in flight, not yet used by a lease."""
+        return self._reserved
+
+    @property
     def free_slots(self) -> int:
-        """How many more attempts (or batches) may start now."""
-        return max(0, self.max_concurrency - self._running)
+        """How many more attempts (or batches) may be asked for now."""
+        return max(0, self.max_concurrency - self._running - self._reserved)
+
+    def reserve(self, most: int | None = None) -> Reservation:
+        """Take the free slots (at most ``most``) for one lease request.
+
+        Ask the coordinator for ``reservation.remaining`` leases, start the
+        answer's leases with the reservation, then :meth:`release` it.
+        """
+        count = self.free_slots if most is None else max(0, min(most, self.free_slots))
+        self._reserved += count
+        return Reservation(count)
+
+    def release(self, reservation: Reservation) -> int:
+        """Give back the reserved slots the answer did not use; returns how many."""
+        count, reservation.remaining = reservation.remaining, 0
+        self._reserved -= count
+        return count
+
+    def _take_slot(self, reservation: Reservation | None) -> None:
+        """One slot for a starting attempt or batch: a reserved one if the lease brought one."""
+        if reservation is not None and reservation.remaining > 0:
+            reservation.remaining -= 1
+            self._reserved -= 1
+        self._running += 1
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -91,20 +137,25 @@ class AttemptTable:
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
-    def start(self, key: AttemptKey, *, is_async: bool) -> bool:
+    def start(
+        self, key: AttemptKey, *, is_async: bool, reservation: Reservation | None = None
+    ) -> bool:
         """Record a new lease; returns False for a duplicate of a held attempt.
 
-        A start may exceed ``max_concurrency``: the coordinator never sends
-        more than was asked for, and dropping a lease would only delay it.
+        The lease uses a slot of ``reservation`` (the request it answers). A
+        start beyond it may exceed ``max_concurrency`` (a coordinator that
+        sends more than was asked for): dropping a lease would only delay it.
         """
         if key in self._entries:
             return False
         self._entries[key] = _Entry(is_async=is_async)
-        self._running += 1
+        self._take_slot(reservation)
         return True
 
-    def start_batch(self, keys: list[AttemptKey], *, is_async: bool) -> list[AttemptKey]:
-        """Record the leases of one batch, which share one slot.
+    def start_batch(
+        self, keys: list[AttemptKey], *, is_async: bool, reservation: Reservation | None = None
+    ) -> list[AttemptKey]:
+        """Record the leases of one batch, which share one slot (of ``reservation``).
 
         Returns:
             The keys recorded, in order: duplicates of held attempts are left out.
@@ -114,7 +165,7 @@ class AttemptTable:
             slot = _Slot(len(fresh))
             for key in fresh:
                 self._entries[key] = _Entry(is_async=is_async, slot=slot)
-            self._running += 1
+            self._take_slot(reservation)
         return fresh
 
     def finish(self, key: AttemptKey, *, has_outcome: bool = True) -> bool:
@@ -178,6 +229,7 @@ class AttemptTable:
         slots = {id(e.slot): e.slot for e in running if e.slot is not None}
         in_use = sum(1 for e in running if e.slot is None) + len(slots)
         assert in_use == self._running, (in_use, self._running)
+        assert 0 <= self._reserved <= self.max_concurrency, self._reserved
         for slot in slots.values():
             members = sum(1 for e in running if e.slot is slot)
             assert members == slot.remaining, (members, slot.remaining)
