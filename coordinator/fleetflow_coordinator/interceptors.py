@@ -1,6 +1,7 @@
 """The one server interceptor in front of every fleetflow RPC.
 
-For each call to ``CoordinatorService`` or ``WorkerService`` it, in order:
+For each call to ``CoordinatorService``, ``WorkerService`` or ``TransferService`` it,
+in order:
 
 0. authenticates the caller and checks its role against the method-to-role
    table (:mod:`fleetflow_coordinator.auth`) when authentication is on; a
@@ -15,8 +16,13 @@ For each call to ``CoordinatorService`` or ``WorkerService`` it, in order:
    code and message, anything else is a bug and gets INTERNAL, with its
    traceback logged once, here.
 
-Handlers therefore never call ``context.abort`` themselves. The standard
-health service is not intercepted: probes need no credential.
+Handlers therefore never call ``context.abort`` themselves.
+
+The standard health service is apart (:class:`HealthGate`): ``Check`` needs
+no credential, so probes need none, but ``Watch`` does when authentication is
+on. A Watch stream never ends, so the connection under it never goes idle: an
+unauthenticated one would let anyone who can reach the port pin connections
+past the idle close until the process runs out of file descriptors.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from fleetflow_coordinator.errors import (
     status_for,
 )
 
-__all__ = ["EdgeInterceptor", "SERVICES", "MAX_STATUS_MESSAGE"]
+__all__ = ["EdgeInterceptor", "HealthGate", "HEALTH_WATCH", "SERVICES", "MAX_STATUS_MESSAGE"]
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +53,10 @@ SERVICES = (
     "fleetflow.api.v1.WorkerService",
     "fleetflow.api.v1.TransferService",
 )
+
+#: The standard health service's streaming method: it needs a credential
+#: (any role) when authentication is on; ``Check`` needs none.
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 
 #: Status messages are cut to this many characters: they travel in trailing
 #: metadata, which peers cap (8 KiB by default in gRPC clients).
@@ -76,6 +86,66 @@ def _checked_decoder(
     return decode
 
 
+class HealthGate(grpc.aio.ServerInterceptor):
+    """Let health ``Check`` through to anyone, ``Watch`` only to a known credential.
+
+    With authentication off every call passes (as every other RPC does).
+
+    Args:
+        auth: The credentials accepted; None turns authentication off.
+        on_refused: Called with ``(status code name, method)`` for every
+            refused Watch (a metric), optional.
+    """
+
+    def __init__(
+        self,
+        auth: AuthTable | AuthFile | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.auth = auth
+        self.on_refused = on_refused
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """Wrap health Watch in the credential check; pass anything else through."""
+        handler = await continuation(handler_call_details)
+        return self.gate(handler_call_details.method, handler)
+
+    def gate(self, method: str, handler: grpc.RpcMethodHandler | None) -> Any:
+        """``handler``, wrapped in the credential check when it is health Watch."""
+        if (
+            method != HEALTH_WATCH
+            or self.auth is None
+            or handler is None
+            or handler.unary_stream is None
+        ):
+            return handler
+        behavior = handler.unary_stream
+
+        async def watch(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                self.auth.table.authenticate(context.invocation_metadata(), context.auth_context())
+            except Unauthenticated as exc:
+                if self.on_refused is not None:
+                    self.on_refused("UNAUTHENTICATED", method)
+                log.info("rpc_credential_refused", method=method, code="UNAUTHENTICATED",
+                         peer=context.peer(), reason=str(exc))  # fmt: skip
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"health Watch needs a credential (Check needs none): {exc}",
+                )
+            return await behavior(request, context)
+
+        return grpc.unary_stream_rpc_method_handler(
+            watch,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
     """Authenticate, decode, check, run and map errors for every fleetflow RPC.
 
@@ -93,6 +163,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         self.auth = auth
         self.on_refused = on_refused
+        self.health = HealthGate(auth, on_refused)
 
     def _admit(self, method: str, context: grpc.aio.ServicerContext) -> Principal:
         """The caller, once authenticated and authorised for ``method``."""
@@ -120,7 +191,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or _service_of(method) not in SERVICES:
-            return handler
+            return self.health.gate(method, handler)
         decode = _checked_decoder(method, handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(

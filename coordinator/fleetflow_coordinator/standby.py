@@ -33,6 +33,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2_grpc
 
+from fleetflow_coordinator.interceptors import HealthGate
 from fleetflow_coordinator.runtime import Runtime
 from fleetflow_coordinator.security import Security
 from fleetflow_coordinator.server import (
@@ -118,8 +119,12 @@ async def _standby_server(
 
     It speaks TLS like the active server (so peers can connect and learn who is
     active) but asks no token: the answer names the active coordinator only.
+    Health Watch still needs one, as on the active server (:class:`HealthGate`).
     """
-    server = grpc.aio.server(options=server_options(settings))
+    # Health Watch needs a credential here too: its stream would pin the connection.
+    server = grpc.aio.server(
+        options=server_options(settings), interceptors=[HealthGate(security.auth)]
+    )
     refuse = _Refuse()
     server.add_generic_rpc_handlers((refuse,))
     health_servicer = health.aio.HealthServicer()

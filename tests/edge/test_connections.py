@@ -1,19 +1,29 @@
-"""Idle or slow peers cannot starve others: idle connections are closed, fds are raised."""
+"""Idle or slow peers cannot starve others: idle connections are closed, fds are raised.
+
+Health ``Check`` needs no credential, but ``Watch`` (a stream that never ends,
+so its connection never goes idle) needs one when authentication is on.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import resource
 import subprocess
 import sys
 import time
 
 import grpc
+import pytest
 from fleetflow.api.v1 import common_pb2
 from fleetflow.api.v1 import worker_service_pb2 as ws
 from fleetflow.api.v1 import worker_service_pb2_grpc as ws_grpc
+from fleetflow_coordinator import probe
 from fleetflow_coordinator.server import raise_open_file_limit
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.e2e.fleet import ROOT, _env
+
+from .secure import make_pki, secure_coordinator
 
 #: The coordinator's open-file limit in the test: far fewer than the idle peers.
 FD_LIMIT = 96
@@ -71,6 +81,100 @@ def test_many_idle_connections_do_not_stop_a_new_worker_from_registering(tmp_pat
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+def _register(channel: grpc.Channel, metadata=()) -> ws.RegisterWorkerResponse:
+    return ws_grpc.WorkerServiceStub(channel).RegisterWorker(
+        ws.RegisterWorkerRequest(
+            worker_id="newcomer",
+            capacity=common_pb2.Resources(amounts={"cpu": 1}),
+            task_names=["t"],
+        ),
+        metadata=metadata,
+        timeout=20,
+        wait_for_ready=True,
+    )
+
+
+def test_health_watches_without_a_credential_do_not_pin_connections(tmp_path):
+    """Strangers each opening a health Watch over TLS are refused, go idle, and are closed.
+
+    Were Watch open to them, each stream would keep its connection from ever
+    going idle: with more of them than the coordinator has descriptors, no
+    worker could connect.
+    """
+    pki = make_pki(tmp_path)
+    port_file = tmp_path / "port"
+    env = {**_env(), "FLEETFLOW_IDLE_CONNECTION_S": "1", "FLEETFLOW_HANDSHAKE_TIMEOUT_S": "1"}
+    log = open(tmp_path / "coordinator.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleetflow_coordinator", "--listen", "127.0.0.1:0",
+         "--port-file", str(port_file), "--db", ":memory:", "--http", "off",
+         "--tls-cert", str(pki.cert), "--tls-key", str(pki.key), "--auth-file", str(pki.auth_file)],
+        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_limit_fds,
+    )  # fmt: skip
+    tls = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+    own = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
+    channels: list[grpc.Channel] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "coordinator did not start"
+            time.sleep(0.05)
+        address = f"127.0.0.1:{port_file.read_text().strip()}"
+        # The probes use Check, with no credential: it answers.
+        assert probe.main([address, "--tls-ca", str(pki.ca), "--timeout", "10"]) == 0
+        channels.extend(grpc.secure_channel(address, tls, options=own) for _ in range(IDLE_PEERS))
+        request = health_pb2.HealthCheckRequest(service="")
+        watches = [health_pb2_grpc.HealthStub(c).Watch(request, timeout=30) for c in channels]
+        time.sleep(2)  # the watches connect and are answered, or starve for descriptors
+        started = time.monotonic()
+        with grpc.secure_channel(address, tls, options=own) as channel:
+            worker = [("authorization", f"Bearer {pki.tokens['worker']}")]
+            assert _register(channel, worker).lease_ttl_seconds > 0
+        assert time.monotonic() - started < 15
+        # Those that starved for a descriptor get theirs as refused ones are closed.
+        deadline = time.monotonic() + 20
+        while not all(w.done() for w in watches) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for watch in watches:
+            watch.cancel()  # no-op for those already ended
+        codes = [watch.code() for watch in watches]
+        refused = codes.count(grpc.StatusCode.UNAUTHENTICATED)
+        assert refused >= FD_LIMIT // 2, codes  # they did connect and take descriptors
+        assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE}, codes
+        assert probe.main([address, "--tls-ca", str(pki.ca), "--timeout", "10"]) == 0
+    finally:
+        for channel in channels:
+            channel.close()
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+async def test_health_check_needs_no_credential_but_watch_needs_one(tmp_path):
+    pki = make_pki(tmp_path)
+    tls = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+    request = health_pb2.HealthCheckRequest(service="")
+    async with secure_coordinator(pki) as (_, address):
+        async with grpc.aio.secure_channel(address, tls) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            answer = await stub.Check(request, timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            for token in (None, pki.tokens["stranger"]):
+                metadata = [("authorization", f"Bearer {token}")] if token else None
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    async for _ in stub.Watch(request, metadata=metadata, timeout=5):
+                        pass
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "Check needs none" in refused.value.details()
+            # Any known credential may watch (a viewer's dashboard, a load balancer's).
+            watch = stub.Watch(
+                request, metadata=[("authorization", f"Bearer {pki.tokens['viewer']}")]
+            )
+            first = await asyncio.wait_for(watch.read(), 5)
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
 
 
 def test_the_open_file_limit_is_raised_to_the_hard_limit():
