@@ -36,7 +36,7 @@ from fleetflow._info import FlowRunInfo, WorkerInfo, flow_state_name
 from fleetflow._retry import Backoff, RetryBudget, deadline_after
 from fleetflow._stats import FlowRunStats
 from fleetflow._task import Flow
-from fleetflow._taskruns import DemandInfo, TaskRunInfo
+from fleetflow._taskruns import DemandInfo, TaskRunInfo, TaskRunPage, TaskRunSummary
 from fleetflow._transport import AioTransport, BlockingTransport
 from fleetflow.addresses import Address, parse_addresses
 from fleetflow.api.v1 import common_pb2
@@ -265,6 +265,48 @@ class AsyncClient:
         """
         request = pb.GetTaskRunRequest(task_run_id=task_run_id)
         return TaskRunInfo.from_proto(await self._conn.unary("GetTaskRun", request))
+
+    async def list_task_runs(
+        self,
+        flow_run_id: str,
+        *,
+        states: Sequence[str] = (),
+        task_name: str = "",
+        index: int | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> TaskRunPage:
+        """One page of a flow run's task runs, in (node, index) order.
+
+        Args:
+            flow_run_id: The flow run.
+            states: Only these states (``"FAILED"``, ``"TIMED_OUT"``, ...); empty for all.
+            task_name: Only this task's task runs; "" for all.
+            index: Only this map index; None for all.
+            offset: Matching task runs to skip.
+            limit: Task runs per page, at most 500.
+
+        Raises:
+            RPCError: no such flow run (NOT_FOUND), a limit over 500 or an
+                unknown state (INVALID_ARGUMENT), or the coordinator failed.
+        """
+        try:
+            codes = [common_pb2.TaskRunState.Value(f"TASK_RUN_STATE_{s.upper()}") for s in states]
+        except ValueError as exc:
+            raise ValueError(f"unknown task run state in {list(states)}: {exc}") from None
+        request = pb.ListTaskRunsRequest(
+            flow_run_id=flow_run_id,
+            states=codes,
+            task_name=task_name,
+            offset=offset,
+            limit=limit,
+        )
+        if index is not None:
+            request.index = index
+        response = await self._conn.unary("ListTaskRuns", request)
+        return TaskRunPage(
+            [TaskRunSummary.from_proto(t) for t in response.task_runs], response.total, offset
+        )
 
     async def get_flow_run_stats(self, flow_run_id: str) -> FlowRunStats:
         """Measured usage per task against its request (with advice), and time per state.

@@ -70,6 +70,8 @@ def format_event(event: FlowEvent) -> str:
     parts = [f"{event.seq:>6}", stamp, f"{event.kind:<26}"]
     if event.task_name:
         parts.append(f"node={event.node} {event.task_name}[{event.index}]")
+        if event.task_run_id:
+            parts.append(f"task_run={event.task_run_id}")
     if event.attempt:
         parts.append(f"attempt={event.attempt}")
     if event.worker_id:

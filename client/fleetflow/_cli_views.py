@@ -10,22 +10,20 @@ import dataclasses
 import datetime as dt
 import json
 import sys
-import time
 from typing import Any
 
 import click
 from rich.console import Console, Group, RenderableType
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.progress_bar import ProgressBar
 from rich.table import Column, Table
 from rich.text import Text
 
 from fleetflow._cli_credentials import credential_options
+from fleetflow._cli_progress import count_parts, error_of, follow_progress, print_outcome
 from fleetflow._client import DEFAULT_ADDRESS, Client, FlowRunInfo, TaskCounts, WorkerInfo
 from fleetflow._stats import FlowRunStats, TaskUsage
 from fleetflow.addresses import InvalidAddressError, format_addresses, parse_addresses
-from fleetflow.errors import FleetflowError, FlowRunCancelled, FlowRunFailed, RPCError
-from fleetflow.serde import RemoteTaskError
+from fleetflow.errors import FleetflowError, RPCError
 
 __all__ = [
     "workers_command",
@@ -39,10 +37,6 @@ __all__ = [
 
 #: A worker whose last RPC is older than this is shown as late, seconds.
 LATE_HEARTBEAT_S = 5.0
-#: How often ``fleetflow watch`` polls the coordinator, seconds.
-WATCH_INTERVAL_S = 0.2
-#: Most per-task bars ``fleetflow watch`` shows; further tasks share one bar.
-MAX_TASK_BARS = 30
 
 
 def check_coordinator(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -214,6 +208,8 @@ def flow_run_summary_json(info: FlowRunInfo) -> dict[str, Any]:
         finished=info.finished,
         completed=info.completed,
         failed=info.failed,
+        upstream_failed=info.upstream_failed,
+        cancelled=info.cancelled,
         duration_s=info.duration_s,
     )
     return data
@@ -251,20 +247,26 @@ def _nodes_table(info: FlowRunInfo) -> Table:
         Column("completed", justify="right", style="green"),
         Column("failed", justify="right", style="red"),
         Column("upstream failed", justify="right"),
+        Column("cancelled", justify="right"),
         expand=True,
     )
     for n in info.nodes:
+        if n.total is None and n.unexpanded_end:  # a map that never expanded
+            done = n.unexpanded_end.lower().replace("_", " ")
+        else:
+            done = f"{n.finished:,}/{'?' if n.total is None else f'{n.total:,}'}"
         table.add_row(
             str(n.node),
             n.task_name + (" (map)" if n.map else ""),
             _bar(n),
-            f"{n.finished:,}/{'?' if n.total is None else f'{n.total:,}'}",
+            done,
             f"{n.running:,}",
             f"{n.scheduled + n.awaiting_retry:,}",
             f"{n.pending:,}",
             f"{n.completed:,}",
             f"{n.failed + n.timed_out:,}",
             f"{n.upstream_failed:,}",
+            f"{n.cancelled:,}",
         )
     return table
 
@@ -277,32 +279,6 @@ def _bar(n: TaskCounts) -> RenderableType:
     return ProgressBar(total=n.total, completed=n.finished, complete_style=style, width=None)
 
 
-def _error_of(client: Client, info: FlowRunInfo) -> dict[str, Any] | None:
-    """The first failure of a FAILED flow run: type, message and remote traceback."""
-    if info.state != "FAILED":
-        return None
-    try:
-        client.handle(info.flow_run_id).result(timeout=10.0)
-    except (FlowRunFailed, FlowRunCancelled) as exc:
-        return {"type": type(exc).__name__, "message": str(exc), "notes": []}
-    except FleetflowError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the task's own exception, re-raised here
-        return _exception_json(exc)
-    return None
-
-
-def _exception_json(exc: BaseException) -> dict[str, Any]:
-    if isinstance(exc, RemoteTaskError):
-        type_name = exc.type_name
-        message = str(exc.args[0] if exc.args else "").removeprefix(f"{type_name}: ")
-    else:
-        cls = type(exc)
-        type_name = f"{cls.__module__}.{cls.__qualname__}"
-        message = str(exc)
-    return {"type": type_name, "message": message, "notes": list(getattr(exc, "__notes__", []))}
-
-
 def _local_time(epoch_s: float | None) -> str:
     if not epoch_s:
         return "-"
@@ -310,25 +286,57 @@ def _local_time(epoch_s: float | None) -> str:
 
 
 @click.command("inspect")
-@click.argument("flow_run_id", metavar="FLOW_RUN_ID|TASK_RUN_ID")
+@click.argument("flow_run_id", metavar="FLOW_RUN_ID|TASK_RUN_ID|FLOW_RUN_ID:TASK[INDEX]")
 @coordinator_option
 @_json_option
-def inspect_command(flow_run_id: str, address: str, as_json: bool) -> None:
+@click.option(
+    "--failed",
+    is_flag=True,
+    help="List the flow run's failed task runs (id, index, input, first error line), paged.",
+)
+@click.option(
+    "--offset", type=click.IntRange(min=0), default=0, help="With --failed: rows to skip."
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1, max=500),
+    default=50,
+    show_default=True,
+    help="With --failed: rows per page.",
+)
+def inspect_command(
+    flow_run_id: str, address: str, as_json: bool, failed: bool, offset: int, limit: int
+) -> None:
     """Show a flow run (state, per-task counts, first failure) or a task run's attempts.
 
     A mapped task is one row however many task runs it has. A task run id (a
-    number, as in events) shows every attempt: worker, times, outcome, error.
+    number, as in events) or FLOW_RUN_ID:TASK[INDEX] (a map index, as in
+    events) shows every attempt of that task run: worker, times, outcome,
+    error. With --failed, lists every failed task run, a page at a time.
     Exits 0 unless the run failed or was cancelled.
     """
-    if flow_run_id.isdigit():
-        from fleetflow._cli_control import show_task_run
+    from fleetflow._cli_control import show_task_run
+    from fleetflow._cli_taskruns import parse_task_ref, show_failed, task_run_id_of
 
+    if flow_run_id.isdigit():
         show_task_run(int(flow_run_id), address, as_json)
+        return
+    ref = parse_task_ref(flow_run_id)
+    if ref is not None:
+        try:
+            with Client(address) as client:
+                task_run_id = task_run_id_of(client, *ref)
+        except FleetflowError as exc:
+            raise click.ClickException(str(exc)) from None
+        show_task_run(task_run_id, address, as_json)
+        return
+    if failed:
+        show_failed(flow_run_id, address, offset=offset, limit=limit, as_json=as_json)
         return
     try:
         with Client(address) as client:
             info = client.get(flow_run_id)
-            error = _error_of(client, info)
+            error = error_of(client, info)
             stats = _stats_of(client, flow_run_id)
     except FleetflowError as exc:
         raise click.ClickException(str(exc)) from None
@@ -336,6 +344,10 @@ def inspect_command(flow_run_id: str, address: str, as_json: bool) -> None:
         _print_json(flow_run_json(info, error, stats))
     else:
         Console().print(_inspect_view(info, error, stats))
+        if info.failed:
+            Console().print(
+                f"[dim]every failed task run: fleetflow inspect {info.flow_run_id} --failed[/dim]"
+            )
     sys.exit(1 if info.state in ("FAILED", "CANCELLED") else 0)
 
 
@@ -352,7 +364,7 @@ def _inspect_view(
     meta = Text(
         f"submitted {_local_time(info.created_at)}, ended {_local_time(info.ended_at)}, "
         f"{duration}; {info.finished:,}/{info.total:,} task runs done, "
-        f"{info.completed:,} completed, {info.failed:,} failed; last event seq {info.last_seq}",
+        f"{count_parts(info)}; last event seq {info.last_seq}",
         style="dim",
     )
     parts: list[RenderableType] = [header, meta, _nodes_table(info)]
@@ -440,118 +452,3 @@ def _time_view(stats: FlowRunStats) -> RenderableType:
         style="",
     )
     return text
-
-
-# -------------------------------------------------------------- watch's bars
-
-
-def _bar_label(n: TaskCounts) -> str:
-    return f"{n.node} {n.task_name}" + (" (map)" if n.map else "")
-
-
-def follow_progress(
-    client: Client,
-    flow_run_id: str,
-    console: Console,
-    *,
-    interval_s: float = WATCH_INTERVAL_S,
-    timeout_s: float | None = None,
-) -> FlowRunInfo:
-    """Show live progress bars, one per task (node) and one in all, until the run ends.
-
-    A map node is one bar however many task runs it has; beyond
-    :data:`MAX_TASK_BARS` tasks, the rest share one bar.
-
-    Args:
-        client: A connected client.
-        flow_run_id: The flow run.
-        console: Where the bars are drawn.
-        interval_s: Seconds between polls.
-        timeout_s: Give up after this long (None: wait until the run ends).
-
-    Returns:
-        The flow run's final info.
-
-    Raises:
-        TimeoutError: ``timeout_s`` passed first.
-        FleetflowError: the flow run does not exist, or the coordinator failed.
-    """
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("[blue]{task.fields[running]} running"),
-        TextColumn("[green]{task.fields[ok]} ok"),
-        TextColumn("[red]{task.fields[failed]} failed"),
-        TimeElapsedColumn(),
-    )
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with Progress(*columns, console=console) as progress:
-        info = client.get(flow_run_id)
-        overall = progress.add_task(f"[bold]{info.name}", total=None, running=0, ok=0, failed=0)
-        bars: dict[int, Any] = {}
-        while True:
-            rest = [0, 0, 0, 0, 0]  # finished, total, running, completed, failed
-            for n in info.nodes:
-                fields = {
-                    "completed": n.finished,
-                    "total": n.total or None,
-                    "running": n.running,
-                    "ok": n.completed,
-                    "failed": n.failed + n.timed_out + n.upstream_failed,
-                }
-                if n.node < MAX_TASK_BARS:
-                    if n.node not in bars:
-                        bars[n.node] = progress.add_task(
-                            "  " + _bar_label(n), total=None, running=0, ok=0, failed=0
-                        )
-                    progress.update(bars[n.node], **fields)
-                else:
-                    for i, key in enumerate(("completed", "total", "running", "ok", "failed")):
-                        rest[i] += fields[key] or 0
-            if len(info.nodes) > MAX_TASK_BARS:
-                if -1 not in bars:
-                    more = len(info.nodes) - MAX_TASK_BARS
-                    bars[-1] = progress.add_task(
-                        f"  ({more} more tasks)", total=None, running=0, ok=0, failed=0
-                    )
-                progress.update(
-                    bars[-1],
-                    completed=rest[0],
-                    total=rest[1] or None,
-                    running=rest[2],
-                    ok=rest[3],
-                    failed=rest[4],
-                )
-            progress.update(
-                overall,
-                completed=info.finished,
-                total=info.total or None,
-                running=sum(n.running for n in info.nodes),
-                ok=info.completed,
-                failed=info.failed + sum(n.upstream_failed for n in info.nodes),
-            )
-            if info.is_terminal:
-                return info
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"flow run {flow_run_id} did not end in time")
-            time.sleep(interval_s)
-            info = client.get(flow_run_id)
-
-
-def print_outcome(client: Client, info: FlowRunInfo, console: Console) -> None:
-    """One line with the final state and duration, then the first failure (if any)."""
-    style = {"COMPLETED": "green", "FAILED": "red"}.get(info.state, "yellow")
-    duration = "" if info.duration_s is None else f" in {info.duration_s:.2f} s"
-    console.print(
-        Text.assemble(
-            (f"flow run {info.flow_run_id} ", ""),
-            (info.state, f"bold {style}"),
-            f"{duration}: {info.completed:,} completed, {info.failed:,} failed",
-        )
-    )
-    error = _error_of(client, info)
-    if error is not None:
-        console.print(Text(f"{error['type']}: {error['message']}", style="bold red"))
-        for note in error["notes"]:
-            console.print(Text(str(note)), highlight=False)

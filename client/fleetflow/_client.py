@@ -25,7 +25,7 @@ from fleetflow._info import FlowRunInfo, TaskCounts, WorkerInfo
 from fleetflow._retry import Backoff
 from fleetflow._stats import FlowRunStats
 from fleetflow._task import Flow
-from fleetflow._taskruns import DemandInfo, TaskRunInfo
+from fleetflow._taskruns import DemandInfo, TaskRunInfo, TaskRunPage
 from fleetflow._transport import BlockingTransport, drive
 from fleetflow.addresses import Address
 from fleetflow.api.v1 import common_pb2
@@ -210,6 +210,28 @@ class Client:
     def get_task_run(self, task_run_id: int) -> TaskRunInfo:
         """Blocking :meth:`AsyncClient.get_task_run`."""
         return drive(self._async.get_task_run(task_run_id))
+
+    def list_task_runs(
+        self,
+        flow_run_id: str,
+        *,
+        states: Sequence[str] = (),
+        task_name: str = "",
+        index: int | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> TaskRunPage:
+        """Blocking :meth:`AsyncClient.list_task_runs`."""
+        return drive(
+            self._async.list_task_runs(
+                flow_run_id,
+                states=states,
+                task_name=task_name,
+                index=index,
+                offset=offset,
+                limit=limit,
+            )
+        )
 
     def get_flow_run_stats(self, flow_run_id: str) -> FlowRunStats:
         """Blocking :meth:`AsyncClient.get_flow_run_stats`."""

@@ -52,6 +52,12 @@ class TaskCounts:
     upstream_failed: int = 0
     cancelled: int = 0
     timed_out: int = 0
+    #: How a node that ended before it expanded (no task runs) ended:
+    #: ``"UPSTREAM_FAILED"``, ``"CANCELLED"`` or ``"FAILED"``; None otherwise.
+    unexpanded_end: str | None = None
+    #: Why its queued task runs cannot be scheduled now (no connected worker
+    #: offers the task, or none is large enough); "" when nothing says so.
+    unschedulable_reason: str = ""
 
     @classmethod
     def from_proto(cls, counts: pb.TaskCounts) -> TaskCounts:
@@ -70,6 +76,12 @@ class TaskCounts:
             upstream_failed=counts.upstream_failed,
             cancelled=counts.cancelled,
             timed_out=counts.timed_out,
+            unexpanded_end=(
+                common_pb2.TaskRunState.Name(counts.unexpanded_end).removeprefix("TASK_RUN_STATE_")
+                if counts.unexpanded_end
+                else None
+            ),
+            unschedulable_reason=counts.unschedulable_reason,
         )
 
     @property
@@ -132,6 +144,16 @@ class FlowRunInfo:
     def failed(self) -> int:
         """Task runs that failed or timed out."""
         return sum(n.failed + n.timed_out for n in self.nodes)
+
+    @property
+    def upstream_failed(self) -> int:
+        """Task runs that can never run because an input failed or was cancelled."""
+        return sum(n.upstream_failed for n in self.nodes)
+
+    @property
+    def cancelled(self) -> int:
+        """Task runs that were cancelled."""
+        return sum(n.cancelled for n in self.nodes)
 
     @property
     def finished(self) -> int:

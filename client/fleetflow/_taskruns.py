@@ -8,7 +8,7 @@ from fleetflow.api.v1 import common_pb2
 from fleetflow.api.v1 import coordinator_service_pb2 as pb
 from fleetflow.events import TaskErrorInfo
 
-__all__ = ["AttemptInfo", "DemandInfo", "TaskRunInfo"]
+__all__ = ["AttemptInfo", "DemandInfo", "TaskRunInfo", "TaskRunSummary", "TaskRunPage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,3 +119,61 @@ class DemandInfo:
             task_names=list(message.task_names),
             unschedulable_reason=message.unschedulable_reason,
         )
+
+
+def _state_name(state: int) -> str:
+    return common_pb2.TaskRunState.Name(state).removeprefix("TASK_RUN_STATE_")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRunSummary:
+    """A task run as one row of a list (``Client.list_task_runs``).
+
+    Attributes:
+        task_run_id: Its id (``fleetflow inspect TASK_RUN_ID``).
+        node: Its node's index in the flow graph.
+        task_name: The task.
+        index: The map index (0 for a plain node).
+        state: ``"FAILED"``, ``"COMPLETED"``, ...
+        attempt: Its latest attempt number.
+        worker_id: The worker of its latest attempt ("" if none).
+        error: The first line of its last error, ``"Type: message"`` ("" if none).
+        input_summary: Where its mapped inputs come from.
+        input_item: The pickled literal map item when small (b"" otherwise).
+    """
+
+    task_run_id: int
+    node: int
+    task_name: str
+    index: int
+    state: str
+    attempt: int
+    worker_id: str
+    error: str
+    input_summary: str
+    input_item: bytes
+
+    @classmethod
+    def from_proto(cls, m: pb.TaskRunSummary) -> TaskRunSummary:
+        """Decode a TaskRunSummary message."""
+        return cls(
+            task_run_id=m.task_run_id,
+            node=m.node,
+            task_name=m.task_name,
+            index=m.index,
+            state=_state_name(m.state),
+            attempt=m.attempt,
+            worker_id=m.worker_id,
+            error=m.error,
+            input_summary=m.input_summary,
+            input_item=m.input_item,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRunPage:
+    """One page of task runs, and how many match over all pages."""
+
+    task_runs: list[TaskRunSummary]
+    total: int
+    offset: int

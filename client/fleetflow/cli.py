@@ -39,6 +39,7 @@ from fleetflow._cli_control import cancel_command, limit_command, prune_command,
 from fleetflow._cli_credentials import credential_options
 from fleetflow._cli_fleet import Fleet, FleetStartError, sigterm_raises_interrupt
 from fleetflow._cli_params import convert_param, parse_params
+from fleetflow._cli_progress import note_reasons, other_counts
 from fleetflow._cli_render import format_event, print_failure, render_result, type_name
 from fleetflow._cli_views import (
     check_coordinator,
@@ -157,10 +158,12 @@ def _follow(
         MofNCompleteColumn(),
         TextColumn("[green]{task.fields[ok]} completed"),
         TextColumn("[red]{task.fields[failed]} failed"),
+        TextColumn("[yellow]{task.fields[other]}"),
         TimeElapsedColumn(),
     )
+    seen: set[tuple[int, str]] = set()
     with Progress(*columns, console=console) as progress:
-        bar = progress.add_task(name, total=None, ok=0, failed=0)
+        bar = progress.add_task(name, total=None, ok=0, failed=0, other="")
         while True:
             if fleet is not None:
                 fleet.check()
@@ -171,7 +174,9 @@ def _follow(
                 total=info.total or None,
                 ok=info.completed,
                 failed=info.failed,
+                other=other_counts(info.upstream_failed, info.cancelled),
             )
+            note_reasons(info, seen, progress.console)
             if info.is_terminal:
                 return info
             if deadline is not None and time.monotonic() >= deadline:
@@ -346,6 +351,8 @@ def flow_runs_command(address: str, as_json: bool) -> None:
         "duration",
         "task runs",
         "failed",
+        "upstream failed",
+        "cancelled",
     )
     for run in runs:
         duration = "" if run.duration_s is None else f"{run.duration_s:.1f} s"
@@ -357,6 +364,8 @@ def flow_runs_command(address: str, as_json: bool) -> None:
             duration,
             f"{run.finished}/{run.total}",
             str(run.failed),
+            str(run.upstream_failed),
+            str(run.cancelled),
         )
     Console().print(table)
 

@@ -118,6 +118,7 @@ _ROWS = (
     Bound("lease_wait", "LeaseTasks.wait_seconds", 10, "seconds (setting lease_wait_max_s)",
           "clamped"),
     Bound("get_wait", "GetFlowRun.wait_seconds", 300, "seconds", "clamped"),
+    Bound("page", "ListTaskRuns.limit (0 means 100)", 500, "task runs", "INVALID_ARGUMENT"),
     Bound("measured_seconds", "Outcome.duration_seconds (nonzero: at least 1 us), cpu_seconds",
           MAX_SECONDS, "seconds", "clamped"),
     Bound("retry_delay", "Outcome.retry_delay_seconds (Retry(delay=...))", MAX_SECONDS,
@@ -258,6 +259,15 @@ def _get(request: cs.GetFlowRunRequest) -> None:
 
 def _by_flow_run_id(request: Any) -> None:
     _flow_run_id("flow_run_id", request.flow_run_id)
+
+
+def _list_task_runs(request: cs.ListTaskRunsRequest) -> None:
+    _flow_run_id("flow_run_id", request.flow_run_id)
+    _name("task_name", request.task_name, "task_name")
+    if request.limit > _LIMIT["page"]:
+        raise InvalidRequest(
+            f"limit: {request.limit} task runs, over the limit of {_LIMIT['page']:.0f} (page)"
+        )
 
 
 def _prune(request: cs.PruneFlowRunsRequest) -> None:
@@ -412,6 +422,7 @@ _CHECKS: dict[type, Callable[[Any], None]] = {
     cs.GetDemandRequest: _nothing,
     cs.ListWorkersRequest: _nothing,
     cs.GetFlowRunStatsRequest: _by_flow_run_id,
+    cs.ListTaskRunsRequest: _list_task_runs,
     ws.RegisterWorkerRequest: _register,
     ws.HeartbeatRequest: _heartbeat,
     ws.LeaseTasksRequest: _lease,

@@ -13,7 +13,14 @@ from fleetflow.api.v1 import common_pb2, coordinator_service_pb2, worker_service
 from fleetflow.store.refs import items_from_proto, ref_from_proto
 
 from fleetflow_coordinator.core import Arg, ArgKind, InvalidFlowSpec, NodeSpec, Outcome
-from fleetflow_coordinator.core.model import EventRecord, FlowRun, TaskRunState, WorkerRecord
+from fleetflow_coordinator.core.model import (
+    EventRecord,
+    FlowRun,
+    TaskRun,
+    TaskRunState,
+    WorkerRecord,
+)
+from fleetflow_coordinator.core.queries import input_summary, node_counts
 from fleetflow_coordinator.core.scheduler import LeaseGrant
 from fleetflow_coordinator.usage import QuantileSketch, TaskUsageStats, advise
 from fleetflow_coordinator.values import fill_value, inline_limit
@@ -263,8 +270,17 @@ def event_to_proto(flow_run_id: str, event: EventRecord) -> common_pb2.Event:
     return message
 
 
-def flow_info(flow: FlowRun) -> coordinator_service_pb2.FlowRunInfo:
-    """Summarise a flow run with per-node task run counts."""
+def flow_info(
+    flow: FlowRun, reasons: dict[int, str] | None = None
+) -> coordinator_service_pb2.FlowRunInfo:
+    """Summarise a flow run with per-node task run counts.
+
+    Args:
+        flow: The flow run.
+        reasons: ``{node index: why it cannot be scheduled}``
+            (``Scheduler.unschedulable_reasons``); None for none.
+    """
+    reasons = reasons or {}
     info = coordinator_service_pb2.FlowRunInfo(
         flow_run_id=flow.id,
         name=flow.name,
@@ -274,12 +290,14 @@ def flow_info(flow: FlowRun) -> coordinator_service_pb2.FlowRunInfo:
         last_seq=len(flow.events),
     )
     for node in flow.nodes:
-        c = node.counts
+        total, c, end = node_counts(flow, node)
         info.nodes.add(
             node=node.index,
             task_name=node.task_name,
             map=node.is_map,
-            total=len(node.children) if node.expanded else -1,
+            total=-1 if total is None else total,
+            unexpanded_end=0 if end is None else int(end),
+            unschedulable_reason=reasons.get(node.index, ""),
             pending=c[TaskRunState.PENDING],
             scheduled=c[TaskRunState.SCHEDULED],
             running=c[TaskRunState.RUNNING],
@@ -291,6 +309,28 @@ def flow_info(flow: FlowRun) -> coordinator_service_pb2.FlowRunInfo:
             timed_out=c[TaskRunState.TIMED_OUT],
         )
     return info
+
+
+def task_run_summary(tr: TaskRun) -> coordinator_service_pb2.TaskRunSummary:
+    """A task run as one row of a list: place, state, last error's first line, inputs."""
+    error = tr.error
+    first_line = ""
+    if error is not None and (error.type or error.message):
+        message = (error.message or "").strip().splitlines()
+        first_line = f"{error.type}: {message[0] if message else ''}"[:500]
+    summary, item = input_summary(tr)
+    return coordinator_service_pb2.TaskRunSummary(
+        task_run_id=tr.id,
+        node=tr.node.index,
+        task_name=tr.node.task_name,
+        index=tr.index,
+        state=int(tr.state),
+        attempt=tr.attempt,
+        worker_id=tr.worker_id or "",
+        error=first_line,
+        input_summary=summary,
+        input_item=item,
+    )
 
 
 def worker_info(worker: WorkerRecord, now: float) -> coordinator_service_pb2.WorkerInfo:

@@ -66,6 +66,8 @@ _TIME_TARGET = {
     int(EventKind.TASK_RUN_UPSTREAM_FAILED): _ENDS,
     int(EventKind.TASK_RUN_LEASE_EXPIRED): _LOST,
 }
+#: NODE_FAILED messages of nodes that did not fail by themselves (see transitions).
+_NOT_OWN_NODE_FAILURES = ("upstream task ", "cancelled")
 #: Events on a RUNNING task run that the fold does not close an attempt on.
 _DROPS_RUNNING = frozenset(
     {
@@ -182,7 +184,10 @@ class FlowDigest:
     slowest: list[tuple[float, int, dict]] = field(default_factory=list)
     #: The MAX_FAILURES most recent failures, oldest first.
     failures: deque[dict] = field(default_factory=lambda: deque(maxlen=MAX_FAILURES))
+    #: Entries ever added to ``failures`` (failed, retried and lost attempts, node failures).
     n_failures: int = 0
+    #: Task runs that ended FAILED or TIMED_OUT, plus nodes that failed by themselves.
+    n_failed: int = 0
     n_retries: int = 0
     n_lost: int = 0
     n_late: int = 0
@@ -242,6 +247,7 @@ class FlowDigest:
             self.n_retries += 1
             self._failure(e, self._end_attempt(e, "retrying", sink))
         elif kind == EventKind.TASK_RUN_FAILED or kind == EventKind.TASK_RUN_TIMED_OUT:
+            self.n_failed += 1
             self._failure(e, self._end_attempt(e, "failed", sink))
             self._count(e.time, failed=True, on_finish=on_finish)
         elif kind == EventKind.TASK_RUN_LEASE_EXPIRED:
@@ -250,7 +256,10 @@ class FlowDigest:
         elif kind == EventKind.TASK_RUN_UPSTREAM_FAILED:
             self.scheduled_at.pop(e.task_run_id, None)
         elif kind == EventKind.NODE_FAILED:
-            self._failure(e, "")
+            # A dependent of a failure or a cancelled node is no failure of its own.
+            if not e.message.startswith(_NOT_OWN_NODE_FAILURES):
+                self.n_failed += 1
+                self._failure(e, "")
         elif kind == EventKind.TASK_RUN_UNSCHEDULABLE:
             self.unschedulable[e.node] = e.message
         elif kind == EventKind.LATE_RESULT_REJECTED:

@@ -13,6 +13,7 @@ from typing import Any
 
 from fleetflow_coordinator.core import TaskRunState
 from fleetflow_coordinator.core.model import FlowRun, NodeRecord, WorkerRecord
+from fleetflow_coordinator.core.queries import node_counts
 from fleetflow_coordinator.observe_fold import TRACEBACK_CHARS, FlowDigest
 from fleetflow_coordinator.usage import UsageBook
 
@@ -48,18 +49,26 @@ def _finished(counts: list[int]) -> int:
 
 
 def flow_summary(flow: FlowRun, now: float) -> dict[str, Any]:
-    """One row of the flow run list: state, progress and duration (O(nodes))."""
-    total = finished = completed = failed = running = 0
+    """One row of the flow run list: state, progress and duration (O(nodes)).
+
+    ``failed`` counts failed and timed-out task runs; ``upstream_failed`` and
+    ``cancelled`` are counted apart (a plain node that never expanded because
+    an input failed counts as one upstream-failed task run, see
+    :func:`~fleetflow_coordinator.core.queries.node_counts`).
+    """
+    total = finished = completed = failed = running = upstream = cancelled = 0
     expanded = True
     for node in flow.nodes:
-        c = node.counts
-        if node.expanded:
-            total += len(node.children)
+        n, c, _ = node_counts(flow, node)
+        if n is not None:
+            total += n
         elif not node.terminal:
             expanded = False
         finished += _finished(c)
         completed += c[TaskRunState.COMPLETED]
         failed += c[TaskRunState.FAILED] + c[TaskRunState.TIMED_OUT]
+        upstream += c[TaskRunState.UPSTREAM_FAILED]
+        cancelled += c[TaskRunState.CANCELLED]
         running += c[TaskRunState.RUNNING]
     end = flow.ended_at if flow.terminal else now
     return {
@@ -75,6 +84,8 @@ def flow_summary(flow: FlowRun, now: float) -> dict[str, Any]:
         "finished": finished,
         "completed": completed,
         "failed": failed,
+        "upstream_failed": upstream,
+        "cancelled": cancelled,
         "running": running,
         "events": len(flow.events),
     }
@@ -98,19 +109,28 @@ def _bytes_label(amount: float) -> str:
     return f"{amount:g}"
 
 
-def node_view(node: NodeRecord) -> dict[str, Any]:
-    """One node's counters: a 100,000-item map is one row."""
-    c = node.counts
+def node_view(node: NodeRecord, flow: FlowRun | None = None) -> dict[str, Any]:
+    """One node's counters: a 100,000-item map is one row.
+
+    With ``flow``, a node that ended before expanding says how
+    (``ended_unexpanded``: "upstream_failed", "cancelled" or "failed") and a
+    plain one counts as one task run in that state.
+    """
+    if flow is None:
+        total, c, end = (len(node.children) if node.expanded else None), node.counts, None
+    else:
+        total, c, end = node_counts(flow, node)
     return {
         "node": node.index,
         "task_name": node.task_name,
         "map": node.is_map,
-        "total": len(node.children) if node.expanded else None,
+        "total": total,
         "finished": _finished(c),
         "counts": {_STATE_NAMES[s]: c[s] for s in _STATE_NAMES},
         "resources": shape_label(node.resources),
         "retries": node.retries,
         "terminal": node.terminal,
+        "ended_unexpanded": None if end is None else end.name.lower(),
     }
 
 
@@ -161,7 +181,7 @@ def flow_detail(
     workers = list(core_workers) if core_workers is not None else []
     return {
         **summary,
-        "node_counts": [node_view(n) for n in flow.nodes],
+        "node_counts": [node_view(n, flow) for n in flow.nodes],
         "slowest": [entry[2] for entry in sorted(digest.slowest, reverse=True)],
         "running_longest": [
             {
@@ -177,7 +197,8 @@ def flow_detail(
             for task_run_id, r in running
         ],
         "failures": list(reversed(digest.failures)),
-        "failures_total": digest.n_failures,
+        "failure_entries": digest.n_failures,
+        "failures_total": digest.n_failed,
         "retries": digest.n_retries,
         "lost_attempts": digest.n_lost,
         "late_results": digest.n_late,

@@ -32,7 +32,7 @@ from fleetflow_coordinator import convert
 from fleetflow_coordinator.auth import current_principal
 from fleetflow_coordinator.core import FlowRunState, InvalidFlowSpec
 from fleetflow_coordinator.core.model import FlowRun
-from fleetflow_coordinator.core.queries import attempt_history
+from fleetflow_coordinator.core.queries import attempt_history, select_task_runs
 from fleetflow_coordinator.errors import AlreadyExists, NotFound, PermissionDenied
 from fleetflow_coordinator.observe import Observer
 from fleetflow_coordinator.results import stored_usage
@@ -43,6 +43,8 @@ __all__ = ["CoordinatorServicer", "WorkerServicer"]
 log = structlog.get_logger(__name__)
 
 
+#: Task runs per ListTaskRuns page when the request says 0.
+DEFAULT_PAGE = 100
 #: Events per WatchFlowRun message.
 WATCH_BATCH = 2000
 
@@ -106,7 +108,9 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
                     break
         if flow.terminal and not ended(flow):
             await self.rt.durable()  # never report an end that a crash could undo
-        response = cs.GetFlowRunResponse(info=convert.flow_info(flow))
+        response = cs.GetFlowRunResponse(
+            info=convert.flow_info(flow, self.rt.core.unschedulable_reasons(flow.id))
+        )
         if request.include_result:
             if flow.state == FlowRunState.COMPLETED:
                 response.result.CopyFrom(
@@ -227,6 +231,23 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
             if view.error is not None:
                 attempt.error.CopyFrom(view.error)
         return response
+
+    async def ListTaskRuns(  # noqa: N802
+        self, request: cs.ListTaskRunsRequest, context: grpc.aio.ServicerContext
+    ) -> cs.ListTaskRunsResponse:
+        """One page of a flow run's task runs, filtered by state, task and map index."""
+        flow = self._flow(request.flow_run_id)
+        total, page = select_task_runs(
+            flow,
+            states=frozenset(request.states),
+            task_name=request.task_name,
+            index=request.index if request.HasField("index") else None,
+            offset=request.offset,
+            limit=request.limit or DEFAULT_PAGE,
+        )
+        return cs.ListTaskRunsResponse(
+            total=total, task_runs=[convert.task_run_summary(tr) for tr in page]
+        )
 
     async def SetConcurrencyLimit(  # noqa: N802
         self, request: cs.SetConcurrencyLimitRequest, context: grpc.aio.ServicerContext

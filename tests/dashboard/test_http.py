@@ -59,7 +59,11 @@ async def test_json_api_describes_flow_runs_nodes_and_workers(served):
     node = data["flow"]["node_counts"][0]
     assert node["total"] == 10 and node["counts"]["completed"] == 3
     assert node["counts"]["failed"] == 1 and node["counts"]["scheduled"] == 6
-    assert [f["message"] for f in data["flow"]["failures"]] == ["upstream task t failed", "broken"]
+    # The fan-in that can never run is counted upstream-failed, not as a failure (issue 17).
+    assert [f["message"] for f in data["flow"]["failures"]] == ["broken"]
+    assert data["flow"]["failures_total"] == 1 and data["flow"]["upstream_failed"] == 1
+    fan_in_view = data["flow"]["node_counts"][1]
+    assert fan_in_view["counts"]["upstream_failed"] == 1 and fan_in_view["total"] == 1
     assert data["workers"][0]["worker_id"] == "w1" and data["workers"][0]["running"] == 0
     async with http.get(f"/api/flow-runs/{flow.id}") as response:
         assert (await response.json())["node_counts"][1]["task_name"] == "sum"

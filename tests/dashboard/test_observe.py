@@ -83,10 +83,14 @@ def test_a_100k_map_is_one_row_and_snapshots_never_walk_task_runs():
     assert parse["task_name"] == "parse" and parse["map"] and parse["total"] == 100_000
     assert parse["counts"]["completed"] == 60_000 and parse["counts"]["failed"] == 100
     assert parse["counts"]["running"] == 39_900 and parse["finished"] == 60_100
-    assert total["total"] is None
-    assert detail["total"] == 100_000 and detail["finished"] == 60_100
-    # 100 task failures, and the fan-in node that can now never run.
-    assert len(detail["failures"]) == MAX_FAILURES and detail["failures_total"] == 101
+    # The fan-in can now never run: it ended UPSTREAM_FAILED without expanding,
+    # and counts as its one task run in that state (issue 17, item 5).
+    assert total["total"] == 1 and total["ended_unexpanded"] == "upstream_failed"
+    assert total["counts"]["upstream_failed"] == 1 and total["finished"] == 1
+    assert detail["total"] == 100_001 and detail["finished"] == 60_101
+    assert detail["failed"] == 100 and detail["upstream_failed"] == 1
+    # 100 task failures; the fan-in's end is no failure of its own.
+    assert len(detail["failures"]) == MAX_FAILURES and detail["failures_total"] == 100
     newest = detail["failures"][0]
     assert newest["message"] == "bad 99" and "ValueError: bad 99" in newest["traceback"]
     assert newest["worker_id"] == "w1"

@@ -48,6 +48,7 @@ def _request(method: str, who: str):
         "GetDemand": cs.GetDemandRequest,
         "ListWorkers": cs.ListWorkersRequest,
         "GetFlowRunStats": lambda: cs.GetFlowRunStatsRequest(flow_run_id="nope"),
+        "ListTaskRuns": lambda: cs.ListTaskRunsRequest(flow_run_id="nope"),
         "RegisterWorker": lambda: ws.RegisterWorkerRequest(
             worker_id=worker, capacity=common_pb2.Resources(amounts={"cpu": 1}), task_names=["t"]
         ),

@@ -60,6 +60,17 @@ class UnschedulableMixin:
         out.sort(key=lambda d: -d[2])
         return out
 
+    def unschedulable_reasons(self, flow_run_id: str) -> dict[int, str]:
+        """``{node index: reason}`` for the flow run's nodes reported unschedulable now.
+
+        O(nodes reported unschedulable fleet-wide), which is small.
+        """
+        return {
+            node.index: reason
+            for (flow_id, _), (_, node, _, reason) in self._unschedulable.items()
+            if flow_id == flow_run_id and not node.terminal
+        }
+
     def _fits_now(self, node: NodeRecord) -> bool:
         """Whether some connected worker can run the node (cached per fleet version)."""
         if node.fits_version == self._fleet_version:

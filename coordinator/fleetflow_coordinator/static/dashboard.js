@@ -88,6 +88,7 @@ function renderSummary(data) {
     `<span><b>${num(runs.RUNNING || 0)}</b> running</span>`,
     `<span><b>${num(runs.COMPLETED || 0)}</b> completed</span>`,
     `<span><b>${num(runs.FAILED || 0)}</b> failed</span>`,
+    `<span><b>${num(runs.CANCELLED || 0)}</b> cancelled</span>`,
     `<span><b>${num(fleet.workers)}</b> workers</span>`,
     `<span><b>${num(fleet.running)}</b> task runs running</span>`,
     `<span><b>${rate.toFixed(1)}</b> task runs/s</span>`,
@@ -99,7 +100,7 @@ function renderFlows(data) {
     const selected = f.id === data.selected ? " selected" : "";
     const total = f.total_known ? num(f.total) : `${num(f.total)}+`;
     const segs = [["completed", f.completed], ["failed", f.failed],
-      ["upstream", f.finished - f.completed - f.failed], ["running", f.running]];
+      ["upstream", f.upstream_failed], ["cancelled", f.cancelled], ["running", f.running]];
     return `<tr data-flow="${esc(f.id)}" class="${selected}">
       <td class="id" title="${esc(f.id)}">${esc(shortId(f.id))}</td>
       <td>${esc(f.name)}</td>
@@ -107,6 +108,8 @@ function renderFlows(data) {
       <td>${bar(f.total, segs)}</td>
       <td class="num">${num(f.finished)} / ${total}</td>
       <td class="num">${num(f.failed)}</td>
+      <td class="num">${num(f.upstream_failed)}</td>
+      <td class="num">${num(f.cancelled)}</td>
       <td>${clock(f.created_at)}</td>
       <td class="num">${duration(f.duration_s)}</td>
     </tr>`;
@@ -126,7 +129,9 @@ function renderFlowHeader(flow, data) {
   const ended = flow.ended_at ? `, ended ${clock(flow.ended_at)}` : "";
   $("#flow-meta").textContent =
     `submitted ${clock(flow.created_at)}${ended}, ${duration(flow.duration_s)}, ` +
-    `${num(flow.finished)} / ${num(flow.total)} task runs done, ${num(flow.retries)} retries`;
+    `${num(flow.finished)} / ${num(flow.total)} task runs done: ${num(flow.completed)} completed, ` +
+    `${num(flow.failed)} failed, ${num(flow.upstream_failed)} upstream failed, ` +
+    `${num(flow.cancelled)} cancelled; ${num(flow.retries)} retries`;
   show("#flow-follow", Boolean(data.requested));
 }
 
@@ -137,18 +142,19 @@ function renderNodes(flow) {
     const failed = c.failed + c.timed_out;
     const total = n.total === null ? null : n.total;
     const segs = [["completed", c.completed], ["failed", failed],
-      ["upstream", c.upstream_failed + c.cancelled], ["running", c.running], ["queued", queued]];
+      ["upstream", c.upstream_failed], ["cancelled", c.cancelled], ["running", c.running], ["queued", queued]];
     return `<tr data-node="${n.node}">
       <td class="num">${n.node}</td>
       <td>${esc(n.task_name)}${n.map ? ' <span class="muted">map</span>' : ""}</td>
       <td>${bar(total || 0, segs)}</td>
-      <td class="num done">${total === null && n.terminal ? "never ran" : `${num(n.finished)} / ${total === null ? "?" : num(total)}`}</td>
+      <td class="num done">${total === null && n.ended_unexpanded ? esc(n.ended_unexpanded.replace("_", " ")) : `${num(n.finished)} / ${total === null ? "?" : num(total)}`}</td>
       <td class="num">${num(c.running)}</td>
       <td class="num">${num(queued)}</td>
       <td class="num">${num(c.pending)}</td>
       <td class="num completed-count">${num(c.completed)}</td>
       <td class="num">${num(failed)}</td>
       <td class="num">${num(c.upstream_failed)}</td>
+      <td class="num">${num(c.cancelled)}</td>
       <td class="muted">${esc(n.resources)}</td>
     </tr>`;
   });
@@ -179,7 +185,7 @@ function renderSlowest(flow) {
 
 function renderFailures(flow) {
   const items = [];
-  if (flow.first_error && flow.failures_total > flow.failures.length) {  // scrolled out of the recent list
+  if (flow.first_error && flow.failure_entries > flow.failures.length) {  // scrolled out of the recent list
     const e = flow.first_error;
     items.push(failureItem("first", "first failure of the flow run", e.task_name, e.type, e.message, e.traceback));
   }
@@ -199,8 +205,10 @@ function renderFailures(flow) {
   });
   show("#failures-empty", items.length === 0);
   const shown = flow.failures.length;
-  $("#failures-count").textContent = flow.failures_total > shown
-    ? `(latest ${shown} of ${num(flow.failures_total)})` : `(${num(flow.failures_total)})`;
+  const counts = `${num(flow.failures_total)} failed task runs, ${num(flow.retries)} retries, ` +
+    `${num(flow.lost_attempts)} lost attempts`;
+  $("#failures-count").textContent = flow.failure_entries > shown
+    ? `(${counts}; latest ${shown} of ${num(flow.failure_entries)} entries)` : `(${counts})`;
 }
 
 function failureItem(key, kind, where, type, message, traceback) {
@@ -344,7 +352,7 @@ function render(data) {
   }
   if (changed("time", [flow.id, flow.time_in_state])) renderTime(flow);
   if (changed("usage", [flow.id, flow.usage])) renderUsage(flow);
-  if (changed("failures", [flow.id, flow.failures_total, flow.first_error && flow.first_error.type])) renderFailures(flow);
+  if (changed("failures", [flow.id, flow.failure_entries, flow.first_error && flow.first_error.type])) renderFailures(flow);
   if (changed("flow-chart", flow.throughput)) {
     drawChart($("#flow-chart"), flow.throughput);
     $("#flow-rate").textContent = flow.state === "RUNNING"

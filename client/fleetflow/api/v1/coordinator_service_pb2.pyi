@@ -46,7 +46,7 @@ class GetFlowRunRequest(_message.Message):
     def __init__(self, flow_run_id: _Optional[str] = ..., include_result: _Optional[bool] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
 
 class TaskCounts(_message.Message):
-    __slots__ = ("node", "task_name", "map", "total", "pending", "scheduled", "running", "awaiting_retry", "completed", "failed", "upstream_failed", "cancelled", "timed_out")
+    __slots__ = ("node", "task_name", "map", "total", "pending", "scheduled", "running", "awaiting_retry", "completed", "failed", "upstream_failed", "cancelled", "timed_out", "unexpanded_end", "unschedulable_reason")
     NODE_FIELD_NUMBER: _ClassVar[int]
     TASK_NAME_FIELD_NUMBER: _ClassVar[int]
     MAP_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,8 @@ class TaskCounts(_message.Message):
     UPSTREAM_FAILED_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
     TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
+    UNEXPANDED_END_FIELD_NUMBER: _ClassVar[int]
+    UNSCHEDULABLE_REASON_FIELD_NUMBER: _ClassVar[int]
     node: int
     task_name: str
     map: bool
@@ -73,7 +75,9 @@ class TaskCounts(_message.Message):
     upstream_failed: int
     cancelled: int
     timed_out: int
-    def __init__(self, node: _Optional[int] = ..., task_name: _Optional[str] = ..., map: _Optional[bool] = ..., total: _Optional[int] = ..., pending: _Optional[int] = ..., scheduled: _Optional[int] = ..., running: _Optional[int] = ..., awaiting_retry: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., upstream_failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., timed_out: _Optional[int] = ...) -> None: ...
+    unexpanded_end: _common_pb2.TaskRunState
+    unschedulable_reason: str
+    def __init__(self, node: _Optional[int] = ..., task_name: _Optional[str] = ..., map: _Optional[bool] = ..., total: _Optional[int] = ..., pending: _Optional[int] = ..., scheduled: _Optional[int] = ..., running: _Optional[int] = ..., awaiting_retry: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., upstream_failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., timed_out: _Optional[int] = ..., unexpanded_end: _Optional[_Union[_common_pb2.TaskRunState, str]] = ..., unschedulable_reason: _Optional[str] = ...) -> None: ...
 
 class FlowRunInfo(_message.Message):
     __slots__ = ("flow_run_id", "name", "state", "created_at", "ended_at", "last_seq", "nodes")
@@ -368,3 +372,51 @@ class StoredUsage(_message.Message):
     objects: int
     largest: int
     def __init__(self, bytes: _Optional[int] = ..., objects: _Optional[int] = ..., largest: _Optional[int] = ...) -> None: ...
+
+class ListTaskRunsRequest(_message.Message):
+    __slots__ = ("flow_run_id", "states", "task_name", "index", "offset", "limit")
+    FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAME_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    flow_run_id: str
+    states: _containers.RepeatedScalarFieldContainer[_common_pb2.TaskRunState]
+    task_name: str
+    index: int
+    offset: int
+    limit: int
+    def __init__(self, flow_run_id: _Optional[str] = ..., states: _Optional[_Iterable[_Union[_common_pb2.TaskRunState, str]]] = ..., task_name: _Optional[str] = ..., index: _Optional[int] = ..., offset: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class TaskRunSummary(_message.Message):
+    __slots__ = ("task_run_id", "node", "task_name", "index", "state", "attempt", "worker_id", "error", "input_summary", "input_item")
+    TASK_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAME_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    INPUT_ITEM_FIELD_NUMBER: _ClassVar[int]
+    task_run_id: int
+    node: int
+    task_name: str
+    index: int
+    state: _common_pb2.TaskRunState
+    attempt: int
+    worker_id: str
+    error: str
+    input_summary: str
+    input_item: bytes
+    def __init__(self, task_run_id: _Optional[int] = ..., node: _Optional[int] = ..., task_name: _Optional[str] = ..., index: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.TaskRunState, str]] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., error: _Optional[str] = ..., input_summary: _Optional[str] = ..., input_item: _Optional[bytes] = ...) -> None: ...
+
+class ListTaskRunsResponse(_message.Message):
+    __slots__ = ("task_runs", "total")
+    TASK_RUNS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    task_runs: _containers.RepeatedCompositeFieldContainer[TaskRunSummary]
+    total: int
+    def __init__(self, task_runs: _Optional[_Iterable[_Union[TaskRunSummary, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...

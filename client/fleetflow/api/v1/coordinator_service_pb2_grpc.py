@@ -94,6 +94,11 @@ class CoordinatorServiceStub:
                 request_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetFlowRunStatsRequest.SerializeToString,
                 response_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetFlowRunStatsResponse.FromString,
                 _registered_method=True)
+        self.ListTaskRuns = channel.unary_unary(
+                '/fleetflow.api.v1.CoordinatorService/ListTaskRuns',
+                request_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListTaskRunsRequest.SerializeToString,
+                response_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListTaskRunsResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -186,6 +191,15 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTaskRuns(self, request, context):
+        """Task runs of one flow run, filtered by state, task and map index, in
+        (node, index) order, one page at a time (`fleetflow inspect --failed`,
+        the dashboard's task-run list). A limit above 500 is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +262,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.GetFlowRunStats,
                     request_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetFlowRunStatsRequest.FromString,
                     response_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetFlowRunStatsResponse.SerializeToString,
+            ),
+            'ListTaskRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTaskRuns,
+                    request_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListTaskRunsRequest.FromString,
+                    response_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListTaskRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +593,33 @@ class CoordinatorService:
             '/fleetflow.api.v1.CoordinatorService/GetFlowRunStats',
             fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetFlowRunStatsRequest.SerializeToString,
             fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.GetFlowRunStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTaskRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetflow.api.v1.CoordinatorService/ListTaskRuns',
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListTaskRunsRequest.SerializeToString,
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListTaskRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,57 @@
+"""Flows for the run, inspect and dashboard views of issue 17; workers import this file."""
+
+from __future__ import annotations
+
+import time
+
+from fleetflow import flow, task
+
+
+@task
+def check(i: int, every: int) -> int:
+    if every and i % every == 0:
+        raise ValueError(f"item {i} is bad")
+    return i
+
+
+@task
+def total(xs: list) -> int:
+    return sum(xs)
+
+
+@flow
+def some_fail(n: int, every: int):
+    """``n`` checks of which every ``every``-th fails; the sum never runs (upstream failed)."""
+    return total(check.map(range(n), every=every))
+
+
+@task
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@flow
+def naps(n: int, seconds: float):
+    """``n`` tasks sleeping ``seconds`` each, then their sum."""
+    return total(nap.map([seconds] * n))
+
+
+@task(resources={"cpu": 1, "gpu": 1})
+def on_gpu(x: int) -> int:
+    return x
+
+
+@flow
+def wants_gpu():
+    return on_gpu(1)
+
+
+@task(pool="nowhere")
+def elsewhere(x: int) -> int:
+    return x
+
+
+@flow
+def wants_pool():
+    return elsewhere(1)
