@@ -317,7 +317,8 @@ def task_run_summary(tr: TaskRun) -> coordinator_service_pb2.TaskRunSummary:
     first_line = ""
     if error is not None and (error.type or error.message):
         message = (error.message or "").strip().splitlines()
-        first_line = f"{error.type}: {message[0] if message else ''}"[:500]
+        kind = (error.type or "").removeprefix("builtins.")
+        first_line = f"{kind}: {message[0] if message else ''}"[:500]
     summary, item = input_summary(tr)
     return coordinator_service_pb2.TaskRunSummary(
         task_run_id=tr.id,

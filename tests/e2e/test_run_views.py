@@ -1,0 +1,113 @@
+"""Issue 17 from the CLI, against real coordinator and worker processes.
+
+Sizes are modest on purpose (CI budget): 400 task runs of which 20 fail.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fleetflow import Client
+from fleetflow.loader import load_module
+
+from .fleet import ROOT, fleetflow, wait_until
+
+pytestmark = pytest.mark.slow
+
+VIEW_FLOWS = ROOT / "tests" / "e2e" / "view_flows.py"
+flows = load_module(str(VIEW_FLOWS))
+
+
+def _failed_run(fleet, n: int = 400, every: int = 20):
+    address = fleet.start_coordinator()
+    fleet.start_worker(module=VIEW_FLOWS)
+    with Client(address) as client:
+        wait_until(lambda: len(client.list_workers()) == 1, 30, what="a worker")
+        run = client.submit(flows.some_fail, n=n, every=every)
+        assert run.wait(timeout=90) == "FAILED"
+    return address, run.id
+
+
+def test_counts_failed_list_and_task_refs(fleet):
+    address, flow_run_id = _failed_run(fleet)
+
+    # Item 5: the sum that never ran is counted upstream failed, not "0/?".
+    data = json.loads(
+        fleetflow("inspect", flow_run_id, "--coordinator", address, "--json", check=False).stdout
+    )
+    check, total = data["nodes"]
+    assert check["failed"] == 20 and check["completed"] == 380
+    assert total["upstream_failed"] == 1 and total["total"] == 1
+    assert total["unexpanded_end"] == "UPSTREAM_FAILED"
+    assert data["failed"] == 20 and data["upstream_failed"] == 1 and data["cancelled"] == 0
+    view = fleetflow("inspect", flow_run_id, "--coordinator", address, check=False).stdout
+    assert "380 completed, 20 failed, 1 upstream failed" in view
+    assert f"fleetflow inspect {flow_run_id} --failed" in view
+    runs = fleetflow("flow-runs", "--coordinator", address).stdout
+    assert "upstream failed" in runs and "cancelled" in runs
+
+    # Item 2: every failed task run, paged, with ids, indexes, inputs and errors.
+    first = json.loads(
+        fleetflow(
+            "inspect", flow_run_id, "--failed", "--limit", "15", "--coordinator", address, "--json"
+        ).stdout
+    )
+    second = json.loads(
+        fleetflow(
+            "inspect",
+            flow_run_id,
+            "--failed",
+            "--limit",
+            "15",
+            "--offset",
+            "15",
+            "--coordinator",
+            address,
+            "--json",
+        ).stdout
+    )
+    assert first["total"] == second["total"] == 20
+    rows = first["task_runs"] + second["task_runs"]
+    assert [r["index"] for r in rows] == list(range(0, 400, 20))
+    assert len({r["task_run_id"] for r in rows}) == 20
+    assert all(r["error"] == f"ValueError: item {r['index']} is bad" for r in rows), json.dumps(
+        rows[:2]
+    )
+    assert all(r["input"] == f"i={r['index']}" for r in rows), rows[:2]
+    table = fleetflow(
+        "inspect", flow_run_id, "--failed", "--limit", "5", "--coordinator", address
+    ).stdout
+    assert "failed task runs 1-5 of 20" in table and "check[20]" in table
+    assert "--offset 5" in table
+
+    # FLOW_RUN_ID:TASK[INDEX] and the task run id lead to the same task run.
+    by_ref = json.loads(
+        fleetflow(
+            "inspect", f"{flow_run_id}:check[40]", "--coordinator", address, "--json", check=False
+        ).stdout
+    )
+    assert by_ref["index"] == 40 and by_ref["state"] == "FAILED"
+    assert by_ref["task_run_id"] == rows[2]["task_run_id"]
+    missing = fleetflow(
+        "inspect", f"{flow_run_id}:check[4000]", "--coordinator", address, check=False
+    )
+    assert missing.returncode == 1 and "no task run check[4000]" in missing.stderr
+
+    # watch --events names the task run next to the map index.
+    events = fleetflow(
+        "watch", flow_run_id, "--events", "--coordinator", address, check=False
+    ).stdout
+    assert f"check[40] task_run={rows[2]['task_run_id']}" in events
+
+
+def test_a_page_over_500_is_refused(fleet):
+    address, flow_run_id = _failed_run(fleet, n=40, every=10)
+    from fleetflow.errors import FleetflowError
+
+    with Client(address) as client:
+        with pytest.raises(FleetflowError, match="over the limit of 500"):
+            client.list_task_runs(flow_run_id, limit=501)
+        page = client.list_task_runs(flow_run_id, states=["COMPLETED"], offset=30, limit=500)
+        assert page.total == 36 and len(page.task_runs) == 6
+        assert client.list_task_runs(flow_run_id, task_name="total").task_runs == []
