@@ -13,18 +13,59 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import psutil
 
-__all__ = ["Fleet", "FleetStartError", "sigterm_raises_interrupt"]
+__all__ = ["Fleet", "FleetOptions", "FleetStartError", "sigterm_raises_interrupt"]
 
 #: How long the embedded coordinator may take to start serving, seconds.
 COORDINATOR_START_TIMEOUT_S = 30.0
 #: How long stopped child processes get to exit after SIGTERM, seconds.
 STOP_GRACE_S = 10.0
+#: How long the embedded workers may take to register, seconds.
+WORKERS_START_TIMEOUT_S = 60.0
+#: The embedded coordinator's unschedulable timeout, seconds. Its fleet is
+#: fixed and every worker has registered before the flow run is submitted, so a
+#: task run none of them can run never will: it fails at once, with the reason.
+EMBEDDED_UNSCHEDULABLE_TIMEOUT_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class FleetOptions:
+    """What each embedded worker offers, and the coordinator's unschedulable timeout.
+
+    Attributes:
+        cpu: CPUs each worker offers; None shares the machine's out among them.
+        memory: Memory each worker offers ("4Gi", bytes); None shares the machine's.
+        resources: Custom capacity of each worker, ``("gpu=1", ...)``.
+        pools: Worker pools each worker serves; empty: the default pool.
+        unschedulable_timeout_s: Seconds before a task run no worker can run
+            fails (0 waits forever).
+    """
+
+    cpu: float | None = None
+    memory: str | None = None
+    resources: tuple[str, ...] = ()
+    pools: tuple[str, ...] = ()
+    unschedulable_timeout_s: float = EMBEDDED_UNSCHEDULABLE_TIMEOUT_S
+
+    def worker_args(self, workers: int) -> list[str]:
+        """The capacity and pool options of each of ``workers`` workers."""
+        # By default the machine's CPUs and memory are shared out among the local
+        # workers, so that N workers do not each offer (and start pool processes
+        # for) every CPU.
+        cpu = self.cpu if self.cpu is not None else max(1.0, (os.cpu_count() or 1) / workers)
+        memory = self.memory or str(int(psutil.virtual_memory().total / workers))
+        args = ["--cpu", f"{cpu:g}", "--memory", memory]
+        for resource in self.resources:
+            args += ["--resource", resource]
+        for pool in self.pools:
+            args += ["--pool", pool]
+        return args
 
 
 class FleetStartError(click.ClickException):
@@ -45,9 +86,12 @@ class Fleet:
         log_dir: Folder for the log file and the coordinator's port file.
     """
 
-    def __init__(self, module: str, workers: int, log_dir: Path) -> None:
+    def __init__(
+        self, module: str, workers: int, log_dir: Path, options: FleetOptions | None = None
+    ) -> None:
         self.module = module
         self.workers = workers
+        self.options = options or FleetOptions()
         self.log_dir = log_dir
         self.log_path = log_dir / "fleet.log"
         self.coordinator: subprocess.Popen[bytes] | None = None
@@ -97,16 +141,15 @@ class Fleet:
                 "127.0.0.1:0",
                 "--http-port-file",
                 str(http_port_file),
+                "--unschedulable-timeout",
+                f"{self.options.unschedulable_timeout_s:g}",
             ]
         )
         port = self._wait_for_port(port_file)
         with contextlib.suppress(FileNotFoundError, ValueError):  # written before the gRPC port
             self.dashboard_url = f"http://127.0.0.1:{int(http_port_file.read_text())}/"
         address = f"127.0.0.1:{port}"
-        # The machine's CPUs and memory are shared out among the local workers, so
-        # that N workers do not each offer (and start pool processes for) every CPU.
-        cpu_share = max(1.0, (os.cpu_count() or 1) / self.workers)
-        memory_share = int(psutil.virtual_memory().total / self.workers)
+        capacity = self.options.worker_args(self.workers)
         for _ in range(self.workers):
             self.worker_processes.append(
                 self._spawn(
@@ -117,14 +160,38 @@ class Fleet:
                         address,
                         "--module",
                         self.module,
-                        "--cpu",
-                        f"{cpu_share:g}",
-                        "--memory",
-                        str(memory_share),
+                        *capacity,
                     ]
                 )
             )
         return address
+
+    def wait_for_workers(self, count: Callable[[], int]) -> None:
+        """Wait until every worker has registered (``count()`` reports how many have).
+
+        Submitting only then lets the coordinator judge at once what this
+        fixed-size fleet can never run.
+
+        Raises:
+            FleetStartError: a process exited, or the workers did not register
+                within :data:`WORKERS_START_TIMEOUT_S`.
+        """
+        give_up_at = time.monotonic() + WORKERS_START_TIMEOUT_S
+        while time.monotonic() < give_up_at:
+            self.check()
+            exited = [p.returncode for p in self.worker_processes if p.poll() is not None]
+            if exited:
+                codes = sorted(set(exited))
+                raise FleetStartError(
+                    f"a worker exited (codes {codes}) before registering; see {self.log_path}"
+                )
+            if count() >= self.workers:
+                return
+            time.sleep(0.05)
+        raise FleetStartError(
+            f"the {self.workers} workers did not register within {WORKERS_START_TIMEOUT_S:g} s; "
+            f"see {self.log_path}"
+        )
 
     def _wait_for_port(self, port_file: Path) -> int:
         assert self.coordinator is not None

@@ -37,7 +37,13 @@ from rich.text import Text
 from fleetflow._cli_config import config_group
 from fleetflow._cli_control import cancel_command, limit_command, prune_command, queue_command
 from fleetflow._cli_credentials import credential_options
-from fleetflow._cli_fleet import Fleet, FleetStartError, sigterm_raises_interrupt
+from fleetflow._cli_fleet import (
+    EMBEDDED_UNSCHEDULABLE_TIMEOUT_S,
+    Fleet,
+    FleetOptions,
+    FleetStartError,
+    sigterm_raises_interrupt,
+)
 from fleetflow._cli_params import convert_param, parse_params
 from fleetflow._cli_progress import note_reasons, other_counts
 from fleetflow._cli_render import format_event, print_failure, render_result, type_name
@@ -242,6 +248,53 @@ def _write_output(path: Path, result: Any) -> None:
     metavar="SECONDS",
     help="Give up if the flow run has not ended after this long.",
 )
+@click.option(
+    "--cpu",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="CPUs each embedded worker offers.  [default: the machine's, shared out]",
+)
+@click.option(
+    "--memory",
+    metavar="QUANTITY",
+    default=None,
+    help="Memory each embedded worker offers, e.g. 4Gi.  [default: the machine's, shared out]",
+)
+@click.option(
+    "--resource",
+    "resources",
+    multiple=True,
+    metavar="NAME=AMOUNT",
+    help="Custom capacity of each embedded worker, e.g. gpu=1. Repeatable.",
+)
+@click.option(
+    "--pool",
+    "pools",
+    multiple=True,
+    metavar="NAME",
+    help="Worker pool the embedded workers serve (repeatable).  [default: default]",
+)
+@click.option(
+    "--unschedulable-timeout",
+    "unschedulable_timeout_s",
+    type=click.FloatRange(min=0),
+    default=EMBEDDED_UNSCHEDULABLE_TIMEOUT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Embedded fleet: fail a task run none of its workers can run after this long "
+    "(0 waits forever). Its workers are fixed, so by default such a task fails at once.",
+)
+@click.option(
+    "--keep-logs",
+    is_flag=True,
+    help="Keep the embedded fleet's log folder even when the run succeeds, and print its path.",
+)
+@click.option(
+    "--cancel-on-interrupt/--no-cancel-on-interrupt",
+    default=True,
+    show_default=True,
+    help="On Ctrl-C (or SIGTERM), cancel the flow run this command started.",
+)
 def run_command(
     target: str,
     params: tuple[str, ...],
@@ -249,16 +302,28 @@ def run_command(
     workers: int | None,
     output: Path | None,
     timeout: float | None,
+    cpu: float | None,
+    memory: str | None,
+    resources: tuple[str, ...],
+    pools: tuple[str, ...],
+    unschedulable_timeout_s: float,
+    keep_logs: bool,
+    cancel_on_interrupt: bool,
 ) -> None:
     """Run the flow FLOW from FILE_OR_MODULE and print its result.
 
     Without --coordinator, a coordinator and --workers workers are started on
-    127.0.0.1 for this run and stopped afterwards.
+    127.0.0.1 for this run and stopped afterwards. Their workers all register
+    before the flow run is submitted, and a task none of them can run (it
+    needs a resource or pool they lack, or no worker has loaded it) fails at
+    once, naming what it needs and what the fleet offers. Ctrl-C cancels the
+    flow run this command started and says so.
 
     Example: fleetflow run examples/stdlib_stats.py:stdlib_stats -p root=/usr/lib/python3.11
     """
     module, flow = _load_flow(target)
     kwargs = parse_params(flow, params)
+    options = _fleet_options(cpu, memory, resources, pools, unschedulable_timeout_s)
     out, err = Console(), Console(stderr=True, soft_wrap=True)
     started = time.monotonic()
     fleet: Fleet | None = None
@@ -270,16 +335,23 @@ def run_command(
                 address, local_workers = flow_runner_target()
             if address is None:
                 n = workers or local_workers or os.cpu_count() or 1
-                fleet = Fleet(module, n, Path(tempfile.mkdtemp(prefix="fleetflow-run-")))
+                fleet = Fleet(module, n, Path(tempfile.mkdtemp(prefix="fleetflow-run-")), options)
                 address = fleet.start()
                 err.print(
                     f"embedded fleet: coordinator {address}, {n} workers, logs in {fleet.log_path}"
                 )
                 if fleet.dashboard_url:
                     err.print(f"dashboard: {fleet.dashboard_url}")
+            elif options != FleetOptions(unschedulable_timeout_s=unschedulable_timeout_s):
+                err.print(
+                    "[yellow]--cpu, --memory, --resource and --pool apply to the "
+                    "embedded fleet only; ignored with --coordinator[/]"
+                )
             deadline = None if timeout is None else time.monotonic() + timeout
             local = Credentials() if fleet is not None else None  # embedded: plaintext loopback
             with Client(address, credentials=local) as client:
+                if fleet is not None:
+                    fleet.wait_for_workers(lambda: len(client.list_workers()))
                 handle = client.submit(flow, **kwargs)
                 flow_run_id = handle.id
                 err.print(f"flow run {flow_run_id} ({flow.name}) submitted to {address}")
@@ -297,8 +369,8 @@ def run_command(
                         err.print(f"result written to {output}")
                     code = 0
         except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/]")
             code = 130
+            _interrupted(err, address, flow_run_id, cancel_on_interrupt, embedded=fleet is not None)
         except TimeoutError as exc:
             err.print(f"[red]timed out:[/] {exc}")
         except click.ClickException as exc:
@@ -308,13 +380,69 @@ def run_command(
         finally:
             if fleet is not None:
                 fleet.stop()
-                if code == 0:
+                if code == 0 and not keep_logs:
                     shutil.rmtree(fleet.log_dir, ignore_errors=True)
                 else:
-                    err.print(f"fleet logs: {fleet.log_path}")
+                    err.print(f"fleet logs: {fleet.log_path} (folder {fleet.log_dir})")
             if fleet is not None or handle_seen(flow_run_id):
                 err.print(f"wall time: {time.monotonic() - started:.2f} s")
     sys.exit(code)
+
+
+def _fleet_options(
+    cpu: float | None,
+    memory: str | None,
+    resources: tuple[str, ...],
+    pools: tuple[str, ...],
+    unschedulable_timeout_s: float,
+) -> FleetOptions:
+    """Check the embedded fleet's options here, so a typo fails before anything starts."""
+    from fleetflow.resources import parse_quantity
+
+    if memory is not None:
+        try:
+            parse_quantity(memory, "memory")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--memory") from None
+    for resource in resources:
+        name, sep, amount = resource.partition("=")
+        try:
+            ok = bool(sep and name.strip()) and float(amount) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise click.BadParameter(
+                f"expected NAME=AMOUNT, got {resource!r}", param_hint="--resource"
+            )
+    return FleetOptions(cpu, memory, resources, pools, unschedulable_timeout_s)
+
+
+def _interrupted(
+    err: Console, address: str | None, flow_run_id: str, cancel: bool, *, embedded: bool
+) -> None:
+    """After Ctrl-C: cancel the flow run this command started (if asked), and say what happened."""
+    if not handle_seen(flow_run_id) or address is None:
+        err.print("[yellow]interrupted before the flow run was submitted[/]")
+        return
+    if not cancel:
+        err.print(
+            f"[yellow]interrupted; flow run {flow_run_id} goes on. Cancel it with: "
+            f"fleetflow cancel {flow_run_id} --coordinator {address}[/]"
+        )
+        return
+    try:
+        with Client(address, credentials=Credentials() if embedded else None) as client:
+            cancelled = client.cancel(flow_run_id)
+    except (FleetflowError, KeyboardInterrupt) as exc:
+        err.print(
+            f"[red]interrupted; cancelling flow run {flow_run_id} failed ({exc or 'Ctrl-C'}). "
+            f"Cancel it with: fleetflow cancel {flow_run_id} --coordinator {address}[/]"
+        )
+        return
+    err.print(
+        f"[yellow]interrupted: cancelled flow run {flow_run_id} "
+        f"({cancelled} task runs cancelled)[/]"
+    )
 
 
 def handle_seen(flow_run_id: str) -> bool:

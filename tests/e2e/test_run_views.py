@@ -6,12 +6,19 @@ Sizes are modest on purpose (CI budget): 400 task runs of which 20 fail.
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from fleetflow import Client
 from fleetflow.loader import load_module
 
-from .fleet import ROOT, fleetflow, wait_until
+from .fleet import ROOT, _env, fleetflow, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -111,3 +118,85 @@ def test_a_page_over_500_is_refused(fleet):
         page = client.list_task_runs(flow_run_id, states=["COMPLETED"], offset=30, limit=500)
         assert page.total == 36 and len(page.task_runs) == 6
         assert client.list_task_runs(flow_run_id, task_name="total").task_runs == []
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``fleetflow run`` on an embedded fleet of one worker."""
+    env = {**_env(), "COLUMNS": "200"}
+    env.pop("FLEETFLOW_COORDINATOR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "fleetflow.cli", "run", *args, "--workers", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_run_fails_at_once_on_what_its_fleet_can_never_run():
+    # Item 1: a gpu=1 task on a fleet without GPUs fails within seconds, with the reason.
+    started = time.monotonic()
+    done = _run(f"{VIEW_FLOWS}:wants_gpu")
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "needs gpu=1; the largest worker offers 0" in done.stderr, done.stderr[-3000:]
+    # the run's own deadline before was 300 s; generous for a loaded CI machine
+    assert time.monotonic() - started < 60
+    # A pool no worker serves: the same, naming the task and the pool.
+    done = _run(f"{VIEW_FLOWS}:wants_pool")
+    assert done.returncode == 1
+    assert "no connected worker offers task 'elsewhere' in pool 'nowhere'" in done.stderr
+    # --resource and --pool give the embedded workers what the tasks need.
+    done = _run(f"{VIEW_FLOWS}:wants_gpu", "--resource", "gpu=1", "--keep-logs")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "1"
+    kept = re.search(r"fleet logs: (\S+) \(folder (\S+)\)", done.stderr)
+    assert kept is not None and Path(kept[1]).is_file()
+    shutil.rmtree(kept[2])
+    done = _run(f"{VIEW_FLOWS}:wants_pool", "--pool", "nowhere")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_ctrl_c_cancels_the_flow_run_it_started(fleet, tmp_path):
+    address = fleet.start_coordinator()
+    fleet.start_worker(module=VIEW_FLOWS)
+    stderr_path = tmp_path / "run.err"
+    env = {**_env(), "COLUMNS": "200"}
+    with open(stderr_path, "wb") as stderr:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fleetflow.cli",
+                "run",
+                f"{VIEW_FLOWS}:naps",
+                "-p",
+                "n=4",
+                "-p",
+                "seconds=60",
+                "--coordinator",
+                address,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        found = wait_until(
+            lambda: re.search(r"flow run (\w+) \(naps\) submitted", stderr_path.read_text()),
+            60,
+            what="the flow run to be submitted",
+        )
+        flow_run_id = found[1]
+        with Client(address) as client:
+            wait_until(lambda: client.get(flow_run_id).nodes[0].running > 0, 30, what="running")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 130
+            text = stderr_path.read_text()
+            assert f"cancelled flow run {flow_run_id}" in text, text[-2000:]
+            assert client.get(flow_run_id).state == "CANCELLED"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
