@@ -38,6 +38,7 @@ def build(n: int) -> Scheduler:
         node = spec.nodes.add(task_name="t", resources=cpu)
         node.args.add(name="x", literal=pickle.dumps(i))
     core = Scheduler(lease_ttl_s=1e9)
+    core.max_leases_per_worker = n  # one worker holds half of them (an attribute: older checkouts)
     now = 1000.0
     core.register_worker("w", {"cpu": 1e12}, frozenset({"t"}), now)
     core.submit(

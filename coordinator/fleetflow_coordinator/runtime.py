@@ -75,6 +75,7 @@ class Runtime:
             lease_ttl_s=settings.lease_ttl_s,
             max_infra_failures=settings.max_infra_failures,
             max_result_bytes=settings.max_result_bytes,
+            max_leases_per_worker=settings.max_leases_per_worker,
             uniform=random.random,
             concurrency_limits=settings.limits(),
             unschedulable_timeout_s=settings.unschedulable_timeout_s,

@@ -69,6 +69,14 @@ class Settings:
         help="Attempts per task run that may end through the infrastructure (worker lost) "
         "before the task run fails.",
     )
+    max_leases_per_worker: int = setting(
+        1000,
+        ge=1,
+        le=1_000_000,
+        help="Most slots one worker holds at once (a lease batch is one slot), whatever its "
+        "task runs request: bounds task runs that request no resources. Default 1000, a "
+        "worker's default max_concurrency.",
+    )
     lease_wait_max_s: float = setting(
         10.0, ge=0, le=3600, help="Upper bound on a worker's long poll, seconds."
     )

@@ -52,7 +52,7 @@ def _fold_all(observer: Observer) -> list[int]:
 
 def test_a_100k_map_is_one_row_and_snapshots_never_walk_task_runs():
     clock = Clock()
-    core = Scheduler()
+    core = Scheduler(max_leases_per_worker=100_000)  # one worker holds the whole map
     core.register_worker("w1", {"cpu": 200_000.0}, frozenset({"parse", "total"}), clock())
     flow = submit(core, clock, [map_node("parse", 100_000), fan_in("total", 0)])
     clock.now += 1

@@ -36,7 +36,7 @@ class InvariantsMixin:
         """Check every invariant of the scheduler's state.
 
         Args:
-            check_overcommit: Also check that no worker's allocations exceed
+            check_overcommit: Also check that no worker's allocations (or slots) exceed
                 its capacity. A worker that re-attached attempts after a
                 restart (each batch member counted on its own) or registered
                 again with less capacity may be over for a while; pass False
@@ -110,6 +110,7 @@ class InvariantsMixin:
         for worker_id, worker in self.workers.items():
             expected: dict[str, float] = {}
             batches = set()
+            slots = 0
             for tr_id, tr in worker.running.items():
                 if tr.id != tr_id or tr.state != TaskRunState.RUNNING:
                     problems.append(f"worker {worker_id}: holds task run {tr_id} ({tr.state.name})")
@@ -121,10 +122,15 @@ class InvariantsMixin:
                     if tr.batch in batches:
                         continue  # a batch holds its resources and slots once
                     batches.add(tr.batch)
+                slots += 1
                 for resource, amount in tr.node.resources.items():
                     expected[resource] = expected.get(resource, 0.0) + amount
                 for key in self._slot_keys_held(tr.node):
                     held[key] = held.get(key, 0) + 1
+            if worker.slots != slots:
+                problems.append(f"worker {worker_id}: {worker.slots} slots counted, {slots} held")
+            if check_overcommit and slots > self.max_leases_per_worker:
+                problems.append(f"worker {worker_id}: {slots} slots, over max_leases_per_worker")
             for resource in set(expected) | set(worker.allocated):
                 want, have = expected.get(resource, 0.0), worker.allocated.get(resource, 0.0)
                 if abs(want - have) > 1e-6:

@@ -560,3 +560,6 @@ class WorkerRecord:
     pools: frozenset[str] = frozenset({"default"})
     #: When it last asked for leases (not a sign of life: see Scheduler.lease).
     last_lease: float = 0.0
+    #: Slots held: allocations of running attempts (a batch holds one), at most
+    #: the Scheduler's ``max_leases_per_worker`` whatever the attempts request.
+    slots: int = 0

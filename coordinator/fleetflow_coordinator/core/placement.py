@@ -38,6 +38,7 @@ __all__ = [
     "BATCH_TARGET_S",
     "LEASING_WINDOW_S",
     "MAX_BATCH",
+    "MAX_LEASES_PER_WORKER",
     "MAX_OVERTAKES",
     "Lane",
     "PlacementMixin",
@@ -56,6 +57,14 @@ BATCH_TARGET_S = 0.05
 
 #: The largest lease batch, whatever a worker asks for.
 MAX_BATCH = 512
+
+#: The most slots (allocations of running attempts; a batch holds one) a worker
+#: holds at once, whatever its attempts request: the bound on task runs that
+#: request no resources (``resources={}`` or ``{"cpu": 0}``), which capacity
+#: alone does not limit. The same as a worker's default ``max_concurrency``, so
+#: a worker at its defaults never meets it (``Scheduler(max_leases_per_worker=)``,
+#: the coordinator setting of that name).
+MAX_LEASES_PER_WORKER = 1000
 
 #: A worker that asked for leases this recently (seconds) shares in a lane's
 #: tail when batches are sized; workers that never lease (or stopped) do not.
@@ -83,7 +92,8 @@ class PlacementMixin:
 
     Owns these Scheduler attributes: ``ready`` (the lanes), ``_reservations``,
     ``limits``, ``slots_held``, ``_rr``, ``_batch_seq``, ``_max_batch``,
-    ``_slots``, ``_leasing`` and ``_leasing_at``, and the attempt deadlines of
+    ``_slots``, ``_leasing`` and ``_leasing_at``, each worker's ``slots``
+    (bounded by ``max_leases_per_worker``, which it reads), and the attempt deadlines of
     leased attempts (``_attempt_deadlines``, ``_deadlines_compact_at``,
     ``attempts_expired``; reads ``attempt_grace_s``); reads ``workers``.
     """
@@ -123,7 +133,9 @@ class PlacementMixin:
             tr = self._next_ready(reserved)
             if tr is None or reserved.node.pool not in worker.pools:
                 self._unreserve(reserved)
-            elif _room_for(worker, reserved.node.shape[1]) > 0 and self._slot_free(reserved.node):
+            elif self._room_for(worker, reserved.node.shape[1]) > 0 and self._slot_free(
+                reserved.node
+            ):
                 reserved.queue.popleft()
                 grants.append(self._grant(tr, worker, now, reserved))
                 self._unreserve(reserved)
@@ -183,7 +195,7 @@ class PlacementMixin:
             for lane in lanes
             if lane.reserved_worker is None
             and self._next_ready(lane) is not None
-            and _room_for(worker, lane.node.shape[1]) <= 0
+            and self._room_for(worker, lane.node.shape[1]) <= 0
             and _could_hold(worker, lane.node.shape[1])
         ]
         while lanes and self._slots < max_task_runs:
@@ -193,7 +205,7 @@ class PlacementMixin:
                 if tr is None:
                     continue
                 node = lane.node
-                if not self._slot_free(node) or _room_for(worker, node.shape[1]) <= 0:
+                if not self._slot_free(node) or self._room_for(worker, node.shape[1]) <= 0:
                     continue  # this lane waits; others may still fit
                 lane.queue.popleft()
                 size = self._batch_size(lane) if self._max_batch > 1 else 1
@@ -334,12 +346,17 @@ class PlacementMixin:
         if tr.node.timeout_s > 0:
             self._watch_deadline(tr, now)
         worker.running[tr.id] = tr
+        worker.slots += 1
         self._take_slots(tr.node, +1)
         allocated = worker.allocated
         for resource, amount in tr.node.resources.items():
             allocated[resource] = allocated.get(resource, 0.0) + amount
         self._transition(tr, _LEASE, now, worker.worker_id)
         return LeaseGrant(tr, tr.attempt, args, batch_id)
+
+    def _room_for(self, worker: WorkerRecord, shape: tuple) -> int:
+        """How many more slots of this resource shape the worker may hold now."""
+        return min(_room_for(worker, shape), self.max_leases_per_worker - worker.slots)
 
     def _resolve_args(self, tr: TaskRun) -> list[tuple[str, bytes | list[bytes]]]:
         nodes = tr.flow.nodes
@@ -380,6 +397,7 @@ class PlacementMixin:
         self._work_added = True
         worker = self.workers.get(tr.worker_id)
         if worker is not None and worker.running.pop(tr.id, None) is not None:
+            worker.slots -= 1
             allocated = worker.allocated
             for resource, amount in tr.node.resources.items():
                 left = allocated.get(resource, 0.0) - amount
@@ -453,7 +471,11 @@ def _whole_single(node: NodeRecord) -> Any:
 
 
 def _room_for(worker: WorkerRecord, shape: tuple) -> int:
-    """How many task runs of this resource shape still fit on the worker."""
+    """How many task runs of this resource shape still fit in the worker's capacity.
+
+    A shape with no positive amount fits any number of times (1,000,000 here);
+    :meth:`PlacementMixin._room_for` bounds that by the worker's slots.
+    """
     room = math.inf
     capacity = worker.capacity
     allocated = worker.allocated

@@ -45,6 +45,7 @@ from fleetflow_coordinator.core.placement import (
     BATCH_TARGET_S,
     LEASING_WINDOW_S,
     MAX_BATCH,
+    MAX_LEASES_PER_WORKER,
     MAX_OVERTAKES,
     Lane,
     PlacementMixin,
@@ -75,6 +76,7 @@ __all__ = [
     "BATCH_TARGET_S",
     "LEASING_WINDOW_S",
     "MAX_BATCH",
+    "MAX_LEASES_PER_WORKER",
     "MAX_OVERTAKES",
     "whole_value",
 ]
@@ -95,6 +97,9 @@ class Scheduler(
         max_infra_failures: Attempts of one task run that may end through the
             infrastructure (worker lost, task process died) before the task
             run fails; separate from the task's own ``retries``.
+        max_leases_per_worker: The most slots (allocations of running
+            attempts; a batch holds one) one worker holds at once, whatever
+            the attempts request (:data:`MAX_LEASES_PER_WORKER`).
     """
 
     def __init__(
@@ -107,6 +112,7 @@ class Scheduler(
         concurrency_limits: dict[str, int] | None = None,
         unschedulable_timeout_s: float = 300.0,
         attempt_grace_s: float | None = None,
+        max_leases_per_worker: int = MAX_LEASES_PER_WORKER,
     ) -> None:
         self.lease_ttl_s = lease_ttl_s
         #: An attempt with a timeout that has no outcome this long after its
@@ -118,6 +124,8 @@ class Scheduler(
         self._deadlines_compact_at = 4096
         #: Attempts expired that way, in total (a metric).
         self.attempts_expired = 0
+        #: The most slots one worker holds at once (:data:`MAX_LEASES_PER_WORKER`).
+        self.max_leases_per_worker = max_leases_per_worker
         self.max_infra_failures = max_infra_failures
         self.max_result_bytes = max_result_bytes
         #: Returns a float in [0, 1) for retry jitter; injected (no random here).

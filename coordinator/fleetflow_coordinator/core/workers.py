@@ -67,6 +67,7 @@ class WorkersMixin:
                 continue
             self._orphans.pop(task_run_id, None)
             worker.running[task_run_id] = tr
+            worker.slots += 1  # re-attached one by one: no batch survives a restart
             for resource, amount in tr.node.resources.items():
                 worker.allocated[resource] = worker.allocated.get(resource, 0.0) + amount
         self._work_added = True
