@@ -32,6 +32,7 @@ from fleetflow._logging import TaskLogger, get_logger
 from fleetflow._stats import FlowRunStats, ResourceAdvice, TaskUsage, TimeInState
 from fleetflow._task import Flow, Task, TaskFuture, flow, task, unmapped
 from fleetflow._taskruns import AttemptInfo, TaskRunInfo
+from fleetflow._warm import forget, keep
 from fleetflow.credentials import Credentials, CredentialsError
 from fleetflow.errors import (
     ConnectFailure,
@@ -98,6 +99,8 @@ __all__ = [
     "parse_resources",
     "get_logger",
     "TaskLogger",
+    "keep",
+    "forget",
     "FlowRunStats",
     "TaskUsage",
     "ResourceAdvice",

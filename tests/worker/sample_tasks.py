@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 
+import fleetflow
 from fleetflow import task
 
 
@@ -187,3 +188,27 @@ def double_or_die(x):
     if x < 0:
         os._exit(-x)
     return 2 * x
+
+
+@task
+def warm_count(label):
+    """How many attempts this process ran with the kept state (and which process)."""
+    state = fleetflow.keep("warm_count", lambda: {"built_by": os.getpid(), "calls": 0})
+    state["calls"] += 1
+    return os.getpid(), state["calls"], label
+
+
+@task(resources={"gpu": 1})
+def gpu_visible(seconds=0.0):
+    """The devices this attempt sees, and when it ran."""
+    started = time.monotonic()
+    time.sleep(seconds)
+    return os.environ.get("CUDA_VISIBLE_DEVICES"), os.getpid(), started, time.monotonic()
+
+
+@task(resources={"gpu": 1})
+def kill_self():
+    """SIGKILL this task process, as the OOM killer would."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)

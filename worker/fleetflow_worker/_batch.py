@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 
 from fleetflow_worker._codec import Payload, StoreContext, WireArg, encode_error
+from fleetflow_worker._gpu_usage import GpuMeter
 from fleetflow_worker._process import TaskProcess
 from fleetflow_worker._usage import AttemptUsage, ProcessMeter
 from fleetflow_worker.errors import MemoryLimitExceeded, TaskProcessDied, TaskTimeout
@@ -63,6 +64,8 @@ class PoolResult:
     infrastructure: bool = False
     #: Wall time of the task code, seconds (0: not measured).
     duration_s: float = 0.0
+    #: The GPU devices the attempt held, as in its ``CUDA_VISIBLE_DEVICES``.
+    devices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,7 @@ class BatchPass:
         limits: Time and memory limits.
         cancelled: ``cancelled(i)`` says member ``i`` no longer needs to run.
         on_result: Called with ``(i, result)`` for each member that ended, on the loop.
+        gpu: Samples the process's GPU use with every sample (None: no GPU attempt).
     """
 
     def __init__(
@@ -122,8 +126,13 @@ class BatchPass:
         limits: BatchLimits,
         cancelled: Callable[[int], bool],
         on_result: Callable[[int, PoolResult], None],
+        *,
+        gpu: GpuMeter | None = None,
     ) -> None:
         self.proc = proc
+        self.gpu = gpu
+        if gpu is not None:
+            gpu.attach(proc.ps)
         self.task_name = task_name
         self.items = items
         self.todo = todo
@@ -144,6 +153,7 @@ class BatchPass:
         io: Executor,
         replace: Callable[[], asyncio.Future[int | None]],
         poke: asyncio.Event | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> list[int]:
         """Send, watch and, if need be, stop; returns the members left to run.
 
@@ -152,8 +162,10 @@ class BatchPass:
             replace: Kills the seat's process and starts its next one; its
                 future gives the old process's exit code.
             poke: Set by the caller when it cancels a member.
+            env: Set in the process's environment before the members run
+                (``CUDA_VISIBLE_DEVICES``); None: left alone.
         """
-        call = self._send(io)
+        call = self._send(io, env)
         try:
             reason = await self._watch(call, poke)
         except asyncio.CancelledError:
@@ -165,7 +177,7 @@ class BatchPass:
         current = self._blame(reason, exitcode)
         return [i for q, i in enumerate(self.todo) if not self.answered[q] and q != current]
 
-    def _send(self, io: Executor) -> asyncio.Future[None]:
+    def _send(self, io: Executor, env: Mapping[str, str] | None) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
 
         def post(results: list[tuple]) -> None:  # in the pipe thread
@@ -182,7 +194,7 @@ class BatchPass:
             for i in self.todo
         ]
         self.proc.reset_progress()
-        call = loop.run_in_executor(io, self.proc.call_batch, requests, post)
+        call = loop.run_in_executor(io, self.proc.call_batch, requests, post, env)
         call.add_done_callback(retrieve)
         return call
 
@@ -240,6 +252,8 @@ class BatchPass:
         if self.meter is None:
             self.meter = ProcessMeter(self.proc.ps)
         rss = self.meter.sample()
+        if self.gpu is not None:
+            self.gpu.sample()
         limit = self.limits.memory_limit_bytes
         if limit and rss > limit:
             return MemoryLimitExceeded(self.task_name, self.limits.memory_request_bytes, rss, limit)

@@ -111,8 +111,9 @@ def serve(
     * child -> pool, once: ``("ready", n_tasks)`` or ``("failed", traceback_text)``;
     * pool -> child: ``(task_name, args, split_result, ids)`` runs one attempt
       and the child answers with its :data:`~fleetflow_worker._codec.Payload`;
-    * pool -> child: ``("batch", [(task_name, args, split_result, ids), ...])``
-      runs the attempts one after another; the child answers with lists of
+    * pool -> child: ``("batch", [(task_name, args, split_result, ids), ...][, env])``
+      runs the attempts one after another, after setting ``env`` (the
+      attempt's ``CUDA_VISIBLE_DEVICES``) in ``os.environ``; the child answers with lists of
       ``(position, payload, cpu_seconds, duration_seconds, peak_rss_bytes)``
       (see :func:`run_batch`) until every position was answered;
       ``ids`` (the attempt's ``flow_run_id``, ``task_run_id``, ``attempt``,
@@ -149,6 +150,8 @@ def serve(
         if request is None:
             return
         if request[0] == "batch":
+            if len(request) > 2:
+                os.environ.update(request[2])  # CUDA_VISIBLE_DEVICES: read by CUDA at its init
             if not run_batch(conn, request[1], progress):
                 return
             continue

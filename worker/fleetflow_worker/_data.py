@@ -250,14 +250,17 @@ class DataPlane:
                 )
                 await asyncio.sleep(0.5 * 2**attempt)
         failed = RuntimeError(f"the result could not be uploaded to the coordinator: {error}")
-        put(
-            to_outcome(
-                outcome.task_run_id,
-                outcome.attempt,
-                encode_error(failed, infrastructure=True),
-                infrastructure=True,
-                cpu_seconds=outcome.cpu_seconds,
-                peak_memory_bytes=outcome.peak_memory_bytes,
-                duration_seconds=outcome.duration_seconds,
-            )
+        replacement = to_outcome(
+            outcome.task_run_id,
+            outcome.attempt,
+            encode_error(failed, infrastructure=True),
+            infrastructure=True,
+            cpu_seconds=outcome.cpu_seconds,
+            peak_memory_bytes=outcome.peak_memory_bytes,
+            duration_seconds=outcome.duration_seconds,
         )
+        replacement.gpu_devices.extend(outcome.gpu_devices)
+        replacement.peak_gpu_memory_bytes = outcome.peak_gpu_memory_bytes
+        if outcome.HasField("gpu_utilization_percent"):
+            replacement.gpu_utilization_percent = outcome.gpu_utilization_percent
+        put(replacement)

@@ -38,7 +38,7 @@ from fleetflow_worker._pool import BatchItem, PoolResult, TaskProcessPool
 from fleetflow_worker.errors import TaskNotRegistered, TaskTimeout
 from fleetflow_worker.state import AttemptKey, AttemptTable, CancelAction, Reservation
 
-__all__ = ["AttemptRunner", "memory_request"]
+__all__ = ["AttemptRunner", "memory_request", "gpu_request", "add_gpu_use"]
 
 log = structlog.get_logger()
 
@@ -51,6 +51,23 @@ def memory_request(lease: worker_service_pb2.Lease) -> float:
     if not lease.HasField("resources"):
         return 0.0
     return max(0.0, lease.resources.amounts.get("memory", 0.0))
+
+
+def gpu_request(lease: worker_service_pb2.Lease) -> float:
+    """The lease's ``gpu`` request (0: none)."""
+    if not lease.HasField("resources"):
+        return 0.0
+    return max(0.0, lease.resources.amounts.get("gpu", 0.0))
+
+
+def add_gpu_use(outcome: worker_service_pb2.Outcome, result: PoolResult) -> None:
+    """Put the attempt's devices and measured GPU use on its outcome."""
+    if not result.devices:
+        return
+    outcome.gpu_devices.extend(result.devices)
+    outcome.peak_gpu_memory_bytes = result.usage.peak_gpu_memory_bytes
+    if result.usage.gpu_utilization_percent is not None:
+        outcome.gpu_utilization_percent = result.usage.gpu_utilization_percent
 
 
 class AttemptRunner:
@@ -237,17 +254,17 @@ class AttemptRunner:
         if result is not None and result.duration_s > 0:
             duration_s = result.duration_s
         if report and result is not None:
-            self._on_outcome(
-                to_outcome(
-                    *key,
-                    result.payload,
-                    infrastructure=result.infrastructure,
-                    timed_out=result.timed_out,
-                    cpu_seconds=result.usage.cpu_seconds,
-                    peak_memory_bytes=result.usage.peak_memory_bytes,
-                    duration_seconds=duration_s,
-                )
+            outcome = to_outcome(
+                *key,
+                result.payload,
+                infrastructure=result.infrastructure,
+                timed_out=result.timed_out,
+                cpu_seconds=result.usage.cpu_seconds,
+                peak_memory_bytes=result.usage.peak_memory_bytes,
+                duration_seconds=duration_s,
             )
+            add_gpu_use(outcome, result)
+            self._on_outcome(outcome)
         if batched is not None and report and result is not None and result.payload[0] != "error":
             batched.append(key)
             log.debug(
@@ -287,6 +304,7 @@ class AttemptRunner:
                 cancelled=lambda i: self.table.is_cancelled(runnable[i][0]),
                 on_result=on_result,
                 poke=poke,
+                gpu=gpu_request(head),
             )
         except Exception as exc:  # noqa: BLE001 - the pool failed (e.g. closed)
             failed = PoolResult(encode_error(exc), infrastructure=True)
@@ -441,6 +459,7 @@ class AttemptRunner:
             skip=lambda: self.table.is_cancelled(key),
             log_ids=structlog.contextvars.get_contextvars(),
             store=store,
+            gpu=gpu_request(lease),
         )
 
 
@@ -499,6 +518,11 @@ def _log_finished(result: _Result, duration_s: float, ids: Mapping[str, Any] | N
     if result.usage.peak_memory_bytes:
         fields["cpu_s"] = round(result.usage.cpu_seconds, 3)
         fields["peak_memory_mib"] = round(result.usage.peak_memory_bytes / 2**20, 1)
+    if result.devices:
+        fields["gpus"] = ",".join(result.devices)
+        fields["peak_gpu_memory_mib"] = round(result.usage.peak_gpu_memory_bytes / 2**20, 1)
+        if result.usage.gpu_utilization_percent is not None:
+            fields["gpu_util_percent"] = round(result.usage.gpu_utilization_percent, 1)
     if result.payload[0] != "error":
         log.info("task_run_finished", outcome="completed", **fields)
         return

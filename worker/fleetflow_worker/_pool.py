@@ -18,16 +18,25 @@ in a thread, while the event loop samples the process every
 
 A killed or dead process is replaced at once, in the background, so the seat
 is free again immediately; the next attempt on it waits for the new process.
+
+Seats are not interchangeable: a process keeps what earlier attempts loaded,
+so an attempt takes the seat that last ran its task when one is free, and an
+attempt that requests ``gpu`` gets specific devices, exported to its process
+as ``CUDA_VISIBLE_DEVICES`` (see :mod:`fleetflow_worker._seats` and
+:mod:`fleetflow_worker.devices`). Devices come back when the attempt ends,
+however it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing
+import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -36,22 +45,15 @@ import structlog
 
 from fleetflow_worker._batch import BatchItem, BatchLimits, BatchPass, PoolResult, retrieve
 from fleetflow_worker._codec import StoreContext, WireArg, encode_error
+from fleetflow_worker._gpu_usage import GpuMeter, GpuSampler
 from fleetflow_worker._process import PoolStartError, TaskProcess, live_pids
+from fleetflow_worker._seats import Pick, Seat, pick
 from fleetflow_worker._usage import memory_limit_bytes
+from fleetflow_worker.devices import Allocation, DeviceAllocator
 
 __all__ = ["TaskProcessPool", "PoolResult", "PoolStartError", "BatchItem"]
 
 log = structlog.get_logger()
-
-
-@dataclass(eq=False)
-class _Seat:
-    """Room for one attempt: its process, or the replacement being started."""
-
-    #: One of the ``size`` seats kept warm; the others exist only while busy.
-    core: bool = True
-    proc: TaskProcess | None = None
-    spawning: asyncio.Future[TaskProcess] | None = None
 
 
 class TaskProcessPool:
@@ -78,6 +80,10 @@ class TaskProcessPool:
         start_timeout_s: Longest a new process may take to import the modules, seconds.
         log_level: Task processes configure structlog like the worker, at this
             level; None leaves their logging alone.
+        gpu_slots: One GPU device id per unit of the worker's ``gpu``
+            capacity (:attr:`fleetflow_worker.gpus.GpuPlan.slots`); none: a
+            worker without GPUs, whose processes' environment is left alone.
+        gpu_sampler: Measures the GPU use of attempts' processes (None: not measured).
     """
 
     def __init__(
@@ -93,6 +99,8 @@ class TaskProcessPool:
         memory_margin_bytes: float = 50 * 2**20,
         start_timeout_s: float = 120.0,
         log_level: str | None = None,
+        gpu_slots: Sequence[str] = (),
+        gpu_sampler: GpuSampler | None = None,
     ) -> None:
         self.size = max(1, size)
         self.max_size = max(self.size, max_size or 0)
@@ -104,8 +112,19 @@ class TaskProcessPool:
         self.memory_margin_bytes = memory_margin_bytes
         self.start_timeout_s = start_timeout_s
         self.log_level = log_level
-        self._seat_list = [_Seat() for _ in range(self.size)]
-        self._seats: asyncio.Queue[_Seat] | None = None  # made on the running loop
+        self._seat_list = [Seat() for _ in range(self.size)]
+        #: Seats no attempt holds, in the order they were freed.
+        self._free: list[Seat] = list(self._seat_list)
+        #: Woken (all of them) whenever a seat is freed or devices come back.
+        self._wakers: list[asyncio.Future[None]] = []
+        #: Which devices each running attempt holds.
+        self.devices = DeviceAllocator(gpu_slots)
+        self.gpu_sampler = gpu_sampler
+        #: Set in a GPU attempt's process besides CUDA_VISIBLE_DEVICES: CUDA then
+        #: numbers devices as NVML does (unless the worker's environment chose).
+        self._device_order = (
+            {} if "CUDA_DEVICE_ORDER" in os.environ else {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        )
         #: Thread per blocking pipe call, process start and reap.
         self._io = ThreadPoolExecutor(2 * self.max_size + 2, thread_name_prefix="fleetflow-pool")
         #: Every process started and not yet reaped (including ones still starting).
@@ -115,13 +134,6 @@ class TaskProcessPool:
         #: Attempts waiting for a seat (all ``max_size`` are busy).
         self._waiting = 0
         self._closed = False
-
-    def _queue(self) -> asyncio.Queue[_Seat]:
-        if self._seats is None:
-            self._seats = asyncio.Queue()
-            for seat in self._seat_list:
-                self._seats.put_nowait(seat)
-        return self._seats
 
     @property
     def pids(self) -> list[int]:
@@ -134,7 +146,6 @@ class TaskProcessPool:
         Raises:
             PoolStartError: a process failed to start or to import a module.
         """
-        self._queue()
         for seat in self._seat_list:
             if seat.proc is None and seat.spawning is None:
                 seat.spawning = self._spawn()
@@ -164,6 +175,7 @@ class TaskProcessPool:
         skip: Callable[[], bool] | None = None,
         log_ids: Mapping[str, Any] | None = None,
         store: StoreContext | None = None,
+        gpu: float = 0.0,
     ) -> PoolResult | None:
         """Run one attempt in a task process once a seat is free.
 
@@ -184,6 +196,7 @@ class TaskProcessPool:
             log_ids: Bound to every log line of the attempt in its process
                 (``flow_run_id``, ``task_run_id``, ``attempt``, ``worker_id``...).
             store: Where stored inputs are read and large results written.
+            gpu: The attempt's ``gpu`` request (0: none).
 
         Returns:
             How the attempt ended, or None when skipped.
@@ -199,6 +212,7 @@ class TaskProcessPool:
             memory_request_bytes=memory_request_bytes,
             cancelled=lambda _: skip is not None and skip(),
             on_result=lambda _, result: results.append(result),
+            gpu=gpu,
         )
         return results[0] if results else None
 
@@ -212,6 +226,7 @@ class TaskProcessPool:
         cancelled: Callable[[int], bool],
         on_result: Callable[[int, PoolResult], None],
         poke: asyncio.Event | None = None,
+        gpu: float = 0.0,
     ) -> None:
         """Run a batch's members one after another in one task process (one seat).
 
@@ -236,6 +251,9 @@ class TaskProcessPool:
                 ended (not for cancelled ones), in order, on the event loop.
             poke: Set by the caller when it cancels a member, so a running
                 one is stopped at once rather than at the next sample.
+            gpu: The ``gpu`` request of the batch (one allocation for all
+                members): that many devices, or a share of one, held from
+                the seat's start to the batch's end.
 
         Raises:
             RuntimeError: the pool is closed.
@@ -248,7 +266,15 @@ class TaskProcessPool:
             ),
             self.sample_interval_s,
         )
-        seat = await self._take_seat()
+        taken = await self._take_seat(task_name, gpu, cancelled if len(items) == 1 else None)
+        if taken is None:
+            return  # cancelled while waiting for devices
+        seat = taken.seat
+        meter = self._gpu_meter(taken.devices)
+        if meter is not None:
+            on_result = _with_gpu_use(on_result, meter, taken.devices)
+        elif taken.devices.ids:
+            on_result = _with_gpu_use(on_result, None, taken.devices)
         try:
             todo = list(range(len(items)))
             while todo:
@@ -258,45 +284,95 @@ class TaskProcessPool:
                 if self._closed:
                     raise RuntimeError("the task process pool is closed")
                 try:
-                    proc = await self._process_for(seat)
+                    proc = await self._process_for(seat, taken.binding)
                 except PoolStartError as exc:
                     for i in todo:
                         on_result(i, PoolResult(encode_error(exc), infrastructure=True))
                     return
-                one_pass = BatchPass(proc, task_name, items, todo, limits, cancelled, on_result)
-                todo = await one_pass.run(self._io, lambda: self._replace(seat), poke)
+                seat.last_task, seat.last_used = task_name, time.monotonic()
+                one_pass = BatchPass(
+                    proc, task_name, items, todo, limits, cancelled, on_result, gpu=meter
+                )
+                env = self._env(taken.binding)
+                todo = await one_pass.run(self._io, lambda: self._replace(seat), poke, env)
         finally:
+            self.devices.release(taken.devices)
             self._give_back(seat)
 
-    async def _take_seat(self) -> _Seat:
-        """A free seat, or a new surplus seat while fewer than ``max_size`` exist.
+    async def _take_seat(
+        self, task_name: str, gpu: float, cancelled: Callable[[int], bool] | None = None
+    ) -> Pick | None:
+        """A free seat (or a new surplus one) and the attempt's devices, once both are free.
+
+        Args:
+            task_name: The attempt's task (its warm seat is preferred).
+            gpu: Its ``gpu`` request.
+            cancelled: For a single attempt: stop waiting once ``cancelled(0)``.
+
+        Returns:
+            The seat and devices, or None when the attempt was cancelled while waiting.
 
         Raises:
             RuntimeError: the pool is closed.
         """
-        if self._closed:
-            raise RuntimeError("the task process pool is closed")
-        seats = self._queue()
-        if seats.empty() and len(self._seat_list) < self.max_size:
-            seat = _Seat(core=False)
-            self._seat_list.append(seat)
-            return seat
-        self._waiting += 1
-        try:
-            return await seats.get()
-        finally:
-            self._waiting -= 1
+        while True:
+            if self._closed:
+                raise RuntimeError("the task process pool is closed")
+            can_grow = len(self._seat_list) < self.max_size
+            taken = pick(self._free, task_name, gpu, self.devices, can_grow)
+            if taken is not None:
+                if taken.fresh:
+                    self._seat_list.append(taken.seat)
+                else:
+                    self._free.remove(taken.seat)
+                return taken
+            if cancelled is not None and cancelled(0):
+                return None
+            waker = asyncio.get_running_loop().create_future()
+            self._wakers.append(waker)
+            self._waiting += 1
+            try:
+                # Bounded, so a cancelled single attempt stops waiting soon.
+                await asyncio.wait([waker], timeout=self.sample_interval_s * 5)
+            finally:
+                self._waiting -= 1
+                if waker in self._wakers:
+                    self._wakers.remove(waker)
 
-    def _give_back(self, seat: _Seat) -> None:
+    def _give_back(self, seat: Seat) -> None:
         if seat.core or self._waiting:
-            self._queue().put_nowait(seat)
+            self._free.append(seat)
         else:
             self._retire(seat)
+        wakers, self._wakers = self._wakers, []
+        for waker in wakers:
+            if not waker.done():
+                waker.set_result(None)
 
-    async def _process_for(self, seat: _Seat) -> TaskProcess:
-        """The seat's live process, waiting for (or starting) a replacement if needed."""
+    def _env(self, binding: str | None) -> dict[str, str] | None:
+        """Environment an attempt's process runs it with (None: left alone)."""
+        if binding is None:
+            return None
+        return {"CUDA_VISIBLE_DEVICES": binding, **self._device_order}
+
+    def _gpu_meter(self, devices: Allocation) -> GpuMeter | None:
+        if self.gpu_sampler is None or not devices.ids:
+            return None
+        return GpuMeter(self.gpu_sampler, devices.ids)
+
+    async def _process_for(self, seat: Seat, binding: str | None = None) -> TaskProcess:
+        """The seat's live process, waiting for (or starting) a replacement if needed.
+
+        A process already bound to other devices than ``binding`` is
+        replaced first: CUDA read its ``CUDA_VISIBLE_DEVICES`` once.
+        """
+        if seat.proc is not None and binding is not None and seat.bound not in (None, binding):
+            self._replace(seat)
+            if seat.spawning is None:
+                seat.spawning = self._spawn()
         if seat.proc is not None:
             if seat.proc.alive():
+                seat.bound = seat.bound if binding is None else binding
                 return seat.proc
             self._replace(seat)  # died while idle
         if seat.spawning is None:
@@ -310,9 +386,11 @@ class TaskProcessPool:
             raise
         if seat.spawning is spawning:
             seat.proc, seat.spawning = proc, None
+        if binding is not None:
+            seat.bound = binding
         return proc
 
-    def _replace(self, seat: _Seat) -> asyncio.Future[int | None]:
+    def _replace(self, seat: Seat) -> asyncio.Future[int | None]:
         """Kill the seat's process, reap it and start a replacement, all in the background.
 
         Returns:
@@ -320,6 +398,7 @@ class TaskProcessPool:
         """
         loop = asyncio.get_running_loop()
         old, seat.proc = seat.proc, None
+        seat.forget()
         if old is None:
             reaped: asyncio.Future[int | None] = loop.create_future()
             reaped.set_result(None)
@@ -331,9 +410,11 @@ class TaskProcessPool:
             seat.spawning = self._spawn()
         return reaped
 
-    def _retire(self, seat: _Seat) -> None:
+    def _retire(self, seat: Seat) -> None:
         """Close a surplus seat: stop its process, and the one it may still be starting."""
         self._seat_list.remove(seat)
+        if seat in self._free:
+            self._free.remove(seat)
         self._replace(seat)
         if seat.spawning is not None:
             seat.spawning.add_done_callback(self._discard_started)
@@ -398,3 +479,18 @@ class TaskProcessPool:
             proc.kill()
         await asyncio.gather(*(asyncio.to_thread(self._reap, p) for p in procs))
         await asyncio.to_thread(self._io.shutdown, wait=True)
+
+
+def _with_gpu_use(
+    on_result: Callable[[int, PoolResult], None], meter: GpuMeter | None, devices: Allocation
+) -> Callable[[int, PoolResult], None]:
+    """``on_result`` with the attempt's devices and measured GPU use added to each result."""
+
+    def wrapped(i: int, result: PoolResult) -> None:
+        usage = result.usage
+        if meter is not None:
+            meter.sample()  # the process holds its GPU memory until it ends: count it
+            usage = meter.usage(usage)
+        on_result(i, dataclasses.replace(result, usage=usage, devices=devices.ids))
+
+    return wrapped

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -124,18 +124,24 @@ class TaskProcess:
         self.conn.send(request)
         return self.conn.recv()  # type: ignore[no-any-return]
 
-    def call_batch(self, requests: list[tuple], on_results: Callable[[list[tuple]], None]) -> None:
+    def call_batch(
+        self,
+        requests: list[tuple],
+        on_results: Callable[[list[tuple]], None],
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         """Run a batch of attempts (blocking; called in a thread).
 
         Hands every list of results the process sends to ``on_results`` (from
         this thread) and returns once all ``len(requests)`` were answered.
-        See :func:`fleetflow_worker._child.run_batch` for the result tuples.
+        See :func:`fleetflow_worker._child.run_batch` for the result tuples;
+        ``env`` is set in the process's environment first (None: nothing).
 
         Raises:
             EOFError: the process died (or was killed) before answering all.
             OSError: the pipe broke.
         """
-        self.conn.send(("batch", requests))
+        self.conn.send(("batch", requests) if env is None else ("batch", requests, dict(env)))
         left = len(requests)
         while left > 0:
             results = self.conn.recv()

@@ -17,10 +17,16 @@ class AttemptUsage:
         cpu_seconds: User plus system CPU time, including children the task
             waited for, seconds.
         peak_memory_bytes: Peak resident size of the task process, bytes.
+        peak_gpu_memory_bytes: Peak GPU memory of the task process and its
+            children on the attempt's devices, bytes (0: none or not measured).
+        gpu_utilization_percent: Mean SM utilisation of those processes on
+            those devices, percent (None: not measured).
     """
 
     cpu_seconds: float = 0.0
     peak_memory_bytes: float = 0.0
+    peak_gpu_memory_bytes: float = 0.0
+    gpu_utilization_percent: float | None = None
 
 
 def memory_limit_bytes(request_bytes: float, margin_fraction: float, margin_bytes: float) -> float:

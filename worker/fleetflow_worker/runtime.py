@@ -39,6 +39,7 @@ from fleetflow.execution import Task
 from fleetflow_worker._codec import encode_error, to_outcome
 from fleetflow_worker._data import DataPlane
 from fleetflow_worker._execute import AttemptRunner
+from fleetflow_worker._gpu_usage import GpuSampler
 from fleetflow_worker._pool import TaskProcessPool
 from fleetflow_worker._reporter import OutcomeReporter
 from fleetflow_worker._rpc import CoordinatorConnection, channel_options, recovered, supervised
@@ -86,6 +87,8 @@ class Worker:
         self.gpus = plan_gpus(settings.gpus, settings.resources.get("gpu"))
         #: Announced at registration: the settings' capacity plus the GPUs'.
         self.capacity = {**self.gpus.capacity, **settings.capacity}
+        #: Measures GPU attempts (NVML open while the worker runs).
+        self.gpu_sampler = GpuSampler(self.gpus.devices)
         self.pool = TaskProcessPool(
             settings.pool_size,
             self.module_specs,
@@ -95,6 +98,8 @@ class Worker:
             memory_margin_fraction=settings.memory_margin_fraction,
             memory_margin_bytes=settings.memory_margin_bytes,
             log_level=configured_level(),
+            gpu_slots=self.gpus.slots,
+            gpu_sampler=self.gpu_sampler,
         )
         self.reporter = OutcomeReporter(
             self._send_outcomes,
@@ -163,6 +168,7 @@ class Worker:
         self._connection = connection
         with structlog.contextvars.bound_contextvars(worker_id=self.settings.worker_id):
             try:
+                self.gpu_sampler.open()
                 if any(not t.is_async for t in self.tasks.values()):
                     await self.pool.start()
                 if await self._register(give_up_on_stop=True):
@@ -183,6 +189,7 @@ class Worker:
                 await asyncio.gather(*leftovers, return_exceptions=True)
                 self.pool.kill()
                 await self.pool.close()
+                self.gpu_sampler.close()
                 await connection.close()
                 self.data.close()
                 log.info("worker_stopped")

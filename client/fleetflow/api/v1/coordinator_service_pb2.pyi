@@ -206,7 +206,7 @@ class GetTaskRunRequest(_message.Message):
     def __init__(self, task_run_id: _Optional[int] = ...) -> None: ...
 
 class Attempt(_message.Message):
-    __slots__ = ("attempt", "worker_id", "started_at", "ended_at", "outcome", "error", "infrastructure", "message")
+    __slots__ = ("attempt", "worker_id", "started_at", "ended_at", "outcome", "error", "infrastructure", "message", "gpu_devices", "peak_gpu_memory_bytes", "gpu_utilization_percent")
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +215,9 @@ class Attempt(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     INFRASTRUCTURE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    GPU_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPU_UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
     attempt: int
     worker_id: str
     started_at: float
@@ -223,7 +226,10 @@ class Attempt(_message.Message):
     error: _common_pb2.TaskError
     infrastructure: bool
     message: str
-    def __init__(self, attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., outcome: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., infrastructure: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+    gpu_devices: _containers.RepeatedScalarFieldContainer[str]
+    peak_gpu_memory_bytes: float
+    gpu_utilization_percent: float
+    def __init__(self, attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., outcome: _Optional[str] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., infrastructure: _Optional[bool] = ..., message: _Optional[str] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., peak_gpu_memory_bytes: _Optional[float] = ..., gpu_utilization_percent: _Optional[float] = ...) -> None: ...
 
 class GetTaskRunResponse(_message.Message):
     __slots__ = ("task_run_id", "flow_run_id", "node", "index", "task_name", "state", "attempt", "attempts", "resources")
@@ -314,7 +320,7 @@ class ResourceAdvice(_message.Message):
     def __init__(self, resource: _Optional[str] = ..., requested: _Optional[float] = ..., used_p95: _Optional[float] = ..., suggested: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
 
 class TaskUsage(_message.Message):
-    __slots__ = ("node", "task_name", "requested", "measured_attempts", "cpu_cores", "cpu_seconds", "peak_memory_bytes", "duration_seconds", "advice")
+    __slots__ = ("node", "task_name", "requested", "measured_attempts", "cpu_cores", "cpu_seconds", "peak_memory_bytes", "duration_seconds", "advice", "gpu_measured_attempts", "peak_gpu_memory_bytes", "gpu_utilization_percent")
     NODE_FIELD_NUMBER: _ClassVar[int]
     TASK_NAME_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_FIELD_NUMBER: _ClassVar[int]
@@ -324,6 +330,9 @@ class TaskUsage(_message.Message):
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ADVICE_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEASURED_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPU_UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
     node: int
     task_name: str
     requested: _common_pb2.Resources
@@ -333,7 +342,10 @@ class TaskUsage(_message.Message):
     peak_memory_bytes: UsageQuantiles
     duration_seconds: UsageQuantiles
     advice: _containers.RepeatedCompositeFieldContainer[ResourceAdvice]
-    def __init__(self, node: _Optional[int] = ..., task_name: _Optional[str] = ..., requested: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., measured_attempts: _Optional[int] = ..., cpu_cores: _Optional[_Union[UsageQuantiles, _Mapping]] = ..., cpu_seconds: _Optional[_Union[UsageQuantiles, _Mapping]] = ..., peak_memory_bytes: _Optional[_Union[UsageQuantiles, _Mapping]] = ..., duration_seconds: _Optional[_Union[UsageQuantiles, _Mapping]] = ..., advice: _Optional[_Iterable[_Union[ResourceAdvice, _Mapping]]] = ...) -> None: ...
+    gpu_measured_attempts: int
+    peak_gpu_memory_bytes: UsageQuantiles
+    gpu_utilization_percent: UsageQuantiles
+    def __init__(self, node: _Optional[int] = ..., task_name: _Optional[str] = ..., requested: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., measured_attempts: _Optional[int] = ..., cpu_cores: _Optional[_Union[UsageQuantiles, _Mapping]] = ..., cpu_seconds: _Optional[_Union[UsageQuantiles, _Mapping]] = ..., peak_memory_bytes: _Optional[_Union[UsageQuantiles, _Mapping]] = ..., duration_seconds: _Optional[_Union[UsageQuantiles, _Mapping]] = ..., advice: _Optional[_Iterable[_Union[ResourceAdvice, _Mapping]]] = ..., gpu_measured_attempts: _Optional[int] = ..., peak_gpu_memory_bytes: _Optional[_Union[UsageQuantiles, _Mapping]] = ..., gpu_utilization_percent: _Optional[_Union[UsageQuantiles, _Mapping]] = ...) -> None: ...
 
 class TimeInState(_message.Message):
     __slots__ = ("pending_seconds", "queued_seconds", "running_seconds", "awaiting_retry_seconds")

@@ -130,7 +130,7 @@ class LeaseTasksResponse(_message.Message):
     def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., known: _Optional[bool] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("task_run_id", "attempt", "value", "items", "error", "ref", "stored_items", "infrastructure", "timed_out", "cpu_seconds", "peak_memory_bytes", "non_retryable", "retry_requested", "retry_delay_seconds", "duration_seconds")
+    __slots__ = ("task_run_id", "attempt", "value", "items", "error", "ref", "stored_items", "infrastructure", "timed_out", "cpu_seconds", "peak_memory_bytes", "non_retryable", "retry_requested", "retry_delay_seconds", "duration_seconds", "gpu_devices", "peak_gpu_memory_bytes", "gpu_utilization_percent")
     TASK_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +146,9 @@ class Outcome(_message.Message):
     RETRY_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     RETRY_DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GPU_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPU_UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
     task_run_id: int
     attempt: int
     value: bytes
@@ -161,7 +164,10 @@ class Outcome(_message.Message):
     retry_requested: bool
     retry_delay_seconds: float
     duration_seconds: float
-    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., value: _Optional[bytes] = ..., items: _Optional[_Union[_common_pb2.ValueList, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., ref: _Optional[_Union[_common_pb2.StoredRef, _Mapping]] = ..., stored_items: _Optional[_Union[_common_pb2.StoredItems, _Mapping]] = ..., infrastructure: _Optional[bool] = ..., timed_out: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[float] = ..., non_retryable: _Optional[bool] = ..., retry_requested: _Optional[bool] = ..., retry_delay_seconds: _Optional[float] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
+    gpu_devices: _containers.RepeatedScalarFieldContainer[str]
+    peak_gpu_memory_bytes: float
+    gpu_utilization_percent: float
+    def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ..., value: _Optional[bytes] = ..., items: _Optional[_Union[_common_pb2.ValueList, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., ref: _Optional[_Union[_common_pb2.StoredRef, _Mapping]] = ..., stored_items: _Optional[_Union[_common_pb2.StoredItems, _Mapping]] = ..., infrastructure: _Optional[bool] = ..., timed_out: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[float] = ..., non_retryable: _Optional[bool] = ..., retry_requested: _Optional[bool] = ..., retry_delay_seconds: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., peak_gpu_memory_bytes: _Optional[float] = ..., gpu_utilization_percent: _Optional[float] = ...) -> None: ...
 
 class ReportOutcomesRequest(_message.Message):
     __slots__ = ("worker_id", "outcomes", "max_new_leases", "max_batch")

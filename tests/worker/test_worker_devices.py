@@ -1,0 +1,250 @@
+"""Device assignment and warm seats with real task processes (no GPU needed).
+
+A pool given GPU slots exports each GPU attempt's devices as
+``CUDA_VISIBLE_DEVICES`` in its process; the sample task reports what it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+
+import psutil
+import pytest
+from fake_nvml import FakeDevice, FakeNvml, install
+from fleetflow.serde import dumps, loads
+from fleetflow_worker._gpu_usage import GpuSampler
+from fleetflow_worker._pool import TaskProcessPool
+from fleetflow_worker.errors import TaskProcessDied, TaskTimeout
+from fleetflow_worker.gpus import plan_gpus
+
+GiB = 2**30
+
+
+@pytest.fixture
+async def make_pool(sample_tasks_path):
+    pools: list[TaskProcessPool] = []
+
+    async def make(size=2, gpu_slots=("0", "1"), **kwargs) -> TaskProcessPool:
+        pool = TaskProcessPool(size, [sample_tasks_path], gpu_slots=gpu_slots, **kwargs)
+        await pool.start()
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pids = pool.pids
+        await pool.close()
+        assert pool.devices.in_use == 0, "devices not given back"
+        assert not [p for p in pids if psutil.pid_exists(p) and _alive(p)], "processes left"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def value_of(result):
+    assert result.payload[0] == "value", result
+    return loads(result.payload[1])
+
+
+async def run_gpu(pool, gpu=1.0, seconds=0.0, **kwargs):
+    return await pool.run("gpu_visible", [("seconds", dumps(seconds))], False, gpu=gpu, **kwargs)
+
+
+async def test_concurrent_whole_device_attempts_never_share_a_device(make_pool):
+    pool = await make_pool(size=4, gpu_slots=("0", "1"))
+    results = await asyncio.gather(*(run_gpu(pool, 1.0, 0.4) for _ in range(6)))
+    seen = [value_of(r) for r in results]
+    assert {devices for devices, *_ in seen} == {"0", "1"}
+    for (d1, _, s1, e1), (d2, _, s2, e2) in itertools.combinations(seen, 2):
+        if s1 < e2 and s2 < e1:  # ran at the same time
+            assert d1 != d2, "two whole-device attempts shared a device"
+    assert all(r.devices == (r_seen[0],) for r, r_seen in zip(results, seen, strict=True))
+    assert pool.devices.in_use == 0
+
+
+async def test_fractional_attempts_are_packed_two_per_device(make_pool):
+    pool = await make_pool(size=4, gpu_slots=("0", "1"))
+    results = await asyncio.gather(*(run_gpu(pool, 0.5, 0.5) for _ in range(4)))
+    seen = [value_of(r) for r in results]
+    for device in ("0", "1"):
+        spans = [(s, e) for d, _, s, e in seen if d == device]
+        assert len(spans) == 2  # four halves: two on each device, side by side
+    assert max(e for *_, e in seen) - min(s for _, _, s, _ in seen) < 0.5 * 4
+
+
+async def test_attempts_wait_for_devices_not_only_for_counted_capacity(make_pool):
+    pool = await make_pool(size=3, gpu_slots=("0", "1"))
+    seen = [value_of(r) for r in await asyncio.gather(*(run_gpu(pool, 0.6, 0.3) for _ in range(3)))]
+    spans = sorted((s, e) for *_, s, e in seen)
+    # 3 x 0.6 fits the count (1.8 <= 2) but not the devices: one waited for another
+    assert any(spans[i][1] <= spans[j][0] + 0.05 for i in range(3) for j in range(3) if i != j)
+
+
+@pytest.mark.parametrize("end", ["sigkill", "timeout", "skip", "cancel"])
+async def test_devices_come_back_on_every_end(make_pool, end):
+    pool = await make_pool(size=1, gpu_slots=("0",))
+    if end == "sigkill":
+        result = await pool.run("kill_self", [], False, gpu=1)
+        assert result.infrastructure and TaskProcessDied.__name__ in str(result.payload[1])
+        assert result.devices == ("0",)
+    elif end == "timeout":
+        result = await run_gpu(pool, 1.0, 5.0, timeout_s=0.3)
+        assert result.timed_out and TaskTimeout.__name__ in str(result.payload[1])
+    elif end == "skip":
+        flag = {"skip": False}
+        running = asyncio.ensure_future(run_gpu(pool, 1.0, 5.0, skip=lambda: flag["skip"]))
+        await asyncio.sleep(0.5)
+        assert pool.devices.in_use == 1
+        flag["skip"] = True
+        assert await asyncio.wait_for(running, 10) is None
+    else:
+        running = asyncio.ensure_future(run_gpu(pool, 1.0, 5.0))
+        await asyncio.sleep(0.5)
+        assert pool.devices.in_use == 1
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    assert pool.devices.in_use == 0
+    devices, *_ = value_of(await run_gpu(pool, 1.0))  # the device is usable again
+    assert devices == "0"
+
+
+async def test_cpu_attempts_on_a_gpu_worker_see_no_devices(make_pool):
+    pool = await make_pool(size=1, gpu_slots=("0",))
+    result = await pool.run("gpu_visible", [], False)  # gpu=0
+    assert value_of(result)[0] == "" and result.devices == ()
+
+
+async def test_a_worker_without_gpus_leaves_the_environment_alone(make_pool):
+    pool = await make_pool(size=1, gpu_slots=())
+    assert value_of(await pool.run("gpu_visible", [], False))[0] == os.environ.get(
+        "CUDA_VISIBLE_DEVICES"
+    )
+
+
+async def test_a_process_bound_to_other_devices_is_replaced(make_pool):
+    pool = await make_pool(size=1, gpu_slots=("0", "1"))
+    first = value_of(await run_gpu(pool, 2.0))
+    assert first[0] == "0,1"
+    second = value_of(await run_gpu(pool, 1.0))
+    assert second[0] == "0" and second[1] != first[1], "CUDA read the first binding: new process"
+    third = value_of(await run_gpu(pool, 1.0))
+    assert third[:2] == second[:2], "same devices: same warm process"
+
+
+# --------------------------------------------------------------- warm seats
+
+
+async def warm(pool, label, gpu=0.0):
+    return value_of(await pool.run("warm_count", [("label", dumps(label))], False, gpu=gpu))
+
+
+async def test_the_second_attempt_of_a_task_sees_the_state_the_first_kept(make_pool):
+    pool = await make_pool(size=2, gpu_slots=())
+    pid1, calls1, _ = await warm(pool, "a")
+    pid2, calls2, _ = await warm(pool, "b")
+    assert (pid2, calls1, calls2) == (pid1, 1, 2)
+
+
+async def test_another_task_takes_a_cold_seat_rather_than_a_warm_one(make_pool):
+    pool = await make_pool(size=2, gpu_slots=())
+    pid_warm, *_ = await warm(pool, "a")
+    other = value_of(await pool.run("getpid", [], False))
+    assert other != pid_warm, "the other task took the cold seat"
+    pid_again, calls, _ = await warm(pool, "b")
+    assert (pid_again, calls) == (pid_warm, 2)
+
+
+async def test_gpu_tasks_return_to_the_seat_holding_their_devices(make_pool):
+    pool = await make_pool(size=2, gpu_slots=("0", "1"))
+    pid1, calls1, _ = await warm(pool, "a", gpu=1)
+    cpu_pid = value_of(await pool.run("getpid", [], False))
+    pid2, calls2, _ = await warm(pool, "b", gpu=1)
+    assert cpu_pid != pid1, "the CPU attempt did not evict the GPU task's process"
+    assert (pid2, calls1, calls2) == (pid1, 1, 2)
+
+
+async def test_a_killed_process_loses_its_kept_state(make_pool):
+    pool = await make_pool(size=1, gpu_slots=())
+    pid1, *_ = await warm(pool, "a")
+    await pool.run("kill_self", [], False)
+    pid2, calls, _ = await warm(pool, "b")
+    assert pid2 != pid1 and calls == 1
+
+
+# ------------------------------------------------------ measured GPU use
+
+
+async def test_gpu_use_is_measured_with_a_fake_nvml(make_pool, monkeypatch):
+    fake = install(monkeypatch, FakeNvml([FakeDevice(), FakeDevice()]))
+    plan = plan_gpus(environ={})
+    sampler = GpuSampler(plan.devices)
+    assert sampler.open()
+    try:
+        pool = await make_pool(size=2, gpu_slots=plan.slots, gpu_sampler=sampler)
+        for pid in pool.pids:  # whichever seat it takes, its process "uses" both devices
+            fake.devices[0].processes[pid] = 3 * GiB
+            fake.devices[0].utilisation[pid] = 40
+            fake.devices[1].processes[pid] = 5 * GiB
+        fake.devices[0].processes[1] = 7 * GiB  # another process: not counted
+        result = await run_gpu(pool, 1.0, 0.35)
+        assert result.devices == ("0",)  # the lowest free device
+        assert result.usage.peak_gpu_memory_bytes == 3 * GiB
+        assert result.usage.gpu_utilization_percent == 40
+        both = await run_gpu(pool, 2.0)  # short: measured by the sample at its result
+        assert both.devices == ("0", "1")
+        assert both.usage.peak_gpu_memory_bytes == 8 * GiB
+        assert both.usage.gpu_utilization_percent == 20  # 40 % and no samples: 0 %
+        cpu = await pool.run("getpid", [], False)
+        assert cpu.usage.peak_gpu_memory_bytes == 0 and cpu.usage.gpu_utilization_percent is None
+    finally:
+        sampler.close()
+    assert fake.inits == fake.shutdowns
+
+
+# ------------------------------------------------------- through a worker
+
+
+async def test_a_worker_assigns_devices_reports_them_and_logs_them(sample_tasks, sample_tasks_path):
+    import structlog
+    from fake_worker_service import FakeCoordinator, make_lease, start_server
+    from fleetflow_worker import Worker, WorkerSettings
+
+    fake = FakeCoordinator()
+    server, port = await start_server(fake)
+    settings = WorkerSettings(
+        coordinator=f"127.0.0.1:{port}",
+        cpu=2,
+        memory=1e9,
+        resources={"gpu": 2},  # no NVML here: devices 0 and 1 as the operator says
+        lease_wait_s=0.2,
+        backoff_cap_s=0.2,
+    )
+    worker = Worker(settings, sample_tasks, [sample_tasks_path])
+    try:
+        with structlog.testing.capture_logs(
+            processors=[structlog.contextvars.merge_contextvars]
+        ) as logs:
+            running = asyncio.create_task(worker.run())
+            for i in range(1, 4):
+                lease = make_lease(i, "gpu_visible", seconds=0.3)
+                lease.resources.amounts["gpu"] = 1
+                fake.leases.put_nowait(lease)
+            outcomes = await fake.wait_outcomes(3)
+    finally:
+        worker.stop(force=True)
+        await asyncio.wait_for(running, 15)
+        await server.stop(0)
+    assert dict(fake.registrations[0].capacity.amounts)["gpu"] == 2
+    for i in range(1, 4):
+        seen = loads(outcomes[i, 1].value)[0]
+        assert list(outcomes[i, 1].gpu_devices) == [seen] and seen in ("0", "1")
+    lines = [e for e in logs if e["event"] == "task_run_finished"]
+    assert sorted(e["gpus"] for e in lines) == sorted(loads(outcomes[i, 1].value)[0] for i in range(1, 4))
+    assert worker.pool.devices.in_use == 0
