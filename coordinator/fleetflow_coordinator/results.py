@@ -107,6 +107,7 @@ class ResultStore:
         else:
             root = os.path.join(os.path.dirname(os.path.abspath(settings.db)), "results")
         marker = StoreMarker.ensure(root)
+        _tighten(root)
         return cls(
             ObjectStore(root), hosted=True, store_id=marker.store_id, temporary=temporary, **common
         )
@@ -263,3 +264,16 @@ def stored_usage(flow: FlowRun) -> tuple[int, int, int]:
         largest = max(largest, ref.size)
         keys.add(ref.key)
     return total, len(keys), largest
+
+
+def _tighten(root: str) -> None:
+    """Make the hosted store's folder 0700 if others may enter it (an older one); log it.
+
+    Objects are created 0600 in folders made 0700, but a folder made by an
+    older version may be open to others: closing its root closes everything
+    under it.
+    """
+    mode = os.stat(root).st_mode & 0o777
+    if mode & 0o077:
+        os.chmod(root, mode & 0o700)
+        log.warning("result_store_mode_tightened", root=root, was=oct(mode), now=oct(mode & 0o700))

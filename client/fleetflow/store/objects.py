@@ -8,6 +8,12 @@ fsspec opens. Credentials are never part of the URL or options that travel:
 each process takes them from its own environment (for S3 the usual
 ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_PROFILE``, config files
 and instance roles, as botocore finds them).
+
+Stored objects are pickled arguments and results, so on a local or shared
+filesystem every object is created readable by its owner only (0600) and
+every folder made for it 0700, whatever the writing process's umask (workers
+and clients write too, not only the coordinator). Object stores (S3) have no
+file modes: their bucket policy decides.
 """
 
 from __future__ import annotations
@@ -44,6 +50,26 @@ __all__ = ["ObjectStore", "ObjectInfo", "StoreMarker", "StoreSpec", "open_spec",
 MARKER_NAME = ".fleetflow-store"
 #: Bytes per read when streaming an object out.
 READ_CHUNK = 1 << 20
+#: Modes of what the store creates on a local filesystem (see the module docstring).
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+def private_dirs(directory: str) -> None:
+    """Create ``directory`` and its missing parents 0700; existing ones are left as they are."""
+    if os.path.isdir(directory):
+        return
+    parent = os.path.dirname(directory)
+    if parent and parent != directory:
+        private_dirs(parent)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, DIR_MODE)
+
+
+def _create_private(path: str) -> BinaryIO:
+    """A new file at ``path``, open for writing, mode 0600 (it must not exist)."""
+    return os.fdopen(os.open(path, _CREATE, FILE_MODE), "wb")
 
 
 @dataclass(frozen=True)
@@ -139,10 +165,10 @@ class ObjectStore:
         path = self.path(key)
         if self.local:
             directory = os.path.dirname(path)
-            os.makedirs(directory, exist_ok=True)
+            private_dirs(directory)
             tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
             try:
-                with open(tmp, "wb") as out:
+                with _create_private(tmp) as out:
                     yield out
                 os.replace(tmp, path)
             finally:
@@ -371,12 +397,12 @@ class StoreMarker:
 
     @classmethod
     def ensure(cls, root: str) -> StoreMarker:
-        """Create the folder and its marker if needed; returns it.
+        """Create the folder (0700) and its marker (0600) if needed; returns it.
 
         Raises:
             OSError: the folder cannot be created or written.
         """
-        os.makedirs(root, exist_ok=True)
+        private_dirs(root)
         marker = os.path.join(root, MARKER_NAME)
         try:
             with open(marker) as f:
@@ -386,8 +412,8 @@ class StoreMarker:
         if not store_id:
             store_id = uuid.uuid4().hex
             tmp = f"{marker}.{store_id}.tmp"
-            with open(tmp, "w") as f:
-                f.write(store_id + "\n")
+            with _create_private(tmp) as f:
+                f.write(store_id.encode() + b"\n")
             os.replace(tmp, marker)
         return cls(root, store_id)
 
