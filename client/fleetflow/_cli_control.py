@@ -11,9 +11,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from fleetflow._cli_views import coordinator_option
+from fleetflow._cli_views import coordinator_option, format_bytes
 from fleetflow._client import Client
-from fleetflow._taskruns import TaskRunInfo
+from fleetflow._taskruns import AttemptInfo, TaskRunInfo
 from fleetflow.errors import FleetflowError
 
 __all__ = ["cancel_command", "limit_command", "prune_command", "queue_command", "show_task_run"]
@@ -99,6 +99,15 @@ def _time(epoch_s: float) -> str:
     return dt.datetime.fromtimestamp(epoch_s).strftime("%H:%M:%S.%f")[:-3]
 
 
+def _gpu_cells(a: AttemptInfo) -> list[str]:
+    """An attempt's devices, peak GPU memory and utilisation, for the attempts table."""
+    if not a.gpu_devices:
+        return ["-", "-", "-"]
+    util = "-" if a.gpu_utilization_percent is None else f"{a.gpu_utilization_percent:.0f}%"
+    peak = format_bytes(a.peak_gpu_memory_bytes) if a.peak_gpu_memory_bytes else "-"
+    return [",".join(a.gpu_devices), peak, util]
+
+
 def show_task_run(task_run_id: int, address: str, as_json: bool) -> None:
     """Print one task run with its attempt history (``fleetflow inspect TASK_RUN_ID``)."""
     try:
@@ -114,7 +123,9 @@ def show_task_run(task_run_id: int, address: str, as_json: bool) -> None:
             f"[bold]task run {info.task_run_id}[/bold] {info.task_name}[{info.index}] "
             f"of flow run {info.flow_run_id} (node {info.node}): [bold]{info.state}[/bold]"
         )
-        table = Table("attempt", "worker", "started", "ended", "seconds", "outcome", "error")
+        gpus = any(a.gpu_devices for a in info.attempts)
+        columns = ["attempt", "worker", "started", "ended", "seconds", "outcome", "error"]
+        table = Table(*columns, *(["gpus", "gpu memory peak", "gpu util"] if gpus else []))
         for a in info.attempts:
             error = f"{a.error.type}: {a.error.message}" if a.error else a.message
             seconds = f"{a.duration_s:.3f}" if a.duration_s is not None else "-"
@@ -127,6 +138,7 @@ def show_task_run(task_run_id: int, address: str, as_json: bool) -> None:
                 seconds,
                 outcome,
                 error,
+                *(_gpu_cells(a) if gpus else []),
             )
         console.print(table)
         last = next((a for a in reversed(info.attempts) if a.error and a.error.traceback), None)

@@ -409,6 +409,10 @@ def _usage_table(rows: tuple[TaskUsage, ...]) -> Table:
         title="requested vs used (completed attempts)",
         title_justify="left",
     )
+    gpus = any(t.gpu_measured_attempts for t in rows)
+    if gpus:
+        table.add_column("gpu req", justify="right")
+        table.add_column("gpu util / memory p95", justify="right")
     for t in rows:
         cpu = t.requested.get("cpu", 0.0)
         memory = t.requested.get("memory", 0.0)
@@ -429,8 +433,22 @@ def _usage_table(rows: tuple[TaskUsage, ...]) -> Table:
                 style="yellow" if "memory" in advised else "",
             ),
             f"{t.duration_seconds.median:.2f} s / {t.duration_seconds.p95:.2f} s",
+            *(_gpu_usage_cells(t, advised) if gpus else []),
         )
     return table
+
+
+def _gpu_usage_cells(t: TaskUsage, advised: set[str]) -> list[RenderableType]:
+    """The gpu request, and p95 utilisation and peak GPU memory of measured attempts."""
+    gpu = t.requested.get("gpu", 0.0)
+    if not t.gpu_measured_attempts or t.gpu_utilization_percent is None:
+        return [f"{gpu:g}" if gpu else "-", "-"]
+    used = (
+        f"{t.gpu_utilization_percent.p95:.0f}% / "
+        f"{format_bytes(t.peak_gpu_memory_bytes.p95 if t.peak_gpu_memory_bytes else 0.0)}"
+    )
+    style = "yellow" if advised & {"gpu", "gpu_memory"} else ""
+    return [f"{gpu:g}" if gpu else "-", Text(used, style=style)]
 
 
 def _time_view(stats: FlowRunStats) -> RenderableType:

@@ -32,9 +32,10 @@ class ResourceAdvice:
     """A right-sizing suggestion for one resource of one task.
 
     Attributes:
-        resource: ``"cpu"`` or ``"memory"``.
-        requested: The request (CPUs, bytes); 0 when none.
-        used_p95: p95 of what attempts used (cores busy; peak bytes).
+        resource: ``"cpu"``, ``"memory"``, ``"gpu"`` or ``"gpu_memory"``.
+        requested: The request (CPUs, bytes, devices); 0 when none.
+        used_p95: p95 of what attempts used (cores busy; peak bytes; GPU
+            utilisation percent for ``gpu``).
         suggested: The suggested request.
         message: E.g. ``"parse_module requests memory 2GiB, p95 used 180MiB: consider 256MiB"``.
     """
@@ -60,6 +61,10 @@ class TaskUsage:
         peak_memory_bytes: Peak resident memory of the attempt's process.
         duration_seconds: Lease-to-outcome seconds per attempt.
         advice: Right-sizing suggestions (empty when the request fits).
+        gpu_measured_attempts: Completed attempts that held GPU devices and
+            whose GPU use was measured (NVML).
+        peak_gpu_memory_bytes: Peak GPU memory of those attempts' processes.
+        gpu_utilization_percent: Their mean SM utilisation, percent.
     """
 
     node: int
@@ -71,6 +76,9 @@ class TaskUsage:
     peak_memory_bytes: Quantiles
     duration_seconds: Quantiles
     advice: tuple[ResourceAdvice, ...]
+    gpu_measured_attempts: int = 0
+    peak_gpu_memory_bytes: Quantiles | None = None
+    gpu_utilization_percent: Quantiles | None = None
 
     @classmethod
     def from_proto(cls, message: pb.TaskUsage) -> TaskUsage:
@@ -88,6 +96,9 @@ class TaskUsage:
                 ResourceAdvice(a.resource, a.requested, a.used_p95, a.suggested, a.message)
                 for a in message.advice
             ),
+            gpu_measured_attempts=message.gpu_measured_attempts,
+            peak_gpu_memory_bytes=Quantiles.from_proto(message.peak_gpu_memory_bytes),
+            gpu_utilization_percent=Quantiles.from_proto(message.gpu_utilization_percent),
         )
 
 

@@ -26,6 +26,10 @@ class AttemptInfo:
         infrastructure: The attempt ended through the infrastructure (its
             worker was lost), not through the task's code.
         message: Details from the coordinator.
+        gpu_devices: The GPU devices it held on its worker (its
+            ``CUDA_VISIBLE_DEVICES``); empty when none or not known.
+        peak_gpu_memory_bytes: Peak GPU memory of its processes, bytes (0: not measured).
+        gpu_utilization_percent: Mean SM utilisation, percent (None: not measured).
     """
 
     attempt: int
@@ -36,6 +40,9 @@ class AttemptInfo:
     error: TaskErrorInfo | None
     infrastructure: bool
     message: str
+    gpu_devices: tuple[str, ...] = ()
+    peak_gpu_memory_bytes: float = 0.0
+    gpu_utilization_percent: float | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -85,6 +92,11 @@ class TaskRunInfo:
                     else None,
                     infrastructure=a.infrastructure,
                     message=a.message,
+                    gpu_devices=tuple(a.gpu_devices),
+                    peak_gpu_memory_bytes=a.peak_gpu_memory_bytes,
+                    gpu_utilization_percent=a.gpu_utilization_percent
+                    if a.HasField("gpu_utilization_percent")
+                    else None,
                 )
                 for a in message.attempts
             ],

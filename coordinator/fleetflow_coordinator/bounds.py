@@ -126,6 +126,8 @@ _ROWS = (
     Bound("usage", "Outcome.peak_memory_bytes, Heartbeat.memory_available", 2.0**60, "bytes",
           "clamped"),
     Bound("cpu_percent", "Heartbeat.cpu_percent", 100, "percent", "clamped"),
+    Bound("gpu_devices", "Outcome.gpu_devices: entries, each 64 characters", 64, "devices",
+          "cut"),
     Bound("error_text", "TaskError.message, traceback (each)", 256 * 1024, "characters", "cut"),
     Bound("log_tail", "TaskError.log_tail: lines, each 4096 characters", 20, "lines", "cut"),
     Bound("error_pickle", "TaskError.pickled", _MIB, "bytes", "cut"),
@@ -361,6 +363,23 @@ def _clamp_outcome(outcome: ws.Outcome) -> None:
         outcome.retry_delay_seconds = _clamp(outcome.retry_delay_seconds, _LIMIT["retry_delay"])
 
 
+def _gpu_outcome(outcome: ws.Outcome) -> None:
+    """Cut an attempt's device list; clamp its GPU memory and utilisation."""
+    most = int(_LIMIT["gpu_devices"])
+    if len(outcome.gpu_devices) > most or any(len(d) > 64 for d in outcome.gpu_devices):
+        kept = [d[:64] for d in outcome.gpu_devices[:most]]
+        del outcome.gpu_devices[:]
+        outcome.gpu_devices.extend(kept)
+    if not 0.0 <= outcome.peak_gpu_memory_bytes <= _LIMIT["usage"]:
+        outcome.peak_gpu_memory_bytes = _clamp(outcome.peak_gpu_memory_bytes, _LIMIT["usage"])
+    if outcome.HasField("gpu_utilization_percent"):
+        util = outcome.gpu_utilization_percent
+        if util != util:  # NaN: not a measurement
+            outcome.ClearField("gpu_utilization_percent")
+        elif not 0.0 <= util <= 100.0:
+            outcome.gpu_utilization_percent = _clamp(util, 100.0)
+
+
 _SECONDS_HIGH = _LIMIT["measured_seconds"]
 _USAGE_HIGH = _LIMIT["usage"]
 _RETRY_HIGH = _LIMIT["retry_delay"]
@@ -382,6 +401,8 @@ def _report(request: ws.ReportOutcomesRequest) -> None:
             _clamp_outcome(outcome)
         if outcome.HasField("error"):
             _error(outcome.error)
+        if outcome.gpu_devices or outcome.peak_gpu_memory_bytes:
+            _gpu_outcome(outcome)
     request.max_new_leases = _slots(request.max_new_leases)
     request.max_batch = min(request.max_batch, int(_LIMIT["batch"]))
 

@@ -363,6 +363,9 @@ def _task_usage(stats: TaskUsageStats) -> coordinator_service_pb2.TaskUsage:
         cpu_cores=quantiles(stats.cpu_cores),
         cpu_seconds=quantiles(stats.cpu_seconds),
         peak_memory_bytes=quantiles(stats.peak_memory_bytes),
+        gpu_measured_attempts=stats.gpu_measured,
+        peak_gpu_memory_bytes=quantiles(stats.peak_gpu_memory_bytes),
+        gpu_utilization_percent=quantiles(stats.gpu_utilization_percent),
         duration_seconds=quantiles(stats.duration_seconds),
         advice=[
             coordinator_service_pb2.ResourceAdvice(

@@ -230,6 +230,12 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
             )
             if view.error is not None:
                 attempt.error.CopyFrom(view.error)
+            gpu = self.rt.usage.attempt_gpus.get(tr.id, view.attempt)
+            if gpu is not None:
+                attempt.gpu_devices.extend(gpu.devices)
+                attempt.peak_gpu_memory_bytes = gpu.peak_gpu_memory_bytes
+                if gpu.gpu_utilization_percent is not None:
+                    attempt.gpu_utilization_percent = gpu.gpu_utilization_percent
         return response
 
     async def ListTaskRuns(  # noqa: N802

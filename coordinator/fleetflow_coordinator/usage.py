@@ -27,6 +27,14 @@ The advice rule (also in ``docs/architecture.md``):
   least 0.25 CPU above it), or when the p95 is above 1.5 times the request,
   and only for tasks whose median attempt lasts :data:`MIN_CPU_ADVICE_S` or
   more (shorter ones are dominated by scheduling overhead).
+* **gpu** (attempts that held devices and were measured through NVML):
+  suggest ``p95 utilisation x 1.25`` as a share of one device, rounded up to
+  a quarter (at least 0.25). Advise when a request of whole devices is at
+  least twice that suggestion (``gpu=1`` at 20 % p95: ``gpu=0.25``, four
+  attempts share a device), and only for tasks whose median attempt lasts
+  :data:`MIN_CPU_ADVICE_S` or more.
+* **gpu_memory**: as ``memory``, against a ``gpu_memory`` request and the
+  p95 peak GPU memory of the attempt's processes.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleetflow_coordinator.core import Scheduler
+from fleetflow_coordinator.gpu_usage import AttemptGpuBook
 
 __all__ = [
     "QuantileSketch",
@@ -47,7 +56,10 @@ __all__ = [
     "advise",
     "suggest_memory",
     "suggest_cpu",
+    "suggest_gpu",
+    "advise_gpu",
     "format_bytes",
+    "AttemptGpuBook",
 ]
 
 #: Relative accuracy of every quantile (1 %).
@@ -193,6 +205,18 @@ class TaskUsageStats:
     cpu_seconds: QuantileSketch = field(default_factory=QuantileSketch)
     peak_memory_bytes: QuantileSketch = field(default_factory=QuantileSketch)
     duration_seconds: QuantileSketch = field(default_factory=QuantileSketch)
+    peak_gpu_memory_bytes: QuantileSketch = field(default_factory=QuantileSketch)
+    gpu_utilization_percent: QuantileSketch = field(default_factory=QuantileSketch)
+
+    @property
+    def gpu_measured(self) -> int:
+        """Attempts with measured GPU use folded in."""
+        return self.gpu_utilization_percent.count
+
+    def add_gpu(self, peak_bytes: float, util_percent: float) -> None:
+        """Fold in one attempt's GPU use."""
+        self.peak_gpu_memory_bytes.add(peak_bytes)
+        self.gpu_utilization_percent.add(util_percent)
 
     @property
     def measured(self) -> int:
@@ -228,6 +252,9 @@ class TaskUsageStats:
             "cpu_seconds": self.cpu_seconds.summary(),
             "peak_memory_bytes": self.peak_memory_bytes.summary(),
             "duration_seconds": self.duration_seconds.summary(),
+            "gpu_measured_attempts": self.gpu_measured,
+            "peak_gpu_memory_bytes": self.peak_gpu_memory_bytes.summary(),
+            "gpu_utilization_percent": self.gpu_utilization_percent.summary(),
             "advice": [a.__dict__ for a in advise(self)],
         }
 
@@ -254,6 +281,8 @@ class UsageBook:
         self.by_task: dict[str, TaskUsageStats] = {}
         #: {flow_run_id: {node index: stats}}, oldest flow run first
         self.by_flow: dict[str, dict[int, TaskUsageStats]] = {}
+        #: The devices and GPU use of recent attempts, for ``inspect``.
+        self.attempt_gpus = AttemptGpuBook()
 
     def record(
         self,
@@ -289,6 +318,8 @@ class UsageBook:
         groups: dict[int, tuple[str, Any, list[float], list[float], list[float]]] = {}
         task_runs = core.task_runs
         for outcome, ack in zip(outcomes, acks, strict=False):
+            if outcome.gpu_devices and ack == _SUCCESS:
+                self._record_gpu(core, outcome)
             if ack != _SUCCESS or not 0 < outcome.peak_memory_bytes < 2**60:
                 continue  # unmeasured, or a value no process has (inf, NaN, absurd)
             if not 0 <= outcome.cpu_seconds < 2**40:
@@ -316,6 +347,39 @@ class UsageBook:
             folded += len(cpus)
         return folded
 
+    def _record_gpu(self, core: Scheduler, outcome: Any) -> None:
+        """Keep an attempt's devices; fold a successful one's measured GPU use in."""
+        self.attempt_gpus.record(outcome)
+        if not outcome.HasField("gpu_utilization_percent"):
+            return
+        if outcome.WhichOneof("result") not in ("value", "items", "ref", "stored_items"):
+            return
+        tr = core.task_runs.get(outcome.task_run_id)
+        if tr is None:
+            return
+        peak, util = outcome.peak_gpu_memory_bytes, outcome.gpu_utilization_percent
+        node = tr.node
+        self._stats(tr.flow.id, node.index, node.task_name, node.resources).add_gpu(peak, util)
+        overall = self.by_task.get(node.task_name)
+        if overall is None:
+            overall = self.by_task[node.task_name] = TaskUsageStats(node.task_name)
+            overall.requested = dict(node.resources)
+        overall.add_gpu(peak, util)
+
+    def _stats(
+        self, flow_run_id: str, node: int, task_name: str, requested: dict[str, float]
+    ) -> TaskUsageStats:
+        """The (flow run, node) row, made (and the oldest flow run forgotten) if new."""
+        nodes = self.by_flow.get(flow_run_id)
+        if nodes is None:
+            nodes = self.by_flow[flow_run_id] = {}
+            if len(self.by_flow) > self.max_flows:
+                del self.by_flow[next(iter(self.by_flow))]
+        stats = nodes.get(node)
+        if stats is None:
+            stats = nodes[node] = TaskUsageStats(task_name, node, dict(requested))
+        return stats
+
     def record_many(
         self,
         flow_run_id: str,
@@ -327,14 +391,7 @@ class UsageBook:
         duration_s: Sequence[float],
     ) -> None:
         """Fold in several completed attempts of one node (parallel sequences)."""
-        nodes = self.by_flow.get(flow_run_id)
-        if nodes is None:
-            nodes = self.by_flow[flow_run_id] = {}
-            if len(self.by_flow) > self.max_flows:
-                del self.by_flow[next(iter(self.by_flow))]
-        stats = nodes.get(node)
-        if stats is None:
-            stats = nodes[node] = TaskUsageStats(task_name, node, dict(requested))
+        stats = self._stats(flow_run_id, node, task_name, requested)
         stats.add_many(cpu_s, peak_bytes, duration_s)
         overall = self.by_task.get(task_name)
         if overall is None:
@@ -368,7 +425,7 @@ class Advice:
     """A right-sizing suggestion for one resource of one task.
 
     Attributes:
-        resource: ``"cpu"`` or ``"memory"``.
+        resource: ``"cpu"``, ``"memory"``, ``"gpu"`` or ``"gpu_memory"``.
         requested: The request (CPUs, bytes); 0 when none.
         used_p95: p95 of what the attempts used (cores, peak bytes).
         suggested: The suggested request.
@@ -416,11 +473,48 @@ def _cpu_label(cores: float) -> str:
     return f"{cores:.2f}".rstrip("0").rstrip(".") or "0"
 
 
+#: A share of one device is suggested in steps of this.
+GPU_STEP = 0.25
+
+
+def suggest_gpu(p95_percent: float) -> float:
+    """``p95 utilisation x 1.25`` as a share of one device, rounded up to a quarter (>= 0.25)."""
+    share = p95_percent / 100.0 * CPU_HEADROOM
+    return max(GPU_STEP, math.ceil(round(share / GPU_STEP, 6)) * GPU_STEP)
+
+
+def advise_gpu(stats: TaskUsageStats) -> list[Advice]:
+    """GPU advice: a whole-device request the attempts barely use; gpu_memory as memory."""
+    out: list[Advice] = []
+    name = stats.task_name
+    gpu = stats.requested.get("gpu", 0.0)
+    util = stats.gpu_utilization_percent.quantile(0.95)
+    if gpu >= 1 and stats.duration_seconds.quantile(0.5) >= MIN_CPU_ADVICE_S:
+        suggested = suggest_gpu(util)
+        if gpu >= OVER_REQUEST_FACTOR * suggested:
+            message = (
+                f"{name} requests gpu {_cpu_label(gpu)}, p95 utilisation {util:.0f}%: consider "
+                f"gpu={_cpu_label(suggested)} (attempts then share a device)"
+            )
+            out.append(Advice("gpu", gpu, util, suggested, message))
+    requested = stats.requested.get("gpu_memory", 0.0)
+    peak = stats.peak_gpu_memory_bytes.quantile(0.95)
+    if requested > 0 and peak > 0:
+        suggested = suggest_memory(peak)
+        if requested >= OVER_REQUEST_FACTOR * suggested or peak > requested:
+            message = (
+                f"{name} requests gpu_memory {format_bytes(requested)}, p95 used "
+                f"{format_bytes(peak)}: consider {format_bytes(suggested)}"
+            )
+            out.append(Advice("gpu_memory", requested, peak, suggested, message))
+    return out
+
+
 def advise(stats: TaskUsageStats) -> list[Advice]:
     """Right-sizing advice for one task's measured attempts (the module's rule)."""
+    out: list[Advice] = advise_gpu(stats) if stats.gpu_measured else []
     if not stats.measured:
-        return []
-    out: list[Advice] = []
+        return out
     name = stats.task_name
     memory = stats.requested.get("memory", 0.0)
     peak = stats.peak_memory_bytes.quantile(0.95)

@@ -246,5 +246,7 @@ async def test_a_worker_assigns_devices_reports_them_and_logs_them(sample_tasks,
         seen = loads(outcomes[i, 1].value)[0]
         assert list(outcomes[i, 1].gpu_devices) == [seen] and seen in ("0", "1")
     lines = [e for e in logs if e["event"] == "task_run_finished"]
-    assert sorted(e["gpus"] for e in lines) == sorted(loads(outcomes[i, 1].value)[0] for i in range(1, 4))
+    assert sorted(e["gpus"] for e in lines) == sorted(
+        loads(outcomes[i, 1].value)[0] for i in range(1, 4)
+    )
     assert worker.pool.devices.in_use == 0

@@ -241,6 +241,13 @@ function cores(n) {
   return (Math.round(n * 100) / 100).toString();
 }
 
+// GPU use of a task's measured attempts: p95 SM utilisation and peak GPU memory.
+function gpuUse(u) {
+  if (!u.gpu_measured_attempts) return "-";
+  const util = u.gpu_utilization_percent.p95;
+  return `${Math.round(util)}% / ${bytes(u.peak_gpu_memory_bytes.p95)}`;
+}
+
 // Requested against measured use per task, with right-sizing advice.
 function renderUsage(flow) {
   const rows = flow.usage || [];
@@ -256,6 +263,7 @@ function renderUsage(flow) {
       <td class="num">${memory ? bytes(memory) : "-"}</td>
       <td class="num ${advised.has("memory") ? "advised" : ""}">${pair(u.peak_memory_bytes, bytes)}</td>
       <td class="num">${pair(u.duration_seconds, duration)}</td>
+      <td class="num ${advised.has("gpu") || advised.has("gpu_memory") ? "advised" : ""}">${gpuUse(u)}</td>
     </tr>`;
   }).join("");
   $("#advice").innerHTML = rows.flatMap((u) => u.advice).map((a) =>
