@@ -1,6 +1,8 @@
 """Hypothesis fuzzing of every RPC of a real, authenticated coordinator.
 
-Each RPC gets a few hundred requests: random messages built from the request
+Each RPC of the three services (CoordinatorService, WorkerService and
+TransferService; the client stream WriteObject gets 1 to 3 messages per call)
+gets a few hundred requests: random messages built from the request
 type's descriptor (NaN and huge numbers, long and control-character strings,
 odd enums, nested lists) and random bytes. No answer may be UNKNOWN, INTERNAL or
 a timeout; nothing is logged at ERROR; and afterwards a normal flow completes.
@@ -17,6 +19,7 @@ import grpc
 import pytest
 from fleetflow import Client
 from fleetflow.api.v1 import coordinator_service_pb2 as cs
+from fleetflow.api.v1 import transfer_service_pb2 as ts
 from fleetflow.api.v1 import worker_service_pb2 as ws
 from fleetflow.loader import load_module
 from google.protobuf.descriptor import FieldDescriptor as F
@@ -46,7 +49,9 @@ _INTS = {
 }
 _TEXT = st.one_of(
     st.text(max_size=12),
-    st.sampled_from(["", "t", "default", "cpu", "memory", "gpu", "x" * 129, "w"]),
+    st.sampled_from(
+        ["", "t", "default", "cpu", "memory", "gpu", "x" * 129, "w", "runs/f/1.1.r", "submit/s/a"]
+    ),
     st.text(alphabet=string.printable, min_size=200, max_size=700),
 )
 
@@ -117,15 +122,29 @@ def messages(descriptor, depth: int = 0):
 
 
 def _methods():
+    """``(path, request descriptor, kind)`` of every RPC: kind is unary, server or client."""
     out = []
-    for module in (cs, ws):
+    for module in (cs, ws, ts):
         for service in module.DESCRIPTOR.services_by_name.values():
             for m in service.methods:
-                out.append((f"/{service.full_name}/{m.name}", m.input_type, m.server_streaming))
+                assert not (m.client_streaming and m.server_streaming), m.full_name
+                kind = (
+                    "client" if m.client_streaming else "server" if m.server_streaming else "unary"
+                )
+                out.append((f"/{service.full_name}/{m.name}", m.input_type, kind))
     return out
 
 
 METHODS = _methods()
+
+
+def test_every_rpc_of_the_three_services_is_fuzzed():
+    from .test_error_table import METHODS as EVERY_RPC
+
+    assert {m for m, *_ in METHODS} == {m for m, _ in EVERY_RPC}
+    assert [m for m, _, kind in METHODS if kind == "client"] == [
+        "/fleetflow.api.v1.TransferService/WriteObject"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -154,11 +173,13 @@ def secured(tmp_path_factory):
         proc.wait(15)
 
 
-def _call(channel, method: str, raw: bytes, stream: bool, metadata=None):
+def _call(channel, method: str, raw: bytes | list[bytes], kind: str, metadata=None):
     try:
-        if stream:
+        if kind == "server":
             for _ in channel.unary_stream(method)(raw, timeout=10, metadata=metadata):
                 pass
+        elif kind == "client":
+            channel.stream_unary(method)(iter(raw), timeout=10, metadata=metadata)
         else:
             channel.unary_unary(method)(raw, timeout=10, metadata=metadata)
     except grpc.RpcError as exc:
@@ -166,17 +187,18 @@ def _call(channel, method: str, raw: bytes, stream: bool, metadata=None):
     return grpc.StatusCode.OK, ""
 
 
-@pytest.mark.parametrize(("method", "descriptor", "stream"), METHODS,
+@pytest.mark.parametrize(("method", "descriptor", "kind"), METHODS,
                          ids=[m[0].rpartition("/")[2] for m in METHODS])  # fmt: skip
-def test_fuzz_every_rpc(secured, method, descriptor, stream):
+def test_fuzz_every_rpc(secured, method, descriptor, kind):
     _, _, channel, _, proc = secured
+    one = st.one_of(messages(descriptor).map(lambda m: m.SerializeToString()),
+                    st.binary(max_size=96))  # fmt: skip
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))  # fmt: skip
-    @given(st.one_of(messages(descriptor).map(lambda m: m.SerializeToString()),
-                     st.binary(max_size=96)))  # fmt: skip
-    def fuzz(raw: bytes) -> None:
-        code, details = _call(channel, method, raw, stream)
+    @given(st.lists(one, min_size=1, max_size=3) if kind == "client" else one)
+    def fuzz(raw: bytes | list[bytes]) -> None:
+        code, details = _call(channel, method, raw, kind)
         assert code not in BAD, f"{method}: {code.name} {details}"
 
     fuzz()
@@ -195,7 +217,7 @@ def test_fuzz_credentials(secured):
            .map(str.strip))  # fmt: skip
     def fuzz(value: str) -> None:
         # call credentials add the admin token; this one comes first and decides
-        code, _ = _call(channel, method, request, False, metadata=(("authorization", value),))
+        code, _ = _call(channel, method, request, "unary", metadata=(("authorization", value),))
         assert code == grpc.StatusCode.UNAUTHENTICATED
 
     fuzz()
