@@ -76,6 +76,10 @@ _DROPS_RUNNING = frozenset(
         int(EventKind.TASK_RUN_UPSTREAM_FAILED),
     }
 )
+#: Event kinds whose stretches (``EventLog.spans``) are folded without records.
+_SPAN_KINDS = frozenset(
+    {EventKind.TASK_RUN_SCHEDULED, EventKind.TASK_RUN_STARTED, EventKind.TASK_RUN_COMPLETED}
+)
 
 
 class EventSink(Protocol):
@@ -217,12 +221,62 @@ class FlowDigest:
         """Fold up to ``budget`` new events of ``flow``; return how many were folded."""
         events = flow.events
         end = min(len(events), self.cursor + budget)
-        for event in events[self.cursor : end]:
-            sink.event(event.kind)
-            self._fold_one(event, sink, on_finish)
+        for item in events.spans(self.cursor, end):
+            if item.__class__ is EventRecord:
+                sink.event(item.kind)
+                self._fold_one(item, sink, on_finish)
+            else:
+                self._fold_span(item, sink, on_finish)
         folded = end - self.cursor
         self.cursor = end
         return folded
+
+    def _fold_span(
+        self, span: tuple, sink: EventSink, on_finish: Callable[[int, bool], None] | None
+    ) -> None:
+        """Fold a stretch of alike events (``EventLog.spans``) as :meth:`_fold_one` would.
+
+        The common kinds (scheduled, started, completed) are folded per task
+        run without making an event record; the rest one record at a time.
+        """
+        seq, count, kind, time, node, task_name, first, index, attempt, worker_id = span
+        event = sink.event
+        if kind not in _SPAN_KINDS:
+            for i in range(count):
+                record = EventRecord(
+                    seq + i, kind, time, node, task_name, first + i, index + i, attempt, worker_id
+                )
+                event(kind)
+                self._fold_one(record, sink, on_finish)
+            return
+        for _ in range(count):
+            event(kind)
+        if not self.first_time:
+            self.first_time = time
+        self._integrate(time)  # every event of the stretch has the same time
+        self.last_time = max(self.last_time, time)
+        move = self._move
+        target = _TIME_TARGET[int(kind)]
+        if kind == EventKind.TASK_RUN_SCHEDULED:
+            scheduled_at = self.scheduled_at
+            for tid in range(first, first + count):
+                move(tid, kind, target)
+                scheduled_at[tid] = time
+        elif kind == EventKind.TASK_RUN_STARTED:
+            pop, running, started = self.scheduled_at.pop, self.running, sink.started
+            for i in range(count):
+                tid = first + i
+                move(tid, kind, target)
+                queued = pop(tid, None)
+                running[tid] = _Running(attempt, time, worker_id, node, task_name, index + i)
+                started(task_name, None if queued is None else max(0.0, time - queued))
+        else:  # TASK_RUN_COMPLETED
+            end = self._end
+            for i in range(count):
+                tid = first + i
+                move(tid, kind, target)
+                end(tid, attempt, time, seq + i, worker_id, None, "completed", sink)
+                self._count(time, failed=False, on_finish=on_finish)
 
     def _fold_one(
         self, e: EventRecord, sink: EventSink, on_finish: Callable[[int, bool], None] | None
@@ -272,25 +326,31 @@ class FlowDigest:
         from is read from ``scheduled_at``, ``running``, ``awaiting`` and
         ``limbo`` (none of them: PENDING) as they were before the event.
         """
-        live = self.live
+        self._integrate(e.time)
+        target = _TIME_TARGET.get(e.kind)
+        if target is None:
+            return
+        if target == _EXPANDS:
+            self.live[_PENDING] += e.count
+            return
+        self._move(e.task_run_id, e.kind, target)
+
+    def _integrate(self, time: float) -> None:
+        """Add the time since the last event to the task-run seconds of each state."""
         last = self.last_time
-        if e.time > last and last:
-            pending, scheduled, running, awaiting = live
+        if time > last and last:
+            pending, scheduled, running, awaiting = self.live
             if pending or scheduled or running or awaiting:
-                elapsed = e.time - last
+                elapsed = time - last
                 seconds = self.seconds
                 seconds[0] += pending * elapsed
                 seconds[1] += scheduled * elapsed
                 seconds[2] += running * elapsed
                 seconds[3] += awaiting * elapsed
-        kind = e.kind
-        target = _TIME_TARGET.get(kind)
-        if target is None:
-            return
-        if target == _EXPANDS:
-            live[_PENDING] += e.count
-            return
-        tid = e.task_run_id
+
+    def _move(self, tid: int, kind: EventKind, target: int) -> None:
+        """Move task run ``tid`` out of the state it is in, into ``target`` (``_TIME_TARGET``)."""
+        live = self.live
         if tid in self.running:
             live[_RUNNING] -= 1
             if kind in _DROPS_RUNNING:
@@ -325,13 +385,28 @@ class FlowDigest:
 
     def _end_attempt(self, e: EventRecord, outcome: str, sink: EventSink) -> str:
         """Close the attempt ``e`` is about; return the worker that ran it ("" if unknown)."""
-        run = self.running.get(e.task_run_id)
-        if run is None or run.attempt != e.attempt:
-            return e.worker_id
-        del self.running[e.task_run_id]
-        duration = max(0.0, e.time - run.started_at)
+        return self._end(
+            e.task_run_id, e.attempt, e.time, e.seq, e.worker_id, e.error, outcome, sink
+        )
+
+    def _end(
+        self,
+        tid: int,
+        attempt: int,
+        time: float,
+        seq: int,
+        worker_id: str,
+        error: Any,
+        outcome: str,
+        sink: EventSink,
+    ) -> str:
+        run = self.running.get(tid)
+        if run is None or run.attempt != attempt:
+            return worker_id
+        del self.running[tid]
+        duration = max(0.0, time - run.started_at)
         record = {
-            "task_run_id": e.task_run_id,
+            "task_run_id": tid,
             "task_name": run.task_name,
             "node": run.node,
             "index": run.index,
@@ -340,10 +415,10 @@ class FlowDigest:
             "started_at": run.started_at,
             "duration_s": duration,
             "outcome": outcome,
-            "error_type": getattr(e.error, "type", "") or "",
+            "error_type": getattr(error, "type", "") or "",
         }
         sink.finished(self.flow_run_id, record)
-        entry = (duration, e.seq, record)
+        entry = (duration, seq, record)
         if len(self.slowest) < TOP_SLOWEST:
             heapq.heappush(self.slowest, entry)
         elif duration > self.slowest[0][0]:

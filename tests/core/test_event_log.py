@@ -101,3 +101,35 @@ def test_runs_are_kept_compactly_and_read_back_exactly(steps):
     assert log[:] == expected
     assert [log[i] for i in range(len(expected))] == expected
     assert list(EventLog(expected)) == expected
+    for start in range(0, len(expected) + 1, 7):
+        for stop in (start, start + 5, len(expected) + 3):
+            assert _expand(log.spans(start, stop)) == expected[start:stop], (start, stop)
+
+
+def _expand(spans) -> list[EventRecord]:
+    """Rebuild every event of ``EventLog.spans`` (a record, or a stretch of a run)."""
+    out: list[EventRecord] = []
+    for item in spans:
+        if isinstance(item, EventRecord):
+            out.append(item)
+            continue
+        seq, count, kind, time, node, task_name, first, index, attempt, worker = item
+        assert count >= 1
+        out += [
+            EventRecord(seq + i, kind, time, node, task_name, first + i, index + i, attempt, worker)
+            for i in range(count)
+        ]
+    return out
+
+
+def test_spans_hand_out_a_run_whole_and_cut_it_at_the_ends():
+    log = EventLog()
+    log.append(EventRecord(1, EventKind.NODE_EXPANDED, 5.0, 2, "inc", count=4))
+    log.extend_scheduled(4, 40, 6.0, 2, "inc")
+    items = list(log.spans(0, 5))
+    assert items[0] == log[0] and len(items) == 2
+    assert items[1] == (2, 4, EventKind.TASK_RUN_SCHEDULED, 6.0, 2, "inc", 40, 0, 1, "")
+    assert list(log.spans(2, 4)) == [
+        (3, 2, EventKind.TASK_RUN_SCHEDULED, 6.0, 2, "inc", 41, 1, 1, "")
+    ]
+    assert list(log.spans(5, 9)) == []

@@ -227,3 +227,34 @@ def test_recent_rate_counts_whole_seconds_since_the_start():
     assert recent_rate(buckets, 110.5) == 2.0  # seconds 100..109: 20 in 10 s
     assert recent_rate(buckets, 110.5, since=108.2) == 5.0  # seconds 108..109
     assert recent_rate({}, 110.5) == 0.0
+
+
+def test_folding_runs_whole_gives_what_folding_each_event_gives():
+    """The fold takes stretches of alike events whole (``EventLog.spans``); same digest."""
+    clock = Clock()
+    core = Scheduler()
+    core.register_worker("w1", {"cpu": 16.0}, frozenset({"t"}), clock())
+    flow = submit(core, clock, [map_node("t", 300, retries=1)])
+    for round_ in range(60):
+        clock.now += 0.25
+        grants = core.lease("w1", 16, clock())
+        if not grants:
+            core.tick(clock())
+            continue
+        clock.now += 0.5 + 0.01 * round_
+        core.report("w1", [fail(g) if g.task_run.id % 17 == 0 else ok(g) for g in grants], clock())
+    assert flow.events._runs  # the log holds runs, so stretches are folded whole
+    whole_metrics, each_metrics = Metrics(), Metrics()
+    observer = Observer(lambda: core, clock, sink=whole_metrics)
+    _fold_all(observer)
+    each = type(observer.digest(flow.id))(flow.id)
+    for event in flow.events:  # the reference: one record at a time
+        each_metrics.event(event.kind)
+        each._fold_one(event, each_metrics, None)
+    each.cursor = len(flow.events)
+    whole = observer.digest(flow.id)
+    for name in whole.__slots__:
+        assert getattr(whole, name) == getattr(each, name), name
+    assert whole_metrics.events_by_kind == each_metrics.events_by_kind
+    for histogram in ("task_duration", "queue_wait"):
+        assert getattr(whole_metrics, histogram)._series == getattr(each_metrics, histogram)._series

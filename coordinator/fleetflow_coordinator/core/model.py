@@ -483,6 +483,31 @@ class EventLog:
         for position, record in enumerate(self._records):
             yield record if record is not None else self._at(position)
 
+    def spans(self, start: int, end: int) -> Iterator[EventRecord | tuple]:
+        """Events ``start`` to ``end - 1`` (positions) as they are held, without rebuilding runs.
+
+        Yields each stored event as its :class:`EventRecord`, and each stretch
+        of a run as one tuple ``(seq of its first event, count, kind, time,
+        node, task_name, first task_run_id, first index, attempt,
+        worker_id)``: its events are about ``task_run_id + i`` and ``index +
+        i``. A reader that handles a stretch whole (the dashboard's fold)
+        makes no record per event.
+        """
+        records = self._records
+        end = min(end, len(records))
+        position = max(0, start)
+        while position < end:
+            record = records[position]
+            if record is not None:
+                yield record
+                position += 1
+                continue
+            run = self._runs[bisect.bisect_right(self._starts, position) - 1]
+            offset = position - run[0]
+            count = min(run[0] + run[1], end) - position
+            yield (position + 1, count, *run[4:8], run[2] + offset, run[3] + offset, run[9], run[8])
+            position += count
+
 
 class FlowRun:
     """A submitted flow: its nodes, state and event log."""
