@@ -261,8 +261,12 @@ class Runtime:
     async def wait_for_work(self, timeout_s: float) -> None:
         """Wait until task runs become ready, at most ``timeout_s`` seconds."""
         work = self._work
+        # asyncio.timeout, not wait_for: no task per wait, and the waiter runs
+        # in the loop iteration right after the change, before the committer,
+        # so the lease it makes joins the group commit of what woke it.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(work.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await work.wait()
 
     # -------------------------------------------------------------- group commit
 

@@ -103,7 +103,8 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
                 if remaining <= 0:
                     break
                 try:
-                    await asyncio.wait_for(self.rt.flow_signal(flow.id).wait(), remaining)
+                    async with asyncio.timeout(remaining):  # no task per wait (wait_for)
+                        await self.rt.flow_signal(flow.id).wait()
                 except TimeoutError:
                     break
         if flow.terminal and not ended(flow):
