@@ -32,7 +32,7 @@ from fleetflow._logging import TaskLogger, get_logger
 from fleetflow._stats import FlowRunStats, ResourceAdvice, TaskUsage, TimeInState
 from fleetflow._task import Flow, Task, TaskFuture, flow, task, unmapped
 from fleetflow._taskruns import AttemptInfo, TaskRunInfo
-from fleetflow._warm import forget, keep
+from fleetflow._warm import forget, keep, kept
 from fleetflow.credentials import Credentials, CredentialsError
 from fleetflow.errors import (
     ConnectFailure,
@@ -101,6 +101,7 @@ __all__ = [
     "TaskLogger",
     "keep",
     "forget",
+    "kept",
     "FlowRunStats",
     "TaskUsage",
     "ResourceAdvice",

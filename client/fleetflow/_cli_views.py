@@ -126,6 +126,9 @@ def _workers_table(workers: list[WorkerInfo]) -> Table:
         title=f"{len(workers)} workers",
         title_justify="left",
     )
+    gpus = any(w.gpus for w in workers)
+    if gpus:
+        table.add_column("gpus")
     for w in workers:
         age = Text(f"{w.heartbeat_age_s:.1f} s ago")
         if w.heartbeat_age_s > LATE_HEARTBEAT_S:
@@ -145,6 +148,7 @@ def _workers_table(workers: list[WorkerInfo]) -> Table:
             format_bytes(w.memory_available),
             age,
             str(len(w.task_names)),
+            *(["\n".join(w.gpus) or "-"] if gpus else []),
         )
     return table
 

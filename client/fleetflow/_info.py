@@ -182,6 +182,7 @@ class WorkerInfo:
         memory_available: Available memory from its last heartbeat, bytes.
         last_seen_at: Coordinator time of its last RPC, seconds since the Unix epoch.
         heartbeat_age_s: Seconds since then, measured by the coordinator.
+        gpus: The GPUs it offers, one ``"ID: MODEL (MEMORY)"`` line each.
     """
 
     worker_id: str
@@ -195,6 +196,7 @@ class WorkerInfo:
     memory_available: float
     last_seen_at: float
     heartbeat_age_s: float
+    gpus: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(cls, info: pb.WorkerInfo) -> WorkerInfo:
@@ -211,4 +213,5 @@ class WorkerInfo:
             memory_available=info.memory_available,
             last_seen_at=info.last_seen_at,
             heartbeat_age_s=info.heartbeat_age_seconds,
+            gpus=tuple(info.gpus),
         )

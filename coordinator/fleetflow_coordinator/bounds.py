@@ -126,8 +126,8 @@ _ROWS = (
     Bound("usage", "Outcome.peak_memory_bytes, Heartbeat.memory_available", 2.0**60, "bytes",
           "clamped"),
     Bound("cpu_percent", "Heartbeat.cpu_percent", 100, "percent", "clamped"),
-    Bound("gpu_devices", "Outcome.gpu_devices: entries, each 64 characters", 64, "devices",
-          "cut"),
+    Bound("gpu_devices", "Outcome.gpu_devices, RegisterWorker.gpus: entries, each 64 characters",
+          64, "devices", "cut"),
     Bound("error_text", "TaskError.message, traceback (each)", 256 * 1024, "characters", "cut"),
     Bound("log_tail", "TaskError.log_tail: lines, each 4096 characters", 20, "lines", "cut"),
     Bound("error_pickle", "TaskError.pickled", _MIB, "bytes", "cut"),
@@ -299,6 +299,11 @@ def _register(request: ws.RegisterWorkerRequest) -> None:
     _worker_id(request.worker_id)
     _name("hostname", request.hostname, "hostname")
     _resources("capacity", request.capacity.amounts, _capacity_limit)
+    most = int(_LIMIT["gpu_devices"])
+    if len(request.gpus) > most or any(len(g) > 64 for g in request.gpus):
+        kept = [g[:64] for g in request.gpus[:most]]
+        del request.gpus[:]
+        request.gpus.extend(kept)
     _count("task_names", len(request.task_names), "worker_tasks")
     for name in request.task_names:
         _name("task_names", name, "task_name", required=True)

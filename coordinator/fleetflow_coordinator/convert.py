@@ -334,8 +334,10 @@ def task_run_summary(tr: TaskRun) -> coordinator_service_pb2.TaskRunSummary:
     )
 
 
-def worker_info(worker: WorkerRecord, now: float) -> coordinator_service_pb2.WorkerInfo:
-    """Describe a connected worker; ``now`` gives its heartbeat age."""
+def worker_info(
+    worker: WorkerRecord, now: float, gpus: tuple[str, ...] = ()
+) -> coordinator_service_pb2.WorkerInfo:
+    """Describe a connected worker; ``now`` gives its heartbeat age, ``gpus`` its GPU lines."""
     return coordinator_service_pb2.WorkerInfo(
         worker_id=worker.worker_id,
         hostname=worker.hostname,
@@ -348,6 +350,7 @@ def worker_info(worker: WorkerRecord, now: float) -> coordinator_service_pb2.Wor
         memory_available=worker.memory_available,
         last_seen_at=worker.last_seen,
         heartbeat_age_seconds=max(0.0, now - worker.last_seen),
+        gpus=list(gpus),
     )
 
 

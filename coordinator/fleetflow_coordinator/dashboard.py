@@ -238,7 +238,9 @@ class Dashboard:
 
     async def _workers(self, request: web.Request) -> web.Response:
         now = self.rt.clock()
-        return self._json({"workers": [worker_view(w, now) for w in self.rt.core.workers.values()]})
+        gpus = self.rt.usage.worker_gpus.of
+        workers = [worker_view(w, now, gpus(w.worker_id)) for w in self.rt.core.workers.values()]
+        return self._json({"workers": workers})
 
     async def _demand(self, request: web.Request) -> web.Response:
         """The autoscaling signal per pool (``?pool=NAME`` for one); see autoscale.py."""

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AttemptGpu", "AttemptGpuBook", "MAX_ATTEMPTS"]
+__all__ = ["AttemptGpu", "AttemptGpuBook", "MAX_ATTEMPTS", "WorkerGpus"]
 
 #: Attempts whose devices are kept (the oldest forgotten first).
 MAX_ATTEMPTS = 100_000
@@ -32,6 +32,30 @@ class AttemptGpu:
     devices: tuple[str, ...]
     peak_gpu_memory_bytes: float = 0.0
     gpu_utilization_percent: float | None = None
+
+
+class WorkerGpus:
+    """``{worker_id: ("0: NVIDIA H200 (141 GiB)", ...)}`` as workers registered them.
+
+    For ``fleetflow workers`` and the dashboard only (the core counts ``gpu``);
+    departed workers are forgotten once the map holds many more than are connected.
+    """
+
+    def __init__(self) -> None:
+        self._by_worker: dict[str, tuple[str, ...]] = {}
+
+    def register(self, worker_id: str, gpus: Any, connected: Any) -> None:
+        """Keep a worker's GPU lines; ``connected`` is the core's ``{worker_id: ...}``."""
+        if gpus:
+            self._by_worker[worker_id] = tuple(gpus)
+        else:
+            self._by_worker.pop(worker_id, None)
+        if len(self._by_worker) > 2 * len(connected) + 1000:
+            self._by_worker = {w: g for w, g in self._by_worker.items() if w in connected}
+
+    def of(self, worker_id: str) -> tuple[str, ...]:
+        """The worker's GPU lines (empty: none)."""
+        return self._by_worker.get(worker_id, ())
 
 
 class AttemptGpuBook:

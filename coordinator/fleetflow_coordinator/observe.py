@@ -180,7 +180,8 @@ class Observer:
             for f in itertools.islice(reversed(flows.values()), FLOW_LIST_LIMIT)
         ]
         selected = self.pick_flow(flow_run_id)
-        workers = [worker_view(w, now) for w in core.workers.values()]
+        gpus = self.usage.worker_gpus.of if self.usage is not None else (lambda _: ())
+        workers = [worker_view(w, now, gpus(w.worker_id)) for w in core.workers.values()]
         return {
             "fleet": {
                 "flow_runs": by_state,

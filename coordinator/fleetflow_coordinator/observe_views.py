@@ -217,7 +217,7 @@ def flow_detail(
     }
 
 
-def worker_view(worker: WorkerRecord, now: float) -> dict[str, Any]:
+def worker_view(worker: WorkerRecord, now: float, gpus: tuple[str, ...] = ()) -> dict[str, Any]:
     """A worker as its heartbeats and the coordinator's allocations describe it."""
     return {
         "worker_id": worker.worker_id,
@@ -231,6 +231,7 @@ def worker_view(worker: WorkerRecord, now: float) -> dict[str, Any]:
         "memory_available": worker.memory_available,
         "last_seen": worker.last_seen,
         "heartbeat_age_s": max(0.0, now - worker.last_seen),
+        "gpus": list(gpus),
     }
 
 

@@ -150,7 +150,10 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
         """List the connected workers (read-only)."""
         now = self.rt.clock()
         return cs.ListWorkersResponse(
-            workers=[convert.worker_info(w, now) for w in self.rt.core.workers.values()]
+            workers=[
+                convert.worker_info(w, now, self.rt.usage.worker_gpus.of(w.worker_id))
+                for w in self.rt.core.workers.values()
+            ]
         )
 
     async def WatchFlowRun(  # noqa: N802
@@ -393,6 +396,7 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
             pools=frozenset(request.pools) or frozenset({"default"}),
         )
         self._own(request.worker_id)
+        self.rt.usage.worker_gpus.register(request.worker_id, request.gpus, self.rt.core.workers)
         self.rt.after_change()
         self.rt.metrics.registrations.inc()
         log.info(

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleetflow_coordinator.core import Scheduler
-from fleetflow_coordinator.gpu_usage import AttemptGpuBook
+from fleetflow_coordinator.gpu_usage import AttemptGpuBook, WorkerGpus
 
 __all__ = [
     "QuantileSketch",
@@ -283,6 +283,8 @@ class UsageBook:
         self.by_flow: dict[str, dict[int, TaskUsageStats]] = {}
         #: The devices and GPU use of recent attempts, for ``inspect``.
         self.attempt_gpus = AttemptGpuBook()
+        #: The GPUs each worker registered, for ``fleetflow workers`` and the dashboard.
+        self.worker_gpus = WorkerGpus()
 
     def record(
         self,

@@ -48,3 +48,6 @@ def test_gpu_attempts_get_their_own_devices_and_reuse_warm_processes(fleet):
     assert as_json["attempts"][0]["gpu_devices"][0] in ("0", "1")
     workers = json.loads(fleetflow("workers", "--coordinator", address, "--json").stdout)
     assert workers[0]["capacity"]["gpu"] == 2
+    assert workers[0]["gpus"] == ["0: GPU", "1: GPU"]  # --resource gpu=2, no NVML: no model
+    table = fleetflow("workers", "--coordinator", address).stdout
+    assert "0: GPU" in table, table

@@ -273,3 +273,10 @@ def test_cli_gpus_option(four_gpus, sample_tasks_path, monkeypatch):
     result = CliRunner().invoke(cli.command, ["--module", sample_tasks_path])
     assert result.exit_code == 0, result.output
     assert seen["settings"].gpus == "none"
+
+
+def test_the_plan_describes_each_device_for_people(four_gpus):
+    assert plan_gpus("0,3", environ={}).describe() == [
+        "0: NVIDIA Fake 0 (10 GiB)",
+        "3: NVIDIA Fake 3 (40 GiB)",
+    ]

@@ -87,6 +87,14 @@ class GpuPlan:
     devices: tuple[Gpu, ...] = ()
     slots: tuple[str, ...] = ()
 
+    def describe(self) -> list[str]:
+        """One line per offered device for people: ``"0: NVIDIA H200 (141 GiB)"``."""
+        lines = []
+        for d in self.devices:
+            memory = f" ({d.memory_bytes / 2**30:.0f} GiB)" if d.memory_bytes else ""
+            lines.append(f"{d.id}: {d.name or 'GPU'}{memory}"[:64])
+        return lines
+
     @property
     def capacity(self) -> dict[str, float]:
         """``{"gpu": count, "gpu_memory": bytes}`` (empty without GPUs; no memory if unknown)."""

@@ -212,6 +212,7 @@ class Worker:
                 pid=os.getpid(),
                 running=self._held(),
                 pools=list(self.settings.pools),
+                gpus=self.gpus.describe(),
             )
             try:
                 response = await self._rpc().RegisterWorker(
@@ -248,7 +249,7 @@ class Worker:
             coordinator=self.settings.coordinator,
             tasks=sorted(self.tasks),
             capacity=self.capacity,
-            gpus=[f"{d.id}:{d.name or '?'}" for d in self.gpus.devices],
+            gpus=self.gpus.describe(),
             lease_ttl_s=self.lease_ttl_s,
             heartbeat_interval_s=self.heartbeat_interval_s,
             registrations=self._registrations,

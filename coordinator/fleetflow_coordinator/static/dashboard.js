@@ -289,6 +289,7 @@ function renderWorkers(data) {
       <div class="meta">${esc(w.hostname)} pid ${w.pid} · ${num(w.running)} running ·
         cpu ${w.cpu_percent.toFixed(0)}% · ${bytes(w.memory_available)} memory available ·
         ${w.task_names.length} tasks</div>
+      ${(w.gpus || []).length ? `<div class="meta gpus">GPUs: ${w.gpus.map(esc).join(" · ")}</div>` : ""}
       ${resources.join("")}
     </div>`;
   });

@@ -138,7 +138,7 @@ class ListWorkersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "hostname", "pid", "capacity", "allocated", "running", "task_names", "cpu_percent", "memory_available", "last_seen_at", "heartbeat_age_seconds")
+    __slots__ = ("worker_id", "hostname", "pid", "capacity", "allocated", "running", "task_names", "cpu_percent", "memory_available", "last_seen_at", "heartbeat_age_seconds", "gpus")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,7 @@ class WorkerInfo(_message.Message):
     MEMORY_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_AT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     hostname: str
     pid: int
@@ -161,7 +162,8 @@ class WorkerInfo(_message.Message):
     memory_available: float
     last_seen_at: float
     heartbeat_age_seconds: float
-    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., allocated: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., running: _Optional[int] = ..., task_names: _Optional[_Iterable[str]] = ..., cpu_percent: _Optional[float] = ..., memory_available: _Optional[float] = ..., last_seen_at: _Optional[float] = ..., heartbeat_age_seconds: _Optional[float] = ...) -> None: ...
+    gpus: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., allocated: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., running: _Optional[int] = ..., task_names: _Optional[_Iterable[str]] = ..., cpu_percent: _Optional[float] = ..., memory_available: _Optional[float] = ..., last_seen_at: _Optional[float] = ..., heartbeat_age_seconds: _Optional[float] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListWorkersResponse(_message.Message):
     __slots__ = ("workers",)

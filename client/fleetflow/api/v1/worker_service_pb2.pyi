@@ -20,7 +20,7 @@ OUTCOME_ACK_REJECTED_STALE: OutcomeAck
 OUTCOME_ACK_REJECTED_UNKNOWN: OutcomeAck
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "capacity", "task_names", "hostname", "pid", "running", "pools")
+    __slots__ = ("worker_id", "capacity", "task_names", "hostname", "pid", "running", "pools", "gpus")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     TASK_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class RegisterWorkerRequest(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     capacity: _common_pb2.Resources
     task_names: _containers.RepeatedScalarFieldContainer[str]
@@ -35,7 +36,8 @@ class RegisterWorkerRequest(_message.Message):
     pid: int
     running: _containers.RepeatedCompositeFieldContainer[HeldTaskRun]
     pools: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, worker_id: _Optional[str] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., task_names: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., running: _Optional[_Iterable[_Union[HeldTaskRun, _Mapping]]] = ..., pools: _Optional[_Iterable[str]] = ...) -> None: ...
+    gpus: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., task_names: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., running: _Optional[_Iterable[_Union[HeldTaskRun, _Mapping]]] = ..., pools: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("lease_ttl_seconds", "heartbeat_interval_seconds")
