@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -116,6 +117,7 @@ def test_health_watches_without_a_credential_do_not_pin_connections(tmp_path):
     tls = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
     own = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
     channels: list[grpc.Channel] = []
+    silent: list[socket.socket] = []
     try:
         deadline = time.monotonic() + 30
         while not port_file.exists():
@@ -124,6 +126,9 @@ def test_health_watches_without_a_credential_do_not_pin_connections(tmp_path):
         address = f"127.0.0.1:{port_file.read_text().strip()}"
         # The probes use Check, with no credential: it answers.
         assert probe.main([address, "--tls-ca", str(pki.ca), "--timeout", "10"]) == 0
+        # Peers that connect and never start TLS are closed after handshake_timeout_s.
+        host, _, port = address.rpartition(":")
+        silent.extend(socket.create_connection((host, int(port)), timeout=10) for _ in range(5))
         channels.extend(grpc.secure_channel(address, tls, options=own) for _ in range(IDLE_PEERS))
         request = health_pb2.HealthCheckRequest(service="")
         watches = [health_pb2_grpc.HealthStub(c).Watch(request, timeout=30) for c in channels]
@@ -144,7 +149,12 @@ def test_health_watches_without_a_credential_do_not_pin_connections(tmp_path):
         assert refused >= FD_LIMIT // 2, codes  # they did connect and take descriptors
         assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE}, codes
         assert probe.main([address, "--tls-ca", str(pki.ca), "--timeout", "10"]) == 0
+        for sock in silent:  # long closed by now (1 s), while the Watches were refused
+            sock.settimeout(10)
+            assert sock.recv(1) == b"", "a peer that never spoke TLS was not closed"
     finally:
+        for sock in silent:
+            sock.close()
         for channel in channels:
             channel.close()
         proc.terminate()
