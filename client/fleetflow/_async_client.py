@@ -36,7 +36,13 @@ from fleetflow._info import FlowRunInfo, WorkerInfo, flow_state_name
 from fleetflow._retry import Backoff, RetryBudget, deadline_after
 from fleetflow._stats import FlowRunStats
 from fleetflow._task import Flow
-from fleetflow._taskruns import DemandInfo, TaskRunInfo, TaskRunPage, TaskRunSummary
+from fleetflow._taskruns import (
+    ConcurrencyLimitInfo,
+    DemandInfo,
+    TaskRunInfo,
+    TaskRunPage,
+    TaskRunSummary,
+)
 from fleetflow._transport import AioTransport, BlockingTransport
 from fleetflow.addresses import Address, parse_addresses
 from fleetflow.api.v1 import common_pb2
@@ -327,6 +333,17 @@ class AsyncClient:
         """
         request = pb.SetConcurrencyLimitRequest(tag=tag, limit=-1 if limit is None else limit)
         await self._conn.unary("SetConcurrencyLimit", request)
+
+    async def list_concurrency_limits(self) -> list[ConcurrencyLimitInfo]:
+        """Every named concurrency limit, with how many run and wait now, and its source.
+
+        Raises:
+            RPCError: the coordinator failed or stayed unavailable.
+        """
+        response = await self._conn.unary(
+            "ListConcurrencyLimits", pb.ListConcurrencyLimitsRequest()
+        )
+        return [ConcurrencyLimitInfo.from_proto(m) for m in response.limits]
 
     async def demand(self) -> list[DemandInfo]:
         """Queued demand per worker pool and resource shape (what an autoscaler adds).

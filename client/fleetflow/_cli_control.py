@@ -33,20 +33,50 @@ def cancel_command(flow_run_id: str, address: str) -> None:
 
 
 @click.command("limit")
-@click.argument("tag")
+@click.argument("tag", required=False)
 @click.argument("limit", required=False, type=click.IntRange(min=0))
 @click.option("--remove", is_flag=True, help="Remove the limit instead of setting it.")
+@click.option("--list", "list_", is_flag=True, help="List every limit with its use now.")
+@click.option("--json", "as_json", is_flag=True, help="With --list: print JSON.")
 @coordinator_option
-def limit_command(tag: str, limit: int | None, remove: bool, address: str) -> None:
-    """Allow at most LIMIT task runs tagged TAG to run at once across the fleet."""
-    if (limit is None) != remove:
-        raise click.UsageError("give LIMIT, or --remove")
+def limit_command(
+    tag: str | None, limit: int | None, remove: bool, list_: bool, as_json: bool, address: str
+) -> None:
+    """Allow at most LIMIT task runs tagged TAG to run at once across the fleet.
+
+    A limit set here is stored by the coordinator and outlives its restarts.
+    With --list, shows every limit: running and queued task runs, and where it
+    was set (here, or the coordinator's settings).
+    """
+    if list_:
+        _list_limits(address, as_json)
+        return
+    if tag is None or (limit is None) != remove:
+        raise click.UsageError("give TAG and LIMIT, TAG --remove, or --list")
     try:
         with Client(address) as client:
             client.set_concurrency_limit(tag, None if remove else limit)
     except FleetflowError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{tag}: {'no limit' if remove else limit}")
+
+
+def _list_limits(address: str, as_json: bool) -> None:
+    try:
+        with Client(address) as client:
+            limits = client.list_concurrency_limits()
+    except FleetflowError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(x) for x in limits], indent=2))
+        return
+    if not limits:
+        Console().print("no concurrency limits are set")
+        return
+    table = Table("tag", "limit", "running", "waiting", "set by")
+    for x in limits:
+        table.add_row(x.tag, str(x.limit), str(x.running), str(x.waiting), x.source)
+    Console().print(table)
 
 
 @click.command("prune")
@@ -84,11 +114,16 @@ def queue_command(as_json: bool, address: str) -> None:
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(d) for d in demand], indent=2))
         return
-    table = Table("pool", "each needs", "waiting", "tasks", "unschedulable")
+    table = Table("pool", "each needs", "waiting", "tasks", "unschedulable", "waiting on limit")
     for d in demand:
         shape = ", ".join(f"{k}={format_quantity(k, v)}" for k, v in sorted(d.resources.items()))
         table.add_row(
-            d.pool, shape, str(d.waiting), ", ".join(d.task_names), d.unschedulable_reason or "-"
+            d.pool,
+            shape,
+            str(d.waiting),
+            ", ".join(d.task_names),
+            d.unschedulable_reason or "-",
+            ", ".join(d.waiting_on_limits) or "-",
         )
     Console().print(table if demand else "nothing is waiting for a worker")
 

@@ -25,7 +25,7 @@ from fleetflow._info import FlowRunInfo, TaskCounts, WorkerInfo
 from fleetflow._retry import Backoff
 from fleetflow._stats import FlowRunStats
 from fleetflow._task import Flow
-from fleetflow._taskruns import DemandInfo, TaskRunInfo, TaskRunPage
+from fleetflow._taskruns import ConcurrencyLimitInfo, DemandInfo, TaskRunInfo, TaskRunPage
 from fleetflow._transport import BlockingTransport, drive
 from fleetflow.addresses import Address
 from fleetflow.api.v1 import common_pb2
@@ -240,6 +240,10 @@ class Client:
     def set_concurrency_limit(self, tag: str, limit: int | None) -> None:
         """Blocking :meth:`AsyncClient.set_concurrency_limit`."""
         drive(self._async.set_concurrency_limit(tag, limit))
+
+    def list_concurrency_limits(self) -> list[ConcurrencyLimitInfo]:
+        """Blocking :meth:`AsyncClient.list_concurrency_limits`."""
+        return drive(self._async.list_concurrency_limits())
 
     def demand(self) -> list[DemandInfo]:
         """Blocking :meth:`AsyncClient.demand`."""

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fleetflow.api.v1 import common_pb2
 from fleetflow.api.v1 import coordinator_service_pb2 as pb
 from fleetflow.events import TaskErrorInfo
 
-__all__ = ["AttemptInfo", "DemandInfo", "TaskRunInfo", "TaskRunSummary", "TaskRunPage"]
+__all__ = [
+    "AttemptInfo",
+    "ConcurrencyLimitInfo",
+    "DemandInfo",
+    "TaskRunInfo",
+    "TaskRunSummary",
+    "TaskRunPage",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +120,8 @@ class DemandInfo:
         waiting: How many wait now.
         task_names: Which tasks they are.
         unschedulable_reason: Why no connected worker could run them, if so.
+        waiting_on_limits: Full concurrency limits some of them wait on,
+            e.g. ``["warehouse (2/2 running)"]``.
     """
 
     pool: str
@@ -120,6 +129,7 @@ class DemandInfo:
     waiting: int
     task_names: list[str]
     unschedulable_reason: str
+    waiting_on_limits: list[str] = field(default_factory=list)
 
     @classmethod
     def from_proto(cls, message: pb.Demand) -> DemandInfo:
@@ -130,7 +140,32 @@ class DemandInfo:
             waiting=message.waiting,
             task_names=list(message.task_names),
             unschedulable_reason=message.unschedulable_reason,
+            waiting_on_limits=list(message.waiting_on_limits),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyLimitInfo:
+    """A named concurrency limit and its use now (``Client.list_concurrency_limits``).
+
+    Attributes:
+        tag: The tag it limits.
+        limit: Task runs with the tag that may run at once.
+        running: Task runs with the tag running now.
+        waiting: Task runs with the tag queued now.
+        source: ``"api"`` (set over the API, stored) or ``"settings"``.
+    """
+
+    tag: str
+    limit: int
+    running: int
+    waiting: int
+    source: str
+
+    @classmethod
+    def from_proto(cls, m: pb.ConcurrencyLimit) -> ConcurrencyLimitInfo:
+        """Decode one ConcurrencyLimit."""
+        return cls(m.tag, m.limit, m.running, m.waiting, m.source)
 
 
 def _state_name(state: int) -> str:

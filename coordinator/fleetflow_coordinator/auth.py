@@ -79,6 +79,7 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     _C + "GetDemand": _READ,
     _C + "GetFlowRunStats": _READ,
     _C + "ListTaskRuns": _READ,
+    _C + "ListConcurrencyLimits": _READ,
     _C + "CancelFlowRun": _CLIENT,
     _C + "CancelTaskRun": _CLIENT,
     _C + "PruneFlowRuns": _ADMIN,

@@ -449,6 +449,7 @@ _CHECKS: dict[type, Callable[[Any], None]] = {
     cs.ListWorkersRequest: _nothing,
     cs.GetFlowRunStatsRequest: _by_flow_run_id,
     cs.ListTaskRunsRequest: _list_task_runs,
+    cs.ListConcurrencyLimitsRequest: _nothing,
     ws.RegisterWorkerRequest: _register,
     ws.HeartbeatRequest: _heartbeat,
     ws.LeaseTasksRequest: _lease,

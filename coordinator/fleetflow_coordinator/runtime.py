@@ -38,10 +38,16 @@ from fleetflow_coordinator.store.base import NotLeader
 from fleetflow_coordinator.store.rows import changes_to_batch, gc_paused, restore_snapshot
 from fleetflow_coordinator.supervisor import StoreWriter, Supervisor
 from fleetflow_coordinator.usage import UsageBook
+from fleetflow_coordinator.usage_store import dirty_meta, load_usage
 
 __all__ = ["Runtime"]
 
 log = structlog.get_logger(__name__)
+
+#: Seconds between saves of measured usage that changed.
+USAGE_SAVE_S = 5.0
+#: ``meta`` key prefix of a limit set over the API (value: the limit, or "none").
+LIMIT_PREFIX = "limit:"
 
 
 class Runtime:
@@ -110,6 +116,11 @@ class Runtime:
         self.results: ResultStore | None = None
         #: ``(inline_max_bytes, map_inline_bytes)`` for leases.
         self.inline_limits = (settings.inline_max_bytes, settings.map_inline_bytes)
+        #: ``{key: value or None}`` for the store's ``meta``, written with the next commit.
+        self._meta: dict[str, str | None] = {}
+        #: Tags whose limit was set (or removed) over the API; stored, so they
+        #: outlive a restart and override the settings' limits.
+        self.api_limits: set[str] = set()
 
     @property
     def fatal_error(self) -> BaseException | None:
@@ -130,14 +141,40 @@ class Runtime:
         with gc_paused():  # linear restore: see store/rows.py
             snapshot = await self.writer.call(self.store.load)
             restored = restore_snapshot(self.core, snapshot, self.clock())
+        self._restore_meta(snapshot.meta)
         self.after_change()
         return restored
+
+    def _restore_meta(self, meta: dict[str, str]) -> None:
+        """Apply what ``meta`` keeps: limits set over the API, measured usage."""
+        for key, value in meta.items():
+            if key.startswith(LIMIT_PREFIX):
+                tag = key.removeprefix(LIMIT_PREFIX)
+                self.core.set_limit(tag, None if value == "none" else int(value))
+                self.api_limits.add(tag)
+        load_usage(self.usage, meta)
+
+    def set_limit(self, tag: str, limit: int | None) -> None:
+        """Set (None: remove) a tag's limit now and store it with the next commit."""
+        self.core.set_limit(tag, limit)
+        self.api_limits.add(tag)
+        self.store_meta({LIMIT_PREFIX + tag: "none" if limit is None else str(limit)})
+
+    def store_meta(self, meta: dict[str, str | None]) -> None:
+        """Write ``meta`` rows with the next commit (see :meth:`durable`)."""
+        if meta:
+            self._meta.update(meta)
+            self._commit_wake.set()
+
+    def _pending(self) -> bool:
+        return self.core.has_changes() or bool(self._meta)
 
     def start(self) -> None:
         """Start the committer, the timer loop and the retention loop, supervised."""
         self.spawn("commit", self._commit_loop())
         self.spawn("tick", self._tick_loop())
         self.spawn("prune", self._prune_loop())
+        self.spawn("usage", self._usage_loop())
 
     def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a background loop under the supervisor (see ``supervisor.py``)."""
@@ -156,7 +193,7 @@ class Runtime:
         if committer is not None:
             self._commit_wake.set()  # it commits what is pending, then returns
             await asyncio.wait([committer])
-        elif self.halt_error is None and self.core.has_changes():
+        elif self.halt_error is None and self._pending():
             await self._commit_once()  # never started: store what open() changed
         self._fail_waiters(self.halt_error or StoreError("the coordinator stopped"))
         if self._own_writer:
@@ -234,7 +271,7 @@ class Runtime:
         Raises:
             StoreError: the store failed; the change is not durable.
         """
-        target = self._drained_gen + 1 if self.core.has_changes() else self._drained_gen
+        target = self._drained_gen + 1 if self._pending() else self._drained_gen
         if self._committed_gen >= target:
             return
         if self.halt_error is not None:
@@ -290,15 +327,19 @@ class Runtime:
             except NotLeader as exc:
                 self.depose(exc)
                 return
-            if self._closing and not self.core.has_changes():
+            if self._closing and not self._pending():
                 return
 
     async def _commit_once(self) -> None:
+        if self._closing:
+            self.store_meta(dirty_meta(self.usage))  # the last measurements too
         changes = self.core.drain_changes()
+        meta, self._meta = self._meta, {}
         self._drained_gen += 1
         generation = self._drained_gen
-        if len(changes):
+        if len(changes) or meta:
             batch = changes_to_batch(changes)
+            batch.meta = meta
             started = time.perf_counter()
             # A small WAL commit (no fsync with synchronous=NORMAL) costs less
             # than the hop to a thread and back; large ones go to the store thread.
@@ -370,6 +411,12 @@ class Runtime:
         if pruned:
             log.info("flow_runs_pruned", count=len(pruned), older_than_s=older_than_s)
         return pruned
+
+    async def _usage_loop(self) -> None:
+        """Store measured usage that changed, every :data:`USAGE_SAVE_S` seconds."""
+        while True:
+            await asyncio.sleep(USAGE_SAVE_S)
+            self.store_meta(dirty_meta(self.usage))
 
     async def _prune_loop(self) -> None:
         settings = self.settings

@@ -262,9 +262,10 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
     async def SetConcurrencyLimit(  # noqa: N802
         self, request: cs.SetConcurrencyLimitRequest, context: grpc.aio.ServicerContext
     ) -> cs.SetConcurrencyLimitResponse:
-        """Set or remove a named concurrency limit (kept in memory; see settings)."""
-        self.rt.core.set_limit(request.tag, request.limit if request.limit >= 0 else None)
+        """Set or remove a named concurrency limit; stored, so it outlives a restart."""
+        self.rt.set_limit(request.tag, request.limit if request.limit >= 0 else None)
         self.rt.after_change()
+        await self.rt.durable()
         log.info("concurrency_limit_set", tag=request.tag, limit=request.limit)
         return cs.SetConcurrencyLimitResponse()
 
@@ -272,6 +273,7 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
         self, request: cs.GetDemandRequest, context: grpc.aio.ServicerContext
     ) -> cs.GetDemandResponse:
         """Queued demand per pool and resource shape, for autoscalers."""
+        waits = self.rt.core.limit_waits()
         return cs.GetDemandResponse(
             demand=[
                 cs.Demand(
@@ -280,8 +282,27 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
                     waiting=waiting,
                     task_names=names,
                     unschedulable_reason=reason,
+                    waiting_on_limits=waits.get((pool, tuple(sorted(resources.items()))), []),
                 )
                 for pool, resources, waiting, names, reason in self.rt.core.demand()
+            ]
+        )
+
+    async def ListConcurrencyLimits(  # noqa: N802
+        self, request: cs.ListConcurrencyLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> cs.ListConcurrencyLimitsResponse:
+        """Every named limit with its use now and where it was set."""
+        api = self.rt.api_limits
+        return cs.ListConcurrencyLimitsResponse(
+            limits=[
+                cs.ConcurrencyLimit(
+                    tag=tag,
+                    limit=limit,
+                    running=running,
+                    waiting=waiting,
+                    source="api" if tag in api else "settings",
+                )
+                for tag, limit, running, waiting in self.rt.core.limits_view()
             ]
         )
 

@@ -285,6 +285,10 @@ class UsageBook:
         self.attempt_gpus = AttemptGpuBook()
         #: The GPUs each worker registered, for ``fleetflow workers`` and the dashboard.
         self.worker_gpus = WorkerGpus()
+        #: Task names and flow run ids changed (or forgotten) since the last
+        #: save (``usage_store.dirty_meta``).
+        self.dirty_tasks: set[str] = set()
+        self.dirty_flows: set[str] = set()
 
     def record(
         self,
@@ -376,7 +380,9 @@ class UsageBook:
         if nodes is None:
             nodes = self.by_flow[flow_run_id] = {}
             if len(self.by_flow) > self.max_flows:
-                del self.by_flow[next(iter(self.by_flow))]
+                oldest = next(iter(self.by_flow))
+                del self.by_flow[oldest]
+                self.dirty_flows.add(oldest)
         stats = nodes.get(node)
         if stats is None:
             stats = nodes[node] = TaskUsageStats(task_name, node, dict(requested))
@@ -393,6 +399,8 @@ class UsageBook:
         duration_s: Sequence[float],
     ) -> None:
         """Fold in several completed attempts of one node (parallel sequences)."""
+        self.dirty_tasks.add(task_name)
+        self.dirty_flows.add(flow_run_id)
         stats = self._stats(flow_run_id, node, task_name, requested)
         stats.add_many(cpu_s, peak_bytes, duration_s)
         overall = self.by_task.get(task_name)
@@ -407,7 +415,8 @@ class UsageBook:
     def forget(self, flow_run_ids: Iterable[str]) -> None:
         """Drop pruned flow runs."""
         for flow_run_id in flow_run_ids:
-            self.by_flow.pop(flow_run_id, None)
+            if self.by_flow.pop(flow_run_id, None) is not None:
+                self.dirty_flows.add(flow_run_id)
 
     def flow(self, flow_run_id: str) -> list[TaskUsageStats]:
         """The flow run's rows, in node order."""

@@ -200,3 +200,46 @@ def test_ctrl_c_cancels_the_flow_run_it_started(fleet, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_limits_are_listed_stored_and_shown_in_queue_and_usage_survives(fleet):
+    # Item 4, modest: 4 tasks tagged "warehouse" under a limit of 1.
+    address = fleet.start_coordinator()
+    fleet.start_worker(module=VIEW_FLOWS, cpu=4)
+    fleetflow("limit", "warehouse", "1", "--coordinator", address)
+    with Client(address) as client:
+        wait_until(lambda: len(client.list_workers()) == 1, 30, what="a worker")
+        measured = client.submit(flows.some_fail, n=20, every=0)  # plain def tasks: measured
+        assert measured.wait(timeout=60) == "COMPLETED"
+        run = client.submit(flows.warehouse_loads, n=4, seconds=1.5)
+        wait_until(lambda: client.get(run.id).nodes[0].running == 1, 30, what="one running")
+        queue = json.loads(fleetflow("queue", "--json", "--coordinator", address).stdout)
+        waits = [w for d in queue for w in d["waiting_on_limits"]]
+        assert waits == ["warehouse (1/1 running)"], queue
+        assert "warehouse (1/1 running)" in fleetflow("queue", "--coordinator", address).stdout
+        listed = json.loads(fleetflow("limit", "--list", "--json", "--coordinator", address).stdout)
+        # (queued ones may have been leased since, as one batch holding the slot)
+        assert [(x["tag"], x["limit"], x["running"], x["source"]) for x in listed] == [
+            ("warehouse", 1, 1, "api")
+        ]
+        assert run.wait(timeout=60) == "COMPLETED"
+        usage_before = client.get_flow_run_stats(measured.id).tasks
+        assert usage_before and usage_before[0].measured_attempts == 20
+
+    # A restart (SIGTERM, then the same database) keeps both.
+    port = address.rpartition(":")[2]
+    fleet.coordinator.stop()
+    address = fleet.start_coordinator(port=int(port), db=fleet.db)
+    listed = json.loads(fleetflow("limit", "--list", "--json", "--coordinator", address).stdout)
+    assert [(x["tag"], x["limit"], x["source"]) for x in listed] == [("warehouse", 1, "api")]
+    table = fleetflow("limit", "--list", "--coordinator", address).stdout
+    assert "warehouse" in table and "api" in table
+    with Client(address) as client:
+        usage_after = client.get_flow_run_stats(measured.id).tasks
+    assert [(t.task_name, t.measured_attempts) for t in usage_after] == [
+        (t.task_name, t.measured_attempts) for t in usage_before
+    ]
+    fleetflow("limit", "warehouse", "--remove", "--coordinator", address)
+    assert fleetflow("limit", "--list", "--coordinator", address).stdout.strip() == (
+        "no concurrency limits are set"
+    )

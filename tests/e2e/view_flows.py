@@ -55,3 +55,15 @@ def elsewhere(x: int) -> int:
 @flow
 def wants_pool():
     return elsewhere(1)
+
+
+@task(tags=["warehouse"], resources={"cpu": 0.25})
+def load_table(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@flow
+def warehouse_loads(n: int, seconds: float):
+    """``n`` tasks tagged "warehouse", sleeping ``seconds`` each."""
+    return total(load_table.map([seconds] * n))

@@ -49,6 +49,7 @@ def _request(method: str, who: str):
         "ListWorkers": cs.ListWorkersRequest,
         "GetFlowRunStats": lambda: cs.GetFlowRunStatsRequest(flow_run_id="nope"),
         "ListTaskRuns": lambda: cs.ListTaskRunsRequest(flow_run_id="nope"),
+        "ListConcurrencyLimits": cs.ListConcurrencyLimitsRequest,
         "RegisterWorker": lambda: ws.RegisterWorkerRequest(
             worker_id=worker, capacity=common_pb2.Resources(amounts={"cpu": 1}), task_names=["t"]
         ),

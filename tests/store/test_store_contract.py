@@ -69,6 +69,16 @@ def test_rows_round_trip_and_updates(store):
     assert snap.nodes["f1"] == [("f1", 0, 1, 0)]
 
 
+def test_settings_kept_in_meta_round_trip_and_delete(store):
+    # Issue 17 item 4: limits set over the API and measured usage outlive a restart.
+    store.write(RowBatch(meta={"limit:warehouse": "2", "usage:task:t": "{}"}, next_task_run_id=5))
+    store.write(RowBatch(meta={"limit:warehouse": "3", "limit:gone": "1"}))
+    store.write(RowBatch(meta={"limit:gone": None, "limit:never": None}))
+    snap = store.load()
+    assert snap.meta == {"limit:warehouse": "3", "usage:task:t": "{}"}
+    assert snap.next_task_run_id == 5  # the store's own keys stay out of meta
+
+
 def test_pruning_deletes_a_flow_run_with_everything_it_owns(store):
     store.write(
         RowBatch(

@@ -60,6 +60,46 @@ class UnschedulableMixin:
         out.sort(key=lambda d: -d[2])
         return out
 
+    def limit_waits(self) -> dict[tuple[str, tuple], list[str]]:
+        """Full concurrency limits that queued task runs wait on, per demand group.
+
+        Returns:
+            ``{(pool, shape): ["warehouse (2/2 running)", ...]}`` with the
+            groups of :meth:`demand`; a group whose limits have room is absent.
+        """
+        out: dict[tuple[str, tuple], list[str]] = {}
+        held = self.slots_held
+        for by_node in self.ready.values():
+            for lane in by_node.values():
+                node = lane.node
+                if not node.counts[TaskRunState.SCHEDULED]:
+                    continue
+                for key, limit in self._slot_keys(node):
+                    running = held.get(key, 0)
+                    if running < limit:
+                        continue
+                    kind, name = key
+                    label = name if kind == "tag" else f"task {name}'s concurrency_limit"
+                    labels = out.setdefault((node.pool, node.shape[1]), [])
+                    text = f"{label} ({running}/{limit} running)"
+                    if text not in labels:
+                        labels.append(text)
+        return out
+
+    def limits_view(self) -> list[tuple[str, int, int, int]]:
+        """Every named limit: ``[(tag, limit, running now, task runs queued with the tag)]``."""
+        waiting: dict[str, int] = {}
+        for by_node in self.ready.values():
+            for lane in by_node.values():
+                node = lane.node
+                for tag in node.tags:
+                    if tag in self.limits:
+                        waiting[tag] = waiting.get(tag, 0) + node.counts[TaskRunState.SCHEDULED]
+        return [
+            (tag, limit, self.slots_held.get(("tag", tag), 0), waiting.get(tag, 0))
+            for tag, limit in sorted(self.limits.items())
+        ]
+
     def unschedulable_reasons(self, flow_run_id: str) -> dict[int, str]:
         """``{node index: reason}`` for the flow run's nodes reported unschedulable now.
 

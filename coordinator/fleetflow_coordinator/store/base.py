@@ -185,10 +185,15 @@ class RowBatch:
     pruned: list[str] = field(default_factory=list)
     #: Stored in ``meta`` (kept at its highest): ids below it are never reused.
     next_task_run_id: int = 0
+    #: ``{key: value}`` settings kept across restarts in ``meta`` (concurrency
+    #: limits set over the API, measured usage); a None value deletes the key.
+    #: Keys never start with one of :data:`RESERVED_META`.
+    meta: dict[str, str | None] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return (
-            len(self.flows)
+            len(self.meta)
+            + len(self.flows)
             + len(self.flow_updates)
             + len(self.nodes)
             + len(self.task_runs)
@@ -211,6 +216,12 @@ class RowSnapshot:
     events: dict[str, list[tuple]]
     #: The next task run id to issue (0 for a new store).
     next_task_run_id: int = 0
+    #: ``{key: value}`` written through :attr:`RowBatch.meta`.
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+#: ``meta`` keys the stores keep for themselves (never in ``RowSnapshot.meta``).
+RESERVED_META = ("schema_version", "next_task_run_id")
 
 
 class Store(Protocol):

@@ -26,6 +26,8 @@ class MemoryStore:
         self.expansions: dict[tuple[str, int], tuple] = {}
         self.writes = 0
         self.next_task_run_id = 0
+        #: {key: value} (RowBatch.meta)
+        self.meta: dict[str, str] = {}
 
     def load(self) -> RowSnapshot:
         """Return every stored row, grouped by flow run."""
@@ -38,7 +40,12 @@ class MemoryStore:
         events = {fid: [rows[s] for s in sorted(rows)] for fid, rows in self.events.items()}
         merge_expansions(list(self.expansions.values()), task_runs, events)
         return RowSnapshot(
-            list(self.flows.values()), nodes, task_runs, events, self.next_task_run_id
+            list(self.flows.values()),
+            nodes,
+            task_runs,
+            events,
+            self.next_task_run_id,
+            dict(self.meta),
         )
 
     def write(self, batch: RowBatch) -> None:
@@ -76,6 +83,11 @@ class MemoryStore:
             for key in [k for k, r in self.task_runs.items() if r[1] == flow_id]:
                 del self.task_runs[key]
         self.next_task_run_id = max(self.next_task_run_id, batch.next_task_run_id)
+        for key, value in batch.meta.items():
+            if value is None:
+                self.meta.pop(key, None)
+            else:
+                self.meta[key] = value
         self.writes += 1
 
     def close(self) -> None:

@@ -45,6 +45,7 @@ from fleetflow_coordinator.store.base import (
     FLOW_COLUMNS,
     NODE_COLUMNS,
     RANGE_COLUMNS,
+    RESERVED_META,
     TASK_RUN_COLUMNS,
     NotLeader,
     RowBatch,
@@ -379,8 +380,13 @@ class PostgresStore:
             row = cur.execute(
                 "SELECT value FROM fleetflow.meta WHERE key = 'next_task_run_id'"
             ).fetchone()
+            meta = {
+                k: v
+                for k, v in cur.execute("SELECT key, value FROM fleetflow.meta")
+                if k not in RESERVED_META
+            }
         merge_expansions(expansions, task_runs, events)
-        return RowSnapshot(flows, nodes, task_runs, events, int(row[0]) if row else 0)
+        return RowSnapshot(flows, nodes, task_runs, events, int(row[0]) if row else 0, meta)
 
     def write(self, batch: RowBatch) -> None:
         """Write one batch in one transaction, fenced by this coordinator's epoch.
@@ -435,6 +441,15 @@ class PostgresStore:
             cur.executemany(INSERT_EXPANSION, batch.expansions)
         if batch.next_task_run_id:
             cur.execute(NEXT_ID, (str(batch.next_task_run_id),))
+        for key, value in batch.meta.items():
+            if value is None:
+                cur.execute("DELETE FROM fleetflow.meta WHERE key = %s", (key,))
+            else:
+                cur.execute(
+                    "INSERT INTO fleetflow.meta (key, value) VALUES (%s, %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    (key, value),
+                )
         for flow_id in batch.pruned:
             for table, column in (
                 ("expansions", "flow_id"),

@@ -26,6 +26,7 @@ from fleetflow_coordinator.store.base import (
     FLOW_UPDATE_COLUMNS,
     NODE_COLUMNS,
     RANGE_COLUMNS,
+    RESERVED_META,
     SCHEMA_VERSION,
     TASK_RUN_COLUMNS,
     RowBatch,
@@ -250,7 +251,10 @@ class SqliteStore(Store):
         expansions = db.execute(f"SELECT {', '.join(RANGE_COLUMNS)} FROM expansions").fetchall()
         merge_expansions(expansions, task_runs, events)
         row = db.execute("SELECT value FROM meta WHERE key = 'next_task_run_id'").fetchone()
-        return RowSnapshot(flows, nodes, task_runs, events, int(row[0]) if row else 0)
+        meta = {
+            k: v for k, v in db.execute("SELECT key, value FROM meta") if k not in RESERVED_META
+        }
+        return RowSnapshot(flows, nodes, task_runs, events, int(row[0]) if row else 0, meta)
 
     def write(self, batch: RowBatch) -> None:
         """Write one batch in one transaction.
@@ -280,6 +284,15 @@ class SqliteStore(Store):
                     "MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
                     (str(batch.next_task_run_id),),
                 )
+            for key, value in batch.meta.items():
+                if value is None:
+                    db.execute("DELETE FROM meta WHERE key = ?", (key,))
+                else:
+                    db.execute(
+                        "INSERT INTO meta (key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (key, value),
+                    )
             for flow_id in batch.pruned:
                 for table, column in (
                     ("expansions", "flow_id"),

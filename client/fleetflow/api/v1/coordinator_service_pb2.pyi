@@ -272,18 +272,20 @@ class GetDemandRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Demand(_message.Message):
-    __slots__ = ("pool", "resources", "waiting", "task_names", "unschedulable_reason")
+    __slots__ = ("pool", "resources", "waiting", "task_names", "unschedulable_reason", "waiting_on_limits")
     POOL_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
     TASK_NAMES_FIELD_NUMBER: _ClassVar[int]
     UNSCHEDULABLE_REASON_FIELD_NUMBER: _ClassVar[int]
+    WAITING_ON_LIMITS_FIELD_NUMBER: _ClassVar[int]
     pool: str
     resources: _common_pb2.Resources
     waiting: int
     task_names: _containers.RepeatedScalarFieldContainer[str]
     unschedulable_reason: str
-    def __init__(self, pool: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., waiting: _Optional[int] = ..., task_names: _Optional[_Iterable[str]] = ..., unschedulable_reason: _Optional[str] = ...) -> None: ...
+    waiting_on_limits: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pool: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., waiting: _Optional[int] = ..., task_names: _Optional[_Iterable[str]] = ..., unschedulable_reason: _Optional[str] = ..., waiting_on_limits: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetDemandResponse(_message.Message):
     __slots__ = ("demand",)
@@ -434,3 +436,27 @@ class ListTaskRunsResponse(_message.Message):
     task_runs: _containers.RepeatedCompositeFieldContainer[TaskRunSummary]
     total: int
     def __init__(self, task_runs: _Optional[_Iterable[_Union[TaskRunSummary, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class ListConcurrencyLimitsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ConcurrencyLimit(_message.Message):
+    __slots__ = ("tag", "limit", "running", "waiting", "source")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    tag: str
+    limit: int
+    running: int
+    waiting: int
+    source: str
+    def __init__(self, tag: _Optional[str] = ..., limit: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ListConcurrencyLimitsResponse(_message.Message):
+    __slots__ = ("limits",)
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    limits: _containers.RepeatedCompositeFieldContainer[ConcurrencyLimit]
+    def __init__(self, limits: _Optional[_Iterable[_Union[ConcurrencyLimit, _Mapping]]] = ...) -> None: ...

@@ -99,6 +99,11 @@ class CoordinatorServiceStub:
                 request_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListTaskRunsRequest.SerializeToString,
                 response_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListTaskRunsResponse.FromString,
                 _registered_method=True)
+        self.ListConcurrencyLimits = channel.unary_unary(
+                '/fleetflow.api.v1.CoordinatorService/ListConcurrencyLimits',
+                request_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListConcurrencyLimitsRequest.SerializeToString,
+                response_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListConcurrencyLimitsResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -200,6 +205,14 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListConcurrencyLimits(self, request, context):
+        """Every named concurrency limit: how many run now, how many wait, and
+        whether it was set over the API (stored) or by the coordinator's settings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -267,6 +280,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.ListTaskRuns,
                     request_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListTaskRunsRequest.FromString,
                     response_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListTaskRunsResponse.SerializeToString,
+            ),
+            'ListConcurrencyLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConcurrencyLimits,
+                    request_deserializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListConcurrencyLimitsRequest.FromString,
+                    response_serializer=fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListConcurrencyLimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -620,6 +638,33 @@ class CoordinatorService:
             '/fleetflow.api.v1.CoordinatorService/ListTaskRuns',
             fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListTaskRunsRequest.SerializeToString,
             fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListTaskRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConcurrencyLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetflow.api.v1.CoordinatorService/ListConcurrencyLimits',
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListConcurrencyLimitsRequest.SerializeToString,
+            fleetflow_dot_api_dot_v1_dot_coordinator__service__pb2.ListConcurrencyLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,
