@@ -2,13 +2,16 @@
 
 An aiohttp application on the coordinator's own event loop, next to the gRPC
 server, so every handler reads the core between two awaits and sees a
-consistent state without locks. It is read-only: only GET routes exist.
+consistent state without locks. It only reads the core, except for the two
+cancel actions of ``dashboard_api``.
 
 Routes:
 
 * ``/`` and ``/static/*``: one HTML page and one vanilla-JS file (no build step);
 * ``/api/overview?flow_run_id=ID``: what one dashboard update shows;
-* ``/api/flow-runs``, ``/api/flow-runs/{id}``, ``/api/workers``: the parts;
+* ``/api/flow-runs/{id}``, ``/api/workers``: the parts;
+* paged lists, the graph, the task stream, task-run pages and the cancel
+  actions: see :mod:`fleetflow_coordinator.dashboard_api`;
 * ``/api/demand[?pool=NAME]``: the autoscaling signal (``autoscale.py``);
 * ``/api/stream?flow_run_id=ID``: the overview as server-sent events, pushed
   when the state changed, at most every ``push_interval_s`` and at least
@@ -34,7 +37,7 @@ import structlog
 from aiohttp import web
 from fleetflow.api.v1 import common_pb2
 
-from fleetflow_coordinator import http_guard
+from fleetflow_coordinator import dashboard_api, http_guard
 from fleetflow_coordinator.autoscale import demand_json
 from fleetflow_coordinator.core.model import FAILED_TASK_STATES, TERMINAL_TASK_STATES
 from fleetflow_coordinator.metrics import CONTENT_TYPE
@@ -43,7 +46,6 @@ from fleetflow_coordinator.observe import (
     AttemptLog,
     Observer,
     flow_detail,
-    flow_summary,
     worker_view,
 )
 from fleetflow_coordinator.runtime import Runtime
@@ -107,7 +109,6 @@ class Dashboard:
             [
                 web.get("/", self._index),
                 web.get("/api/overview", self._overview),
-                web.get("/api/flow-runs", self._flow_runs),
                 web.get("/api/flow-runs/{flow_run_id}", self._flow_run),
                 web.get("/api/workers", self._workers),
                 web.get("/api/enums", self._enums),
@@ -117,6 +118,7 @@ class Dashboard:
                 web.static("/static", STATIC_DIR),
             ]
         )
+        dashboard_api.add_routes(self.app, runtime, self.observer)
         self._runner: web.AppRunner | None = None
         self._folder: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
@@ -212,11 +214,6 @@ class Dashboard:
         self.observer.catch_up()
         _, body = self.snapshot(request.query.get("flow_run_id") or None)
         return web.Response(body=body, content_type="application/json", headers=_NO_STORE)
-
-    async def _flow_runs(self, request: web.Request) -> web.Response:
-        now = self.rt.clock()
-        flows = [flow_summary(f, now) for f in self.rt.core.flows.values()]
-        return self._json({"flow_runs": flows})
 
     async def _flow_run(self, request: web.Request) -> web.Response:
         flow_run_id = request.match_info["flow_run_id"]

@@ -43,6 +43,8 @@ TOP_SLOWEST = 10
 MAX_FAILURES = 20
 #: Tracebacks are cut to their last this-many characters.
 TRACEBACK_CHARS = 6000
+#: Finished attempts kept per flow run for its task stream (the newest).
+STREAM_ATTEMPTS = 5000
 #: Events folded per :meth:`Observer.catch_up` call, so one call never blocks
 #: the event loop for long (a 100,000-task flow run logs about 300,000 events).
 FOLD_BUDGET = 50_000
@@ -210,6 +212,11 @@ class FlowDigest:
     awaiting: set[int] = field(default_factory=set)
     #: Task runs whose attempt was lost and that have no new state yet.
     limbo: set[int] = field(default_factory=set)
+    #: The newest STREAM_ATTEMPTS finished attempts, oldest first: (worker_id,
+    #: task_name, started_at, ended_at, outcome, task_run_id, index).
+    stream: deque[tuple[str, str, float, float, str, int, int]] = field(
+        default_factory=lambda: deque(maxlen=STREAM_ATTEMPTS)
+    )
 
     def fold(
         self,
@@ -418,6 +425,9 @@ class FlowDigest:
             "error_type": getattr(error, "type", "") or "",
         }
         sink.finished(self.flow_run_id, record)
+        self.stream.append(
+            (run.worker_id, run.task_name, run.started_at, time, outcome, tid, run.index)
+        )
         entry = (duration, seq, record)
         if len(self.slowest) < TOP_SLOWEST:
             heapq.heappush(self.slowest, entry)

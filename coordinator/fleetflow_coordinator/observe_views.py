@@ -106,6 +106,9 @@ def _bytes_label(amount: float) -> str:
     for unit, size in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
         if amount >= size and amount % size == 0:
             return f"{amount / size:g}{unit}"
+    for unit, size in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if amount >= size:  # not a whole number of units: 3 digits, never 2e+08
+            return f"{amount / size:.3g}{unit}"
     return f"{amount:g}"
 
 
