@@ -86,7 +86,7 @@ async def test_attempts_wait_for_devices_not_only_for_counted_capacity(make_pool
     assert any(spans[i][1] <= spans[j][0] + 0.05 for i in range(3) for j in range(3) if i != j)
 
 
-@pytest.mark.parametrize("end", ["sigkill", "timeout", "skip", "cancel"])
+@pytest.mark.parametrize("end", ["sigkill", "timeout", "memory", "skip", "cancel", "closed"])
 async def test_devices_come_back_on_every_end(make_pool, end):
     pool = await make_pool(size=1, gpu_slots=("0",))
     if end == "sigkill":
@@ -96,6 +96,18 @@ async def test_devices_come_back_on_every_end(make_pool, end):
     elif end == "timeout":
         result = await run_gpu(pool, 1.0, 5.0, timeout_s=0.3)
         assert result.timed_out and TaskTimeout.__name__ in str(result.payload[1])
+    elif end == "memory":
+        hog = [("mib", dumps(400)), ("hold_s", dumps(3.0))]
+        result = await pool.run("hog", hog, False, memory_request_bytes=50 * 2**20, gpu=1)
+        assert "MemoryLimitExceeded" in str(result.payload[1]) and result.devices == ("0",)
+    elif end == "closed":  # the worker stops: its pool is killed under the attempt
+        running = asyncio.ensure_future(run_gpu(pool, 1.0, 5.0))
+        await asyncio.sleep(0.5)
+        pool.kill()
+        result = await asyncio.wait_for(running, 10)
+        assert result is None or result.infrastructure
+        assert pool.devices.in_use == 0
+        return
     elif end == "skip":
         flag = {"skip": False}
         running = asyncio.ensure_future(run_gpu(pool, 1.0, 5.0, skip=lambda: flag["skip"]))
@@ -113,6 +125,24 @@ async def test_devices_come_back_on_every_end(make_pool, end):
     assert pool.devices.in_use == 0
     devices, *_ = value_of(await run_gpu(pool, 1.0))  # the device is usable again
     assert devices == "0"
+
+
+async def test_a_batch_holds_one_allocation_for_all_its_members(make_pool):
+    from fleetflow_worker._pool import BatchItem
+
+    pool = await make_pool(size=2, gpu_slots=("0", "1"))
+    results: dict[int, object] = {}
+    items = [BatchItem([("seconds", dumps(0.05))], False, {}) for _ in range(4)]
+    await pool.run_batch(
+        "gpu_visible",
+        items,
+        cancelled=lambda i: False,
+        on_result=lambda i, r: results.__setitem__(i, r),
+        gpu=1.0,
+    )
+    seen = [value_of(results[i]) for i in range(4)]
+    assert {s[0] for s in seen} == {"0"} and len({s[1] for s in seen}) == 1
+    assert all(results[i].devices == ("0",) for i in range(4))
 
 
 async def test_cpu_attempts_on_a_gpu_worker_see_no_devices(make_pool):
@@ -249,4 +279,43 @@ async def test_a_worker_assigns_devices_reports_them_and_logs_them(sample_tasks,
     assert sorted(e["gpus"] for e in lines) == sorted(
         loads(outcomes[i, 1].value)[0] for i in range(1, 4)
     )
+    assert worker.pool.devices.in_use == 0
+
+
+async def test_async_attempts_hold_their_devices_too(sample_tasks, sample_tasks_path):
+    import time
+
+    from fake_worker_service import FakeCoordinator, make_lease, start_server
+    from fleetflow_worker import Worker, WorkerSettings
+
+    fake = FakeCoordinator()
+    server, port = await start_server(fake)
+    settings = WorkerSettings(
+        coordinator=f"127.0.0.1:{port}",
+        cpu=2,
+        memory=1e9,
+        resources={"gpu": 1},
+        lease_wait_s=0.2,
+        backoff_cap_s=0.2,
+    )
+    worker = Worker(settings, sample_tasks, [sample_tasks_path])
+    running = asyncio.create_task(worker.run())
+    try:
+        await fake.wait_for(lambda: fake.registrations)
+        first = make_lease(1, "asleep", seconds=0.6)
+        first.resources.amounts["gpu"] = 1
+        second = make_lease(2, "gpu_visible")
+        second.resources.amounts["gpu"] = 1
+        put = time.monotonic()
+        fake.leases.put_nowait(first)
+        await asyncio.sleep(0.1)
+        fake.leases.put_nowait(second)
+        outcomes = await fake.wait_outcomes(2)
+    finally:
+        worker.stop(force=True)
+        await asyncio.wait_for(running, 15)
+        await server.stop(0)
+    assert list(outcomes[1, 1].gpu_devices) == ["0"] == list(outcomes[2, 1].gpu_devices)
+    devices, _, started, _ = loads(outcomes[2, 1].value)
+    assert devices == "0" and started - put >= 0.5, "the plain attempt waited for the device"
     assert worker.pool.devices.in_use == 0

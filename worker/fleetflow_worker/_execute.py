@@ -11,6 +11,7 @@ kills its task process, and frees its slot at once. Each attempt logs one
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -422,9 +423,7 @@ class AttemptRunner:
                 return PoolResult(encode_error(exc, infrastructure=True), infrastructure=True)
             except Exception as exc:  # noqa: BLE001 - bad arguments fail the attempt
                 return PoolResult(encode_error(exc))
-            inner = asyncio.ensure_future(
-                _guarded(coro, task, lease.split_result, lease.timeout_seconds, store)
-            )
+            inner = asyncio.ensure_future(self._async_attempt(coro, task, lease, store))
         else:
             inner = asyncio.ensure_future(self._in_process(key, task, args, lease, store))
         self._inner[key] = inner
@@ -441,6 +440,30 @@ class AttemptRunner:
             return PoolResult(encode_error(exc), infrastructure=True)
         finally:
             del self._inner[key]
+
+    async def _async_attempt(
+        self, coro: Any, task: Task, lease: worker_service_pb2.Lease, store: StoreContext | None
+    ) -> PoolResult:
+        """An ``async def`` attempt on the loop, holding its GPU devices (if any) meanwhile.
+
+        It runs in the worker's own process, so its devices are not exported
+        as ``CUDA_VISIBLE_DEVICES``; holding them keeps plain ``def`` attempts
+        off them, and the outcome names them.
+        """
+        gpu = gpu_request(lease)
+        held = None
+        if gpu > 0:
+            try:
+                held = await self.pool.hold_devices(gpu)
+            except BaseException:
+                coro.close()  # never started
+                raise
+        try:
+            result = await _guarded(coro, task, lease.split_result, lease.timeout_seconds, store)
+        finally:
+            if held is not None:
+                self.pool.release_devices(held)
+        return result if held is None else dataclasses.replace(result, devices=held.ids)
 
     async def _in_process(
         self,

@@ -328,26 +328,54 @@ class TaskProcessPool:
                 return taken
             if cancelled is not None and cancelled(0):
                 return None
-            waker = asyncio.get_running_loop().create_future()
-            self._wakers.append(waker)
-            self._waiting += 1
-            try:
-                # Bounded, so a cancelled single attempt stops waiting soon.
-                await asyncio.wait([waker], timeout=self.sample_interval_s * 5)
-            finally:
-                self._waiting -= 1
-                if waker in self._wakers:
-                    self._wakers.remove(waker)
+            await self._wait_for_change()
+
+    async def hold_devices(self, gpu: float) -> Allocation:
+        """Devices for an attempt that runs outside the pool (``async def``), once free.
+
+        The caller gives them back with :meth:`release_devices`.
+
+        Raises:
+            RuntimeError: the pool is closed.
+        """
+        while True:
+            if self._closed:
+                raise RuntimeError("the task process pool is closed")
+            held = self.devices.acquire(gpu)
+            if held is not None:
+                return held
+            await self._wait_for_change()
+
+    def release_devices(self, held: Allocation) -> None:
+        """Give back what :meth:`hold_devices` returned."""
+        self.devices.release(held)
+        self._wake()
+
+    async def _wait_for_change(self) -> None:
+        """Until a seat is freed or devices come back (bounded: callers check again)."""
+        waker = asyncio.get_running_loop().create_future()
+        self._wakers.append(waker)
+        self._waiting += 1
+        try:
+            # Bounded, so a cancelled single attempt stops waiting soon.
+            await asyncio.wait([waker], timeout=self.sample_interval_s * 5)
+        finally:
+            self._waiting -= 1
+            if waker in self._wakers:
+                self._wakers.remove(waker)
+
+    def _wake(self) -> None:
+        wakers, self._wakers = self._wakers, []
+        for waker in wakers:
+            if not waker.done():
+                waker.set_result(None)
 
     def _give_back(self, seat: Seat) -> None:
         if seat.core or self._waiting:
             self._free.append(seat)
         else:
             self._retire(seat)
-        wakers, self._wakers = self._wakers, []
-        for waker in wakers:
-            if not waker.done():
-                waker.set_result(None)
+        self._wake()
 
     def _env(self, binding: str | None) -> dict[str, str] | None:
         """Environment an attempt's process runs it with (None: left alone)."""
