@@ -45,6 +45,8 @@ def test_the_readmes_secured_fleet_commands_run_a_flow(tmp_path):
     """The README's commands, with machine A on loopback and small sizes."""
     commands = _readme_fleet_commands()
     assert [c[1] for c in commands] == ["certs", "token", "token", "coordinator", "worker", "run"]
+    # One worker token per worker machine, named after it (identity is the credential).
+    assert commands[1][2:4] == ["worker", "B"] and "pki/B.token" in commands[4]
     env = {**_env(), "COLUMNS": "200"}
     for key in [k for k in env if k.startswith("FLEETFLOW_")]:
         del env[key]
@@ -91,7 +93,7 @@ def test_the_readmes_secured_fleet_commands_run_a_flow(tmp_path):
         assert summary["files"] == len([p for p in root.rglob("*.py")
                                         if "__pycache__" not in p.parts])  # fmt: skip
         assert stat.S_IMODE((tmp_path / "ff.db").stat().st_mode) == 0o600
-        tokens = [(tmp_path / "pki" / n).read_text().strip() for n in ("worker.token",
+        tokens = [(tmp_path / "pki" / n).read_text().strip() for n in ("B.token",
                                                                        "alice.token")]  # fmt: skip
         logged = (tmp_path / "coordinator.log").read_text() + run.stdout + run.stderr
         assert not any(t in logged for t in tokens), "a token was logged"
