@@ -200,6 +200,15 @@ async def test_gpu_tasks_return_to_the_seat_holding_their_devices(make_pool):
     assert (pid2, calls1, calls2) == (pid1, 1, 2)
 
 
+async def test_another_gpu_task_takes_other_devices_than_a_warm_process_holds(make_pool):
+    pool = await make_pool(size=3, gpu_slots=("0", "1"))
+    pid_a, *_ = await warm(pool, "a", gpu=1)
+    b_devices, pid_b, *_ = value_of(await run_gpu(pool, 1.0))
+    assert b_devices == "1" and pid_b != pid_a, "b left a's device and process alone"
+    pid_again, calls, _ = await warm(pool, "b", gpu=1)
+    assert (pid_again, calls) == (pid_a, 2)
+
+
 async def test_a_killed_process_loses_its_kept_state(make_pool):
     pool = await make_pool(size=1, gpu_slots=())
     pid1, *_ = await warm(pool, "a")

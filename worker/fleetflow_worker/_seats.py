@@ -94,7 +94,9 @@ def pick(
 
     Devices are acquired on ``devices`` (the caller releases them when the
     attempt ends). A GPU attempt first tries the devices of the most recently
-    used free seat that ran the same task, so its warm process is reused.
+    used free seat that ran the same task, so its warm process is reused;
+    otherwise it prefers devices no other task's free warm process is bound
+    to, so it does not push that task off its process.
 
     Args:
         free: The free seats.
@@ -113,7 +115,14 @@ def pick(
             if held.visible_devices == seat.bound:
                 return Pick(seat, held, seat.bound)
             devices.release(held)
-        held = devices.acquire(gpu)
+        # Other tasks' warm processes keep their devices when others are free.
+        theirs = {
+            d
+            for s in free
+            if s.bound and s.last_task not in (None, task_name)
+            for d in s.bound.split(",")
+        }
+        held = devices.acquire(gpu, prefer=[d for d in devices.slots if d not in theirs])
         if held is None:
             return None
     else:
