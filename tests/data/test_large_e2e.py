@@ -182,13 +182,12 @@ def test_a_wide_fan_in_of_10_kb_results(fleet):
 
 def test_a_deleted_or_damaged_input_fails_clearly_and_prune_removes_objects(fleet):
     fleet.start_coordinator("--lease-ttl", "3")
-    fleet.start_worker("--cpu", "1", module=FLOWS)
     results = Path(fleet.db).parent / "results"
     with Client(fleet.address) as client:
         for damage in ("delete", "corrupt"):
             big = bytes(range(256)) * 4096  # 1 MiB: stored by the client
             run = client.submit(large_flows.big_parameter, blob=big)
-            # damage the stored argument before a worker can read it
+            # damage the stored argument while no worker is there to read it
             stored = sorted((results / "submit").rglob("*"), key=lambda p: p.stat().st_mtime)
             target = [p for p in stored if p.is_file()][-1]
             if damage == "delete":
@@ -197,8 +196,10 @@ def test_a_deleted_or_damaged_input_fails_clearly_and_prune_removes_objects(flee
                 data = bytearray(target.read_bytes())
                 data[-100] ^= 0xFF
                 target.write_bytes(bytes(data))
+            worker = fleet.start_worker("--cpu", "1", module=FLOWS)
             with pytest.raises(Exception) as info:
                 run.result(timeout=120)
+            worker.stop()
             message = str(info.value)
             assert target.name in message, message
             assert ("not found" if damage == "delete" else "checksum mismatch") in message
@@ -207,6 +208,7 @@ def test_a_deleted_or_damaged_input_fails_clearly_and_prune_removes_objects(flee
             assert len(task_run.attempts) == 3
             assert all(a.infrastructure for a in task_run.attempts[:-1])
             assert all(target.name in a.error.message for a in task_run.attempts)
+        fleet.start_worker("--cpu", "1", module=FLOWS)
         ok = client.submit(large_flows.big_roundtrip, n=2 * 10**6)
         assert len(ok.result(timeout=60)) == 2 * 10**6
         assert (results / "runs" / ok.id).exists()
