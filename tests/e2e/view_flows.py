@@ -67,3 +67,24 @@ def load_table(seconds: float) -> float:
 def warehouse_loads(n: int, seconds: float):
     """``n`` tasks tagged "warehouse", sleeping ``seconds`` each."""
     return total(load_table.map([seconds] * n))
+
+
+@task
+def slow_check(i: int, seconds: float, every: int) -> int:
+    time.sleep(seconds)
+    if every and i % every == every - 1:
+        raise ValueError(f"item {i} is bad")
+    return i
+
+
+@task
+def double(x: int) -> int:
+    time.sleep(0.05)
+    return 2 * x
+
+
+@flow
+def stream_demo(n: int, seconds: float):
+    """A picture for the docs: a map, a map over it item by item where some fail, a fan-in."""
+    doubled = double.map(range(n))
+    return total(slow_check.map(doubled, seconds=seconds, every=5))

@@ -354,6 +354,7 @@ function render(data) {
   show("#flow-panel", Boolean(flow));
   if (!flow) return;
   renderFlowHeader(flow, data);
+  if (window.fleetflowViews) window.fleetflowViews.update(flow);  // graph, stream, lists (views.js)
   if (changed("nodes", flow.node_counts)) renderNodes(flow);
   if (changed("warnings", flow.unschedulable)) renderWarnings(flow);
   if (changed("slowest", [flow.slowest, flow.running_longest.map((r) => [r.task_run_id, Math.floor(r.running_s)])])) {
