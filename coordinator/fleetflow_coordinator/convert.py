@@ -169,7 +169,9 @@ def add_leases(
             batch=grant.batch,
             inline_max_bytes=inline_limit(node, inline_max_bytes, map_inline_bytes),
         )
-        lease.resources.amounts.update(node.resources)
+        amounts = lease.resources.amounts
+        for resource, amount in node.resources.items():  # faster than the ABC's update()
+            amounts[resource] = amount
         args = lease.args
         for (name, value), spec in zip(grant.args, node.args, strict=True):
             arg = args.add(name=name)

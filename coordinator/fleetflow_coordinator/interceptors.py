@@ -164,6 +164,8 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         self.auth = auth
         self.on_refused = on_refused
         self.health = HealthGate(auth, on_refused)
+        #: {method: (its handler, the wrapped handler)}
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def _admit(self, method: str, context: grpc.aio.ServicerContext) -> Principal:
         """The caller, once authenticated and authorised for ``method``."""
@@ -192,6 +194,15 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or _service_of(method) not in SERVICES:
             return self.health.gate(method, handler)
+        # A method's handler never changes: wrap it once, not on every call
+        # (a one-task flow's round trip makes four calls).
+        wrapped = self._wrapped.get(method)
+        if wrapped is None or wrapped[0] is not handler:
+            wrapped = self._wrapped[method] = (handler, self._wrap(method, handler))
+        return wrapped[1]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` behind the admission, decoding, bounds and error table."""
         decode = _checked_decoder(method, handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
