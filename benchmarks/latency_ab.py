@@ -86,7 +86,9 @@ def run_one(tree: Path, w3: int, w1: int, tag: str) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trees", required=True, help="comma-separated checkouts, e.g. /tmp/base,.")
+    parser.add_argument(
+        "--trees", required=True, help="comma-separated checkouts, e.g. /tmp/base,."
+    )
     parser.add_argument("--reps", type=int, default=4)
     parser.add_argument("--w3", type=int, default=200)
     parser.add_argument("--w1", type=int, default=20_000)
