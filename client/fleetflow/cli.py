@@ -11,7 +11,6 @@ fleetflow.cli`` stays light and the client never depends on them.
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib
 import json
 import os
@@ -31,7 +30,6 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Column, Table
 from rich.text import Text
 
 from fleetflow._cli_config import config_group
@@ -45,23 +43,19 @@ from fleetflow._cli_fleet import (
     sigterm_raises_interrupt,
 )
 from fleetflow._cli_params import convert_param, parse_params
-from fleetflow._cli_progress import note_reasons, other_counts
+from fleetflow._cli_progress import count_parts, note_reasons, other_counts
 from fleetflow._cli_render import format_event, print_failure, render_result, type_name
 from fleetflow._cli_views import (
     check_coordinator,
-    coordinator_option,
-    flow_run_summary_json,
-    follow_progress,
     inspect_command,
-    print_outcome,
     workers_command,
 )
+from fleetflow._cli_watch import flow_runs_command, watch_command
 from fleetflow._client import Client, FlowRunInfo
 from fleetflow._task import Flow
 from fleetflow.config import flow_runner_target
 from fleetflow.credentials import Credentials
 from fleetflow.errors import FleetflowError
-from fleetflow.events import FlowEvent
 from fleetflow.loader import load_target
 
 __all__ = [
@@ -362,6 +356,7 @@ def run_command(
                     if info.state == "COMPLETED":
                         raise  # the result could not be fetched or unpickled
                     print_failure(err, exc, flow_run_id)
+                    _print_failed_task_runs(err, client, info, address, embedded=fleet is not None)
                 else:
                     out.print(render_result(result))
                     if output is not None:
@@ -387,6 +382,41 @@ def run_command(
             if fleet is not None or handle_seen(flow_run_id):
                 err.print(f"wall time: {time.monotonic() - started:.2f} s")
     sys.exit(code)
+
+
+#: Failed task runs ``fleetflow run`` lists after a failure.
+FAILED_SHOWN = 10
+
+
+def _print_failed_task_runs(
+    err: Console, client: Client, info: FlowRunInfo, address: str, *, embedded: bool
+) -> None:
+    """After a failed run: its first failed task runs (ids next to map indexes) and counts."""
+    from fleetflow._cli_taskruns import FAILED_STATES, input_text
+
+    err.print(f"{count_parts(info)}")
+    if not info.failed:
+        return
+    try:
+        page = client.list_task_runs(info.flow_run_id, states=FAILED_STATES, limit=FAILED_SHOWN)
+    except FleetflowError:
+        return  # an older coordinator: the counts above must do
+    shown = len(page.task_runs)
+    err.print(f"failed task runs ({shown} of {page.total:,}):")
+    for row in page.task_runs:
+        where = input_text(row)
+        err.print(
+            Text(
+                f"  task run {row.task_run_id}  {row.task_name}[{row.index}]"
+                + (f"  ({where})" if where else "")
+                + f"  {row.error}"
+            ),
+            highlight=False,
+        )
+    if not embedded:
+        err.print(
+            f"all of them: fleetflow inspect {info.flow_run_id} --failed --coordinator {address}"
+        )
 
 
 def _fleet_options(
@@ -450,96 +480,10 @@ def handle_seen(flow_run_id: str) -> bool:
     return flow_run_id != "(not submitted)"
 
 
-# ---------------------------------------------------------- flow-runs and watch
-
-
-def _local_time(epoch_s: float) -> str:
-    return dt.datetime.fromtimestamp(epoch_s).strftime("%m-%d %H:%M:%S")
-
-
-@cli.command("flow-runs")
-@coordinator_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def flow_runs_command(address: str, as_json: bool) -> None:
-    """List the coordinator's flow runs."""
-    try:
-        with Client(address) as client:
-            runs = client.list_flow_runs()
-    except FleetflowError as exc:
-        raise click.ClickException(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps([flow_run_summary_json(run) for run in runs], indent=2))
-        return
-    id_width = max((len(run.flow_run_id) for run in runs), default=2)
-    table = Table(
-        Column("id", no_wrap=True, min_width=id_width),
-        "flow",
-        "state",
-        "created",
-        "duration",
-        "task runs",
-        "failed",
-        "upstream failed",
-        "cancelled",
-    )
-    for run in runs:
-        duration = "" if run.duration_s is None else f"{run.duration_s:.1f} s"
-        table.add_row(
-            run.flow_run_id,
-            run.name,
-            run.state,
-            _local_time(run.created_at),
-            duration,
-            f"{run.finished}/{run.total}",
-            str(run.failed),
-            str(run.upstream_failed),
-            str(run.cancelled),
-        )
-    Console().print(table)
-
-
-@cli.command("watch")
-@click.argument("flow_run_id")
-@coordinator_option
-@click.option(
-    "--events", "events", is_flag=True, help="Print one line per event instead of progress bars."
-)
-@click.option(
-    "--after-seq",
-    type=click.IntRange(min=0),
-    default=0,
-    help="With --events: skip events up to this seq.",
-)
-def watch_command(flow_run_id: str, address: str, events: bool, after_seq: int) -> None:
-    """Follow a flow run until it ends: live progress bars per task, or its events.
-
-    A mapped task is one bar however many task runs it has. Exits 0 when the
-    flow run completed, 1 otherwise.
-    """
-    if not events:
-        console = Console(stderr=False)
-        try:
-            with Client(address) as client:
-                info = follow_progress(client, flow_run_id, console)
-                print_outcome(client, info, console)
-        except FleetflowError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            sys.exit(130)
-        sys.exit(0 if info.state == "COMPLETED" else 1)
-    last: FlowEvent | None = None
-    try:
-        with Client(address) as client:
-            for event in client.watch(flow_run_id, after_seq=after_seq):
-                click.echo(format_event(event))
-                last = event
-    except FleetflowError as exc:
-        raise click.ClickException(str(exc)) from None
-    sys.exit(0 if last is not None and last.kind == "FLOW_RUN_COMPLETED" else 1)
-
-
 # ------------------------------------------------------------ workers, inspect
 
+cli.add_command(flow_runs_command)
+cli.add_command(watch_command)
 cli.add_command(workers_command)
 cli.add_command(inspect_command)
 cli.add_command(cancel_command)

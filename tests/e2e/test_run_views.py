@@ -243,3 +243,18 @@ def test_limits_are_listed_stored_and_shown_in_queue_and_usage_survives(fleet):
     assert fleetflow("limit", "--list", "--coordinator", address).stdout.strip() == (
         "no concurrency limits are set"
     )
+
+
+def test_a_failed_run_lists_its_failed_task_runs_with_ids(fleet):
+    address = fleet.start_coordinator()
+    fleet.start_worker(module=VIEW_FLOWS)
+    done = fleetflow(
+        "run", f"{VIEW_FLOWS}:some_fail", "-p", "n=40", "-p", "every=10",
+        "--coordinator", address, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "36 completed, 4 failed, 1 upstream failed" in done.stderr, done.stderr[-3000:]
+    assert "failed task runs (4 of 4):" in done.stderr
+    listed = re.findall(r"task run (\d+)  check\[(\d+)\]  \(i=\d+\)  ValueError", done.stderr)
+    assert [int(i) for _, i in listed] == [0, 10, 20, 30]
+    assert "fleetflow inspect" in done.stderr and "--failed" in done.stderr
