@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import re
+from pathlib import Path
 
 import grpc
 import pytest
@@ -307,3 +309,23 @@ async def test_both_ways_of_sending_a_token_work(pki):
                 stub.ListWorkers(cs.ListWorkersRequest(), timeout=5)
 
         await asyncio.to_thread(blocking)
+
+
+def test_the_threat_models_role_table_lists_what_each_role_may_call():
+    """docs/architecture.md's role table matches METHOD_ROLES, row by row (no drift)."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    table = doc.split("| role | may call | why |", 1)[1].split("\n\n", 1)[0]
+    names = {m.rpartition("/")[2] for m in METHOD_ROLES}
+    rows = {}
+    for row in table.strip().splitlines()[1:]:
+        role, calls = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        rows[role.strip("`")] = calls
+    listed = {role: set(re.findall(r"`(\w+)`", calls)) & names for role, calls in rows.items()}
+    if "every read" in rows["client"]:
+        listed["client"] |= listed["viewer"]
+    if "all of the above" in rows["admin"]:
+        listed["admin"] |= set().union(*listed.values())
+    for role in ROLES:
+        want = {m.rpartition("/")[2] for m, roles in METHOD_ROLES.items() if role in roles}
+        assert listed[role] == want, (role, listed[role] ^ want)
+    assert not listed["no credential"]  # only the health service's Check
