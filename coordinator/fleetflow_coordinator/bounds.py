@@ -316,6 +316,8 @@ def _register(request: ws.RegisterWorkerRequest) -> None:
 def _heartbeat(request: ws.HeartbeatRequest) -> None:
     _worker_id(request.worker_id)
     _held("running", request.running)
+    if request.HasField("capacity"):  # as at registration
+        _resources("capacity", request.capacity.amounts, _capacity_limit)
     if not 0.0 <= request.cpu_percent <= 100.0:
         request.cpu_percent = _clamp(request.cpu_percent, 100.0)
     if not 0.0 <= request.memory_available <= _LIMIT["usage"]:

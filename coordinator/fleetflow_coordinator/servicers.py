@@ -443,6 +443,7 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
             self.rt.clock(),
             cpu_percent=request.cpu_percent,
             memory_available=request.memory_available,
+            capacity=dict(request.capacity.amounts) if request.HasField("capacity") else None,
         )
         self.rt.after_change()
         self.rt.metrics.heartbeats.inc()

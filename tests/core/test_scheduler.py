@@ -262,6 +262,25 @@ def test_heartbeat_cancels_attempts_the_worker_should_not_run():
     assert known and cancel == [(999, 1)]
 
 
+def test_a_heartbeat_carries_a_new_capacity_as_the_workers_cluster_changes():
+    # An executor on a Dask cluster: capacity grows as Dask workers join, and shrinks.
+    fleet = Fleet()
+    fleet.core.register_worker("w", {"cpu": 0.0}, frozenset({"a"}), fleet.now)
+    fleet.submit([node("a", items("x", [1, 2, 3]), map_=True)])
+    assert fleet.core.lease("w", 10, fleet.now) == []  # no Dask worker yet
+    known, _ = fleet.core.heartbeat("w", [], fleet.now, capacity={"cpu": 2.0, "GPU": 1.0})
+    assert known and fleet.core.workers["w"].capacity == {"cpu": 2.0, "GPU": 1.0}
+    grants = fleet.core.lease("w", 10, fleet.now)
+    assert len(grants) == 2  # the cluster's two threads
+    fleet.check()
+    held = [(g.task_run.id, g.attempt) for g in grants]
+    fleet.core.heartbeat("w", held, fleet.now, capacity={"cpu": 1.0})  # a Dask worker left
+    fleet.core.validate_state(check_overcommit=False)  # over until the two attempts end
+    assert fleet.core.lease("w", 10, fleet.now) == []
+    fleet.core.heartbeat("w", held, fleet.now)  # None: unchanged
+    assert fleet.core.workers["w"].capacity == {"cpu": 1.0}
+
+
 def test_outcome_error_without_retries_records_first_error():
     fleet = Fleet()
     fleet.add_worker("w", ["a"])

@@ -147,7 +147,13 @@ class Fleet:
         self.http_url = f"http://127.0.0.1:{http_port_file.read_text().strip()}"
         return self.address
 
-    def start_worker(self, *extra: str, module: Path = FLOWS, cpu: float = 2) -> Proc:
+    def start_worker(
+        self,
+        *extra: str,
+        module: Path = FLOWS,
+        cpu: float = 2,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
         proc = Proc(
             [
                 sys.executable,
@@ -162,6 +168,7 @@ class Fleet:
                 *extra,
             ],
             self.tmp / f"worker-{len(self.procs)}.log",
+            env,
         )
         self.procs.append(proc)
         self.workers.append(proc)

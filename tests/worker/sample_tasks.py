@@ -212,3 +212,16 @@ def kill_self():
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def where():
+    """The process and thread an attempt ran in (executor tests)."""
+    return os.getpid(), threading.current_thread().name
+
+
+@task
+def dask_resources_free():
+    """On a Dask worker: its resources still free while this attempt holds its share."""
+    from distributed import get_worker
+
+    return dict(get_worker().state.available_resources)

@@ -21,6 +21,7 @@ from fleetflow.api.v1 import worker_service_pb2
 from fleetflow.errors import StoredObjectError
 from fleetflow.execution import Task, start_tail
 
+from fleetflow_worker._batch import BatchItem, PoolResult
 from fleetflow_worker._codec import (
     StoreContext,
     WireArg,
@@ -35,7 +36,7 @@ from fleetflow_worker._codec import (
     wire_args,
 )
 from fleetflow_worker._data import DataPlane, InputUnavailable
-from fleetflow_worker._pool import BatchItem, PoolResult, TaskProcessPool
+from fleetflow_worker._executors import Executor
 from fleetflow_worker.errors import TaskNotRegistered, TaskTimeout
 from fleetflow_worker.state import AttemptKey, AttemptTable, CancelAction, Reservation
 
@@ -71,13 +72,21 @@ def add_gpu_use(outcome: worker_service_pb2.Outcome, result: PoolResult) -> None
         outcome.gpu_utilization_percent = result.usage.gpu_utilization_percent
 
 
+def custom_resources(lease: worker_service_pb2.Lease) -> dict[str, float]:
+    """The lease's resources other than cpu and memory (a Dask executor asks its cluster)."""
+    if not lease.HasField("resources"):
+        return {}
+    amounts = lease.resources.amounts
+    return {name: amount for name, amount in amounts.items() if name not in ("cpu", "memory")}
+
+
 class AttemptRunner:
     """Starts, cancels and aborts attempts, and reports what they produced.
 
     Args:
         worker_id: Bound into every log line of an attempt.
         tasks: ``{task_name: Task}`` this worker offers.
-        pool: Runs plain ``def`` tasks.
+        pool: Runs plain ``def`` tasks: an executor (:mod:`fleetflow_worker._executors`).
         table: Bookkeeping of held attempts (shared with the heartbeat).
         on_outcome: Called once per attempt whose outcome must be reported.
         on_slot_freed: Called whenever an attempt stops running.
@@ -88,7 +97,7 @@ class AttemptRunner:
         self,
         worker_id: str,
         tasks: Mapping[str, Task],
-        pool: TaskProcessPool,
+        pool: Executor,
         table: AttemptTable,
         on_outcome: Callable[[worker_service_pb2.Outcome], None],
         on_slot_freed: Callable[[], None] = lambda: None,
@@ -306,6 +315,7 @@ class AttemptRunner:
                 on_result=on_result,
                 poke=poke,
                 gpu=gpu_request(head),
+                resources=custom_resources(head),
             )
         except Exception as exc:  # noqa: BLE001 - the pool failed (e.g. closed)
             failed = PoolResult(encode_error(exc), infrastructure=True)
@@ -483,6 +493,7 @@ class AttemptRunner:
             log_ids=structlog.contextvars.get_contextvars(),
             store=store,
             gpu=gpu_request(lease),
+            resources=custom_resources(lease),
         )
 
 

@@ -86,6 +86,9 @@ class TaskProcessPool:
         gpu_sampler: Measures the GPU use of attempts' processes (None: not measured).
     """
 
+    #: The executor's name (``--executor process``, see :mod:`fleetflow_worker._executors`).
+    name = "process"
+
     def __init__(
         self,
         size: int,
@@ -140,6 +143,10 @@ class TaskProcessPool:
         """Process ids of the live task processes, for tests and diagnostics."""
         return live_pids(self._processes)
 
+    async def capacity(self) -> dict[str, float] | None:
+        """None: the worker offers its own settings' capacity."""
+        return None
+
     async def start(self) -> None:
         """Start every process and check that it imports the user modules.
 
@@ -176,6 +183,7 @@ class TaskProcessPool:
         log_ids: Mapping[str, Any] | None = None,
         store: StoreContext | None = None,
         gpu: float = 0.0,
+        resources: Mapping[str, float] | None = None,
     ) -> PoolResult | None:
         """Run one attempt in a task process once a seat is free.
 
@@ -197,6 +205,8 @@ class TaskProcessPool:
                 (``flow_run_id``, ``task_run_id``, ``attempt``, ``worker_id``...).
             store: Where stored inputs are read and large results written.
             gpu: The attempt's ``gpu`` request (0: none).
+            resources: The attempt's custom resources (a Dask executor asks
+                its cluster for them; the pool has nothing to do with them).
 
         Returns:
             How the attempt ended, or None when skipped.
@@ -227,6 +237,7 @@ class TaskProcessPool:
         on_result: Callable[[int, PoolResult], None],
         poke: asyncio.Event | None = None,
         gpu: float = 0.0,
+        resources: Mapping[str, float] | None = None,
     ) -> None:
         """Run a batch's members one after another in one task process (one seat).
 
@@ -254,6 +265,7 @@ class TaskProcessPool:
             gpu: The ``gpu`` request of the batch (one allocation for all
                 members): that many devices, or a share of one, held from
                 the seat's start to the batch's end.
+            resources: See :meth:`run`.
 
         Raises:
             RuntimeError: the pool is closed.

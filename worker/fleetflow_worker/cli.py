@@ -106,6 +106,22 @@ def load_all_tasks(module_specs: tuple[str, ...] | list[str]) -> dict[str, Task]
     "[env FLEETFLOW_GPUS].  [default: all that CUDA_VISIBLE_DEVICES leaves visible]",
 )
 @click.option(
+    "--executor",
+    default=None,
+    metavar="process|thread|dask|NAME",
+    help="What runs plain def tasks: process (one killable process per attempt), thread "
+    "(I/O-bound sync code), dask (an existing Dask cluster, whose capacity is offered), or "
+    "the name of an [[executors]] entry of the configuration file [env FLEETFLOW_EXECUTOR].  "
+    "[default: the file's first entry, else process]",
+)
+@click.option(
+    "--dask-scheduler",
+    "dask_address",
+    default=None,
+    metavar="tcp://HOST:PORT",
+    help="The Dask scheduler of --executor dask [env FLEETFLOW_DASK_ADDRESS].",
+)
+@click.option(
     "--max-concurrency",
     type=click.IntRange(min=1),
     default=1000,
@@ -184,6 +200,8 @@ def command(
     memory: float | None,
     resources: dict[str, float],
     gpus: str | None,
+    executor: str | None,
+    dask_address: str | None,
     max_concurrency: int,
     pools: tuple[str, ...],
     worker_id: str | None,

@@ -15,6 +15,7 @@ __all__ = [
     "WorkerError",
     "TaskNotRegistered",
     "TaskProcessDied",
+    "DaskWorkerLost",
     "TaskTimeout",
     "MemoryLimitExceeded",
     "WorkerShutDown",
@@ -70,6 +71,23 @@ class TaskProcessDied(WorkerError):
             except ValueError:
                 pass
         return text + ")"
+
+
+class DaskWorkerLost(WorkerError):
+    """A Dask executor's future failed: the Dask worker running it died, or it was lost.
+
+    Reported as an infrastructure failure of each attempt the future held.
+
+    Attributes:
+        detail: What Dask said (``KilledWorker: ...``).
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"the Dask worker running this attempt died or lost it ({self.detail})"
 
 
 class TaskTimeout(WorkerError, TimeoutError):

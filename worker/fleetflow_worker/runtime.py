@@ -39,15 +39,14 @@ from fleetflow.execution import Task
 from fleetflow_worker._codec import encode_error, to_outcome
 from fleetflow_worker._data import DataPlane
 from fleetflow_worker._execute import AttemptRunner
+from fleetflow_worker._executors import make_executor
 from fleetflow_worker._gpu_usage import GpuSampler
-from fleetflow_worker._pool import TaskProcessPool
 from fleetflow_worker._reporter import OutcomeReporter
 from fleetflow_worker._rpc import CoordinatorConnection, channel_options, recovered, supervised
 from fleetflow_worker.backoff import Backoff
 from fleetflow_worker.capacity import sample_usage
 from fleetflow_worker.errors import WorkerShutDown
 from fleetflow_worker.gpus import plan_gpus
-from fleetflow_worker.logs import configured_level
 from fleetflow_worker.settings import WorkerSettings
 from fleetflow_worker.state import AttemptKey, AttemptTable, Reservation
 
@@ -89,18 +88,16 @@ class Worker:
         self.capacity = {**self.gpus.capacity, **settings.capacity}
         #: Measures GPU attempts (NVML open while the worker runs).
         self.gpu_sampler = GpuSampler(self.gpus.devices)
-        self.pool = TaskProcessPool(
-            settings.pool_size,
+        #: Runs plain ``def`` attempts: the process pool, threads or a Dask cluster.
+        self.pool = make_executor(
+            settings,
+            self.tasks,
             self.module_specs,
-            max_size=settings.max_concurrency,
-            nice=settings.task_nice,
-            sample_interval_s=settings.usage_sample_s,
-            memory_margin_fraction=settings.memory_margin_fraction,
-            memory_margin_bytes=settings.memory_margin_bytes,
-            log_level=configured_level(),
             gpu_slots=self.gpus.slots,
             gpu_sampler=self.gpu_sampler,
         )
+        #: The capacity the coordinator last accepted (a Dask cluster's changes).
+        self._capacity_told: dict[str, float] = {}
         self.reporter = OutcomeReporter(
             self._send_outcomes,
             self.table.acknowledged,
@@ -169,8 +166,9 @@ class Worker:
         with structlog.contextvars.bound_contextvars(worker_id=self.settings.worker_id):
             try:
                 self.gpu_sampler.open()
-                if any(not t.is_async for t in self.tasks.values()):
+                if self.pool.name != "process" or any(not t.is_async for t in self.tasks.values()):
                     await self.pool.start()
+                await self._refresh_capacity()
                 if await self._register(give_up_on_stop=True):
                     for name, loop in (
                         ("heartbeat", self._heartbeat_loop),
@@ -222,6 +220,7 @@ class Worker:
                 delay = self._rpc_failed("register_worker", backoff, exc)
                 await (self._pause(delay) if give_up_on_stop else asyncio.sleep(delay))
                 continue
+            self._capacity_told = dict(request.capacity.amounts)
             self._apply_registration(response)
             await self._connect_store()
             return True
@@ -309,12 +308,15 @@ class Worker:
         while True:
             seen = self._registrations
             usage = sample_usage()
+            await self._refresh_capacity()
             request = worker_service_pb2.HeartbeatRequest(
                 worker_id=self.settings.worker_id,
                 running=self._held(),
                 cpu_percent=usage.cpu_percent,
                 memory_available=usage.memory_available,
             )
+            if self.capacity != self._capacity_told:  # e.g. Dask workers joined or left
+                request.capacity.amounts.update(self.capacity)
             try:
                 response = await self._rpc().Heartbeat(request, timeout=self._heartbeat_timeout_s)
             except grpc.aio.AioRpcError as exc:
@@ -322,6 +324,8 @@ class Worker:
                 await asyncio.sleep(min(delay, self.heartbeat_interval_s))
                 continue
             recovered("heartbeat", backoff)
+            if request.HasField("capacity") and response.known:
+                self._capacity_told = dict(request.capacity.amounts)
             if not response.known:
                 await self._reregister(seen)
             for held in response.cancel:
@@ -452,6 +456,18 @@ class Worker:
         if self.lease_ttl_s > 0:
             return max(0.5, min(self.settings.rpc_timeout_s, self.lease_ttl_s / 2))
         return self.settings.rpc_timeout_s
+
+    async def _refresh_capacity(self) -> None:
+        """Offer the executor's capacity (a Dask cluster's), read again at every heartbeat."""
+        try:
+            async with asyncio.timeout(max(0.5, min(5.0, self.heartbeat_interval_s))):
+                capacity = await self.pool.capacity()
+        except Exception as exc:  # noqa: BLE001 - the scheduler is away a moment: keep the last
+            log.warning("executor_capacity_unavailable", executor=self.pool.name, error=str(exc))
+            return
+        if capacity is not None and capacity != self.capacity:
+            log.info("executor_capacity", executor=self.pool.name, capacity=capacity)
+            self.capacity = capacity
 
     def _slot_freed(self) -> None:
         self._slot_free.set()

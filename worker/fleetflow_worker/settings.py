@@ -8,6 +8,7 @@ merges them and the dataclass checks every rule when it is built.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import secrets
@@ -50,6 +51,18 @@ def _memory(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"expected a number of bytes or a quantity such as 16Gi, got {value!r}")
     return float(value)
+
+
+def _options(value: Any) -> dict[str, Any]:
+    """Keyword arguments as a table (the file) or JSON object text (a flag or variable)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError as exc:
+            raise ValueError(f"expected a JSON object, got {value!r} ({exc})") from None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a table of keyword arguments, got {value!r}")
+    return dict(value)
 
 
 def _resources(value: Any) -> dict[str, float]:
@@ -111,6 +124,29 @@ class WorkerSettings(CredentialSettings):
 
     pools: tuple[str, ...] = setting(("default",), flag="--pool", help="Worker pools served.")
     """Worker pools this worker serves (tasks pick one with ``@task(pool=...)``)."""
+
+    executor: str = setting(
+        "process",
+        choices=("process", "thread", "dask"),
+        help="What runs plain def task runs: process, thread or dask.",
+    )
+    """What runs the attempts of plain ``def`` tasks (:mod:`fleetflow_worker._executors`):
+    ``process`` (default: one killable process per attempt), ``thread`` (threads
+    of the worker's process, for I/O-bound sync code) or ``dask`` (futures on
+    the Dask cluster at ``dask_address``, whose capacity the worker offers). In
+    the configuration file it may also name an ``[[executors]]`` entry."""
+
+    dask_address: str = setting(
+        "", flag="--dask-scheduler", help="Dask scheduler tcp://HOST:PORT (--executor dask)."
+    )
+    """The Dask scheduler of the ``dask`` executor, ``tcp://HOST:PORT`` (an
+    ``[[executors]]`` entry's ``address``). Required with that executor."""
+
+    dask_options: Mapping[str, Any] = setting(
+        factory=dict, parse=_options, help="Keyword arguments of distributed.Client (JSON)."
+    )
+    """Keyword arguments of ``distributed.Client`` for the ``dask`` executor (an
+    ``[[executors]]`` entry's ``options``; JSON text in a variable). Default none."""
 
     max_concurrency: int = setting(1000, ge=1, help="Most task runs executing at once.")
     """Most task runs executing at once on this worker. Default 1000."""
@@ -205,6 +241,12 @@ class WorkerSettings(CredentialSettings):
             parse_gpu_selection(self.gpus)
         except ValueError as exc:
             raise SettingsError("gpus", str(exc)) from None
+        if self.executor == "dask" and not self.dask_address:
+            raise SettingsError(
+                "dask_address",
+                "the dask executor needs its scheduler: --dask-scheduler tcp://HOST:PORT "
+                "(or an [[executors]] entry with an address)",
+            )
         if not self.pools or not all(self.pools):
             raise SettingsError("pools", f"pools must be non-empty names, got {self.pools!r}")
         for name, amount in self.resources.items():

@@ -82,6 +82,7 @@ class WorkersMixin:
         *,
         cpu_percent: float = 0.0,
         memory_available: float = 0.0,
+        capacity: dict[str, float] | None = None,
     ) -> tuple[bool, list[tuple[int, int]]]:
         """Renew a worker's leases and reconcile what it runs.
 
@@ -91,6 +92,10 @@ class WorkersMixin:
             now: Current time, seconds since the epoch.
             cpu_percent: Machine CPU use, percent (0-100).
             memory_available: Available memory, bytes.
+            capacity: The worker's capacity now, when it changed (an executor
+                whose cluster grew or shrank); None: unchanged. A capacity
+                below what its running attempts hold leases nothing more
+                until they end.
 
         Returns:
             ``(known, cancel)``: known is False for an unknown worker (it must
@@ -101,6 +106,11 @@ class WorkersMixin:
         if worker is None:
             return False, []
         worker.last_seen = now
+        if capacity is not None and capacity != worker.capacity:
+            worker.capacity = dict(capacity)
+            self._fleet_version += 1
+            self._work_added = True  # more room may let a waiting long poll lease
+            self._recheck_unschedulable(now)
         # One worker's odd readings (NaN, negative) must not reach every dashboard.
         worker.cpu_percent = cpu_percent if 0.0 <= cpu_percent < math.inf else 0.0
         worker.memory_available = memory_available if 0.0 <= memory_available < math.inf else 0.0

@@ -56,16 +56,18 @@ class HeldTaskRun(_message.Message):
     def __init__(self, task_run_id: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("worker_id", "running", "cpu_percent", "memory_available")
+    __slots__ = ("worker_id", "running", "cpu_percent", "memory_available", "capacity")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     running: _containers.RepeatedCompositeFieldContainer[HeldTaskRun]
     cpu_percent: float
     memory_available: float
-    def __init__(self, worker_id: _Optional[str] = ..., running: _Optional[_Iterable[_Union[HeldTaskRun, _Mapping]]] = ..., cpu_percent: _Optional[float] = ..., memory_available: _Optional[float] = ...) -> None: ...
+    capacity: _common_pb2.Resources
+    def __init__(self, worker_id: _Optional[str] = ..., running: _Optional[_Iterable[_Union[HeldTaskRun, _Mapping]]] = ..., cpu_percent: _Optional[float] = ..., memory_available: _Optional[float] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("known", "cancel")
