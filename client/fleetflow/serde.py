@@ -7,8 +7,12 @@ ever sees the resulting ``bytes``.
 
 from __future__ import annotations
 
+import copyreg
+import io
 import pickle
 import traceback
+from collections import ChainMap
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import cloudpickle
@@ -46,6 +50,43 @@ def dumps(obj: Any) -> bytes:
     ):
         return pickle.dumps(obj, protocol=_PROTOCOL)
     return cloudpickle.dumps(obj, protocol=_PROTOCOL)
+
+
+class _StandardExceptionReducers(Mapping):
+    """``copyreg.dispatch_table`` without the reducers tblib registers for every exception.
+
+    Importing ``distributed`` (the Dask executor) calls
+    ``tblib.pickling_support.install()``, which registers a copyreg reducer
+    for every exception class defined so far. Exceptions pickled that way need
+    tblib to load (a client may not have it) and fail to load for classes with
+    two builtin bases (``MemoryLimitExceeded``: ``MemoryError.__new__(...) is
+    not safe``). Errors are pickled the standard way instead.
+    """
+
+    def __getitem__(self, cls: Any) -> Any:
+        reducer = copyreg.dispatch_table[cls]
+        if getattr(reducer, "__module__", "").startswith("tblib"):
+            raise KeyError(cls)
+        return reducer
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(copyreg.dispatch_table)
+
+    def __len__(self) -> int:
+        return len(copyreg.dispatch_table)
+
+
+class _ErrorPickler(cloudpickle.Pickler):
+    dispatch_table = ChainMap(
+        cloudpickle.Pickler.dispatch_table.maps[0], _StandardExceptionReducers()
+    )
+
+
+def _dumps_error(exc: BaseException) -> bytes:
+    """Pickle an exception with cloudpickle, ignoring tblib's reducers (see above)."""
+    buffer = io.BytesIO()
+    _ErrorPickler(buffer, protocol=_PROTOCOL).dump(exc)
+    return buffer.getvalue()
 
 
 def loads(data: bytes) -> Any:
@@ -87,7 +128,7 @@ def error_from_exception(exc: BaseException, *, tb: str | None = None) -> common
     if tb is None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        pickled = dumps(exc)
+        pickled = _dumps_error(exc)
     except Exception:  # noqa: BLE001 - an unpicklable exception still reports its text
         pickled = b""
     return common_pb2.TaskError(

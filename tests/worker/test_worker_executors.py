@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import time
 
 import pytest
@@ -229,3 +230,19 @@ async def test_gpu_capacity_comes_from_dask_resources_and_follows_workers(coordi
             assert worker.capacity["GPU"] == 2.0
         await coordinator.wait_for(lambda: told(1.0), timeout_s=20)
         assert worker.capacity["GPU"] == 1.0
+
+
+def test_errors_pickle_without_tblib_after_distributed_is_imported():
+    # distributed installs tblib's reducer for every exception class; a pickle
+    # made through it needs tblib to load and cannot load MemoryLimitExceeded.
+    import copyreg
+
+    from fleetflow.serde import error_from_exception
+    from fleetflow_worker.errors import MemoryLimitExceeded
+
+    assert "tblib" in copyreg.dispatch_table[MemoryLimitExceeded].__module__
+    assert pickle.loads(pickle.dumps(MemoryLimitExceeded("hog", 1, 3, 2))).limit_bytes == 2
+    error = error_from_exception(MemoryLimitExceeded("hog", 100, 300, 150))
+    assert b"tblib" not in error.pickled
+    again = loads(error.pickled)
+    assert isinstance(again, MemoryLimitExceeded) and again.peak_bytes == 300

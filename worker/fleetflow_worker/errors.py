@@ -111,8 +111,12 @@ class TaskTimeout(WorkerError, TimeoutError):
         return f"task {self.task_name} exceeded its timeout of {self.timeout_s:g} s"
 
 
-class MemoryLimitExceeded(WorkerError, MemoryError):
+class MemoryLimitExceeded(MemoryError, WorkerError):
     """A task process grew past its memory request plus the margin, and was killed.
+
+    ``MemoryError`` comes first so that it is the class's solid base: picklers
+    that re-create exceptions with ``cls.__new__(cls)`` (tblib's, which
+    importing ``distributed`` installs for every exception class) then work.
 
     Attributes:
         task_name: The registered task name.
