@@ -214,6 +214,7 @@ def kill_self():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+@task
 def where():
     """The process and thread an attempt ran in (executor tests)."""
     return os.getpid(), threading.current_thread().name
