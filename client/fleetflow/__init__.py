@@ -37,6 +37,7 @@ from fleetflow.credentials import Credentials, CredentialsError
 from fleetflow.errors import (
     ConnectFailure,
     CoordinatorUnreachable,
+    DuplicateTaskError,
     FleetflowError,
     FlowRunCancelled,
     FlowRunFailed,
@@ -81,6 +82,7 @@ __all__ = [
     "unmapped",
     "ConnectFailure",
     "CoordinatorUnreachable",
+    "DuplicateTaskError",
     "FleetflowError",
     "FlowRunCancelled",
     "FlowRunFailed",

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from fleetflow import _identity
 from fleetflow.api.v1 import common_pb2
 from fleetflow.resources import parse_resources
 from fleetflow.serde import dumps
@@ -50,7 +51,11 @@ class Task(Generic[P, R]):
 
     Attributes:
         fn: The user's function (``def`` or ``async def``).
-        name: Registered name workers offer; defaults to ``fn.__name__``.
+        name: Registered name workers offer; defaults to ``module:qualname``
+            (:func:`fleetflow._identity.default_task_name`). One name, one
+            definition per process (:class:`~fleetflow._identity.DuplicateTaskError`).
+        fingerprint: The code version of the task
+            (:func:`fleetflow._identity.fingerprint`).
         resources: ``{name: amount}`` parsed by :mod:`fleetflow.resources`
             (cpu in CPUs, memory in bytes).
         retries: Retries after the first failed attempt.
@@ -90,7 +95,9 @@ class Task(Generic[P, R]):
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {type(fn).__name__}")
         self.fn = fn
-        self.name = name or fn.__name__
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"@task name must be a non-empty string, got {name!r}")
+        self.name = name or _identity.default_task_name(fn)
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(
                 f"task {self.name!r}: retries must be a non-negative int, got {retries!r}"
@@ -145,7 +152,9 @@ class Task(Generic[P, R]):
         self.mapped = mapped
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
+        self.fingerprint = _identity.fingerprint(self.name, fn, self.signature)
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        _identity.register(self)
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"

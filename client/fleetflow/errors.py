@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "DuplicateTaskError",
     "ConnectFailure",
     "CoordinatorUnreachable",
     "FleetflowError",
@@ -225,3 +226,35 @@ class PayloadTooLarge(FleetflowError, ValueError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.what, self.size, self.limit, self.setting))
+
+
+class DuplicateTaskError(FleetflowError, ValueError):
+    """Two different task definitions would share one task name in this process.
+
+    Attributes:
+        name: The task name both would have.
+        first: ``file:line`` of the definition that holds the name.
+        second: ``file:line`` of the one refused.
+    """
+
+    def __init__(self, name: str, first: str, second: str, *, factory: bool) -> None:
+        self.name = name
+        self.first = first
+        self.second = second
+        hint = (
+            "a function that makes tasks (a factory) must give each one a distinct name: "
+            "@task(name=...) or task(fn, name=...)"
+            if factory
+            else "rename one of the functions or pass @task(name=...)"
+        )
+        super().__init__(
+            f"task name {name!r} is defined twice: at {first} and at {second}; "
+            f"a task's name must identify one definition ({hint})"
+        )
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild, (self.name, self.first, self.second, "factory" in str(self)))
+
+
+def _rebuild(name: str, first: str, second: str, factory: bool) -> DuplicateTaskError:
+    return DuplicateTaskError(name, first, second, factory=factory)

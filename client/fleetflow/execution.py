@@ -19,6 +19,8 @@ Names:
 * :func:`find_tasks`: the tasks a module namespace defines, by name.
 * :func:`is_sequence_result`: whether a result may be split item by item
   for a downstream map.
+* :func:`where`: ``file:line`` where a task's function is defined (for
+  errors that name two definitions).
 * :func:`attempt_scope`: run one attempt with its ids bound to every log line
   and its last :data:`TAIL_LINES` lines kept.
 * :func:`start_tail` / :func:`current_tail`: keep, and read, the running
@@ -28,6 +30,7 @@ Names:
 
 from __future__ import annotations
 
+from fleetflow._identity import where
 from fleetflow._logging import TAIL_LINES, attempt_scope, current_tail, start_tail
 from fleetflow._task import Task, find_tasks, is_sequence_result
 
@@ -38,5 +41,6 @@ __all__ = [
     "current_tail",
     "find_tasks",
     "is_sequence_result",
+    "where",
     "start_tail",
 ]

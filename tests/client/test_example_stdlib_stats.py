@@ -146,7 +146,11 @@ def test_summarize_nothing(example):
 def test_flow_graph(example, tmp_path):
     spec = example.stdlib_stats.build(root=str(tmp_path))
     names = [(n.task_name, n.map) for n in spec.nodes]
-    assert names == [("list_sources", False), ("parse_module", True), ("summarize", False)]
+    assert names == [
+        ("stdlib_stats:list_sources", False),
+        ("stdlib_stats:parse_module", True),
+        ("stdlib_stats:summarize", False),
+    ]
     parse = spec.nodes[1]
     assert dict(parse.resources.amounts) == {"cpu": 1.0, "memory": 256e6}
     assert parse.retry.retries == 2 and parse.retry.retry_delay_seconds == 0.5

@@ -49,7 +49,7 @@ def test_literal_map():
 
     spec = f.build()
     (node,) = spec.nodes
-    assert node.task_name == "inc" and node.map
+    assert node.task_name == f"{__name__}:inc" and node.map
     x = arg(node, "x")
     assert x.mapped and x.WhichOneof("source") == "literal_items"
     assert [loads(b) for b in x.literal_items.items] == [1, 2, 3]

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 from fleetflow import Client, flow, task, unmapped
+from fleetflow.loader import load_module
 
 from tests.e2e.fleet import Fleet
 
-from . import mapped_flows
-
-MODULE = Path(mapped_flows.__file__)
+# Loaded as the worker loads it (by path, under its stem), so task names agree.
+MODULE = Path(__file__).with_name("mapped_flows.py")
+mapped_flows = load_module(str(MODULE))
 
 
 @task

@@ -34,14 +34,14 @@ def test_workers_and_inspect_as_tables_and_json(fleet, tmp_path):
     assert {w["pid"] for w in workers} >= {first.pid}
     for w in workers:
         assert w["running"] == 0 and w["allocated"].get("cpu", 0.0) == 0.0
-        assert 0 <= w["heartbeat_age_s"] < 5 and "inc" in w["task_names"]
+        assert 0 <= w["heartbeat_age_s"] < 5 and "flows:inc" in w["task_names"]
     table = fleetflow("workers", "--coordinator", address).stdout
     assert "2 workers" in table and all(w["worker_id"] in table for w in workers)
     assert "cpu used/offered" in table and "0 / 2" in table
 
     data = json.loads(fleetflow("inspect", run.id, "--coordinator", address, "--json").stdout)
     assert data["state"] == "COMPLETED" and data["error"] is None
-    inc = next(n for n in data["nodes"] if n["task_name"] == "inc")
+    inc = next(n for n in data["nodes"] if n["task_name"] == "flows:inc")
     assert inc["map"] and inc["total"] == 40 and inc["completed"] == 40 and inc["finished"] == 40
     assert data["total"] == 41 and data["finished"] == 41 and data["duration_s"] > 0
     view = fleetflow("inspect", run.id, "--coordinator", address).stdout

@@ -25,9 +25,12 @@ from fleetflow import (
     KeepAlive,
     WatchInterrupted,
 )
+from fleetflow.loader import load_module
 
-from . import flows
-from .fleet import ROOT, _env, fleetflow
+from .fleet import FLOWS, ROOT, _env, fleetflow
+
+# Loaded as workers load it (by path, under its stem), so task names agree.
+flows = load_module(str(FLOWS))
 
 #: A bound under test may be exceeded by this much on a loaded 2-core machine, seconds.
 SLACK_S = 3.0

@@ -96,7 +96,7 @@ def test_kill_during_submission_leaves_whole_or_nothing(fleet, tmp_path):
         runs = client.list_flow_runs()
         assert len(runs) <= 1
         if runs:
-            inc = next(node for node in runs[0].nodes if node.task_name == "inc")
+            inc = next(node for node in runs[0].nodes if node.task_name == "flows:inc")
             assert inc.total == n  # whole, never partial
         handle = client.submit(flows.map_inc, n=n, idempotency_key="once")
         assert len(client.list_flow_runs()) == 1

@@ -36,12 +36,12 @@ def test_thousand_item_map_returns_every_result_once_in_input_order(fleet):
         run = client.submit(flows.map_inc, n=1000)
         assert run.result(timeout=120) == [i + 1 for i in range(1000)]
         info = client.get(run.id)
-        inc = next(n for n in info.nodes if n.task_name == "inc")
+        inc = next(n for n in info.nodes if n.task_name == "flows:inc")
         assert inc.total == 1000 and inc.completed == 1000
         completed = [
             e
             for e in client.watch(run.id)
-            if e.kind == "TASK_RUN_COMPLETED" and e.task_name == "inc"
+            if e.kind == "TASK_RUN_COMPLETED" and e.task_name == "flows:inc"
         ]
         assert sorted(e.index for e in completed) == list(range(1000))  # each exactly once
 
@@ -234,7 +234,7 @@ def test_report_outcomes_hands_out_the_next_lease_in_the_same_answer(fleet):
         stub.RegisterWorker(
             ws.RegisterWorkerRequest(
                 worker_id="raw",
-                task_names=["inc"],
+                task_names=["flows:inc"],
                 capacity=common_pb2.Resources(amounts={"cpu": 1.0, "memory": 1e9}),
             ),
             timeout=10,

@@ -65,13 +65,14 @@ def test_metrics_counters_match_a_real_run(fleet, tmp_path):
         return m[(f"{name}_count", tuple(sorted(labels.items())))]
 
     duration = "fleetflow_task_run_duration_seconds"
-    assert histogram_count(duration, task="inc", outcome="completed") == 50
+    assert histogram_count(duration, task="flows:inc", outcome="completed") == 50
     assert histogram_count(duration, task="flaky", outcome="retrying") == 1
     assert histogram_count(duration, task="flaky", outcome="completed") == 1
     assert (
-        m[(f"{duration}_bucket", (("le", "+Inf"), ("outcome", "completed"), ("task", "inc")))] == 50
+        m[(f"{duration}_bucket", (("le", "+Inf"), ("outcome", "completed"), ("task", "flows:inc")))]
+        == 50
     )
-    assert histogram_count("fleetflow_task_run_queue_wait_seconds", task="inc") == 50
+    assert histogram_count("fleetflow_task_run_queue_wait_seconds", task="flows:inc") == 50
 
     ages = [v for (name, _), v in m.items() if name == "fleetflow_worker_heartbeat_age_seconds"]
     assert len(ages) == 2 and all(0 <= age < 3.0 for age in ages)

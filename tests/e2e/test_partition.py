@@ -405,7 +405,11 @@ def test_partitioned_worker_loses_its_leases_and_its_late_results_are_fenced(isl
         started = {(e.task_run_id, e.attempt): e for e in events if e.kind == "TASK_RUN_STARTED"}
         completed = [e for e in events if e.kind == "TASK_RUN_COMPLETED"]
         completing = {e.task_run_id: e.attempt for e in completed}
-        index_of = {e.task_run_id: e.index for e in started.values() if e.task_name == "part_item"}
+        index_of = {
+            e.task_run_id: e.index
+            for e in started.values()
+            if e.task_name == "partition_flows:part_item"
+        }
 
         # The lease was declared lost after the TTL (not before; allow one missed
         # heartbeat interval of silence before the cut), and only for that worker.

@@ -85,7 +85,7 @@ def test_unschedulable_reason_then_failed_after_timeout_or_run_on_a_big_worker(f
 
         demand = json.loads(queue.stdout)
         assert demand[0]["unschedulable_reason"] == "needs license=1; the largest worker offers 0"
-        assert demand[0]["waiting"] == 1 and demand[0]["task_names"] == ["needs_license"]
+        assert demand[0]["waiting"] == 1 and demand[0]["task_names"] == ["flows:needs_license"]
         with pytest.raises(Exception, match="unschedulable for 6 s"):
             run.result(timeout=30)
         # A second one is saved by a big worker that joins in time.

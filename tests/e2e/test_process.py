@@ -166,7 +166,7 @@ def test_sigterm_during_a_120000_row_commit_stores_it_whole(tmp_path):
         try:
             with Client(_address(again)) as client:
                 info = client.get(run.id)
-                inc = next(node for node in info.nodes if node.task_name == "inc")
+                inc = next(node for node in info.nodes if node.task_name == "flows:inc")
                 if rows:
                     assert info.state == "CANCELLED" and inc.cancelled == n
                 else:

@@ -15,9 +15,12 @@ import grpc
 import pytest
 import structlog
 from fleetflow import Client, CoordinatorUnreachable
+from fleetflow.loader import load_module
 
-from . import flows
-from .fleet import fleetflow
+from .fleet import FLOWS, fleetflow
+
+# Loaded as workers load it (by path, under its stem), so task names agree.
+flows = load_module(str(FLOWS))
 
 STANDBY = "standby coordinator; the active one is {active}"
 

@@ -69,7 +69,10 @@ def test_a_200_mb_task_reports_its_peak_and_gets_advice(fleet):
     assert advice["message"] in data["advice"]
     assert not [a for a in small["advice"] if a["resource"] == "memory"], small["advice"]
     assert small["peak_memory_bytes"]["max"] < 150 * MB
-    assert {row["task_name"] for row in data["fleet_usage"]} == {"hog", "small"}
+    assert {row["task_name"] for row in data["fleet_usage"]} == {
+        "usage_flows:hog",
+        "usage_flows:small",
+    }
     assert "pair" not in usage  # async def: not measured
 
     time_in_state = data["time_in_state"]

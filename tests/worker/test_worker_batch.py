@@ -52,7 +52,7 @@ async def _run(pool, task, items, *, cancelled=lambda i: False, poke=None, **kw)
 
 async def test_members_run_in_order_in_one_process_and_report_their_own_time(pool):
     (pid,) = pool.pids
-    results, order = await _run(pool, "double", _items("x", list(range(300))))
+    results, order = await _run(pool, "sample_tasks:double", _items("x", list(range(300))))
     assert order == list(range(300))
     assert [value_of(results[i]) for i in range(300)] == [2 * i for i in range(300)]
     assert all(0 < r.duration_s < 0.5 for r in results.values())
@@ -64,7 +64,7 @@ async def test_a_member_past_its_timeout_is_killed_and_the_rest_run_in_a_new_pro
     (pid,) = pool.pids
     started = time.monotonic()
     results, _ = await _run(
-        pool, "sleep_sync", _items("seconds", [0, 0, 30, 0.01, 0]), timeout_s=0.5
+        pool, "sample_tasks:sleep_sync", _items("seconds", [0, 0, 30, 0.01, 0]), timeout_s=0.5
     )
     assert time.monotonic() - started < 5.0
     assert sorted(results) == [0, 1, 2, 3, 4]
@@ -77,7 +77,7 @@ async def test_a_member_past_its_timeout_is_killed_and_the_rest_run_in_a_new_pro
 
 
 async def test_a_member_that_kills_its_process_fails_alone(pool):
-    results, _ = await _run(pool, "double_or_die", _items("x", [1, 2, -7, 3, 4]))
+    results, _ = await _run(pool, "sample_tasks:double_or_die", _items("x", [1, 2, -7, 3, 4]))
     assert [value_of(results[i]) for i in (0, 1, 3, 4)] == [2, 4, 6, 8]
     assert results[2].infrastructure
     assert error_of(results[2]).type.endswith("TaskProcessDied")
@@ -96,7 +96,7 @@ async def test_cancelling_the_running_member_kills_it_and_skips_cancelled_ones(p
     started = time.monotonic()
     results, order = await _run(
         pool,
-        "sleep_sync",
+        "sample_tasks:sleep_sync",
         _items("seconds", [0, 30, 0, 0, 0]),
         cancelled=cancelled.__contains__,
         poke=poke,

@@ -18,16 +18,18 @@ def error_of(payload) -> common_pb2.TaskError:
 
 
 def test_success_returns_the_pickled_value(sample_tasks):
-    kind, data = run_task("double", [("x", dumps(21))], False, tasks=sample_tasks)
+    kind, data = run_task("sample_tasks:double", [("x", dumps(21))], False, tasks=sample_tasks)
     assert (kind, loads(data)) == ("value", 42)
 
 
 def test_fan_in_list_argument(sample_tasks):
-    kind, data = run_task("total", [("values", [dumps(1), dumps(2)])], False, tasks=sample_tasks)
+    kind, data = run_task(
+        "sample_tasks:total", [("values", [dumps(1), dumps(2)])], False, tasks=sample_tasks
+    )
     assert loads(data) == 3
 
 
-@pytest.mark.parametrize("name", ["split_range", "as_tuple"])
+@pytest.mark.parametrize("name", ["sample_tasks:split_range", "sample_tasks:as_tuple"])
 def test_split_result_returns_items(sample_tasks, name):
     kind, items = run_task(name, [("n", dumps(3))], True, tasks=sample_tasks)
     assert kind == "items"
@@ -35,13 +37,16 @@ def test_split_result_returns_items(sample_tasks, name):
 
 
 def test_split_result_of_a_dict_fails_the_attempt(sample_tasks):
-    error = error_of(run_task("as_dict", [("n", dumps(2))], True, tasks=sample_tasks))
+    error = error_of(run_task("sample_tasks:as_dict", [("n", dumps(2))], True, tasks=sample_tasks))
     assert error.type == "builtins.TypeError"
-    assert error.message == "task as_dict returned dict; a downstream map needs a list or tuple"
+    assert (
+        error.message
+        == "task sample_tasks:as_dict returned dict; a downstream map needs a list or tuple"
+    )
 
 
 def test_task_exception_is_captured(sample_tasks):
-    error = error_of(run_task("boom", [("x", dumps(5))], False, tasks=sample_tasks))
+    error = error_of(run_task("sample_tasks:boom", [("x", dumps(5))], False, tasks=sample_tasks))
     assert error.type == "builtins.ValueError"
     assert error.message == "bad value 5"
     assert "sample_tasks.py" in error.traceback
@@ -49,22 +54,26 @@ def test_task_exception_is_captured(sample_tasks):
 
 
 def test_sys_exit_in_a_task_fails_only_the_task(sample_tasks):
-    error = error_of(run_task("exit_task", [("code", dumps(4))], False, tasks=sample_tasks))
+    error = error_of(
+        run_task("sample_tasks:exit_task", [("code", dumps(4))], False, tasks=sample_tasks)
+    )
     assert error.type == "builtins.SystemExit"
 
 
 def test_unpicklable_result(sample_tasks):
-    error = error_of(run_task("unpicklable_result", [], False, tasks=sample_tasks))
+    error = error_of(run_task("sample_tasks:unpicklable_result", [], False, tasks=sample_tasks))
     assert "cannot be pickled" in error.message
 
 
 def test_argument_that_does_not_unpickle(sample_tasks):
-    error = error_of(run_task("double", [("x", b"not a pickle")], False, tasks=sample_tasks))
+    error = error_of(
+        run_task("sample_tasks:double", [("x", b"not a pickle")], False, tasks=sample_tasks)
+    )
     assert error.type.endswith("UnpicklingError")
 
 
 def test_missing_required_argument(sample_tasks):
-    error = error_of(run_task("double", [], False, tasks=sample_tasks))
+    error = error_of(run_task("sample_tasks:double", [], False, tasks=sample_tasks))
     assert error.type == "builtins.TypeError"
     assert "'x'" in error.message
 
@@ -88,8 +97,8 @@ def test_serve_answers_ready_then_one_payload_per_request(monkeypatch, sample_ta
     monkeypatch.setattr(_child, "_die_with_parent", lambda: None)  # not in the test process
     previous = signal.getsignal(signal.SIGINT)
     pool_end, child_end = multiprocessing.Pipe()
-    pool_end.send(("double", [("x", dumps(4))], False))
-    pool_end.send(("boom", [("x", dumps(1))], False))
+    pool_end.send(("sample_tasks:double", [("x", dumps(4))], False))
+    pool_end.send(("sample_tasks:boom", [("x", dumps(1))], False))
     pool_end.send(None)
     try:
         _child.serve(child_end, [sample_tasks_path])  # returns on None
@@ -127,7 +136,7 @@ def test_init_process_loads_the_modules_and_ignores_sigint(monkeypatch, sample_t
     finally:
         signal.signal(signal.SIGINT, previous)
     assert _child.ping() == len(_child._TASKS) > 5
-    assert run_task("double", [("x", dumps(2))], False) == ("value", dumps(4))
+    assert run_task("sample_tasks:double", [("x", dumps(2))], False) == ("value", dumps(4))
 
 
 def test_retry_directives_of_task_code(tmp_path):

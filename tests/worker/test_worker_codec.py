@@ -59,14 +59,14 @@ def test_decode_args_turns_a_value_list_into_a_python_list():
 def test_bind_arguments_calls_the_function_like_the_client_bound_it(
     sample_tasks, arguments, expected
 ):
-    task = sample_tasks["add"]
+    task = sample_tasks["sample_tasks:add"]
     args, kwargs = bind_arguments(task, OrderedDict(arguments))
     assert task.fn(*args, **kwargs) == expected
 
 
 def test_bind_arguments_rejects_unknown_names(sample_tasks):
     with pytest.raises(TypeError, match=r"does not declare: \['nope'\]"):
-        bind_arguments(sample_tasks["double"], OrderedDict(x=1, nope=2))
+        bind_arguments(sample_tasks["sample_tasks:double"], OrderedDict(x=1, nope=2))
 
 
 def test_encode_result_plain():

@@ -46,10 +46,13 @@ def test_task_timeout_is_a_timeout_error_that_pickles():
 
 
 def test_memory_limit_exceeded_names_request_and_peak():
-    exc = pickle.loads(pickle.dumps(MemoryLimitExceeded("hog", 100 * MIB, 312 * MIB, 170 * MIB)))
+    exc = pickle.loads(
+        pickle.dumps(MemoryLimitExceeded("sample_tasks:hog", 100 * MIB, 312 * MIB, 170 * MIB))
+    )
     assert isinstance(exc, MemoryError)
     assert str(exc).startswith(
-        "task hog exceeded its memory request of 100 MiB (peak 312 MiB, killed above 170 MiB)"
+        "task sample_tasks:hog exceeded its memory request of 100 MiB "
+        "(peak 312 MiB, killed above 170 MiB)"
     )
 
 

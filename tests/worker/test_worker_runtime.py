@@ -91,9 +91,9 @@ async def test_registers_with_capacity_and_task_names(coordinator, make_worker, 
 async def test_runs_async_and_process_pool_tasks(coordinator, make_worker):
     make_worker()
     for lease in (
-        make_lease(1, "adouble", x=2),
-        make_lease(2, "double", x=3),
-        make_lease(3, "split_range", split=True, n=3),
+        make_lease(1, "sample_tasks:adouble", x=2),
+        make_lease(2, "sample_tasks:double", x=3),
+        make_lease(3, "sample_tasks:split_range", split=True, n=3),
         make_lease(4, "renamed"),
     ):
         coordinator.leases.put_nowait(lease)
@@ -107,18 +107,18 @@ async def test_runs_async_and_process_pool_tasks(coordinator, make_worker):
 async def test_task_failures_are_reported_as_errors(coordinator, make_worker):
     worker = make_worker()
     for lease in (
-        make_lease(1, "boom", x=1),
-        make_lease(2, "as_dict", split=True, n=2),
-        make_lease(3, "aboom"),
-        make_lease(4, "aexit"),
-        make_lease(5, "exit_task", code=2),
+        make_lease(1, "sample_tasks:boom", x=1),
+        make_lease(2, "sample_tasks:as_dict", split=True, n=2),
+        make_lease(3, "sample_tasks:aboom"),
+        make_lease(4, "sample_tasks:aexit"),
+        make_lease(5, "sample_tasks:exit_task", code=2),
         make_lease(6, "no_such_task"),
     ):
         coordinator.leases.put_nowait(lease)
     outcomes = await coordinator.wait_outcomes(6)
     assert isinstance(error_of(outcomes[1, 1]), ValueError)
     assert outcomes[2, 1].error.message == (
-        "task as_dict returned dict; a downstream map needs a list or tuple"
+        "task sample_tasks:as_dict returned dict; a downstream map needs a list or tuple"
     )
     assert isinstance(error_of(outcomes[3, 1]), KeyError)
     assert isinstance(error_of(outcomes[4, 1]), SystemExit)
@@ -130,13 +130,17 @@ async def test_task_failures_are_reported_as_errors(coordinator, make_worker):
 
 async def test_timeouts(coordinator, make_worker):
     worker = make_worker()
-    coordinator.leases.put_nowait(make_lease(1, "asleep", timeout_s=0.1, seconds=30))
-    coordinator.leases.put_nowait(make_lease(2, "spin", timeout_s=0.2, seconds=30))
-    coordinator.leases.put_nowait(make_lease(3, "sleep_sync", timeout_s=0.3, seconds=30))
+    coordinator.leases.put_nowait(make_lease(1, "sample_tasks:asleep", timeout_s=0.1, seconds=30))
+    coordinator.leases.put_nowait(make_lease(2, "sample_tasks:spin", timeout_s=0.2, seconds=30))
+    coordinator.leases.put_nowait(
+        make_lease(3, "sample_tasks:sleep_sync", timeout_s=0.3, seconds=30)
+    )
     outcomes = await coordinator.wait_outcomes(3)
-    assert outcomes[1, 1].error.message == "task asleep exceeded its timeout of 0.1 s"
-    assert outcomes[2, 1].error.message == "task spin exceeded its timeout of 0.2 s"
-    assert outcomes[3, 1].error.message == "task sleep_sync exceeded its timeout of 0.3 s"
+    assert outcomes[1, 1].error.message == "task sample_tasks:asleep exceeded its timeout of 0.1 s"
+    assert outcomes[2, 1].error.message == "task sample_tasks:spin exceeded its timeout of 0.2 s"
+    assert (
+        outcomes[3, 1].error.message == "task sample_tasks:sleep_sync exceeded its timeout of 0.3 s"
+    )
     for key in ((1, 1), (2, 1), (3, 1)):
         outcome = outcomes[key]
         assert outcome.timed_out and not outcome.infrastructure
@@ -145,25 +149,25 @@ async def test_timeouts(coordinator, make_worker):
     assert "in asleep" in outcomes[1, 1].error.traceback  # where the coroutine was
     assert worker.table.running == 0
     # The worker carries on, in fresh task processes.
-    coordinator.leases.put_nowait(make_lease(4, "double", x=2))
+    coordinator.leases.put_nowait(make_lease(4, "sample_tasks:double", x=2))
     assert value_of((await coordinator.wait_outcomes(4))[4, 1]) == 4
 
 
 async def test_a_dead_task_process_is_an_infrastructure_failure(coordinator, make_worker):
     make_worker()
-    coordinator.leases.put_nowait(make_lease(1, "die", code=3))
+    coordinator.leases.put_nowait(make_lease(1, "sample_tasks:die", code=3))
     outcome = (await coordinator.wait_outcomes(1))[1, 1]
     assert outcome.infrastructure
     assert outcome.error.message == "task process died (exit code 3)"
     assert isinstance(error_of(outcome), TaskProcessDied)
-    coordinator.leases.put_nowait(make_lease(2, "double", x=5))
+    coordinator.leases.put_nowait(make_lease(2, "sample_tasks:double", x=5))
     assert value_of((await coordinator.wait_outcomes(2))[2, 1]) == 10
 
 
 async def test_heartbeats_list_held_attempts_and_cancel_async_ones(coordinator, make_worker):
     worker = make_worker()
-    coordinator.leases.put_nowait(make_lease(1, "asleep", seconds=30))
-    coordinator.leases.put_nowait(make_lease(2, "adouble", attempt=3, x=1))
+    coordinator.leases.put_nowait(make_lease(1, "sample_tasks:asleep", seconds=30))
+    coordinator.leases.put_nowait(make_lease(2, "sample_tasks:adouble", attempt=3, x=1))
     await coordinator.wait_for(lambda: (1, 1) in held(coordinator))
     hb = coordinator.heartbeats[-1]
     assert hb.worker_id == "w-test" and hb.memory_available > 0
@@ -178,7 +182,9 @@ async def test_cancelled_pool_attempt_is_killed_and_frees_its_slot(
 ):
     worker = make_worker(cpu=1)
     ledger = tmp_path / "ledger"
-    coordinator.leases.put_nowait(make_lease(1, "sleep_then_mark", path=str(ledger), seconds=30))
+    coordinator.leases.put_nowait(
+        make_lease(1, "sample_tasks:sleep_then_mark", path=str(ledger), seconds=30)
+    )
     await coordinator.wait_for(lambda: (1, 1) in held(coordinator))
     async with asyncio.timeout(10):
         while not ledger.exists():
@@ -190,7 +196,7 @@ async def test_cancelled_pool_attempt_is_killed_and_frees_its_slot(
         while worker.table.running:
             await asyncio.sleep(0.02)
     await coordinator.wait_for(lambda: (1, 1) not in held(coordinator))
-    coordinator.leases.put_nowait(make_lease(2, "getpid"))
+    coordinator.leases.put_nowait(make_lease(2, "sample_tasks:getpid"))
     new_pid = value_of((await coordinator.wait_outcomes(1))[2, 1])
     assert new_pid != pid, "the one task process was replaced"
     assert list(coordinator.outcomes) == [(2, 1)], "a cancelled attempt reports nothing"
@@ -199,8 +205,10 @@ async def test_cancelled_pool_attempt_is_killed_and_frees_its_slot(
 
 async def test_memory_limit_from_the_lease_kills_only_that_task(coordinator, make_worker):
     worker = make_worker()
-    coordinator.leases.put_nowait(make_lease(1, "hog", memory=100 * MIB, mib=300, hold_s=10))
-    coordinator.leases.put_nowait(make_lease(2, "asleep", seconds=1.0))
+    coordinator.leases.put_nowait(
+        make_lease(1, "sample_tasks:hog", memory=100 * MIB, mib=300, hold_s=10)
+    )
+    coordinator.leases.put_nowait(make_lease(2, "sample_tasks:asleep", seconds=1.0))
     outcome = (await coordinator.wait_outcomes(1, timeout_s=10))[1, 1]
     assert not outcome.infrastructure and not outcome.timed_out
     error = error_of(outcome)
@@ -213,9 +221,9 @@ async def test_memory_limit_from_the_lease_kills_only_that_task(coordinator, mak
 
 async def test_outcomes_carry_measured_usage(coordinator, make_worker):
     make_worker()
-    coordinator.leases.put_nowait(make_lease(1, "hog", mib=200))
-    coordinator.leases.put_nowait(make_lease(2, "burn_cpu", seconds=0.3))
-    coordinator.leases.put_nowait(make_lease(3, "adouble", x=1))
+    coordinator.leases.put_nowait(make_lease(1, "sample_tasks:hog", mib=200))
+    coordinator.leases.put_nowait(make_lease(2, "sample_tasks:burn_cpu", seconds=0.3))
+    coordinator.leases.put_nowait(make_lease(3, "sample_tasks:adouble", x=1))
     outcomes = await coordinator.wait_outcomes(3)
     assert 150 * MIB < outcomes[1, 1].peak_memory_bytes < 400 * MIB
     assert 0.2 <= outcomes[2, 1].cpu_seconds < 1.5
@@ -227,14 +235,14 @@ async def test_registers_again_when_the_coordinator_forgets_it(coordinator, make
     await coordinator.wait_for(lambda: coordinator.registrations)
     coordinator.forget_workers()
     await coordinator.wait_for(lambda: len(coordinator.registrations) >= 2)
-    coordinator.leases.put_nowait(make_lease(1, "adouble", x=1))
+    coordinator.leases.put_nowait(make_lease(1, "sample_tasks:adouble", x=1))
     await coordinator.wait_outcomes(1)
 
 
 async def test_failed_reports_are_resent(coordinator, make_worker):
     make_worker()
     coordinator.fail_reports = 3
-    coordinator.leases.put_nowait(make_lease(1, "adouble", x=4))
+    coordinator.leases.put_nowait(make_lease(1, "sample_tasks:adouble", x=4))
     outcomes = await coordinator.wait_outcomes(1)
     assert value_of(outcomes[1, 1]) == 8
     assert coordinator.report_calls == 4
@@ -251,7 +259,7 @@ async def test_survives_a_coordinator_restart(coordinator, make_worker, sample_t
     server, _ = await start_server(fresh, server_port)
     try:
         await fresh.wait_for(lambda: fresh.registrations, timeout_s=10)
-        fresh.leases.put_nowait(make_lease(7, "double", x=7))
+        fresh.leases.put_nowait(make_lease(7, "sample_tasks:double", x=7))
         assert value_of((await fresh.wait_outcomes(1))[7, 1]) == 14
         assert not worker.run_task.done()
     finally:
@@ -263,7 +271,7 @@ async def test_survives_a_coordinator_restart(coordinator, make_worker, sample_t
 async def test_never_leases_more_than_max_concurrency(coordinator, make_worker):
     make_worker(max_concurrency=2)
     for i in range(5):
-        coordinator.leases.put_nowait(make_lease(i, "asleep", seconds=0.2))
+        coordinator.leases.put_nowait(make_lease(i, "sample_tasks:asleep", seconds=0.2))
     await coordinator.wait_outcomes(5)
     asked = [r.max_task_runs for r in coordinator.lease_requests]
     assert max(asked) == 2 and min(asked) >= 1
@@ -296,8 +304,8 @@ async def test_the_long_poll_and_the_piggybacked_lease_share_the_free_slots(
 
 async def test_drain_lets_running_attempts_finish(coordinator, make_worker):
     worker = make_worker()
-    coordinator.leases.put_nowait(make_lease(1, "asleep", seconds=0.5))
-    coordinator.leases.put_nowait(make_lease(2, "sleep_sync", seconds=0.5))
+    coordinator.leases.put_nowait(make_lease(1, "sample_tasks:asleep", seconds=0.5))
+    coordinator.leases.put_nowait(make_lease(2, "sample_tasks:sleep_sync", seconds=0.5))
     await coordinator.wait_for(lambda: {(1, 1), (2, 1)} <= held(coordinator))
     worker.stop()
     await asyncio.wait_for(worker.run_task, 10)
@@ -310,8 +318,8 @@ async def test_drain_lets_running_attempts_finish(coordinator, make_worker):
 
 async def test_drain_grace_over_hands_running_attempts_back(coordinator, make_worker):
     worker = make_worker(drain_grace_s=0.3)
-    coordinator.leases.put_nowait(make_lease(1, "asleep", seconds=30))
-    coordinator.leases.put_nowait(make_lease(2, "sleep_sync", seconds=30))
+    coordinator.leases.put_nowait(make_lease(1, "sample_tasks:asleep", seconds=30))
+    coordinator.leases.put_nowait(make_lease(2, "sample_tasks:sleep_sync", seconds=30))
     await coordinator.wait_for(lambda: {(1, 1), (2, 1)} <= held(coordinator))
     pids = worker.pool.pids
     started = time.monotonic()
@@ -328,8 +336,8 @@ async def test_drain_falls_back_to_worker_shut_down_on_an_older_coordinator(
 ):
     coordinator.release_unimplemented = True
     worker = make_worker(drain_grace_s=0.3)
-    coordinator.leases.put_nowait(make_lease(1, "asleep", seconds=30))
-    coordinator.leases.put_nowait(make_lease(2, "sleep_sync", seconds=30))
+    coordinator.leases.put_nowait(make_lease(1, "sample_tasks:asleep", seconds=30))
+    coordinator.leases.put_nowait(make_lease(2, "sample_tasks:sleep_sync", seconds=30))
     await coordinator.wait_for(lambda: {(1, 1), (2, 1)} <= held(coordinator))
     worker.stop()
     await asyncio.wait_for(worker.run_task, 10)
@@ -342,7 +350,11 @@ async def test_drain_falls_back_to_worker_shut_down_on_an_older_coordinator(
 
 async def test_stop_while_the_coordinator_is_unreachable(sample_tasks, sample_tasks_path):
     settings = WorkerSettings(coordinator="127.0.0.1:1", cpu=1, memory=1e9, backoff_cap_s=0.1)
-    worker = Worker(settings, {"adouble": sample_tasks["adouble"]}, [sample_tasks_path])
+    worker = Worker(
+        settings,
+        {"sample_tasks:adouble": sample_tasks["sample_tasks:adouble"]},
+        [sample_tasks_path],
+    )
     task = asyncio.create_task(worker.run())
     await asyncio.sleep(0.3)
     worker.stop()
@@ -354,8 +366,8 @@ async def test_one_summary_line_per_attempt(coordinator, make_worker):
         processors=[structlog.contextvars.merge_contextvars]
     ) as logs:
         make_worker()
-        coordinator.leases.put_nowait(make_lease(11, "adouble", attempt=2, x=1))
-        coordinator.leases.put_nowait(make_lease(12, "boom", x=1))
+        coordinator.leases.put_nowait(make_lease(11, "sample_tasks:adouble", attempt=2, x=1))
+        coordinator.leases.put_nowait(make_lease(12, "sample_tasks:boom", x=1))
         await coordinator.wait_outcomes(2)
     finished = sorted(
         (e for e in logs if e["event"] == "task_run_finished"), key=lambda e: e["task_run_id"]
@@ -366,7 +378,7 @@ async def test_one_summary_line_per_attempt(coordinator, make_worker):
     ]
     first = finished[0]
     assert first["attempt"] == 2 and first["flow_run_id"] == "flow-1"
-    assert first["worker_id"] == "w-test" and first["task_name"] == "adouble"
+    assert first["worker_id"] == "w-test" and first["task_name"] == "sample_tasks:adouble"
     assert first["duration_s"] >= 0
     assert finished[1]["error_type"] == "builtins.ValueError"
 
@@ -378,8 +390,8 @@ def test_a_worker_needs_tasks():
 
 async def test_a_forced_stop_skips_the_grace_period(coordinator, make_worker):
     worker = make_worker(drain_grace_s=60)
-    coordinator.leases.put_nowait(make_lease(1, "asleep", seconds=30))
-    coordinator.leases.put_nowait(make_lease(2, "sleep_sync", seconds=30))
+    coordinator.leases.put_nowait(make_lease(1, "sample_tasks:asleep", seconds=30))
+    coordinator.leases.put_nowait(make_lease(2, "sample_tasks:sleep_sync", seconds=30))
     await coordinator.wait_for(lambda: {(1, 1), (2, 1)} <= held(coordinator))
     started = time.monotonic()
     worker.stop()
@@ -394,7 +406,7 @@ async def test_a_forced_stop_skips_the_grace_period(coordinator, make_worker):
 
 async def test_registering_again_lists_the_attempts_still_held(coordinator, make_worker):
     make_worker()
-    coordinator.leases.put_nowait(make_lease(5, "asleep", attempt=2, seconds=30))
+    coordinator.leases.put_nowait(make_lease(5, "sample_tasks:asleep", attempt=2, seconds=30))
     await coordinator.wait_for(lambda: (5, 2) in held(coordinator))
     assert list(coordinator.registrations[0].running) == []
     coordinator.forget_workers()
@@ -405,9 +417,9 @@ async def test_registering_again_lists_the_attempts_still_held(coordinator, make
 
 async def test_retry_directives_reach_the_outcome(coordinator, make_worker, tmp_path):
     make_worker()
-    coordinator.leases.put_nowait(make_lease(1, "ask_retry", delay=4.5))
-    coordinator.leases.put_nowait(make_lease(2, "give_up"))
-    coordinator.leases.put_nowait(make_lease(3, "aask_retry", delay=1.5))
+    coordinator.leases.put_nowait(make_lease(1, "sample_tasks:ask_retry", delay=4.5))
+    coordinator.leases.put_nowait(make_lease(2, "sample_tasks:give_up"))
+    coordinator.leases.put_nowait(make_lease(3, "sample_tasks:aask_retry", delay=1.5))
     outcomes = await coordinator.wait_outcomes(3)
     assert outcomes[1, 1].retry_requested and outcomes[1, 1].retry_delay_seconds == 4.5
     assert outcomes[2, 1].non_retryable and not outcomes[2, 1].retry_requested
@@ -416,13 +428,13 @@ async def test_retry_directives_reach_the_outcome(coordinator, make_worker, tmp_
 
 async def test_lease_batches_run_in_order_in_one_slot_each(coordinator, make_worker):
     """Consecutive leases with one batch id share a slot; every member reports on its own."""
-    pool_members = [make_lease(10 + i, "double", x=i) for i in range(6)]
-    async_members = [make_lease(20 + i, "adouble", x=i) for i in range(4)]
+    pool_members = [make_lease(10 + i, "sample_tasks:double", x=i) for i in range(6)]
+    async_members = [make_lease(20 + i, "sample_tasks:adouble", x=i) for i in range(4)]
     for lease in pool_members:
         lease.batch = 1
     for lease in async_members:
         lease.batch = 2
-    for lease in [*pool_members, *async_members, make_lease(30, "double", x=50)]:
+    for lease in [*pool_members, *async_members, make_lease(30, "sample_tasks:double", x=50)]:
         coordinator.leases.put_nowait(lease)  # all in the worker's first LeaseTasks answer
     worker = make_worker()
     outcomes = await coordinator.wait_outcomes(11)

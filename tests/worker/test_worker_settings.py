@@ -195,7 +195,10 @@ def test_cli_builds_settings_from_options(sample_tasks_path, fake_worker):
     assert settings.capacity == {"cpu": 3.5, "memory": 2.0**31, "gpu": 1.0}
     assert (settings.max_concurrency, settings.worker_id) == (7, "w1")
     assert settings.task_nice == 3
-    assert "double" in fake_worker.seen["tasks"] and "renamed" in fake_worker.seen["tasks"]
+    assert (
+        "sample_tasks:double" in fake_worker.seen["tasks"]
+        and "renamed" in fake_worker.seen["tasks"]
+    )
     assert fake_worker.seen["module_specs"] == [sample_tasks_path]
 
 

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from fleetflow.errors import StoredObjectError
-from fleetflow.execution import Task, attempt_scope, find_tasks
+from fleetflow.errors import DuplicateTaskError, StoredObjectError
+from fleetflow.execution import Task, attempt_scope, find_tasks, where
 from fleetflow.loader import load_module
 
 from fleetflow_worker._codec import (
@@ -61,15 +61,23 @@ def load_tasks(module_specs: Sequence[str]) -> dict[str, Task]:
             :func:`fleetflow.loader.load_module`).
 
     Returns:
-        ``{task_name: Task}`` over all modules; a later module wins a name clash.
+        ``{task_name: Task}`` over all modules (a task that a module imports
+        from another is the same task).
 
     Raises:
         FileNotFoundError: a path does not exist.
         ImportError: a module cannot be imported.
+        fleetflow.DuplicateTaskError: two different definitions share a name
+            (usually refused when the second is defined; this catches what a
+            module reload let through).
     """
     tasks: dict[str, Task] = {}
     for spec in module_specs:
-        tasks.update(find_tasks(vars(load_module(spec))))
+        for name, found in find_tasks(vars(load_module(spec))).items():
+            old = tasks.get(name)
+            if old is not None and old.fn is not found.fn and old.fingerprint != found.fingerprint:
+                raise DuplicateTaskError(name, where(old.fn), where(found.fn), factory=False)
+            tasks[name] = found
     return tasks
 
 

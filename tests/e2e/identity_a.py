@@ -1,0 +1,8 @@
+"""One of two modules that each define a task ``process`` (issue 11, item 1)."""
+
+from fleetflow import task
+
+
+@task
+def process(x: int) -> str:
+    return f"a{x}"
