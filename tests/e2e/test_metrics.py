@@ -66,8 +66,8 @@ def test_metrics_counters_match_a_real_run(fleet, tmp_path):
 
     duration = "fleetflow_task_run_duration_seconds"
     assert histogram_count(duration, task="flows:inc", outcome="completed") == 50
-    assert histogram_count(duration, task="flaky", outcome="retrying") == 1
-    assert histogram_count(duration, task="flaky", outcome="completed") == 1
+    assert histogram_count(duration, task="flows:flaky", outcome="retrying") == 1
+    assert histogram_count(duration, task="flows:flaky", outcome="completed") == 1
     assert (
         m[(f"{duration}_bucket", (("le", "+Inf"), ("outcome", "completed"), ("task", "flows:inc")))]
         == 50

@@ -43,7 +43,8 @@ def test_a_200_mb_task_reports_its_peak_and_gets_advice(fleet):
         watched = fleetflow("watch", run.id, "--coordinator", address)
         assert run.result(timeout=90) == [[200, 200, 200], [0, 2, 4]]
     bars = watched.stdout
-    assert "0 hog (map)" in bars and "1 small (map)" in bars and "2 pair" in bars, bars
+    assert "0 usage_flows:hog (map)" in bars and "1 usage_flows:small (map)" in bars
+    assert "2 usage_flows:pair" in bars, bars
     assert "3/3" in bars and f"flow run {run.id} COMPLETED" in bars, bars
     events = fleetflow("watch", run.id, "--events", "--coordinator", address).stdout
     assert "TASK_RUN_STARTED" in events and events.rstrip().endswith("FLOW_RUN_COMPLETED")
@@ -54,7 +55,7 @@ def test_a_200_mb_task_reports_its_peak_and_gets_advice(fleet):
 
     data = json.loads(fleetflow("inspect", run.id, "--coordinator", address, "--json").stdout)
     usage = {row["task_name"]: row for row in data["usage"]}
-    hog, small = usage["hog"], usage["small"]
+    hog, small = usage["usage_flows:hog"], usage["usage_flows:small"]
     assert hog["measured_attempts"] == 3 and small["measured_attempts"] == 3
     peak = hog["peak_memory_bytes"]
     assert 150 * MB <= peak["median"] <= peak["p95"] <= peak["max"] <= 400 * MB, peak
@@ -65,7 +66,7 @@ def test_a_200_mb_task_reports_its_peak_and_gets_advice(fleet):
     advice = memory_advice[0]
     assert advice["requested"] == 2.0 * 2**30 and advice["suggested"] < 2**30
     assert advice["suggested"] >= advice["used_p95"] * 1.25
-    assert advice["message"].startswith("hog requests memory 2GiB, p95 used ")
+    assert advice["message"].startswith("usage_flows:hog requests memory 2GiB, p95 used ")
     assert advice["message"] in data["advice"]
     assert not [a for a in small["advice"] if a["resource"] == "memory"], small["advice"]
     assert small["peak_memory_bytes"]["max"] < 150 * MB
@@ -83,7 +84,7 @@ def test_a_200_mb_task_reports_its_peak_and_gets_advice(fleet):
 
     view = fleetflow("inspect", run.id, "--coordinator", address).stdout
     assert "requested vs used" in view and "where time went" in view
-    assert "advice: hog requests memory 2GiB" in view
+    assert "advice: usage_flows:hog requests memory 2GiB" in view
 
     # The dashboard shows the same rows for the flow run.
     import urllib.request
@@ -91,7 +92,9 @@ def test_a_200_mb_task_reports_its_peak_and_gets_advice(fleet):
     with urllib.request.urlopen(f"{fleet.http_url}/api/flow-runs/{run.id}", timeout=10) as r:
         detail = json.loads(r.read())
     rows = {row["task_name"]: row for row in detail["usage"]}
-    assert rows["hog"]["advice"][0]["message"].startswith("hog requests memory 2GiB")
+    assert rows["usage_flows:hog"]["advice"][0]["message"].startswith(
+        "usage_flows:hog requests memory 2GiB"
+    )
     assert detail["time_in_state"]["running"] >= 0.9
 
 
@@ -146,7 +149,10 @@ def test_a_captured_run_has_the_ids_on_every_line_and_one_summary_line_per_attem
     # 3 x 25 + 25 steps and one giving-up line from task processes, 3 from async tasks.
     assert len(task_lines) == 3 * 25 + 26 + 3
     assert all(all(k in line for k in IDS) for line in task_lines)
-    assert all(line["task_name"] in ("chatty", "chatty_async") for line in task_lines)
+    assert all(
+        line["task_name"] in ("usage_flows:chatty", "usage_flows:chatty_async")
+        for line in task_lines
+    )
 
     # One summary per attempt: its own line, or (a completed member of a
     # lease batch of short task runs) its entry in its batch's line.
