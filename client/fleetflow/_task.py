@@ -72,6 +72,10 @@ class Task(Generic[P, R]):
         mapped: Calling the task maps it: ``t(xs)`` is ``t.map(xs)`` (inside a
             flow a fan-out; outside one, a list of results computed here).
         is_async: True for ``async def`` functions (run on the worker's loop).
+        any_version: Run on workers whatever version of the task's code they
+            have (nodes carry no fingerprint; such a worker reports none).
+            Off by default: a node is leased only to workers whose fingerprint
+            matches the client's.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class Task(Generic[P, R]):
         concurrency_limit: int | None = None,
         pool: str = "default",
         mapped: bool = False,
+        any_version: bool = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {type(fn).__name__}")
@@ -150,6 +155,9 @@ class Task(Generic[P, R]):
         if not isinstance(mapped, bool):
             raise ValueError(f"task {self.name!r}: mapped must be True or False, got {mapped!r}")
         self.mapped = mapped
+        if not isinstance(any_version, bool):
+            raise ValueError(f"task {self.name!r}: any_version must be True or False")
+        self.any_version = any_version
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         self.fingerprint = _identity.fingerprint(self.name, fn, self.signature)
@@ -175,6 +183,7 @@ class Task(Generic[P, R]):
             "concurrency_limit": self.concurrency_limit,
             "pool": self.pool,
             "mapped": self.mapped,
+            "any_version": self.any_version,
         }
         merged.update(options)
         return Task(self.fn, **merged)
@@ -297,6 +306,7 @@ class _FlowRecorder:
             tags=task.tags,
             concurrency_limit=task.concurrency_limit or 0,
             pool=task.pool,
+            fingerprint="" if task.any_version else task.fingerprint,
         )
         literal_lengths: dict[str, int] = {}
         for name, value in bound.arguments.items():
@@ -472,6 +482,7 @@ def task(
     concurrency_limit: int | None = ...,
     pool: str = ...,
     mapped: bool = ...,
+    any_version: bool = ...,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
     """Declare a task: ``@task`` or ``@task(resources=..., retries=..., ...)``.
@@ -487,7 +498,9 @@ def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
             tags), ``concurrency_limit`` (int >= 1 or None), ``pool`` (worker
             pool, default ``"default"``), ``mapped`` (calling the task maps it
             over its list, tuple, range and future arguments, exactly as
-            ``.map()``; default False). See :class:`Task`.
+            ``.map()``; default False), ``any_version`` (run on workers with
+            any version of the task's code; default False: only workers
+            whose fingerprint matches). See :class:`Task`.
 
     Raises:
         ValueError: an option is out of range.

@@ -70,6 +70,8 @@ _ROWS = (
           "INVALID_ARGUMENT"),
     Bound("tag", "TaskNode.tags, SetConcurrencyLimit.tag", 128, "characters", "INVALID_ARGUMENT"),
     Bound("pool", "TaskNode.pool, RegisterWorker.pools", 128, "characters", "INVALID_ARGUMENT"),
+    Bound("fingerprint", "TaskNode.fingerprint, RegisterWorker.task_fingerprints", 128,
+          "characters", "INVALID_ARGUMENT"),
     Bound("worker_id", "worker_id of every worker call (required)", 128, "characters",
           "INVALID_ARGUMENT"),
     Bound("hostname", "RegisterWorker.hostname", 255, "characters", "INVALID_ARGUMENT"),
@@ -212,6 +214,7 @@ def _node(i: int, node: common_pb2.TaskNode) -> None:
     where = f"nodes[{i}]"
     _name(f"{where}.task_name", node.task_name, "task_name")
     where = f"nodes[{i}] ({node.task_name})"
+    _name(f"{where}.fingerprint", node.fingerprint, "fingerprint")
     _count(f"{where}.args", len(node.args), "args")
     for arg in node.args:
         _name(f"{where}.args.name", arg.name, "arg_name")
@@ -307,6 +310,10 @@ def _register(request: ws.RegisterWorkerRequest) -> None:
     _count("task_names", len(request.task_names), "worker_tasks")
     for name in request.task_names:
         _name("task_names", name, "task_name", required=True)
+    _count("task_fingerprints", len(request.task_fingerprints), "worker_tasks")
+    for name, version in request.task_fingerprints.items():
+        _name("task_fingerprints", name, "task_name", required=True)
+        _name(f"task_fingerprints[{name!r}]", version, "fingerprint")
     _count("pools", len(request.pools), "worker_pools")
     for pool in request.pools:
         _name("pools", pool, "pool", required=True)

@@ -90,6 +90,7 @@ def node_specs(spec: common_pb2.FlowSpec) -> list[NodeSpec]:
                 tags=tuple(node.tags),
                 concurrency_limit=node.concurrency_limit,
                 pool=node.pool or "default",
+                fingerprint=node.fingerprint,
             )
         )
     return out

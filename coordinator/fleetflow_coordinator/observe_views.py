@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from fleetflow_coordinator.core import TaskRunState
-from fleetflow_coordinator.core.model import FlowRun, NodeRecord, WorkerRecord
+from fleetflow_coordinator.core.model import FlowRun, NodeRecord, WorkerRecord, runs_version
 from fleetflow_coordinator.core.queries import node_counts
 from fleetflow_coordinator.observe_fold import TRACEBACK_CHARS, FlowDigest
 from fleetflow_coordinator.usage import UsageBook
@@ -140,8 +140,10 @@ def node_view(node: NodeRecord, flow: FlowRun | None = None) -> dict[str, Any]:
 def _fits(node: NodeRecord, workers: Iterable[WorkerRecord]) -> bool:
     """Whether some connected worker offers the node's task and could ever fit it."""
     for worker in workers:
-        if node.task_name in worker.task_names and all(
-            worker.capacity.get(r, 0.0) + 1e-9 >= a for r, a in node.resources.items()
+        if (
+            node.task_name in worker.task_names
+            and runs_version(worker, node)
+            and all(worker.capacity.get(r, 0.0) + 1e-9 >= a for r, a in node.resources.items())
         ):
             return True
     return False

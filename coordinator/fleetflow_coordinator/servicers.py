@@ -415,6 +415,8 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
             pid=request.pid,
             running=[(h.task_run_id, h.attempt) for h in request.running],
             pools=frozenset(request.pools) or frozenset({"default"}),
+            task_fingerprints=dict(request.task_fingerprints),
+            any_version=request.any_version,
         )
         self._own(request.worker_id)
         self.rt.usage.worker_gpus.register(request.worker_id, request.gpus, self.rt.core.workers)
@@ -425,6 +427,7 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
             worker_id=request.worker_id,
             capacity=capacity,
             tasks=len(request.task_names),
+            any_version=request.any_version,
         )
         settings = self.rt.settings
         return ws.RegisterWorkerResponse(

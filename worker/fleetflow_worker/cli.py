@@ -160,6 +160,13 @@ def load_all_tasks(module_specs: tuple[str, ...] | list[str]) -> dict[str, Task]
     help="Most short task runs leased as one batch (one slot, run in order); 1: no batches.",
 )
 @click.option(
+    "--any-version",
+    is_flag=True,
+    default=None,
+    help="Run task runs whatever version of the tasks' code they were submitted with "
+    "(normally only those whose fingerprint matches this worker's code). Warns at start.",
+)
+@click.option(
     "--tls-ca",
     default=None,
     metavar="PATH",
@@ -208,6 +215,7 @@ def command(
     drain_grace_s: float,
     task_nice: int,
     max_batch: int,
+    any_version: bool | None,
     tls_ca: str | None,
     tls_cert: str | None,
     tls_key: str | None,

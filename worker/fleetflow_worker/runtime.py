@@ -80,6 +80,10 @@ class Worker:
             raise ValueError("a worker needs at least one task; check its --module options")
         self.settings = settings
         self.tasks = dict(tasks)
+        #: {task name: fingerprint} reported at registration; "" for any_version tasks.
+        self.fingerprints = {
+            name: "" if task.any_version else task.fingerprint for name, task in self.tasks.items()
+        }
         self.module_specs = list(module_specs)
         self.table = AttemptTable(settings.max_concurrency)
         #: The GPUs offered (discovered through NVML, restricted, overridden).
@@ -164,6 +168,7 @@ class Worker:
         self._stub = connection.stub  # type: ignore[assignment]
         self._connection = connection
         with structlog.contextvars.bound_contextvars(worker_id=self.settings.worker_id):
+            self._warn_any_version()
             try:
                 self.gpu_sampler.open()
                 if self.pool.name != "process" or any(not t.is_async for t in self.tasks.values()):
@@ -192,6 +197,24 @@ class Worker:
                 self.data.close()
                 log.info("worker_stopped")
 
+    def _warn_any_version(self) -> None:
+        """Say loudly that task runs may meet code other than what they were submitted with."""
+        if self.settings.any_version:
+            log.warning(
+                "worker_any_version",
+                message="--any-version: this worker runs task runs whatever version of the "
+                "tasks' code they were submitted with; results may come from code other "
+                "than the client's",
+                tasks=len(self.tasks),
+            )
+        for name, task in sorted(self.tasks.items()):
+            if task.any_version:
+                log.warning(
+                    "task_any_version",
+                    task_name=name,
+                    message="@task(any_version=True): runs whatever version was submitted",
+                )
+
     # ------------------------------------------------------------ registration
 
     async def _register(self, *, give_up_on_stop: bool) -> bool:
@@ -211,6 +234,8 @@ class Worker:
                 running=self._held(),
                 pools=list(self.settings.pools),
                 gpus=self.gpus.describe(),
+                task_fingerprints=self.fingerprints,
+                any_version=self.settings.any_version,
             )
             try:
                 response = await self._rpc().RegisterWorker(

@@ -214,6 +214,13 @@ class WorkerSettings(CredentialSettings):
     one it names (the same shared folder mounted at another path here). ""
     (default) uses the coordinator's."""
 
+    any_version: bool = setting(
+        False, help="Run task runs whatever code version they were submitted with."
+    )
+    """Lease task runs whatever version of the task's code they were submitted
+    with (the fingerprints need not match). Logged as a warning at every start;
+    for a fleet that cannot run two versions side by side. Default False."""
+
     result_store_direct: bool = setting(
         True, help="Use a coordinator-hosted store's folder directly when visible here."
     )

@@ -29,6 +29,7 @@ __all__ = [
     "TERMINAL_TASK_STATES",
     "FAILED_TASK_STATES",
     "EPS",
+    "runs_version",
 ]
 
 #: Tolerance for comparing resource amounts (fractional CPUs add up inexactly).
@@ -146,6 +147,7 @@ class NodeRecord:
         "pool",
         "mean_duration_s",
         "fits_version",
+        "fingerprint",
     )
 
     def __init__(
@@ -198,6 +200,9 @@ class NodeRecord:
         #: The scheduler's fleet version when some worker was last found able
         #: to run this node (-1: never); spares re-checking per task run.
         self.fits_version = -1
+        #: The task's code version the client submitted ("" any): only workers
+        #: running the same code lease it (see :func:`runs_version`).
+        self.fingerprint = ""
 
 
 class SlotBatch:
@@ -588,3 +593,23 @@ class WorkerRecord:
     #: Slots held: allocations of running attempts (a batch holds one), at most
     #: the Scheduler's ``max_leases_per_worker`` whatever the attempts request.
     slots: int = 0
+    #: {task name: fingerprint of the code it runs}; "" or missing: any version.
+    task_fingerprints: dict[str, str] = field(default_factory=dict)
+    #: Started with --any-version: runs nodes of every fingerprint.
+    any_version: bool = False
+
+
+def runs_version(worker: WorkerRecord, node: NodeRecord) -> bool:
+    """Whether ``worker`` runs the code version ``node`` was submitted with.
+
+    A node without a fingerprint (``@task(any_version=True)``, or stored before
+    fingerprints existed) and a worker started with ``--any-version`` or
+    reporting none for the task (``any_version`` on its side, or an older
+    worker) match every version. See docs/architecture.md, "Task identity
+    and versions".
+    """
+    want = node.fingerprint
+    if not want or worker.any_version:
+        return True
+    have = worker.task_fingerprints.get(node.task_name, "")
+    return not have or have == want

@@ -29,6 +29,7 @@ from fleetflow_coordinator.core.model import (
     TaskRun,
     TaskRunState,
     WorkerRecord,
+    runs_version,
 )
 from fleetflow_coordinator.core.table import Stimulus
 
@@ -131,7 +132,11 @@ class PlacementMixin:
         reserved = self._reservations.get(worker_id)
         if reserved is not None:
             tr = self._next_ready(reserved)
-            if tr is None or reserved.node.pool not in worker.pools:
+            if (
+                tr is None
+                or reserved.node.pool not in worker.pools
+                or not runs_version(worker, reserved.node)
+            ):
                 self._unreserve(reserved)
             elif self._room_for(worker, reserved.node.shape[1]) > 0 and self._slot_free(
                 reserved.node
@@ -148,7 +153,11 @@ class PlacementMixin:
         for task_name in worker.task_names:
             by_node = ready.get(task_name)
             if by_node:
-                lanes.extend(lane for lane in by_node.values() if lane.node.pool in pools)
+                lanes.extend(
+                    lane
+                    for lane in by_node.values()
+                    if lane.node.pool in pools and runs_version(worker, lane.node)
+                )
         if not lanes:
             return grants
         if len(lanes) > 1:

@@ -42,6 +42,8 @@ class NodeSpec:
     tags: tuple[str, ...] = ()
     concurrency_limit: int = 0
     pool: str = "default"
+    #: The task's code version ("" any); see NodeRecord.fingerprint.
+    fingerprint: str = ""
 
 
 def validate_and_link(nodes: list[NodeSpec], output_node: int | None) -> list[NodeRecord]:
@@ -100,6 +102,7 @@ def validate_and_link(nodes: list[NodeSpec], output_node: int | None) -> list[No
         record.tags = tuple(spec.tags)
         record.concurrency_limit = spec.concurrency_limit
         record.pool = spec.pool or "default"
+        record.fingerprint = spec.fingerprint
         names = set()
         literal_lengths = set()
         whole: set[int] = set()

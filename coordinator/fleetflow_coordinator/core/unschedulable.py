@@ -18,6 +18,7 @@ from fleetflow_coordinator.core.model import (
     NodeRecord,
     TaskRun,
     TaskRunState,
+    runs_version,
 )
 from fleetflow_coordinator.core.table import Stimulus
 
@@ -150,7 +151,16 @@ class UnschedulableMixin:
         ]
         if not offering:
             where = "" if node.pool == "default" else f" in pool {node.pool!r}"
-            return f"no connected worker offers task {node.task_name!r}{where}"
+            return f"no connected worker offers task {node.task_name!r}{where}{self._alias(node)}"
+        matching = [w for w in offering if runs_version(w, node)]
+        if not matching:
+            theirs = sorted({w.task_fingerprints.get(node.task_name, "") for w in offering})
+            return (
+                f"workers run another version of task {node.task_name!r}: it was submitted "
+                f"with fingerprint {node.fingerprint}, connected workers run {', '.join(theirs)} "
+                "(start workers on the submitted code, or resubmit from the workers' code)"
+            )
+        offering = matching
         for worker in offering:
             if all(worker.capacity.get(r, 0.0) + EPS >= a for r, a in node.resources.items()):
                 return ""
@@ -160,6 +170,20 @@ class UnschedulableMixin:
             if largest + EPS < amount:
                 parts.append(f"needs {resource}={amount:g}; the largest worker offers {largest:g}")
         return "; ".join(parts)
+
+    def _alias(self, node: NodeRecord) -> str:
+        """A hint when workers offer the same function under another module name."""
+        _, sep, qualname = node.task_name.rpartition(":")
+        if not sep:
+            return ""
+        for worker in self.workers.values():
+            for name in worker.task_names:
+                if name != node.task_name and name.endswith(f":{qualname}"):
+                    return (
+                        f" (workers offer {name!r}: clients and workers must import the "
+                        "module under the same name)"
+                    )
+        return ""
 
     def _recheck_unschedulable(self, now: float) -> None:
         """After the fleet changed: clear nodes that fit now, report ones that no longer do."""

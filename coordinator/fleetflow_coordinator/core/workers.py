@@ -36,6 +36,8 @@ class WorkersMixin:
         pid: int = 0,
         running: list[tuple[int, int]] = (),
         pools: frozenset[str] = frozenset({"default"}),
+        task_fingerprints: dict[str, str] | None = None,
+        any_version: bool = False,
     ) -> WorkerRecord:
         """Add a worker, or refresh one that registers again.
 
@@ -44,6 +46,9 @@ class WorkersMixin:
         ``running`` (``[(task_run_id, attempt)]``) re-attaches attempts the
         worker still holds, e.g. after a coordinator restart; attempts that are
         not current are ignored here and cancelled by the next heartbeat.
+        ``task_fingerprints`` (``{task name: fingerprint}``) is the code each
+        task runs there; only nodes of the same version are leased to it
+        unless ``any_version`` (see :func:`~fleetflow_coordinator.core.model.runs_version`).
         """
         worker = self.workers.get(worker_id)
         if worker is None:
@@ -54,6 +59,8 @@ class WorkersMixin:
             worker.task_names = task_names
             worker.last_seen = now
         worker.pools = pools or frozenset({"default"})
+        worker.task_fingerprints = dict(task_fingerprints or {})
+        worker.any_version = any_version
         self._fleet_version += 1
         for task_run_id, attempt in running:
             tr = self.task_runs.get(task_run_id)

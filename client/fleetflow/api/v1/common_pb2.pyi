@@ -214,7 +214,7 @@ class NodeList(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TaskNode(_message.Message):
-    __slots__ = ("task_name", "args", "map", "resources", "retry", "timeout_seconds", "tags", "concurrency_limit", "pool")
+    __slots__ = ("task_name", "args", "map", "resources", "retry", "timeout_seconds", "tags", "concurrency_limit", "pool", "fingerprint")
     TASK_NAME_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     MAP_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +224,7 @@ class TaskNode(_message.Message):
     TAGS_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     task_name: str
     args: _containers.RepeatedCompositeFieldContainer[ArgSpec]
     map: bool
@@ -233,7 +234,8 @@ class TaskNode(_message.Message):
     tags: _containers.RepeatedScalarFieldContainer[str]
     concurrency_limit: int
     pool: str
-    def __init__(self, task_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[ArgSpec, _Mapping]]] = ..., map: _Optional[bool] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., concurrency_limit: _Optional[int] = ..., pool: _Optional[str] = ...) -> None: ...
+    fingerprint: str
+    def __init__(self, task_name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[ArgSpec, _Mapping]]] = ..., map: _Optional[bool] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_seconds: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., concurrency_limit: _Optional[int] = ..., pool: _Optional[str] = ..., fingerprint: _Optional[str] = ...) -> None: ...
 
 class FlowSpec(_message.Message):
     __slots__ = ("name", "nodes", "output_node", "output_literal", "output_ref", "parameters", "priority", "timeout_seconds", "stored_parameters")

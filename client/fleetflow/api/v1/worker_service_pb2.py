@@ -25,43 +25,47 @@ _sym_db = _symbol_database.Default()
 from fleetflow.api.v1 import common_pb2 as fleetflow_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%fleetflow/api/v1/worker_service.proto\x12\x10\x66leetflow.api.v1\x1a\x1d\x66leetflow/api/v1/common.proto\"\xd9\x01\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12-\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\x1b.fleetflow.api.v1.Resources\x12\x12\n\ntask_names\x18\x03 \x03(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x05 \x01(\r\x12.\n\x07running\x18\x06 \x03(\x0b\x32\x1d.fleetflow.api.v1.HeldTaskRun\x12\r\n\x05pools\x18\x07 \x03(\t\x12\x0c\n\x04gpus\x18\x08 \x03(\t\"W\n\x16RegisterWorkerResponse\x12\x19\n\x11lease_ttl_seconds\x18\x01 \x01(\x01\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\"3\n\x0bHeldTaskRun\x12\x13\n\x0btask_run_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\xb3\x01\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12.\n\x07running\x18\x02 \x03(\x0b\x32\x1d.fleetflow.api.v1.HeldTaskRun\x12\x13\n\x0b\x63pu_percent\x18\x03 \x01(\x01\x12\x18\n\x10memory_available\x18\x04 \x01(\x01\x12-\n\x08\x63\x61pacity\x18\x05 \x01(\x0b\x32\x1b.fleetflow.api.v1.Resources\"Q\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\x12-\n\x06\x63\x61ncel\x18\x02 \x03(\x0b\x32\x1d.fleetflow.api.v1.HeldTaskRun\"f\n\x11LeaseTasksRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x15\n\rmax_task_runs\x18\x02 \x01(\r\x12\x14\n\x0cwait_seconds\x18\x03 \x01(\x01\x12\x11\n\tmax_batch\x18\x04 \x01(\r\"@\n\x08\x41rgValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.fleetflow.api.v1.Value\"\xa4\x02\n\x05Lease\x12\x13\n\x0btask_run_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\ttask_name\x18\x03 \x01(\t\x12\x13\n\x0b\x66low_run_id\x18\x04 \x01(\t\x12\x0c\n\x04node\x18\x05 \x01(\r\x12\r\n\x05index\x18\x06 \x01(\r\x12(\n\x04\x61rgs\x18\x07 \x03(\x0b\x32\x1a.fleetflow.api.v1.ArgValue\x12\x14\n\x0csplit_result\x18\x08 \x01(\x08\x12\x17\n\x0ftimeout_seconds\x18\t \x01(\x01\x12.\n\tresources\x18\n \x01(\x0b\x32\x1b.fleetflow.api.v1.Resources\x12\r\n\x05\x62\x61tch\x18\x0b \x01(\x04\x12\x18\n\x10inline_max_bytes\x18\x0c \x01(\x04\"L\n\x12LeaseTasksResponse\x12\'\n\x06leases\x18\x01 \x03(\x0b\x32\x17.fleetflow.api.v1.Lease\x12\r\n\x05known\x18\x02 \x01(\x08\"\xc1\x04\n\x07Outcome\x12\x13\n\x0btask_run_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x05value\x18\x03 \x01(\x0cH\x00\x12,\n\x05items\x18\x04 \x01(\x0b\x32\x1b.fleetflow.api.v1.ValueListH\x00\x12,\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1b.fleetflow.api.v1.TaskErrorH\x00\x12*\n\x03ref\x18\x0e \x01(\x0b\x32\x1b.fleetflow.api.v1.StoredRefH\x00\x12\x35\n\x0cstored_items\x18\x0f \x01(\x0b\x32\x1d.fleetflow.api.v1.StoredItemsH\x00\x12\x16\n\x0einfrastructure\x18\x06 \x01(\x08\x12\x11\n\ttimed_out\x18\x07 \x01(\x08\x12\x13\n\x0b\x63pu_seconds\x18\x08 \x01(\x01\x12\x19\n\x11peak_memory_bytes\x18\t \x01(\x01\x12\x15\n\rnon_retryable\x18\n \x01(\x08\x12\x17\n\x0fretry_requested\x18\x0b \x01(\x08\x12\x1b\n\x13retry_delay_seconds\x18\x0c \x01(\x01\x12\x18\n\x10\x64uration_seconds\x18\r \x01(\x01\x12\x13\n\x0bgpu_devices\x18\x10 \x03(\t\x12\x1d\n\x15peak_gpu_memory_bytes\x18\x11 \x01(\x01\x12$\n\x17gpu_utilization_percent\x18\x12 \x01(\x01H\x01\x88\x01\x01\x42\x08\n\x06resultB\x1a\n\x18_gpu_utilization_percent\"\x82\x01\n\x15ReportOutcomesRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12+\n\x08outcomes\x18\x02 \x03(\x0b\x32\x19.fleetflow.api.v1.Outcome\x12\x16\n\x0emax_new_leases\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\"m\n\x16ReportOutcomesResponse\x12*\n\x04\x61\x63ks\x18\x01 \x03(\x0e\x32\x1c.fleetflow.api.v1.OutcomeAck\x12\'\n\x06leases\x18\x02 \x03(\x0b\x32\x17.fleetflow.api.v1.Lease\"Z\n\x14ReleaseLeasesRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12/\n\x08released\x18\x02 \x03(\x0b\x32\x1d.fleetflow.api.v1.HeldTaskRun\"\x17\n\x15ReleaseLeasesResponse*\x85\x01\n\nOutcomeAck\x12\x1b\n\x17OUTCOME_ACK_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTCOME_ACK_ACCEPTED\x10\x01\x12\x1e\n\x1aOUTCOME_ACK_REJECTED_STALE\x10\x02\x12 \n\x1cOUTCOME_ACK_REJECTED_UNKNOWN\x10\x03\x32\xea\x03\n\rWorkerService\x12\x63\n\x0eRegisterWorker\x12\'.fleetflow.api.v1.RegisterWorkerRequest\x1a(.fleetflow.api.v1.RegisterWorkerResponse\x12T\n\tHeartbeat\x12\".fleetflow.api.v1.HeartbeatRequest\x1a#.fleetflow.api.v1.HeartbeatResponse\x12W\n\nLeaseTasks\x12#.fleetflow.api.v1.LeaseTasksRequest\x1a$.fleetflow.api.v1.LeaseTasksResponse\x12\x63\n\x0eReportOutcomes\x12\'.fleetflow.api.v1.ReportOutcomesRequest\x1a(.fleetflow.api.v1.ReportOutcomesResponse\x12`\n\rReleaseLeases\x12&.fleetflow.api.v1.ReleaseLeasesRequest\x1a\'.fleetflow.api.v1.ReleaseLeasesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%fleetflow/api/v1/worker_service.proto\x12\x10\x66leetflow.api.v1\x1a\x1d\x66leetflow/api/v1/common.proto\"\x81\x03\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12-\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\x1b.fleetflow.api.v1.Resources\x12\x12\n\ntask_names\x18\x03 \x03(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x05 \x01(\r\x12.\n\x07running\x18\x06 \x03(\x0b\x32\x1d.fleetflow.api.v1.HeldTaskRun\x12\r\n\x05pools\x18\x07 \x03(\t\x12\x0c\n\x04gpus\x18\x08 \x03(\t\x12X\n\x11task_fingerprints\x18\t \x03(\x0b\x32=.fleetflow.api.v1.RegisterWorkerRequest.TaskFingerprintsEntry\x12\x13\n\x0b\x61ny_version\x18\n \x01(\x08\x1a\x37\n\x15TaskFingerprintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x16RegisterWorkerResponse\x12\x19\n\x11lease_ttl_seconds\x18\x01 \x01(\x01\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\"3\n\x0bHeldTaskRun\x12\x13\n\x0btask_run_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\xb3\x01\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12.\n\x07running\x18\x02 \x03(\x0b\x32\x1d.fleetflow.api.v1.HeldTaskRun\x12\x13\n\x0b\x63pu_percent\x18\x03 \x01(\x01\x12\x18\n\x10memory_available\x18\x04 \x01(\x01\x12-\n\x08\x63\x61pacity\x18\x05 \x01(\x0b\x32\x1b.fleetflow.api.v1.Resources\"Q\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\x12-\n\x06\x63\x61ncel\x18\x02 \x03(\x0b\x32\x1d.fleetflow.api.v1.HeldTaskRun\"f\n\x11LeaseTasksRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x15\n\rmax_task_runs\x18\x02 \x01(\r\x12\x14\n\x0cwait_seconds\x18\x03 \x01(\x01\x12\x11\n\tmax_batch\x18\x04 \x01(\r\"@\n\x08\x41rgValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.fleetflow.api.v1.Value\"\xa4\x02\n\x05Lease\x12\x13\n\x0btask_run_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\ttask_name\x18\x03 \x01(\t\x12\x13\n\x0b\x66low_run_id\x18\x04 \x01(\t\x12\x0c\n\x04node\x18\x05 \x01(\r\x12\r\n\x05index\x18\x06 \x01(\r\x12(\n\x04\x61rgs\x18\x07 \x03(\x0b\x32\x1a.fleetflow.api.v1.ArgValue\x12\x14\n\x0csplit_result\x18\x08 \x01(\x08\x12\x17\n\x0ftimeout_seconds\x18\t \x01(\x01\x12.\n\tresources\x18\n \x01(\x0b\x32\x1b.fleetflow.api.v1.Resources\x12\r\n\x05\x62\x61tch\x18\x0b \x01(\x04\x12\x18\n\x10inline_max_bytes\x18\x0c \x01(\x04\"L\n\x12LeaseTasksResponse\x12\'\n\x06leases\x18\x01 \x03(\x0b\x32\x17.fleetflow.api.v1.Lease\x12\r\n\x05known\x18\x02 \x01(\x08\"\xc1\x04\n\x07Outcome\x12\x13\n\x0btask_run_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x05value\x18\x03 \x01(\x0cH\x00\x12,\n\x05items\x18\x04 \x01(\x0b\x32\x1b.fleetflow.api.v1.ValueListH\x00\x12,\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1b.fleetflow.api.v1.TaskErrorH\x00\x12*\n\x03ref\x18\x0e \x01(\x0b\x32\x1b.fleetflow.api.v1.StoredRefH\x00\x12\x35\n\x0cstored_items\x18\x0f \x01(\x0b\x32\x1d.fleetflow.api.v1.StoredItemsH\x00\x12\x16\n\x0einfrastructure\x18\x06 \x01(\x08\x12\x11\n\ttimed_out\x18\x07 \x01(\x08\x12\x13\n\x0b\x63pu_seconds\x18\x08 \x01(\x01\x12\x19\n\x11peak_memory_bytes\x18\t \x01(\x01\x12\x15\n\rnon_retryable\x18\n \x01(\x08\x12\x17\n\x0fretry_requested\x18\x0b \x01(\x08\x12\x1b\n\x13retry_delay_seconds\x18\x0c \x01(\x01\x12\x18\n\x10\x64uration_seconds\x18\r \x01(\x01\x12\x13\n\x0bgpu_devices\x18\x10 \x03(\t\x12\x1d\n\x15peak_gpu_memory_bytes\x18\x11 \x01(\x01\x12$\n\x17gpu_utilization_percent\x18\x12 \x01(\x01H\x01\x88\x01\x01\x42\x08\n\x06resultB\x1a\n\x18_gpu_utilization_percent\"\x82\x01\n\x15ReportOutcomesRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12+\n\x08outcomes\x18\x02 \x03(\x0b\x32\x19.fleetflow.api.v1.Outcome\x12\x16\n\x0emax_new_leases\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\"m\n\x16ReportOutcomesResponse\x12*\n\x04\x61\x63ks\x18\x01 \x03(\x0e\x32\x1c.fleetflow.api.v1.OutcomeAck\x12\'\n\x06leases\x18\x02 \x03(\x0b\x32\x17.fleetflow.api.v1.Lease\"Z\n\x14ReleaseLeasesRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12/\n\x08released\x18\x02 \x03(\x0b\x32\x1d.fleetflow.api.v1.HeldTaskRun\"\x17\n\x15ReleaseLeasesResponse*\x85\x01\n\nOutcomeAck\x12\x1b\n\x17OUTCOME_ACK_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTCOME_ACK_ACCEPTED\x10\x01\x12\x1e\n\x1aOUTCOME_ACK_REJECTED_STALE\x10\x02\x12 \n\x1cOUTCOME_ACK_REJECTED_UNKNOWN\x10\x03\x32\xea\x03\n\rWorkerService\x12\x63\n\x0eRegisterWorker\x12\'.fleetflow.api.v1.RegisterWorkerRequest\x1a(.fleetflow.api.v1.RegisterWorkerResponse\x12T\n\tHeartbeat\x12\".fleetflow.api.v1.HeartbeatRequest\x1a#.fleetflow.api.v1.HeartbeatResponse\x12W\n\nLeaseTasks\x12#.fleetflow.api.v1.LeaseTasksRequest\x1a$.fleetflow.api.v1.LeaseTasksResponse\x12\x63\n\x0eReportOutcomes\x12\'.fleetflow.api.v1.ReportOutcomesRequest\x1a(.fleetflow.api.v1.ReportOutcomesResponse\x12`\n\rReleaseLeases\x12&.fleetflow.api.v1.ReleaseLeasesRequest\x1a\'.fleetflow.api.v1.ReleaseLeasesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fleetflow.api.v1.worker_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOMEACK']._serialized_start=2202
-  _globals['_OUTCOMEACK']._serialized_end=2335
+  _globals['_REGISTERWORKERREQUEST_TASKFINGERPRINTSENTRY']._loaded_options = None
+  _globals['_REGISTERWORKERREQUEST_TASKFINGERPRINTSENTRY']._serialized_options = b'8\001'
+  _globals['_OUTCOMEACK']._serialized_start=2370
+  _globals['_OUTCOMEACK']._serialized_end=2503
   _globals['_REGISTERWORKERREQUEST']._serialized_start=91
-  _globals['_REGISTERWORKERREQUEST']._serialized_end=308
-  _globals['_REGISTERWORKERRESPONSE']._serialized_start=310
-  _globals['_REGISTERWORKERRESPONSE']._serialized_end=397
-  _globals['_HELDTASKRUN']._serialized_start=399
-  _globals['_HELDTASKRUN']._serialized_end=450
-  _globals['_HEARTBEATREQUEST']._serialized_start=453
-  _globals['_HEARTBEATREQUEST']._serialized_end=632
-  _globals['_HEARTBEATRESPONSE']._serialized_start=634
-  _globals['_HEARTBEATRESPONSE']._serialized_end=715
-  _globals['_LEASETASKSREQUEST']._serialized_start=717
-  _globals['_LEASETASKSREQUEST']._serialized_end=819
-  _globals['_ARGVALUE']._serialized_start=821
-  _globals['_ARGVALUE']._serialized_end=885
-  _globals['_LEASE']._serialized_start=888
-  _globals['_LEASE']._serialized_end=1180
-  _globals['_LEASETASKSRESPONSE']._serialized_start=1182
-  _globals['_LEASETASKSRESPONSE']._serialized_end=1258
-  _globals['_OUTCOME']._serialized_start=1261
-  _globals['_OUTCOME']._serialized_end=1838
-  _globals['_REPORTOUTCOMESREQUEST']._serialized_start=1841
-  _globals['_REPORTOUTCOMESREQUEST']._serialized_end=1971
-  _globals['_REPORTOUTCOMESRESPONSE']._serialized_start=1973
-  _globals['_REPORTOUTCOMESRESPONSE']._serialized_end=2082
-  _globals['_RELEASELEASESREQUEST']._serialized_start=2084
-  _globals['_RELEASELEASESREQUEST']._serialized_end=2174
-  _globals['_RELEASELEASESRESPONSE']._serialized_start=2176
-  _globals['_RELEASELEASESRESPONSE']._serialized_end=2199
-  _globals['_WORKERSERVICE']._serialized_start=2338
-  _globals['_WORKERSERVICE']._serialized_end=2828
+  _globals['_REGISTERWORKERREQUEST']._serialized_end=476
+  _globals['_REGISTERWORKERREQUEST_TASKFINGERPRINTSENTRY']._serialized_start=421
+  _globals['_REGISTERWORKERREQUEST_TASKFINGERPRINTSENTRY']._serialized_end=476
+  _globals['_REGISTERWORKERRESPONSE']._serialized_start=478
+  _globals['_REGISTERWORKERRESPONSE']._serialized_end=565
+  _globals['_HELDTASKRUN']._serialized_start=567
+  _globals['_HELDTASKRUN']._serialized_end=618
+  _globals['_HEARTBEATREQUEST']._serialized_start=621
+  _globals['_HEARTBEATREQUEST']._serialized_end=800
+  _globals['_HEARTBEATRESPONSE']._serialized_start=802
+  _globals['_HEARTBEATRESPONSE']._serialized_end=883
+  _globals['_LEASETASKSREQUEST']._serialized_start=885
+  _globals['_LEASETASKSREQUEST']._serialized_end=987
+  _globals['_ARGVALUE']._serialized_start=989
+  _globals['_ARGVALUE']._serialized_end=1053
+  _globals['_LEASE']._serialized_start=1056
+  _globals['_LEASE']._serialized_end=1348
+  _globals['_LEASETASKSRESPONSE']._serialized_start=1350
+  _globals['_LEASETASKSRESPONSE']._serialized_end=1426
+  _globals['_OUTCOME']._serialized_start=1429
+  _globals['_OUTCOME']._serialized_end=2006
+  _globals['_REPORTOUTCOMESREQUEST']._serialized_start=2009
+  _globals['_REPORTOUTCOMESREQUEST']._serialized_end=2139
+  _globals['_REPORTOUTCOMESRESPONSE']._serialized_start=2141
+  _globals['_REPORTOUTCOMESRESPONSE']._serialized_end=2250
+  _globals['_RELEASELEASESREQUEST']._serialized_start=2252
+  _globals['_RELEASELEASESREQUEST']._serialized_end=2342
+  _globals['_RELEASELEASESRESPONSE']._serialized_start=2344
+  _globals['_RELEASELEASESRESPONSE']._serialized_end=2367
+  _globals['_WORKERSERVICE']._serialized_start=2506
+  _globals['_WORKERSERVICE']._serialized_end=2996
 # @@protoc_insertion_point(module_scope)

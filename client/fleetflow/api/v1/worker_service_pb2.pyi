@@ -20,7 +20,14 @@ OUTCOME_ACK_REJECTED_STALE: OutcomeAck
 OUTCOME_ACK_REJECTED_UNKNOWN: OutcomeAck
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "capacity", "task_names", "hostname", "pid", "running", "pools", "gpus")
+    __slots__ = ("worker_id", "capacity", "task_names", "hostname", "pid", "running", "pools", "gpus", "task_fingerprints", "any_version")
+    class TaskFingerprintsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     TASK_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +36,8 @@ class RegisterWorkerRequest(_message.Message):
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
+    TASK_FINGERPRINTS_FIELD_NUMBER: _ClassVar[int]
+    ANY_VERSION_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     capacity: _common_pb2.Resources
     task_names: _containers.RepeatedScalarFieldContainer[str]
@@ -37,7 +46,9 @@ class RegisterWorkerRequest(_message.Message):
     running: _containers.RepeatedCompositeFieldContainer[HeldTaskRun]
     pools: _containers.RepeatedScalarFieldContainer[str]
     gpus: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, worker_id: _Optional[str] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., task_names: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., running: _Optional[_Iterable[_Union[HeldTaskRun, _Mapping]]] = ..., pools: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
+    task_fingerprints: _containers.ScalarMap[str, str]
+    any_version: bool
+    def __init__(self, worker_id: _Optional[str] = ..., capacity: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., task_names: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., running: _Optional[_Iterable[_Union[HeldTaskRun, _Mapping]]] = ..., pools: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[str]] = ..., task_fingerprints: _Optional[_Mapping[str, str]] = ..., any_version: _Optional[bool] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("lease_ttl_seconds", "heartbeat_interval_seconds")
