@@ -27,7 +27,8 @@ FAILED_STATES = ("FAILED", "TIMED_OUT")
 #: Characters of an input's repr shown in a list.
 INPUT_CHARS = 60
 
-_REF = re.compile(r"^(?P<flow>[^:\s]+):(?P<task>[^\[\]:\s]+)(?:\[(?P<index>\d+)\])?$")
+#: TASK is the task's name (``module:qualname``) or the part after its last ``:``.
+_REF = re.compile(r"^(?P<flow>[^:\s]+):(?P<task>[^\[\]\s]+)(?:\[(?P<index>\d+)\])?$")
 
 
 def parse_task_ref(text: str) -> tuple[str, str, int] | None:

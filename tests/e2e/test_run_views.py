@@ -85,7 +85,7 @@ def test_counts_failed_list_and_task_refs(fleet):
     table = fleetflow(
         "inspect", flow_run_id, "--failed", "--limit", "5", "--coordinator", address
     ).stdout
-    assert "failed task runs 1-5 of 20" in table and "check[20]" in table
+    assert "failed task runs 1-5 of 20" in table and "view_flows:check[20]" in table
     assert "--offset 5" in table
 
     # FLOW_RUN_ID:TASK[INDEX] and the task run id lead to the same task run.
@@ -96,6 +96,18 @@ def test_counts_failed_list_and_task_refs(fleet):
     )
     assert by_ref["index"] == 40 and by_ref["state"] == "FAILED"
     assert by_ref["task_run_id"] == rows[2]["task_run_id"]
+    # The task's full name (module:qualname) works as well as the part after ':'.
+    by_name = json.loads(
+        fleetflow(
+            "inspect",
+            f"{flow_run_id}:view_flows:check[40]",
+            "--coordinator",
+            address,
+            "--json",
+            check=False,
+        ).stdout
+    )
+    assert by_name["task_run_id"] == by_ref["task_run_id"]
     missing = fleetflow(
         "inspect", f"{flow_run_id}:check[4000]", "--coordinator", address, check=False
     )
@@ -105,7 +117,7 @@ def test_counts_failed_list_and_task_refs(fleet):
     events = fleetflow(
         "watch", flow_run_id, "--events", "--coordinator", address, check=False
     ).stdout
-    assert f"check[40] task_run={rows[2]['task_run_id']}" in events
+    assert f"view_flows:check[40] task_run={rows[2]['task_run_id']}" in events
 
 
 def test_a_page_over_500_is_refused(fleet):

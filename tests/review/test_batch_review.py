@@ -84,7 +84,7 @@ async def test_cancelling_a_member_never_drops_the_member_after_it(pool, slow_ki
 
     canceller = asyncio.create_task(cancel_member_0())
     await pool.run_batch(
-        "sleep_sync",
+        "sample_tasks:sleep_sync",
         _sleeps(0.11, 0.3, 0.0),
         cancelled=cancelled.__contains__,
         on_result=results.__setitem__,
@@ -101,7 +101,7 @@ async def test_a_timeout_is_charged_to_the_member_that_ran_past_it(pool, slow_ki
     """
     results: dict[int, PoolResult] = {}
     await pool.run_batch(
-        "sleep_sync",
+        "sample_tasks:sleep_sync",
         _sleeps(0.22, 0.15, 0.0),
         timeout_s=0.2,
         cancelled=lambda i: False,
@@ -118,7 +118,10 @@ async def test_probe_member_that_kills_its_process_after_others_is_blamed_alone(
     results: dict[int, PoolResult] = {}
     items = [BatchItem([("x", dumps(x))], False, {}) for x in (1, 2, -7, 3)]
     await pool.run_batch(
-        "double_or_die", items, cancelled=lambda i: False, on_result=results.__setitem__
+        "sample_tasks:double_or_die",
+        items,
+        cancelled=lambda i: False,
+        on_result=results.__setitem__,
     )
     assert sorted(results) == [0, 1, 2, 3]
     assert [results[i].infrastructure for i in range(4)] == [False, False, True, False]

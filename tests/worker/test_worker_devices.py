@@ -53,7 +53,9 @@ def value_of(result):
 
 
 async def run_gpu(pool, gpu=1.0, seconds=0.0, **kwargs):
-    return await pool.run("gpu_visible", [("seconds", dumps(seconds))], False, gpu=gpu, **kwargs)
+    return await pool.run(
+        "sample_tasks:gpu_visible", [("seconds", dumps(seconds))], False, gpu=gpu, **kwargs
+    )
 
 
 async def test_concurrent_whole_device_attempts_never_share_a_device(make_pool):
@@ -90,7 +92,7 @@ async def test_attempts_wait_for_devices_not_only_for_counted_capacity(make_pool
 async def test_devices_come_back_on_every_end(make_pool, end):
     pool = await make_pool(size=1, gpu_slots=("0",))
     if end == "sigkill":
-        result = await pool.run("kill_self", [], False, gpu=1)
+        result = await pool.run("sample_tasks:kill_self", [], False, gpu=1)
         assert result.infrastructure and TaskProcessDied.__name__ in str(result.payload[1])
         assert result.devices == ("0",)
     elif end == "timeout":
@@ -147,13 +149,13 @@ async def test_a_batch_holds_one_allocation_for_all_its_members(make_pool):
 
 async def test_cpu_attempts_on_a_gpu_worker_see_no_devices(make_pool):
     pool = await make_pool(size=1, gpu_slots=("0",))
-    result = await pool.run("gpu_visible", [], False)  # gpu=0
+    result = await pool.run("sample_tasks:gpu_visible", [], False)  # gpu=0
     assert value_of(result)[0] == "" and result.devices == ()
 
 
 async def test_a_worker_without_gpus_leaves_the_environment_alone(make_pool):
     pool = await make_pool(size=1, gpu_slots=())
-    assert value_of(await pool.run("gpu_visible", [], False))[0] == os.environ.get(
+    assert value_of(await pool.run("sample_tasks:gpu_visible", [], False))[0] == os.environ.get(
         "CUDA_VISIBLE_DEVICES"
     )
 
@@ -172,7 +174,9 @@ async def test_a_process_bound_to_other_devices_is_replaced(make_pool):
 
 
 async def warm(pool, label, gpu=0.0):
-    return value_of(await pool.run("warm_count", [("label", dumps(label))], False, gpu=gpu))
+    return value_of(
+        await pool.run("sample_tasks:warm_count", [("label", dumps(label))], False, gpu=gpu)
+    )
 
 
 async def test_the_second_attempt_of_a_task_sees_the_state_the_first_kept(make_pool):
@@ -185,7 +189,7 @@ async def test_the_second_attempt_of_a_task_sees_the_state_the_first_kept(make_p
 async def test_another_task_takes_a_cold_seat_rather_than_a_warm_one(make_pool):
     pool = await make_pool(size=2, gpu_slots=())
     pid_warm, *_ = await warm(pool, "a")
-    other = value_of(await pool.run("getpid", [], False))
+    other = value_of(await pool.run("sample_tasks:getpid", [], False))
     assert other != pid_warm, "the other task took the cold seat"
     pid_again, calls, _ = await warm(pool, "b")
     assert (pid_again, calls) == (pid_warm, 2)
@@ -194,7 +198,7 @@ async def test_another_task_takes_a_cold_seat_rather_than_a_warm_one(make_pool):
 async def test_gpu_tasks_return_to_the_seat_holding_their_devices(make_pool):
     pool = await make_pool(size=2, gpu_slots=("0", "1"))
     pid1, calls1, _ = await warm(pool, "a", gpu=1)
-    cpu_pid = value_of(await pool.run("getpid", [], False))
+    cpu_pid = value_of(await pool.run("sample_tasks:getpid", [], False))
     pid2, calls2, _ = await warm(pool, "b", gpu=1)
     assert cpu_pid != pid1, "the CPU attempt did not evict the GPU task's process"
     assert (pid2, calls1, calls2) == (pid1, 1, 2)
@@ -212,7 +216,7 @@ async def test_another_gpu_task_takes_other_devices_than_a_warm_process_holds(ma
 async def test_a_killed_process_loses_its_kept_state(make_pool):
     pool = await make_pool(size=1, gpu_slots=())
     pid1, *_ = await warm(pool, "a")
-    await pool.run("kill_self", [], False)
+    await pool.run("sample_tasks:kill_self", [], False)
     pid2, calls, _ = await warm(pool, "b")
     assert pid2 != pid1 and calls == 1
 
@@ -240,7 +244,7 @@ async def test_gpu_use_is_measured_with_a_fake_nvml(make_pool, monkeypatch):
         assert both.devices == ("0", "1")
         assert both.usage.peak_gpu_memory_bytes == 8 * GiB
         assert both.usage.gpu_utilization_percent == 20  # 40 % and no samples: 0 %
-        cpu = await pool.run("getpid", [], False)
+        cpu = await pool.run("sample_tasks:getpid", [], False)
         assert cpu.usage.peak_gpu_memory_bytes == 0 and cpu.usage.gpu_utilization_percent is None
     finally:
         sampler.close()
@@ -272,7 +276,7 @@ async def test_a_worker_assigns_devices_reports_them_and_logs_them(sample_tasks,
         ) as logs:
             running = asyncio.create_task(worker.run())
             for i in range(1, 4):
-                lease = make_lease(i, "gpu_visible", seconds=0.3)
+                lease = make_lease(i, "sample_tasks:gpu_visible", seconds=0.3)
                 lease.resources.amounts["gpu"] = 1
                 fake.leases.put_nowait(lease)
             outcomes = await fake.wait_outcomes(3)

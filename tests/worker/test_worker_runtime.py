@@ -282,7 +282,7 @@ async def test_the_long_poll_and_the_piggybacked_lease_share_the_free_slots(
 ):
     # Issue 11: both asks used to take every free slot, so a coordinator that
     # honours both ran 4 attempts at once on a worker with max_concurrency=2.
-    counted = sample_tasks["counted"].fn.__globals__["COUNTED"]
+    counted = sample_tasks["sample_tasks:counted"].fn.__globals__["COUNTED"]
     counted.update(now=0, peak=0)
     coordinator.piggyback = True
     worker = make_worker(max_concurrency=2, lease_wait_s=5)
@@ -293,7 +293,9 @@ async def test_the_long_poll_and_the_piggybacked_lease_share_the_free_slots(
         polls = len(coordinator.lease_requests)
         await coordinator.wait_for(lambda n=polls: len(coordinator.lease_requests) > n)
         for i in range(per_wave):
-            coordinator.leases.put_nowait(make_lease(wave * per_wave + i, "counted", seconds=0.02))
+            coordinator.leases.put_nowait(
+                make_lease(wave * per_wave + i, "sample_tasks:counted", seconds=0.02)
+            )
         await coordinator.wait_outcomes((wave + 1) * per_wave, timeout_s=30)
     assert coordinator.piggybacked >= waves  # both asks were served, every wave
     assert len(coordinator.lease_requests) >= waves  # each wave began with a long poll

@@ -135,7 +135,8 @@ def select_task_runs(
     Args:
         flow: The flow run.
         states: Only these TaskRunState values; empty for all.
-        task_name: Only task runs of this task; "" for all.
+        task_name: Only task runs of this task, by its name (``module:qualname``)
+            or by the part after the last ``:``; "" for all.
         index: Only the task run with this map index in each node; None for all.
         offset: Matching task runs to skip.
         limit: Task runs to return at most.
@@ -149,7 +150,7 @@ def select_task_runs(
     page: list[TaskRun] = []
     end = offset + limit
     for node in flow.nodes:
-        if task_name and node.task_name != task_name:
+        if task_name and task_name not in (node.task_name, node.task_name.rpartition(":")[2]):
             continue
         children = node.children
         if index is not None:
