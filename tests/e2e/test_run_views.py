@@ -157,7 +157,7 @@ def test_run_fails_at_once_on_what_its_fleet_can_never_run():
     # A pool no worker serves: the same, naming the task and the pool.
     done = _run(f"{VIEW_FLOWS}:wants_pool")
     assert done.returncode == 1
-    assert "no connected worker offers task 'elsewhere' in pool 'nowhere'" in done.stderr
+    assert "no connected worker offers task 'view_flows:elsewhere' in pool 'nowhere'" in done.stderr
     # --resource and --pool give the embedded workers what the tasks need.
     done = _run(f"{VIEW_FLOWS}:wants_gpu", "--resource", "gpu=1", "--keep-logs")
     assert done.returncode == 0, done.stderr[-3000:]
