@@ -100,7 +100,9 @@ async def test_devices_come_back_on_every_end(make_pool, end):
         assert result.timed_out and TaskTimeout.__name__ in str(result.payload[1])
     elif end == "memory":
         hog = [("mib", dumps(400)), ("hold_s", dumps(3.0))]
-        result = await pool.run("hog", hog, False, memory_request_bytes=50 * 2**20, gpu=1)
+        result = await pool.run(
+            "sample_tasks:hog", hog, False, memory_request_bytes=50 * 2**20, gpu=1
+        )
         assert "MemoryLimitExceeded" in str(result.payload[1]) and result.devices == ("0",)
     elif end == "closed":  # the worker stops: its pool is killed under the attempt
         running = asyncio.ensure_future(run_gpu(pool, 1.0, 5.0))
@@ -136,7 +138,7 @@ async def test_a_batch_holds_one_allocation_for_all_its_members(make_pool):
     results: dict[int, object] = {}
     items = [BatchItem([("seconds", dumps(0.05))], False, {}) for _ in range(4)]
     await pool.run_batch(
-        "gpu_visible",
+        "sample_tasks:gpu_visible",
         items,
         cancelled=lambda i: False,
         on_result=lambda i, r: results.__setitem__(i, r),
@@ -315,9 +317,9 @@ async def test_async_attempts_hold_their_devices_too(sample_tasks, sample_tasks_
     running = asyncio.create_task(worker.run())
     try:
         await fake.wait_for(lambda: fake.registrations)
-        first = make_lease(1, "asleep", seconds=0.6)
+        first = make_lease(1, "sample_tasks:asleep", seconds=0.6)
         first.resources.amounts["gpu"] = 1
-        second = make_lease(2, "gpu_visible")
+        second = make_lease(2, "sample_tasks:gpu_visible")
         second.resources.amounts["gpu"] = 1
         put = time.monotonic()
         fake.leases.put_nowait(first)
