@@ -86,9 +86,9 @@ def error_of(outcome: pb.Outcome) -> BaseException:
 
 async def test_the_thread_executor_runs_sync_tasks_in_the_workers_process(coordinator, make_worker):
     make_worker(executor="thread")
-    coordinator.leases.put_nowait(make_lease(1, "where"))
-    coordinator.leases.put_nowait(make_lease(2, "double", x=21))
-    coordinator.leases.put_nowait(make_lease(3, "boom", x=1))
+    coordinator.leases.put_nowait(make_lease(1, "sample_tasks:where"))
+    coordinator.leases.put_nowait(make_lease(2, "sample_tasks:double", x=21))
+    coordinator.leases.put_nowait(make_lease(3, "sample_tasks:boom", x=1))
     outcomes = await coordinator.wait_outcomes(3)
     pid, thread = value_of(outcomes[1, 1])
     assert pid == os.getpid() and thread.startswith("fleetflow-task")
@@ -99,7 +99,9 @@ async def test_the_thread_executor_runs_sync_tasks_in_the_workers_process(coordi
 async def test_the_thread_executor_times_out_and_abandons_the_thread(coordinator, make_worker):
     worker = make_worker(executor="thread")
     started = time.monotonic()
-    coordinator.leases.put_nowait(make_lease(1, "sleep_sync", seconds=3, timeout_s=0.3))
+    coordinator.leases.put_nowait(
+        make_lease(1, "sample_tasks:sleep_sync", seconds=3, timeout_s=0.3)
+    )
     outcomes = await coordinator.wait_outcomes(1)
     assert time.monotonic() - started < 2.5  # did not wait for the thread
     assert outcomes[1, 1].timed_out and isinstance(error_of(outcomes[1, 1]), TaskTimeout)
@@ -130,9 +132,9 @@ async def test_the_dask_executor_runs_attempts_on_the_cluster_and_offers_its_cap
 ):
     worker = make_worker(executor="dask", dask_address=cluster.scheduler_address)
     for i in range(6):
-        coordinator.leases.put_nowait(make_lease(i, "where"))
-    coordinator.leases.put_nowait(make_lease(10, "double", x=21))
-    coordinator.leases.put_nowait(make_lease(11, "boom", x=1))
+        coordinator.leases.put_nowait(make_lease(i, "sample_tasks:where"))
+    coordinator.leases.put_nowait(make_lease(10, "sample_tasks:double", x=21))
+    coordinator.leases.put_nowait(make_lease(11, "sample_tasks:boom", x=1))
     outcomes = await coordinator.wait_outcomes(8, timeout_s=30)
     dask_pids = set((await worker.pool.client.run(os.getpid)).values())
     pids = {value_of(outcomes[i, 1])[0] for i in range(6)}
@@ -152,7 +154,7 @@ async def test_a_dask_batch_is_one_future(coordinator, make_worker, cluster):
     submit = worker.pool.client.submit
     worker.pool.client.submit = lambda *a, **kw: submitted.append(len(a[2])) or submit(*a, **kw)
     for i in range(20):
-        lease = make_lease(100 + i, "double", x=i)
+        lease = make_lease(100 + i, "sample_tasks:double", x=i)
         lease.batch = 7
         coordinator.leases.put_nowait(lease)
     outcomes = await coordinator.wait_outcomes(20, timeout_s=30)
@@ -163,7 +165,9 @@ async def test_a_dask_batch_is_one_future(coordinator, make_worker, cluster):
 async def test_a_dask_timeout_cancels_the_future(coordinator, make_worker, cluster):
     make_worker(executor="dask", dask_address=cluster.scheduler_address)
     started = time.monotonic()
-    coordinator.leases.put_nowait(make_lease(1, "sleep_sync", seconds=4, timeout_s=0.5))
+    coordinator.leases.put_nowait(
+        make_lease(1, "sample_tasks:sleep_sync", seconds=4, timeout_s=0.5)
+    )
     outcomes = await coordinator.wait_outcomes(1, timeout_s=30)
     assert time.monotonic() - started < 3.5
     assert outcomes[1, 1].timed_out and isinstance(error_of(outcomes[1, 1]), TaskTimeout)
@@ -173,25 +177,25 @@ async def test_a_cancelled_dask_attempt_reports_nothing_and_frees_its_slot(
     coordinator, make_worker, cluster
 ):
     worker = make_worker(executor="dask", dask_address=cluster.scheduler_address)
-    coordinator.leases.put_nowait(make_lease(1, "sleep_sync", seconds=3))
+    coordinator.leases.put_nowait(make_lease(1, "sample_tasks:sleep_sync", seconds=3))
     await coordinator.wait_for(lambda: any(h.running for h in coordinator.heartbeats), timeout_s=20)
     coordinator.cancel.append(pb.HeldTaskRun(task_run_id=1, attempt=1))
     async with asyncio.timeout(10):
         while worker.table.running:
             await asyncio.sleep(0.05)
-    coordinator.leases.put_nowait(make_lease(2, "double", x=1))
+    coordinator.leases.put_nowait(make_lease(2, "sample_tasks:double", x=1))
     outcomes = await coordinator.wait_outcomes(1, timeout_s=20)
     assert set(outcomes) == {(2, 1)}  # nothing for the cancelled attempt
 
 
 async def test_a_dask_workers_death_is_an_infrastructure_failure(coordinator, make_worker, cluster):
     worker = make_worker(executor="dask", dask_address=cluster.scheduler_address)
-    coordinator.leases.put_nowait(make_lease(1, "die", code=3))
+    coordinator.leases.put_nowait(make_lease(1, "sample_tasks:die", code=3))
     outcomes = await coordinator.wait_outcomes(1, timeout_s=60)
     assert outcomes[1, 1].infrastructure
     assert isinstance(error_of(outcomes[1, 1]), DaskWorkerLost)
     # The nanny restarts the Dask worker; the executor goes on.
-    coordinator.leases.put_nowait(make_lease(2, "double", x=4))
+    coordinator.leases.put_nowait(make_lease(2, "sample_tasks:double", x=4))
     assert value_of((await coordinator.wait_outcomes(2, timeout_s=60))[2, 1]) == 8
     assert not worker.run_task.done()
 
@@ -211,7 +215,7 @@ async def test_gpu_capacity_comes_from_dask_resources_and_follows_workers(coordi
         await coordinator.wait_for(lambda: coordinator.registrations, timeout_s=20)
         registered = dict(coordinator.registrations[-1].capacity.amounts)
         assert registered["GPU"] == 1.0 and registered["cpu"] == 1.0
-        lease = make_lease(1, "dask_resources_free")
+        lease = make_lease(1, "sample_tasks:dask_resources_free")
         lease.resources.amounts["GPU"] = 1.0
         coordinator.leases.put_nowait(lease)
         outcomes = await coordinator.wait_outcomes(1, timeout_s=30)
@@ -241,8 +245,11 @@ def test_errors_pickle_without_tblib_after_distributed_is_imported():
     from fleetflow_worker.errors import MemoryLimitExceeded
 
     assert "tblib" in copyreg.dispatch_table[MemoryLimitExceeded].__module__
-    assert pickle.loads(pickle.dumps(MemoryLimitExceeded("hog", 1, 3, 2))).limit_bytes == 2
-    error = error_from_exception(MemoryLimitExceeded("hog", 100, 300, 150))
+    assert (
+        pickle.loads(pickle.dumps(MemoryLimitExceeded("sample_tasks:hog", 1, 3, 2))).limit_bytes
+        == 2
+    )
+    error = error_from_exception(MemoryLimitExceeded("sample_tasks:hog", 100, 300, 150))
     assert b"tblib" not in error.pickled
     again = loads(error.pickled)
     assert isinstance(again, MemoryLimitExceeded) and again.peak_bytes == 300
