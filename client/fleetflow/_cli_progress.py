@@ -20,6 +20,8 @@ __all__ = [
     "count_parts",
     "other_counts",
     "note_reasons",
+    "follow_plain",
+    "progress_line",
     "WATCH_INTERVAL_S",
     "MAX_TASK_BARS",
 ]
@@ -28,6 +30,8 @@ __all__ = [
 WATCH_INTERVAL_S = 0.2
 #: Most per-task bars ``fleetflow watch`` shows; further tasks share one bar.
 MAX_TASK_BARS = 30
+#: When the output is no terminal: a progress line at most this often, seconds.
+PLAIN_EVERY_S = 1.0
 
 
 def _bar_label(n: TaskCounts) -> str:
@@ -72,6 +76,8 @@ def follow_progress(
         TimeElapsedColumn(),
     )
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    if not console.is_terminal:  # piped or logged: plain lines, not an invisible live display
+        return follow_plain(client, flow_run_id, console, interval_s, deadline)
     empty = {"running": 0, "ok": 0, "failed": 0, "other": ""}
     seen: set[tuple[int, str]] = set()
     with Progress(*columns, console=console) as progress:
@@ -109,6 +115,47 @@ def follow_progress(
                 raise TimeoutError(f"flow run {flow_run_id} did not end in time")
             time.sleep(interval_s)
             info = client.get(flow_run_id)
+
+
+def progress_line(info: FlowRunInfo) -> str:
+    """One plain line of progress: ``"HH:MM:SS name: 120/400 done, 5 running; counts"``."""
+    running = sum(n.running for n in info.nodes)
+    stamp = time.strftime("%H:%M:%S")
+    return (
+        f"{stamp} {info.name} {info.state}: {info.finished:,}/{info.total:,} done, "
+        f"{running:,} running; {count_parts(info)}"
+    )
+
+
+def follow_plain(
+    client: Client,
+    flow_run_id: str,
+    console: Console,
+    interval_s: float,
+    deadline: float | None,
+    *,
+    every_s: float = PLAIN_EVERY_S,
+) -> FlowRunInfo:
+    """Follow a flow run printing a plain progress line when it changed (at most every ``every_s``).
+
+    Raises:
+        TimeoutError: ``deadline`` (a ``time.monotonic()`` value) passed first.
+    """
+    seen: set[tuple[int, str]] = set()
+    last, printed_at = "", 0.0
+    while True:
+        info = client.get(flow_run_id)
+        note_reasons(info, seen, console)
+        line = progress_line(info)
+        now = time.monotonic()
+        if info.is_terminal or (line[9:] != last and now - printed_at >= every_s):
+            console.print(line, highlight=False, soft_wrap=True)
+            last, printed_at = line[9:], now
+        if info.is_terminal:
+            return info
+        if deadline is not None and now >= deadline:
+            raise TimeoutError(f"flow run {flow_run_id} did not end in time")
+        time.sleep(interval_s)
 
 
 def _totals(info: FlowRunInfo) -> list[int]:

@@ -43,7 +43,7 @@ from fleetflow._cli_fleet import (
     sigterm_raises_interrupt,
 )
 from fleetflow._cli_params import convert_param, parse_params
-from fleetflow._cli_progress import count_parts, note_reasons, other_counts
+from fleetflow._cli_progress import count_parts, follow_plain, note_reasons, other_counts
 from fleetflow._cli_render import format_event, print_failure, render_result, type_name
 from fleetflow._cli_views import (
     check_coordinator,
@@ -161,6 +161,10 @@ def _follow(
         TextColumn("[yellow]{task.fields[other]}"),
         TimeElapsedColumn(),
     )
+    if not console.is_terminal:  # piped or logged: plain lines (the fleet is checked too)
+        return follow_plain(
+            _CheckedClient(client, fleet), flow_run_id, console, PROGRESS_INTERVAL_S, deadline
+        )
     seen: set[tuple[int, str]] = set()
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task(name, total=None, ok=0, failed=0, other="")
@@ -182,6 +186,19 @@ def _follow(
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"flow run {flow_run_id} did not end in time")
             time.sleep(PROGRESS_INTERVAL_S)
+
+
+class _CheckedClient:
+    """A client whose ``get`` first checks that the embedded fleet is alive."""
+
+    def __init__(self, client: Client, fleet: Fleet | None) -> None:
+        self.client = client
+        self.fleet = fleet
+
+    def get(self, flow_run_id: str) -> FlowRunInfo:
+        if self.fleet is not None:
+            self.fleet.check()
+        return self.client.get(flow_run_id)
 
 
 def _load_flow(target: str) -> tuple[str, Flow]:

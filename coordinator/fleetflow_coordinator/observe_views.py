@@ -222,6 +222,18 @@ def flow_detail(
     }
 
 
+def _busy_slots(worker: WorkerRecord) -> int:
+    """Attempts running at once on a worker: a lease batch counts once."""
+    batches = set()
+    solo = 0
+    for tr in worker.running.values():
+        if tr.batch is None:
+            solo += 1
+        else:
+            batches.add(id(tr.batch))
+    return solo + len(batches)
+
+
 def worker_view(worker: WorkerRecord, now: float, gpus: tuple[str, ...] = ()) -> dict[str, Any]:
     """A worker as its heartbeats and the coordinator's allocations describe it."""
     return {
@@ -230,7 +242,10 @@ def worker_view(worker: WorkerRecord, now: float, gpus: tuple[str, ...] = ()) ->
         "pid": worker.pid,
         "capacity": dict(worker.capacity),
         "allocated": {k: v for k, v in worker.allocated.items() if k in worker.capacity or v},
-        "running": len(worker.running),
+        # Members of a lease batch run one after another in one slot: count the
+        # slots busy now ("running") apart from the attempts it holds ("leased").
+        "running": _busy_slots(worker),
+        "leased": len(worker.running),
         "task_names": sorted(worker.task_names),
         "cpu_percent": worker.cpu_percent,
         "memory_available": worker.memory_available,

@@ -258,3 +258,18 @@ def test_folding_runs_whole_gives_what_folding_each_event_gives():
     assert whole_metrics.events_by_kind == each_metrics.events_by_kind
     for histogram in ("task_duration", "queue_wait"):
         assert getattr(whole_metrics, histogram)._series == getattr(each_metrics, histogram)._series
+
+
+def test_a_lease_batch_counts_as_one_running_slot_on_its_worker():
+    # Issue 17: a 1-CPU worker showed "139 running" for the members of one batch.
+    from fleetflow_coordinator.observe import worker_view
+
+    clock = Clock()
+    core = Scheduler()
+    core.register_worker("w1", {"cpu": 1.0}, frozenset({"t"}), clock())
+    flow = submit(core, clock, [map_node("t", 50)])
+    flow.nodes[0].mean_duration_s = 0.001  # reported short: leases come in batches
+    grants = core.lease("w1", 1, clock(), max_batch=50)
+    assert len(grants) > 1
+    view = worker_view(core.workers["w1"], clock())
+    assert view["running"] == 1 and view["leased"] == len(grants)

@@ -270,3 +270,14 @@ def test_a_failed_run_lists_its_failed_task_runs_with_ids(fleet):
     listed = re.findall(r"task run (\d+)  check\[(\d+)\]  \(i=\d+\)  ValueError", done.stderr)
     assert [int(i) for _, i in listed] == [0, 10, 20, 30]
     assert "fleetflow inspect" in done.stderr and "--failed" in done.stderr
+
+
+def test_watch_prints_plain_progress_lines_when_not_a_terminal(fleet):
+    address = fleet.start_coordinator()
+    fleet.start_worker(module=VIEW_FLOWS)
+    with Client(address) as client:
+        run = client.submit(flows.naps, n=4, seconds=1.0)
+        done = fleetflow("watch", run.id, "--coordinator", address)  # output captured: no TTY
+    lines = [line for line in done.stdout.splitlines() if " naps " in line]
+    assert any("RUNNING" in line for line in lines), done.stdout[-2000:]
+    assert "naps COMPLETED: 5/5 done, 0 running; 5 completed, 0 failed" in lines[-1]

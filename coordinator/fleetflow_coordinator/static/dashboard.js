@@ -286,7 +286,7 @@ function renderWorkers(data) {
     return `<div class="worker" data-worker="${esc(w.worker_id)}">
       <div class="head"><b class="id">${esc(w.worker_id)}</b>
         <span class="${stale}" title="since its last RPC">heartbeat ${age.toFixed(1)} s ago</span></div>
-      <div class="meta">${esc(w.hostname)} pid ${w.pid} · ${num(w.running)} running ·
+      <div class="meta">${esc(w.hostname)} pid ${w.pid} · ${num(w.running)} running${w.leased > w.running ? ` (${num(w.leased)} leased)` : ""} ·
         cpu ${w.cpu_percent.toFixed(0)}% · ${bytes(w.memory_available)} memory available ·
         ${w.task_names.length} tasks</div>
       ${(w.gpus || []).length ? `<div class="meta gpus">GPUs: ${w.gpus.map(esc).join(" · ")}</div>` : ""}
@@ -343,7 +343,7 @@ function render(data) {
   state.last = data;
   renderSummary(data);
   if (changed("flows", data.flows) || changed("selected", data.selected)) renderFlows(data);
-  if (changed("workers", [data.workers.map((w) => [w.worker_id, w.running, w.allocated, Math.round(w.cpu_percent)]), Math.floor(data.server_time)])) {
+  if (changed("workers", [data.workers.map((w) => [w.worker_id, w.running, w.leased, w.allocated, Math.round(w.cpu_percent)]), Math.floor(data.server_time)])) {
     renderWorkers(data);
   }
   if (changed("fleet-chart", data.fleet.throughput)) {
