@@ -173,6 +173,20 @@ class Metrics:
             (attempt["task_name"], attempt["outcome"]), attempt["duration_s"]
         )
 
+    def events(self, kind: EventKind, count: int) -> None:
+        """``count`` events of one kind were appended."""
+        counts = self.events_by_kind
+        counts[kind] = counts.get(kind, 0) + count
+
+    def started_many(self, task_name: str, queue_waits_s: list[float]) -> None:
+        """Attempts were leased after these waits SCHEDULED."""
+        if queue_waits_s:
+            self.queue_wait.observe_many((task_name,), queue_waits_s)
+
+    def completed_many(self, flow_run_id: str, task_name: str, ended: list[tuple]) -> None:
+        """Attempts completed: ``(task_run_id, attempt, worker_id, index, duration_s)`` each."""
+        self.task_duration.observe_many((task_name, "completed"), [e[4] for e in ended])
+
     # ------------------------------------------------------------- scrape time
 
     def bind_state(self, runtime: Any) -> None:
@@ -214,6 +228,17 @@ class LoopHistogram(Collector):
             series = self._series[labels] = [0] * len(self.bounds) + [0.0]
         series[bisect.bisect_left(self.bounds, value)] += 1
         series[-1] += value
+
+    def observe_many(self, labels: tuple[str, ...], values: list[float]) -> None:
+        """Count each of ``values`` (as :meth:`observe` for each)."""
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = [0] * len(self.bounds) + [0.0]
+        bounds, where, total = self.bounds, bisect.bisect_left, series[-1]
+        for value in values:
+            series[where(bounds, value)] += 1
+            total += value  # in order, as observe() adds: the same float sum
+        series[-1] = total
 
     def describe(self) -> list:
         return []

@@ -100,6 +100,20 @@ class EventSink(Protocol):
         outcome (completed, failed, retrying, lost), duration_s and error_type.
         """
 
+    def events(self, kind: EventKind, count: int) -> None:
+        """``count`` events of one kind were appended (as many :meth:`event` calls)."""
+
+    def started_many(self, task_name: str, queue_waits_s: list[float]) -> None:
+        """Attempts of one task were leased; the queue waits of those with a known one."""
+
+    def completed_many(self, flow_run_id: str, task_name: str, ended: list[Ended]) -> None:
+        """Attempts of one task completed (as :meth:`finished` with outcome completed)."""
+
+
+#: A completed attempt in :meth:`EventSink.completed_many`: (task_run_id,
+#: attempt, worker_id, index, duration_s).
+Ended = tuple[int, int, str, int, float]
+
 
 class AttemptLog:
     """An :class:`EventSink` that writes one log line per ended attempt, then forwards.
@@ -123,6 +137,33 @@ class AttemptLog:
     def started(self, task_name: str, queue_wait_s: float | None) -> None:
         """Forward."""
         self.inner.started(task_name, queue_wait_s)
+
+    def events(self, kind: EventKind, count: int) -> None:
+        """Forward."""
+        self.inner.events(kind, count)
+
+    def started_many(self, task_name: str, queue_waits_s: list[float]) -> None:
+        """Forward."""
+        self.inner.started_many(task_name, queue_waits_s)
+
+    def completed_many(self, flow_run_id: str, task_name: str, ended: list[Ended]) -> None:
+        """Forward, then log a summary line per attempt if debug lines are kept."""
+        self.inner.completed_many(flow_run_id, task_name, ended)
+        if not _attempt_log.is_enabled_for(logging.DEBUG):
+            return  # the common case: skip building lines nobody keeps
+        for task_run_id, attempt, worker_id, index, duration_s in ended:
+            _attempt_log.debug(
+                "task_run_attempt_ended",
+                flow_run_id=flow_run_id,
+                task_run_id=task_run_id,
+                attempt=attempt,
+                worker_id=worker_id,
+                task=task_name,
+                index=index,
+                outcome="completed",
+                duration_s=round(duration_s, 6),
+                error_type=None,
+            )
 
     def finished(self, flow_run_id: str, attempt: dict[str, Any]) -> None:
         """Log the attempt's summary line, then forward."""
@@ -158,6 +199,15 @@ class NullSink:
         """Ignore."""
 
     def finished(self, flow_run_id: str, attempt: dict[str, Any]) -> None:
+        """Ignore."""
+
+    def events(self, kind: EventKind, count: int) -> None:
+        """Ignore."""
+
+    def started_many(self, task_name: str, queue_waits_s: list[float]) -> None:
+        """Ignore."""
+
+    def completed_many(self, flow_run_id: str, task_name: str, ended: list[Ended]) -> None:
         """Ignore."""
 
 
@@ -256,8 +306,7 @@ class FlowDigest:
                 event(kind)
                 self._fold_one(record, sink, on_finish)
             return
-        for _ in range(count):
-            event(kind)
+        sink.events(kind, count)
         if not self.first_time:
             self.first_time = time
         self._integrate(time)  # every event of the stretch has the same time
@@ -270,20 +319,68 @@ class FlowDigest:
                 move(tid, kind, target)
                 scheduled_at[tid] = time
         elif kind == EventKind.TASK_RUN_STARTED:
-            pop, running, started = self.scheduled_at.pop, self.running, sink.started
+            pop, running, waits = self.scheduled_at.pop, self.running, []
             for i in range(count):
                 tid = first + i
                 move(tid, kind, target)
                 queued = pop(tid, None)
                 running[tid] = _Running(attempt, time, worker_id, node, task_name, index + i)
-                started(task_name, None if queued is None else max(0.0, time - queued))
+                if queued is not None:
+                    waits.append(max(0.0, time - queued))
+            sink.started_many(task_name, waits)
         else:  # TASK_RUN_COMPLETED
-            end = self._end
-            for i in range(count):
-                tid = first + i
-                move(tid, kind, target)
-                end(tid, attempt, time, seq + i, worker_id, None, "completed", sink)
-                self._count(time, failed=False, on_finish=on_finish)
+            self._complete_span(seq, count, time, first, attempt, task_name, sink)
+            self._count(time, failed=False, on_finish=on_finish, count=count)
+
+    def _complete_span(
+        self,
+        seq: int,
+        count: int,
+        time: float,
+        first: int,
+        attempt: int,
+        task_name: str,
+        sink: EventSink,
+    ) -> None:
+        """Close the attempts of a stretch of completions, as :meth:`_end` does for each.
+
+        Keep the two alike: ``test_folding_runs_whole_gives_what_folding_each_event_gives``
+        compares every field of the digest and the metrics.
+        """
+        move, running, slowest, stream = self._move, self.running, self.slowest, self.stream
+        target = _TIME_TARGET[int(EventKind.TASK_RUN_COMPLETED)]
+        ended: list[Ended] = []
+        for i in range(count):
+            tid = first + i
+            move(tid, EventKind.TASK_RUN_COMPLETED, target)
+            run = running.get(tid)
+            if run is None or run.attempt != attempt:
+                continue
+            del running[tid]
+            duration = max(0.0, time - run.started_at)
+            ended.append((tid, run.attempt, run.worker_id, run.index, duration))
+            stream.append(
+                (run.worker_id, run.task_name, run.started_at, time, "completed", tid, run.index)
+            )
+            if len(slowest) < TOP_SLOWEST or duration > slowest[0][0]:
+                record = {
+                    "task_run_id": tid,
+                    "task_name": run.task_name,
+                    "node": run.node,
+                    "index": run.index,
+                    "attempt": run.attempt,
+                    "worker_id": run.worker_id,
+                    "started_at": run.started_at,
+                    "duration_s": duration,
+                    "outcome": "completed",
+                    "error_type": "",
+                }
+                if len(slowest) < TOP_SLOWEST:
+                    heapq.heappush(slowest, (duration, seq + i, record))
+                else:
+                    heapq.heapreplace(slowest, (duration, seq + i, record))
+        if ended:
+            sink.completed_many(self.flow_run_id, task_name, ended)
 
     def _fold_one(
         self, e: EventRecord, sink: EventSink, on_finish: Callable[[int, bool], None] | None
@@ -407,6 +504,7 @@ class FlowDigest:
         outcome: str,
         sink: EventSink,
     ) -> str:
+        # A stretch of completions is closed by _complete_span: change both alike.
         run = self.running.get(tid)
         if run is None or run.attempt != attempt:
             return worker_id
@@ -459,12 +557,18 @@ class FlowDigest:
         )
 
     def _count(
-        self, time: float, *, failed: bool, on_finish: Callable[[int, bool], None] | None
+        self,
+        time: float,
+        *,
+        failed: bool,
+        on_finish: Callable[[int, bool], None] | None,
+        count: int = 1,
     ) -> None:
         second = int(time)
         bucket = self.buckets.get(second)
         if bucket is None:
             bucket = self.buckets[second] = [0, 0]
-        bucket[1 if failed else 0] += 1
+        bucket[1 if failed else 0] += count
         if on_finish is not None:
-            on_finish(second, failed)
+            for _ in range(count):
+                on_finish(second, failed)
