@@ -77,3 +77,34 @@ def test_fleetflow_worker_executor_thread(fleet):
     rows = _spread(fleet.address, 50)
     assert {row[1] for row in rows} == {worker.pid}
     assert all(row[2].startswith("fleetflow-task") for row in rows)
+
+
+def test_the_readmes_dask_worker_command_runs_as_written(fleet, cluster, tmp_path):
+    import shlex
+    import sys
+
+    from .fleet import ROOT, Proc
+
+    readme = (ROOT / "README.md").read_text()
+    (line,) = [
+        ln for ln in readme.splitlines() if ln.startswith("fleetflow worker") and "dask" in ln
+    ]
+    words = shlex.split(line)[2:]  # after "fleetflow worker"
+    given = {"--coordinator": None, "--module": None, "--dask-scheduler": None}
+    fleet.start_coordinator()
+    ours = {
+        "--coordinator": fleet.address,
+        "--module": str(EXECUTOR_FLOWS),
+        "--dask-scheduler": cluster.scheduler_address,
+    }
+    for i, word in enumerate(words[:-1]):
+        if word in given:
+            words[i + 1] = ours[word]
+            given[word] = word
+    assert all(given.values()), given  # the README names each
+    worker = Proc(
+        [sys.executable, "-m", "fleetflow_worker", *words], tmp_path / "readme-worker.log"
+    )
+    fleet.procs.append(worker)
+    rows = _spread(fleet.address, 10)
+    assert worker.pid not in {row[1] for row in rows}
