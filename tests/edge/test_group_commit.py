@@ -39,12 +39,15 @@ async def test_a_waiting_long_poll_leases_in_the_submissions_commit():
     runtime.writer.write = counted  # type: ignore[method-assign]
     runtime.start()
     workers, clients = WorkerServicer(runtime), CoordinatorServicer(runtime)
+    spec = one.build(x=1)
+    node = spec.nodes[0]
     try:
         await workers.RegisterWorker(
             ws.RegisterWorkerRequest(
                 worker_id="w1",
                 capacity={"amounts": {"cpu": 1.0}},
-                task_names=["inc"],
+                task_names=[node.task_name],
+                task_fingerprints={node.task_name: node.fingerprint},
                 pid=1,
             ),
             _Context(),
@@ -55,9 +58,7 @@ async def test_a_waiting_long_poll_leases_in_the_submissions_commit():
         await asyncio.sleep(0.05)  # the long poll waits
         assert not poll.done()
         before = len(writes)
-        submitted = await clients.SubmitFlowRun(
-            cs.SubmitFlowRunRequest(spec=one.build(x=1)), _Context()
-        )
+        submitted = await clients.SubmitFlowRun(cs.SubmitFlowRunRequest(spec=spec), _Context())
         leased = await asyncio.wait_for(poll, 5)
         assert [lease.task_run_id for lease in leased.leases]
         # One commit stored the submission and the lease it woke.
