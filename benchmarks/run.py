@@ -295,7 +295,7 @@ def run_fleetflow_w6(entry: str, n: int, reps: int, args) -> dict:
         c0 = cpu_s(coord)
         time.sleep(5)
         result["coord_cpu_idle_2_workers_pct"] = (cpu_s(coord) - c0) / 5 * 100
-        names = "inc,sleep_task,cpu_burn,unoffered"
+        names = "ff_tasks:inc,ff_tasks:sleep_task,ff_tasks:cpu_burn,unoffered"
         remaining = agents_total
         for i in range(nprocs):
             count = min(per_proc, remaining)
