@@ -104,8 +104,9 @@ def test_serve_answers_ready_then_one_payload_per_request(monkeypatch, sample_ta
         _child.serve(child_end, [sample_tasks_path])  # returns on None
     finally:
         signal.signal(signal.SIGINT, previous)
-    status, count = pool_end.recv()
-    assert status == "ready" and count == len(_child._TASKS) > 5
+    status, versions = pool_end.recv()  # what it loaded: {task name: fingerprint}
+    assert status == "ready" and len(versions) == len(_child._TASKS) > 5
+    assert versions == {name: task.fingerprint for name, task in _child._TASKS.items()}
     assert pool_end.recv() == ("value", dumps(8))
     assert error_of(pool_end.recv()).message == "bad value 1"
 

@@ -86,6 +86,10 @@ async def test_registers_with_capacity_and_task_names(coordinator, make_worker, 
     assert dict(request.capacity.amounts) == {"cpu": 2.0, "memory": 1e9, "gpu": 1.0}
     assert list(request.task_names) == sorted(sample_tasks)
     assert (request.hostname, request.pid) == (socket.gethostname(), os.getpid())
+    # Each task's code version, so the coordinator leases only what this code runs.
+    assert dict(request.task_fingerprints) == {n: t.fingerprint for n, t in sample_tasks.items()}
+    assert all(len(v) == 16 for v in request.task_fingerprints.values())
+    assert not request.any_version
 
 
 async def test_runs_async_and_process_pool_tasks(coordinator, make_worker):

@@ -116,7 +116,8 @@ def serve(
 
     Protocol (all messages pickled by ``Connection``):
 
-    * child -> pool, once: ``("ready", n_tasks)`` or ``("failed", traceback_text)``;
+    * child -> pool, once: ``("ready", {task name: fingerprint})`` or
+      ``("failed", traceback_text)``;
     * pool -> child: ``(task_name, args, split_result, ids)`` runs one attempt
       and the child answers with its :data:`~fleetflow_worker._codec.Payload`;
     * pool -> child: ``("batch", [(task_name, args, split_result, ids), ...][, env])``
@@ -149,7 +150,7 @@ def serve(
     except BaseException:  # noqa: BLE001 - report any import failure, then exit
         conn.send(("failed", traceback.format_exc()))
         return
-    conn.send(("ready", len(_TASKS)))
+    conn.send(("ready", {name: task.fingerprint for name, task in _TASKS.items()}))
     while True:
         try:
             request = conn.recv()

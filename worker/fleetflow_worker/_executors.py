@@ -252,5 +252,6 @@ def make_executor(
         memory_margin_fraction=settings.memory_margin_fraction,
         memory_margin_bytes=settings.memory_margin_bytes,
         log_level=configured_level(),
+        fingerprints={name: task.fingerprint for name, task in tasks.items()},
         **pool_options,
     )

@@ -84,6 +84,9 @@ class TaskProcessPool:
             capacity (:attr:`fleetflow_worker.gpus.GpuPlan.slots`); none: a
             worker without GPUs, whose processes' environment is left alone.
         gpu_sampler: Measures the GPU use of attempts' processes (None: not measured).
+        fingerprints: ``{task name: fingerprint}`` the worker registered with;
+            a process that imported other code (the module was edited since)
+            fails to start (:class:`PoolStartError`) rather than run it.
     """
 
     #: The executor's name (``--executor process``, see :mod:`fleetflow_worker._executors`).
@@ -104,10 +107,13 @@ class TaskProcessPool:
         log_level: str | None = None,
         gpu_slots: Sequence[str] = (),
         gpu_sampler: GpuSampler | None = None,
+        fingerprints: Mapping[str, str] | None = None,
     ) -> None:
         self.size = max(1, size)
         self.max_size = max(self.size, max_size or 0)
         self._module_specs = list(module_specs)
+        #: {task name: fingerprint} the worker registered: processes must match.
+        self._fingerprints = dict(fingerprints or {})
         self._ctx = mp_context or multiprocessing.get_context("forkserver")
         self.nice = nice
         self.sample_interval_s = sample_interval_s
@@ -493,6 +499,7 @@ class TaskProcessPool:
             self.start_timeout_s,
             self._processes,
             self.log_level,
+            self._fingerprints,
         )
 
     def kill(self) -> None:

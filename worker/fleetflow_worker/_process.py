@@ -65,6 +65,7 @@ class TaskProcess:
         timeout_s: float,
         registry: set[BaseProcess],
         log_level: str | None = None,
+        fingerprints: Mapping[str, str] | None = None,
     ) -> TaskProcess:
         """Start one task process and wait until it imported the modules (blocking).
 
@@ -76,6 +77,10 @@ class TaskProcess:
             registry: Receives the process as soon as it exists (so a
                 concurrent kill reaches it) and loses it if it fails.
             log_level: The process configures structlog at this level (None: not).
+            fingerprints: ``{task name: fingerprint}`` the worker registered
+                with; a process that imported other code (the file was
+                edited since the worker started) is refused, so a task never
+                runs code other than the version its node was leased for.
 
         Raises:
             PoolStartError: it failed to import them, exited or took too long.
@@ -98,6 +103,7 @@ class TaskProcess:
             status, detail = parent_conn.recv()
             if status != "ready":
                 raise PoolStartError(f"a --module failed to import:\n{detail}")
+            _check_versions(fingerprints or {}, detail)
             return cls(process, parent_conn, progress)
         except (EOFError, OSError, PoolStartError) as exc:
             process.kill()
@@ -172,3 +178,16 @@ def live_pids(processes: Iterable[BaseProcess]) -> list[int]:
     """Process ids of those of ``processes`` that still run."""
     with _STATUS_LOCK:
         return [p.pid for p in list(processes) if p.pid and p.is_alive()]
+
+
+def _check_versions(expected: Mapping[str, str], loaded: object) -> None:
+    """Refuse a task process whose tasks are not the code the worker registered."""
+    if not isinstance(loaded, dict):
+        return
+    for name, version in sorted(expected.items()):
+        now = loaded.get(name)
+        if now is not None and now != version:
+            raise PoolStartError(
+                f"the code of task {name!r} changed on disk since this worker started "
+                f"(fingerprint {version}, now {now}); restart the worker to run the new version"
+            )
