@@ -21,6 +21,7 @@ so another web page cannot cancel through a browser that can reach the port.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from aiohttp import web
@@ -165,8 +166,16 @@ def graph_view(flow: FlowRun) -> dict[str, Any]:
     return {"flow_run_id": flow.id, "nodes": nodes, "edges": edges}
 
 
-def task_stream(flow: FlowRun, observer: Observer, now: float) -> dict[str, Any]:
-    """Attempts per worker over time: finished ones (the newest) and those running now."""
+def task_stream(
+    flow: FlowRun, observer: Observer, now: float, workers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Attempts per worker over time: finished ones (the newest) and those running now.
+
+    ``slots`` gives each connected worker's CPUs (rounded up): the page draws at
+    most that many lanes per worker, so members of a lease batch, which all
+    count from their lease but run one after another, are drawn one after
+    another too.
+    """
     digest = observer.digest(flow.id)
     segments = [
         {
@@ -194,14 +203,19 @@ def task_stream(flow: FlowRun, observer: Observer, now: float) -> dict[str, Any]
                 "index": run.index,
             }
         )
-    workers = sorted({s["worker_id"] for s in segments})
+    slots = {
+        worker_id: max(1, math.ceil(record.capacity.get("cpu", 1.0)))
+        for worker_id, record in (workers or {}).items()
+    }
+    workers_seen = sorted({s["worker_id"] for s in segments})
     start = min((s["start"] for s in segments), default=flow.created_at)
     end = max((s["end"] for s in segments), default=now)
     return {
         "flow_run_id": flow.id,
         "start": start,
         "end": end,
-        "workers": workers,
+        "workers": workers_seen,
+        "slots": {w: slots[w] for w in workers_seen if w in slots},
         "tasks": sorted({s["task_name"] for s in segments}),
         "segments": segments,
         "folded": digest.cursor >= len(flow.events),
@@ -281,7 +295,7 @@ class _Views:
     async def stream(self, request: web.Request) -> web.Response:
         flow = self._flow(request)
         self.observer.fold_flow(flow.id)
-        return _json(task_stream(flow, self.observer, self.rt.clock()))
+        return _json(task_stream(flow, self.observer, self.rt.clock(), self.rt.core.workers))
 
     def _check_action(self, request: web.Request) -> None:
         if request.headers.get(ACTION_HEADER) != "cancel":

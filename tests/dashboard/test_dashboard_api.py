@@ -117,6 +117,7 @@ async def test_task_run_page_graph_and_stream(served):
 
     stream = await _get(http, f"/api/flow-runs/{flow.id}/task-stream")
     assert stream["workers"] == ["w1"] and stream["folded"]
+    assert stream["slots"] == {"w1": N}  # lanes the page may draw: the worker's CPUs
     assert len(stream["segments"]) == N
     outcomes = {s["outcome"] for s in stream["segments"]}
     assert outcomes == {"completed", "failed"}

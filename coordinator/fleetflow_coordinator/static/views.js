@@ -128,12 +128,20 @@
     const byKey = {};
     const byWorker = {};
     for (const s of data.segments) (byWorker[s.worker_id] = byWorker[s.worker_id] || []).push(s);
+    // At most one lane per CPU of the worker (when it is still connected): members of a
+    // lease batch all count from their lease but run one after another, so an attempt
+    // that finds no free lane starts when the earliest lane frees.
     for (const worker of data.workers) {
       const lanes = [];
-      const segments = byWorker[worker].sort((a, b) => a.start - b.start);
+      const most = (data.slots || {})[worker] || Infinity;
+      const segments = byWorker[worker].sort((a, b) => a.end - b.end);
       for (const s of segments) {
         let lane = lanes.findIndex((end) => end <= s.start + 1e-6);
-        if (lane < 0) { lane = lanes.length; lanes.push(0); }
+        if (lane < 0 && lanes.length < most) { lane = lanes.length; lanes.push(0); }
+        if (lane < 0) {
+          lane = lanes.indexOf(Math.min(...lanes));
+          s.start = Math.min(Math.max(s.start, lanes[lane]), s.end);
+        }
         lanes[lane] = s.end;
         s.row = `${worker} · ${lane + 1}`;
       }
