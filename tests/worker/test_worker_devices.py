@@ -334,3 +334,46 @@ async def test_async_attempts_hold_their_devices_too(sample_tasks, sample_tasks_
     devices, _, started, _ = loads(outcomes[2, 1].value)
     assert devices == "0" and started - put >= 0.5, "the plain attempt waited for the device"
     assert worker.pool.devices.in_use == 0
+
+
+# ------------------------------------------------------ review: never wait for ever
+
+
+@pytest.mark.parametrize(("slots", "gpu"), [((), 0.5), (("0",), 2.0), (("0", "1"), 2.5)])
+async def test_a_request_the_devices_can_never_hold_fails_rather_than_waits(make_pool, slots, gpu):
+    pool = await make_pool(size=1, gpu_slots=slots)
+    with pytest.raises(RuntimeError, match="cannot fit this worker's"):
+        await asyncio.wait_for(run_gpu(pool, gpu), 10)  # waited for ever before
+    with pytest.raises(RuntimeError, match="cannot fit this worker's"):
+        await asyncio.wait_for(pool.hold_devices(gpu), 10)  # async def attempts too
+    assert pool.devices.in_use == 0 and len(pool._free) == 1  # nothing held
+
+
+# ------------------------------------------------------ review: odd NVML answers
+
+
+async def test_an_odd_nvml_answer_mid_run_never_fails_the_attempt(make_pool, monkeypatch):
+    from types import SimpleNamespace
+
+    fake = install(monkeypatch, FakeNvml([FakeDevice()]))
+    plan = plan_gpus(environ={})
+    sampler = GpuSampler(plan.devices)
+    assert sampler.open()
+    try:
+        pool = await make_pool(size=1, gpu_slots=plan.slots, gpu_sampler=sampler)
+        pid = pool.pids[0]
+        fake.devices[0].processes[pid] = 2 * GiB
+
+        def odd(handle, since):  # a sample NVML should never give (no timestamp)
+            return [SimpleNamespace(pid=pid, smUtil=None, memUtil=0, timeStamp=None)]
+
+        monkeypatch.setattr(fake, "nvmlDeviceGetProcessUtilization", odd)
+        # sampled while it runs (0.1 s) and at its result: neither may fail it
+        for seconds in (0.35, 0.0):
+            result = await asyncio.wait_for(run_gpu(pool, 1.0, seconds), 20)
+            assert result is not None and value_of(result)[0] == "0"
+            assert result.devices == ("0",)
+        assert pool.devices.in_use == 0
+        assert pool.pids == [pid]  # the same process ran both: no kill, no leak
+    finally:
+        sampler.close()

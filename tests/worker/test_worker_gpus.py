@@ -280,3 +280,72 @@ def test_the_plan_describes_each_device_for_people(four_gpus):
         "0: NVIDIA Fake 0 (10 GiB)",
         "3: NVIDIA Fake 3 (40 GiB)",
     ]
+
+
+# ------------------------------------------------------ review: bad input, edges
+
+
+def test_float_residue_is_no_share_once_everything_is_released():
+    alloc = DeviceAllocator(["0"])
+    tenths = [alloc.acquire(0.1) for _ in range(10)]  # 0.1 * 10 on one device
+    assert all(t is not None for t in tenths) and alloc.acquire(0.1) is None
+    for held in tenths:
+        alloc.release(held)  # type: ignore[arg-type]
+    a, b = alloc.acquire(0.1), alloc.acquire(0.2)
+    alloc.release(a)  # type: ignore[arg-type]
+    alloc.release(b)  # type: ignore[arg-type]
+    # 0.1 + 0.2 - 0.1 - 0.2 is 2.8e-17 in floats: still "not given back" before
+    assert alloc.used == [0.0] and alloc.in_use == 0
+
+
+def test_could_hold_says_which_requests_these_devices_can_ever_hold():
+    two = DeviceAllocator(["0", "1"])
+    assert two.could_hold(0) and two.could_hold(0.5) and two.could_hold(2)
+    assert two.could_hold(1.5) and not two.could_hold(2.5) and not two.could_hold(3)
+    assert not DeviceAllocator([]).could_hold(0.5) and DeviceAllocator([]).could_hold(0)
+
+
+@pytest.mark.parametrize("text", ["abc", "-1", "all,0", "0,none", "0,,1", "GPU-", "1.5", "²"])
+def test_gpus_that_are_not_device_ids_are_refused_naming_the_field(text, monkeypatch):
+    from fleetflow.settings import SettingsError
+    from fleetflow_worker import WorkerSettings
+    from fleetflow_worker.gpus import parse_gpu_selection
+
+    uninstall(monkeypatch)  # without NVML any id used to be trusted as given
+    with pytest.raises(GpuSelectionError, match="--gpus expects"):
+        parse_gpu_selection(text)
+    with pytest.raises(SettingsError, match="gpus"):
+        WorkerSettings(gpus=text)
+
+
+def test_gpus_accepts_indexes_and_uuids():
+    from fleetflow_worker.gpus import parse_gpu_selection
+
+    assert parse_gpu_selection(" 0 , 2 ") == ["0", "2"]
+    assert parse_gpu_selection("GPU-1234,MIG-abcd") == ["GPU-1234", "MIG-abcd"]
+    assert parse_gpu_selection("ALL") is None and parse_gpu_selection("None") == []
+
+
+@pytest.mark.parametrize("amount", [0.5, 1.5])
+def test_a_worker_refuses_a_gpu_capacity_no_whole_devices_back(amount):
+    # gpu=0.5 gave the coordinator room for a gpu=0.5 attempt but the worker no
+    # device slot: the attempt waited in the worker for ever.
+    from fleetflow.settings import SettingsError
+    from fleetflow_worker import WorkerSettings
+
+    with pytest.raises(SettingsError, match=r"resources\['gpu'\] must be a whole number"):
+        WorkerSettings(resources={"gpu": amount})
+    assert WorkerSettings(resources={"gpu": 2.0}).capacity["gpu"] == 2
+
+
+def test_sampler_open_pairs_its_init_when_a_device_cannot_be_opened(monkeypatch, four_gpus):
+    from fleetflow_worker._gpu_usage import GpuSampler
+
+    def lost(index):
+        raise four_gpus.NVMLError("GPU is lost")
+
+    plan = plan_gpus(environ={})
+    monkeypatch.setattr(four_gpus, "nvmlDeviceGetHandleByIndex", lost)
+    sampler = GpuSampler(plan.devices)
+    assert not sampler.open() and not sampler.active
+    assert four_gpus.inits == four_gpus.shutdowns

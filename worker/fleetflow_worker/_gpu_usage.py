@@ -20,6 +20,7 @@ namespace no process matches and nothing is measured (zeros, no figure).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -59,11 +60,17 @@ class GpuSampler:
             return False
         try:
             pynvml.nvmlInit()
+        except Exception as exc:  # noqa: BLE001 - no GPU figures, no failure
+            log.warning("gpu_sampling_unavailable", error=f"{type(exc).__name__}: {exc}")
+            return False
+        try:
             self._handles = {
                 i: pynvml.nvmlDeviceGetHandleByIndex(i) for i in set(self._index.values())
             }
         except Exception as exc:  # noqa: BLE001 - no GPU figures, no failure
             log.warning("gpu_sampling_unavailable", error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(Exception):
+                pynvml.nvmlShutdown()  # NVML counts inits: pair the one that succeeded
             return False
         self._pynvml = pynvml
         return True
@@ -171,9 +178,15 @@ class GpuMeter:
             return
         try:
             pids = {self.process.pid, *(c.pid for c in self.process.children(recursive=True))}
+            memory, util = self.sampler.sample(pids, self.ids, self._last_seen)
         except psutil.Error:
             return
-        memory, util = self.sampler.sample(pids, self.ids, self._last_seen)
+        except Exception as exc:  # noqa: BLE001 - measuring must never fail the attempt
+            # An unexpected NVML answer: this attempt gets no more GPU figures,
+            # but it runs on, and its process is still watched for its limits.
+            log.warning("gpu_sampling_failed", error=f"{type(exc).__name__}: {exc}")
+            self.process = None
+            return
         self.peak_bytes = max(self.peak_bytes, memory)
         if util is not None:
             self._util_sum += util

@@ -331,8 +331,9 @@ class TaskProcessPool:
             The seat and devices, or None when the attempt was cancelled while waiting.
 
         Raises:
-            RuntimeError: the pool is closed.
+            RuntimeError: the pool is closed, or ``gpu`` can never fit its devices.
         """
+        self._check_fits(gpu)
         while True:
             if self._closed:
                 raise RuntimeError("the task process pool is closed")
@@ -354,8 +355,9 @@ class TaskProcessPool:
         The caller gives them back with :meth:`release_devices`.
 
         Raises:
-            RuntimeError: the pool is closed.
+            RuntimeError: the pool is closed, or ``gpu`` can never fit its devices.
         """
+        self._check_fits(gpu)
         while True:
             if self._closed:
                 raise RuntimeError("the task process pool is closed")
@@ -363,6 +365,19 @@ class TaskProcessPool:
             if held is not None:
                 return held
             await self._wait_for_change()
+
+    def _check_fits(self, gpu: float) -> None:
+        """Refuse a request these devices can never hold, rather than wait for ever.
+
+        Raises:
+            RuntimeError: ``gpu`` is more than the devices (the attempt fails
+                as an infrastructure failure and may run elsewhere).
+        """
+        if not self.devices.could_hold(gpu):
+            raise RuntimeError(
+                f"gpu={gpu:g} cannot fit this worker's {len(self.devices.slots)} GPU device "
+                "slot(s): it would wait for ever"
+            )
 
     def release_devices(self, held: Allocation) -> None:
         """Give back what :meth:`hold_devices` returned."""

@@ -115,10 +115,20 @@ class DeviceAllocator:
         ids = tuple(dict.fromkeys(self.slots[i] for i, _ in shares))
         return Allocation(shares, ids)
 
+    def could_hold(self, amount: float) -> bool:
+        """Whether a request of ``amount`` gpu fits these devices once all are free."""
+        if amount <= _EPS:
+            return True
+        if amount >= 1.0 - _EPS:
+            return math.ceil(amount - _EPS) <= len(self.slots)
+        return bool(self.slots)
+
     def release(self, allocation: Allocation) -> None:
         """Hand an allocation's shares back (each allocation exactly once)."""
         for i, share in allocation.shares:
-            self.used[i] = max(0.0, self.used[i] - share)
+            left = self.used[i] - share
+            # Float residue (0.1 + 0.2 - 0.1 - 0.2) is no share: a free device is 0.
+            self.used[i] = 0.0 if left < _EPS else left
 
     @property
     def in_use(self) -> float:

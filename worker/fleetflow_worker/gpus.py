@@ -188,7 +188,8 @@ def parse_gpu_selection(text: str) -> list[str] | None:
     """``--gpus`` text: None for "" or ``all`` (no restriction), [] for ``none``, else the ids.
 
     Raises:
-        GpuSelectionError: an empty entry such as ``0,,2``.
+        GpuSelectionError: an entry that is neither an index nor a UUID
+            (``0,,2``, ``abc``, ``-1``, ``all,0``).
     """
     text = text.strip()
     if text.lower() in ("", "all"):
@@ -196,9 +197,21 @@ def parse_gpu_selection(text: str) -> list[str] | None:
     if text.lower() == "none":
         return []
     ids = [part.strip() for part in text.split(",")]
-    if not all(ids):
-        raise GpuSelectionError(f"--gpus expects ids such as 0,2 or none, got {text!r}")
+    if not all(_is_device_id(i) for i in ids):
+        # Without NVML an id is trusted as given: "abc" or "-1" would become
+        # an attempt's CUDA_VISIBLE_DEVICES and hide every device from it.
+        raise GpuSelectionError(
+            f"--gpus expects device indexes or UUIDs such as 0,2 or GPU-..., "
+            f"or none or all alone, got {text!r}"
+        )
     return ids
+
+
+def _is_device_id(entry: str) -> bool:
+    """An NVML index (``2``) or a device UUID (``GPU-...``, ``MIG-...``)."""
+    return (entry.isascii() and entry.isdigit()) or (
+        entry.startswith(("GPU-", "MIG-")) and len(entry) > 4
+    )
 
 
 def _match(entry: str, devices: Sequence[Gpu]) -> Gpu | None:

@@ -265,6 +265,14 @@ class WorkerSettings(CredentialSettings):
                 raise SettingsError(
                     "resources", f"resources[{name!r}] must be a non-negative number"
                 )
+            if name == "gpu" and amount != math.floor(amount):
+                # Devices are whole: gpu=1.5 would offer room that no device
+                # backs, and an attempt leased into it would wait for ever.
+                raise SettingsError(
+                    "resources",
+                    f"resources['gpu'] must be a whole number of devices, got {amount:g} "
+                    "(tasks ask for fractions such as gpu=0.5; workers offer devices)",
+                )
 
     @classmethod
     def load(
