@@ -12,9 +12,9 @@ import json
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from fleetflow._cli_render import out_console
 from fleetflow.config import LOCAL_RUNNER, load_config
 from fleetflow.settings import ClientSettings, Resolved, SettingsError, mask
 
@@ -94,7 +94,7 @@ def show_command(sections: tuple[str, ...], as_json: bool) -> None:
         data["flow_runners"] = {"default": runner.default, "local_workers": runner.local_workers}
         click.echo(json.dumps(data, indent=2, default=str))
         return
-    console = Console()
+    console = out_console()
     where = "none found (defaults and environment only)" if config.path is None else config.path
     console.print(f"configuration file: {where}")
     console.print(

@@ -8,9 +8,9 @@ import json
 import sys
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from fleetflow._cli_render import out_console
 from fleetflow._cli_views import coordinator_option, format_bytes
 from fleetflow._client import Client
 from fleetflow._taskruns import AttemptInfo, TaskRunInfo
@@ -71,12 +71,12 @@ def _list_limits(address: str, as_json: bool) -> None:
         click.echo(json.dumps([dataclasses.asdict(x) for x in limits], indent=2))
         return
     if not limits:
-        Console().print("no concurrency limits are set")
+        out_console().print("no concurrency limits are set")
         return
     table = Table("tag", "limit", "running", "waiting", "set by")
     for x in limits:
         table.add_row(x.tag, str(x.limit), str(x.running), str(x.waiting), x.source)
-    Console().print(table)
+    out_console().print(table)
 
 
 @click.command("prune")
@@ -125,7 +125,7 @@ def queue_command(as_json: bool, address: str) -> None:
             d.unschedulable_reason or "-",
             ", ".join(d.waiting_on_limits) or "-",
         )
-    Console().print(table if demand else "nothing is waiting for a worker")
+    out_console().print(table if demand else "nothing is waiting for a worker")
 
 
 def _time(epoch_s: float) -> str:
@@ -153,7 +153,7 @@ def show_task_run(task_run_id: int, address: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(info), indent=2, default=str))
     else:
-        console = Console()
+        console = out_console()
         console.print(
             f"[bold]task run {info.task_run_id}[/bold] {info.task_name}[{info.index}] "
             f"of flow run {info.flow_run_id} (node {info.node}): [bold]{info.state}[/bold]"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import Any
 
 from rich.console import Console, RenderableType
@@ -13,7 +14,10 @@ from rich.text import Text
 from fleetflow.events import FlowEvent
 from fleetflow.serde import RemoteTaskError
 
-__all__ = ["render_result", "format_event", "print_failure", "type_name"]
+__all__ = ["render_result", "format_event", "print_failure", "type_name", "out_console"]
+
+#: Width of tables when the output is no terminal and COLUMNS is not set.
+PIPED_WIDTH = 200
 
 
 def _cell(value: Any) -> RenderableType:
@@ -85,3 +89,14 @@ def format_event(event: FlowEvent) -> str:
     if event.error is not None:
         parts.append(f"error={event.error}")
     return " ".join(parts).rstrip()
+
+
+def out_console() -> Console:
+    """A console for stdout: :data:`PIPED_WIDTH` columns when it is no terminal.
+
+    Rich draws 80 columns for a pipe or a file; COLUMNS, when set, still wins.
+    """
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(width=PIPED_WIDTH)
+    return console

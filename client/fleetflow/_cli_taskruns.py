@@ -12,10 +12,10 @@ import json
 import re
 
 import click
-from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
+from fleetflow._cli_render import out_console
 from fleetflow._client import Client
 from fleetflow._taskruns import TaskRunPage, TaskRunSummary
 from fleetflow.errors import FleetflowError
@@ -119,7 +119,7 @@ def show_failed(flow_run_id: str, address: str, *, offset: int, limit: int, as_j
             rows.append(data)
         click.echo(json.dumps({"total": page.total, "offset": offset, "task_runs": rows}, indent=2))
         return
-    console = Console()
+    console = out_console()
     if not page.total:
         console.print(f"flow run {flow_run_id} has no failed task runs")
         return

@@ -13,13 +13,14 @@ import sys
 from typing import Any
 
 import click
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.progress_bar import ProgressBar
 from rich.table import Column, Table
 from rich.text import Text
 
 from fleetflow._cli_credentials import credential_options
 from fleetflow._cli_progress import count_parts, error_of, follow_progress, print_outcome
+from fleetflow._cli_render import out_console
 from fleetflow._client import DEFAULT_ADDRESS, Client, FlowRunInfo, TaskCounts, WorkerInfo
 from fleetflow._stats import FlowRunStats, TaskUsage
 from fleetflow.addresses import InvalidAddressError, format_addresses, parse_addresses
@@ -167,9 +168,9 @@ def workers_command(address: str, as_json: bool) -> None:
         _print_json([dataclasses.asdict(w) for w in workers])
         return
     if not workers:
-        Console().print(f"no workers are connected to {address}")
+        out_console().print(f"no workers are connected to {address}")
         return
-    Console().print(_workers_table(workers))
+    out_console().print(_workers_table(workers))
 
 
 # ------------------------------------------------------------------- inspect
@@ -347,9 +348,9 @@ def inspect_command(
     if as_json:
         _print_json(flow_run_json(info, error, stats))
     else:
-        Console().print(_inspect_view(info, error, stats))
+        out_console().print(_inspect_view(info, error, stats))
         if info.failed:
-            Console().print(
+            out_console().print(
                 f"[dim]every failed task run: fleetflow inspect {info.flow_run_id} --failed[/dim]"
             )
     sys.exit(1 if info.state in ("FAILED", "CANCELLED") else 0)

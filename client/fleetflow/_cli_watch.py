@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Column, Table
 
-from fleetflow._cli_render import format_event
+from fleetflow._cli_render import format_event, out_console
 from fleetflow._cli_views import (
     coordinator_option,
     flow_run_summary_json,
@@ -66,7 +66,7 @@ def flow_runs_command(address: str, as_json: bool) -> None:
             str(run.upstream_failed),
             str(run.cancelled),
         )
-    Console().print(table)
+    out_console().print(table)
 
 
 @click.command("watch")

@@ -44,7 +44,7 @@ from fleetflow._cli_fleet import (
 )
 from fleetflow._cli_params import convert_param, parse_params
 from fleetflow._cli_progress import count_parts, follow_plain, note_reasons, other_counts
-from fleetflow._cli_render import format_event, print_failure, render_result, type_name
+from fleetflow._cli_render import format_event, out_console, print_failure, render_result, type_name
 from fleetflow._cli_views import (
     check_coordinator,
     inspect_command,
@@ -335,7 +335,7 @@ def run_command(
     module, flow = _load_flow(target)
     kwargs = parse_params(flow, params)
     options = _fleet_options(cpu, memory, resources, pools, unschedulable_timeout_s)
-    out, err = Console(), Console(stderr=True, soft_wrap=True)
+    out, err = out_console(), Console(stderr=True, soft_wrap=True)
     started = time.monotonic()
     fleet: Fleet | None = None
     flow_run_id = "(not submitted)"

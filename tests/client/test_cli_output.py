@@ -77,3 +77,13 @@ def test_lazy_commands_are_listed_and_explain_when_unavailable(monkeypatch):
     result = CliRunner().invoke(cli, ["coordinator"])
     assert result.exit_code == 1
     assert "unavailable" in result.output and "no_such_module_xyz" in result.output
+
+
+def test_tables_are_wide_when_the_output_is_no_terminal(monkeypatch, capsys):
+    # Issue 17: piped tables were cut at rich's 80 columns.
+    from fleetflow._cli_render import PIPED_WIDTH, out_console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert out_console().width == PIPED_WIDTH
+    monkeypatch.setenv("COLUMNS", "100")
+    assert out_console().width == 100
