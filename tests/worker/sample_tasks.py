@@ -226,3 +226,15 @@ def dask_resources_free():
     from distributed import get_worker
 
     return dict(get_worker().state.available_resources)
+
+
+@task
+def die_once(marker, seconds=1.0):
+    """Kill this process the first time (after ``seconds``); return "survived" the next."""
+    if os.path.exists(marker):
+        time.sleep(seconds)
+        return "survived"
+    with open(marker, "w") as f:
+        f.write("died\n")
+    time.sleep(seconds)
+    os._exit(1)

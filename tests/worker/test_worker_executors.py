@@ -253,3 +253,29 @@ def test_errors_pickle_without_tblib_after_distributed_is_imported():
     assert b"tblib" not in error.pickled
     again = loads(error.pickled)
     assert isinstance(again, MemoryLimitExceeded) and again.peak_bytes == 300
+
+
+async def test_a_dask_workers_death_fails_the_attempt_whatever_the_clusters_allowed_failures(
+    coordinator, make_worker, tmp_path
+):
+    # Dask (allowed-failures 3 by default) would rerun the task on the other
+    # worker, where it survives; the executor sees its worker leave and fails it.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 3}):  # Dask's default
+        cluster = distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            asynchronous=True,
+        )
+        await cluster
+    async with cluster:
+        make_worker(executor="dask", dask_address=cluster.scheduler_address)
+        marker = str(tmp_path / "died")
+        coordinator.leases.put_nowait(
+            make_lease(1, "sample_tasks:die_once", marker=marker, seconds=1.0)
+        )
+        outcomes = await coordinator.wait_outcomes(1, timeout_s=60)
+        assert outcomes[1, 1].infrastructure, outcomes[1, 1]
+        assert isinstance(error_of(outcomes[1, 1]), DaskWorkerLost)
+        assert "left while it held the attempt" in str(error_of(outcomes[1, 1]))

@@ -21,13 +21,17 @@ to the cluster:
   on its own times out (at-least-once, as a killed task process's members).
   Dask cannot interrupt a running thread: a cancelled future's code runs on
   until it returns, and its result is dropped;
-* **a Dask worker's death is an infrastructure failure**: the future fails
-  (``KilledWorker``, or any error of the future itself; task errors travel in
-  the payload, never as the future's error) and every member without a
-  result reports an infrastructure failure, which the coordinator retries as
-  for a dead task process. Dask may first move a task whose worker died to
-  another worker, up to the scheduler's ``distributed.scheduler.allowed-failures``
-  (3 by default; 0 fails the attempt at the first death).
+* **a Dask worker's death is an infrastructure failure**: at each heartbeat
+  the executor also asks the scheduler which Dask worker each of its futures
+  is processing on; a future whose Dask worker has left the cluster since is
+  cancelled, and so is a future that fails by itself (``KilledWorker``, or any
+  error of the future; task errors travel in the payload, never as the
+  future's error). Every member without a result then reports
+  :class:`~fleetflow_worker.errors.DaskWorkerLost`, an infrastructure failure
+  the coordinator retries as for a dead task process. A death between two
+  heartbeats of a future not yet seen there is left to Dask, which moves the
+  task to another worker up to its ``distributed.scheduler.allowed-failures``
+  (3 by default) and then fails it (``KilledWorker``).
 
 Memory requests are placed against the cluster's memory; Dask's own worker
 memory limits enforce them (a worker its nanny restarts is a death, above).
@@ -95,6 +99,10 @@ class DaskExecutor:
         self.options = dict(options)
         self.module_specs = tuple(module_specs)
         self.client: Any = None
+        #: {future key: set when the Dask worker it was seen processing on left}
+        self._inflight: dict[str, asyncio.Event] = {}
+        #: {future key: the Dask worker it was last seen processing on}
+        self._seen_on: dict[str, str] = {}
         #: Futures cancelled in the background, kept referenced until done.
         self._background: set[asyncio.Future[Any]] = set()
         self._closed = False
@@ -130,11 +138,33 @@ class DaskExecutor:
         log.info("dask_executor_connected", scheduler=self.address)
 
     async def capacity(self) -> dict[str, float] | None:
-        """The cluster's capacity now (asked of the scheduler)."""
+        """The cluster's capacity now (asked of the scheduler); also spots lost Dask workers."""
         if self.client is None:
             return None
+        # Where the futures run first, then who is alive: a Dask worker that
+        # joins between the two calls is never taken for one that left.
+        processing = await self.client.scheduler.processing() if self._inflight else {}
         identity = await self.client.scheduler.identity(n_workers=-1)
+        self._note_lost_workers(processing, set(identity.get("workers", {})))
         return cluster_capacity(identity)
+
+    def _note_lost_workers(self, processing: Mapping[str, Any], alive: set[str]) -> None:
+        """Wake the futures whose Dask worker left the cluster since they were seen on it.
+
+        Checked before the new sightings are noted: Dask may already have
+        moved the task to another worker.
+        """
+        for key, worker in list(self._seen_on.items()):
+            lost = self._inflight.get(key)
+            if lost is None:
+                del self._seen_on[key]
+            elif worker not in alive:
+                lost.set()
+        for worker, keys in processing.items():
+            for key in keys:
+                lost = self._inflight.get(key)
+                if lost is not None and not lost.is_set():
+                    self._seen_on[key] = worker
 
     async def run(self, task_name: str, args: Sequence[WireArg], split_result: bool, **kw: Any):
         """Run one attempt (see :meth:`TaskProcessPool.run`)."""
@@ -217,21 +247,24 @@ class DaskExecutor:
              items[i].store)
             for i in todo
         ]  # fmt: skip
+        key = f"fleetflow-{task_name}-{uuid.uuid4().hex}"
         future = self.client.submit(
             run_members,
             self.module_specs,
             requests,
-            key=f"fleetflow-{task_name}-{uuid.uuid4().hex}",
+            key=key,
             resources=dict(resources) or None,
             pure=False,
         )
         waiting = asyncio.ensure_future(_result(future))
+        lost = self._inflight[key] = asyncio.Event()
+        gone = asyncio.ensure_future(lost.wait())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget_s if budget_s > 0 else None
         try:
             while not waiting.done():
                 poked = asyncio.ensure_future(poke.wait()) if poke is not None else None
-                waiters = [waiting] if poked is None else [waiting, poked]
+                waiters = [waiting, gone] if poked is None else [waiting, gone, poked]
                 wait_s = None if deadline is None else max(0.0, deadline - loop.time())
                 try:
                     await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
@@ -240,6 +273,10 @@ class DaskExecutor:
                         poked.cancel()
                 if waiting.done():
                     break
+                if lost.is_set():
+                    self._cancel(future, waiting)
+                    where = self._seen_on.get(key, "?")
+                    return DaskWorkerLost(f"Dask worker {where} left while it held the attempt")
                 if poke is not None and poke.is_set():
                     poke.clear()
                 if all(cancelled(i) for i in todo):
@@ -251,6 +288,10 @@ class DaskExecutor:
         except asyncio.CancelledError:
             self._cancel(future, waiting)
             raise
+        finally:
+            gone.cancel()
+            self._inflight.pop(key, None)
+            self._seen_on.pop(key, None)
         return waiting.result()
 
     def _cancel(self, future: Any, waiting: asyncio.Future[Any]) -> None:
