@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fleetflow import Client
+from fleetflow.loader import load_module
 from fleetflow.store import StoreMarker, encode_frame
 from fleetflow.store.objects import MARKER_NAME, ObjectStore
 from fleetflow_coordinator import results
@@ -19,9 +20,9 @@ from structlog.testing import capture_logs
 
 from tests.e2e.fleet import Fleet
 
-from . import large_flows
-
-FLOWS = Path(large_flows.__file__)
+# Loaded as workers load it (by path, under its stem), so task names agree.
+FLOWS = Path(__file__).with_name("large_flows.py")
+large_flows = load_module(str(FLOWS))
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ shape (:meth:`UnschedulableMixin.demand`). See docs/architecture.md,
 
 from __future__ import annotations
 
+import itertools
+
 from fleetflow_coordinator.core.model import (
     EPS,
     EventKind,
@@ -23,6 +25,9 @@ from fleetflow_coordinator.core.model import (
 from fleetflow_coordinator.core.table import Stimulus
 
 __all__ = ["UnschedulableMixin"]
+
+#: How many workers the module-name hint of an unschedulable reason looks at.
+ALIAS_SCAN_WORKERS = 16
 
 
 class UnschedulableMixin:
@@ -172,11 +177,15 @@ class UnschedulableMixin:
         return "; ".join(parts)
 
     def _alias(self, node: NodeRecord) -> str:
-        """A hint when workers offer the same function under another module name."""
+        """A hint when workers offer the same function under another module name.
+
+        Best effort and bounded: looks at the first :data:`ALIAS_SCAN_WORKERS`
+        workers only, since reasons are recomputed whenever the fleet changes.
+        """
         _, sep, qualname = node.task_name.rpartition(":")
         if not sep:
             return ""
-        for worker in self.workers.values():
+        for worker in itertools.islice(self.workers.values(), ALIAS_SCAN_WORKERS):
             for name in worker.task_names:
                 if name != node.task_name and name.endswith(f":{qualname}"):
                     return (
