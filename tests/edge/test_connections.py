@@ -197,3 +197,31 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit():
         assert raised == (hard if hard != resource.RLIM_INFINITY else raised)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_standbys_health_watch_needs_a_credential_too(tmp_path):
+    from fleetflow_coordinator.auth import AuthFile
+    from fleetflow_coordinator.security import Security
+    from fleetflow_coordinator.settings import Settings
+    from fleetflow_coordinator.standby import _standby_server
+
+    pki = make_pki(tmp_path)
+    security = Security(auth=AuthFile(str(pki.auth_file)))
+    server, port, _ = await _standby_server(Settings(), "127.0.0.1:0", security)
+    request = health_pb2.HealthCheckRequest(service="")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            answer = await stub.Check(request, timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in stub.Watch(request, timeout=5):
+                    pass
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            token = [("authorization", f"Bearer {pki.tokens['worker']}")]
+            watch = stub.Watch(request, metadata=token)
+            first = await asyncio.wait_for(watch.read(), 5)
+            assert first.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()
+    finally:
+        await server.stop(0)
