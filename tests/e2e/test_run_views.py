@@ -267,7 +267,7 @@ def test_a_failed_run_lists_its_failed_task_runs_with_ids(fleet):
     assert done.returncode == 1
     assert "36 completed, 4 failed, 1 upstream failed" in done.stderr, done.stderr[-3000:]
     assert "failed task runs (4 of 4):" in done.stderr
-    listed = re.findall(r"task run (\d+)  check\[(\d+)\]  \(i=\d+\)  ValueError", done.stderr)
+    listed = re.findall(r"task run (\d+)  \S*check\[(\d+)\]  \(i=\d+\)  ValueError", done.stderr)
     assert [int(i) for _, i in listed] == [0, 10, 20, 30]
     assert "fleetflow inspect" in done.stderr and "--failed" in done.stderr
 
