@@ -39,6 +39,25 @@ log = structlog.get_logger(__name__)
 TRANSFER_CHUNK_BYTES = 1 << 20
 
 
+def is_database_url(db: str) -> bool:
+    """Whether the ``db`` setting names a database server (``postgresql://...``), not a file."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def hosted_root(db: str) -> str | None:
+    """Folder of the coordinator-hosted result store for the ``db`` setting.
+
+    ``results/`` next to a SQLite file; ``.fleetflow/results`` in the working
+    directory when the state is in a database server (its URL is no path); None
+    for ``:memory:`` (a throwaway folder, removed at stop).
+    """
+    if db == ":memory:":
+        return None
+    if is_database_url(db):
+        return os.path.abspath(os.path.join(".fleetflow", "results"))
+    return os.path.join(os.path.dirname(os.path.abspath(db)), "results")
+
+
 class ResultStore:
     """Where payloads above the inline limit go, as this coordinator serves it.
 
@@ -102,10 +121,18 @@ class ResultStore:
                 raise ValueError(f"result_store: {exc}") from None
             return cls(objects, hosted=False, **common)
         temporary = None
-        if settings.db == ":memory:":
+        root = hosted_root(settings.db)
+        if root is None:
             root = temporary = tempfile.mkdtemp(prefix="fleetflow-results-")
-        else:
-            root = os.path.join(os.path.dirname(os.path.abspath(settings.db)), "results")
+        elif is_database_url(settings.db):
+            # A standby that takes over cannot read this coordinator's disk.
+            log.warning(
+                "result_store_not_shared",
+                root=root,
+                advice="with several coordinators on PostgreSQL, set result_store "
+                "(--result-store s3://... or a shared path): objects hosted here are "
+                "unreachable after a standby takes over",
+            )
         marker = StoreMarker.ensure(root)
         _tighten(root)
         return cls(

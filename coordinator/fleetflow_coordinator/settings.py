@@ -218,8 +218,9 @@ class Settings:
         "",
         help="Where payloads above inline_max_bytes go: an fsspec URL (s3://bucket/prefix, "
         "/mnt/shared/fleetflow, file:///...); empty (default) hosts the store on this "
-        "coordinator's disk, in results/ next to the database, served to workers and clients "
-        "over gRPC in chunks.",
+        "coordinator's disk, in results/ next to the database (.fleetflow/results in the "
+        "working directory with PostgreSQL; standbys need a shared store), served to "
+        "workers and clients over gRPC in chunks.",
     )
     result_store_options: str = setting(
         "",
