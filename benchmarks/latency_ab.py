@@ -65,8 +65,8 @@ finally:
 """
 
 
-def run_one(tree: Path, w3: int, w1: int, tag: str) -> dict:
-    env = dict(os.environ)
+def run_one(tree: Path, w3: int, w1: int, tag: str, extra_env: dict[str, str]) -> dict:
+    env = dict(os.environ, **extra_env)
     env["PYTHONPATH"] = os.pathsep.join(
         str(tree / p) for p in ("client", "coordinator", "worker", "benchmarks")
     )
@@ -93,15 +93,19 @@ def main() -> int:
     parser.add_argument("--w3", type=int, default=200)
     parser.add_argument("--w1", type=int, default=20_000)
     args = parser.parse_args()
-    trees = [Path(t).resolve() for t in args.trees.split(",")]
-    results: dict[str, list[dict]] = {str(t): [] for t in trees}
+    # A tree may carry settings for its fleet: PATH+FLEETFLOW_X=1+FLEETFLOW_Y=2.
+    trees = []
+    for spec in args.trees.split(","):
+        path, *pairs = spec.split("+")
+        trees.append((spec, Path(path).resolve(), dict(p.split("=", 1) for p in pairs)))
+    results: dict[str, list[dict]] = {spec: [] for spec, _, _ in trees}
     for rep in range(args.reps):
         order = trees if rep % 2 == 0 else list(reversed(trees))
-        for i, tree in enumerate(order):
-            r = run_one(tree, args.w3, args.w1, f"ab{i}")
+        for i, (spec, tree, extra_env) in enumerate(order):
+            r = run_one(tree, args.w3, args.w1, f"ab{i}", extra_env)
             r["load1"] = os.getloadavg()[0]
-            results[str(tree)].append(r)
-            print(json.dumps({"tree": str(tree), "rep": rep, **r}), flush=True)
+            results[spec].append(r)
+            print(json.dumps({"tree": spec, "rep": rep, **r}), flush=True)
     print("\nmedians (min-max):")
     for tree, reps in results.items():
         cells = []

@@ -105,7 +105,7 @@ class Settings:
         20_000, ge=1, help="A batch this large (rows) is stored without waiting."
     )
     inline_commit_rows: int = setting(
-        500,
+        2000,
         ge=0,
         help="Batches up to this many rows are written on the event loop (cheaper than a thread "
         "hop); larger ones in a worker thread.",
