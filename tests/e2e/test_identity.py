@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,10 @@ def test_a_worker_with_an_older_version_never_gets_the_node_and_the_run_fails(fl
         assert new in reason
         old = reason.split("connected workers run ", 1)[1].split(" ", 1)[0]
         assert len(old) == 16 and old != new
+        # The dashboard's flow run view lists it among what cannot be placed.
+        url = f"{fleet.http_url}/api/flow-runs/{run.id}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert json.load(response)["unschedulable"] == [{"node": 0, "message": reason}]
         queue = fleetflow("queue", "--json", "--coordinator", fleet.address)
         assert json.loads(queue.stdout)[0]["unschedulable_reason"] == reason
         with pytest.raises(Exception, match="unschedulable for 5 s: workers run another version"):
