@@ -57,7 +57,10 @@ def test_a_blocking_task_is_killed_at_its_timeout_and_the_worker_carries_on(flee
         with pytest.raises(Exception) as info:
             run.result(timeout=30)
         assert time.monotonic() - started < 4.0
-        assert "task sleep_past_timeout exceeded its timeout of 2 s" in _failure_text(info.value)
+        assert (
+            "task lifecycle_flows:sleep_past_timeout exceeded its timeout of 2 s"
+            in _failure_text(info.value)
+        )
         killed_pid = int(_lines(ledger)[0].split()[1])
         assert killed_pid == warm_pid
         wait_until(lambda: _gone(killed_pid), 5, what="the task process to be killed")
@@ -80,7 +83,9 @@ def test_retries_apply_to_timeouts(fleet, tmp_path):
         run = client.submit(flows.timeout_retries_flow, ledger=str(ledger))
         with pytest.raises(Exception) as info:
             run.result(timeout=60)
-        assert "task always_too_slow exceeded its timeout of 1 s" in _failure_text(info.value)
+        assert "task lifecycle_flows:always_too_slow exceeded its timeout of 1 s" in _failure_text(
+            info.value
+        )
         assert len(_events(client, run.id, "TASK_RUN_STARTED")) == 4
     starts = _lines(ledger)
     assert len(starts) == 4 and "after" not in starts
