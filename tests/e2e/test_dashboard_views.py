@@ -116,4 +116,17 @@ def test_graph_stream_and_paged_task_runs_of_a_run_with_failures(fleet, tmp_path
         page.locator("#graph-stream").screenshot(path=str(shot))
         if os.environ.get("FLEETFLOW_UPDATE_SCREENSHOT") == "1":
             shutil.copyfile(shot, DOCS_SCREENSHOT)
+
+        # The cancel button of a running flow run (no tokens here: loopback, no auth file).
+        sleepy = client.submit(flows.naps, n=4, seconds=8)
+        wait_until(lambda: client.get(sleepy.id).nodes[0].running > 0, 30, what="running")
+        page.goto(f"{fleet.http_url}/#flow={sleepy.id}")
+        page.wait_for_selector("#flow-cancel:not([hidden])")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#flow-cancel")
+        page.wait_for_function(
+            "() => document.querySelector('#flow-state').textContent === 'CANCELLED'"
+        )
+        assert sleepy.wait(timeout=30) == "CANCELLED"
+        assert "cancelled" in page.inner_text("#flow-meta")
         assert not errors, errors

@@ -230,7 +230,9 @@ function renderTime(flow) {
     `<div class="time-legend">${parts.map(([cls, label, s]) =>
       `<span><i class="seg ${cls}"></i>${label} <b>${duration(s)}</b>` +
       `${total ? ` (${Math.round(100 * s / total)}%)` : ""}</span>`).join("")}</div>`;
-  $("#time-total").textContent = total ? `(${duration(total)} of task-run time)` : "";
+  $("#time-total").textContent = total
+    ? `(${duration(total)} of task-run time, summed over ${num(flow.total)} task runs; ` +
+      `the flow run took ${duration(flow.duration_s)})` : "";
 }
 
 function pair(q, fmt) {
@@ -360,7 +362,7 @@ function render(data) {
   if (changed("slowest", [flow.slowest, flow.running_longest.map((r) => [r.task_run_id, Math.floor(r.running_s)])])) {
     renderSlowest(flow);
   }
-  if (changed("time", [flow.id, flow.time_in_state])) renderTime(flow);
+  if (changed("time", [flow.id, flow.time_in_state, flow.total, Math.floor(flow.duration_s)])) renderTime(flow);
   if (changed("usage", [flow.id, flow.usage])) renderUsage(flow);
   if (changed("failures", [flow.id, flow.failure_entries, flow.first_error && flow.first_error.type])) renderFailures(flow);
   if (changed("flow-chart", flow.throughput)) {
