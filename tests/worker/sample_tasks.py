@@ -238,3 +238,15 @@ def die_once(marker, seconds=1.0):
         f.write("died\n")
     time.sleep(seconds)
     os._exit(1)
+
+
+@task(resources={"gpu": 1})
+def spawn_and_hang(pid_file):
+    """Start a child process (as a data loader or a CUDA helper would), then hang."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with open(pid_file, "w") as f:
+        f.write(str(child.pid))
+    time.sleep(60)

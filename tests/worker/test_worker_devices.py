@@ -377,3 +377,58 @@ async def test_an_odd_nvml_answer_mid_run_never_fails_the_attempt(make_pool, mon
         assert pool.pids == [pid]  # the same process ran both: no kill, no leak
     finally:
         sampler.close()
+
+
+async def test_a_failure_while_watching_an_attempt_kills_its_process(make_pool, monkeypatch):
+    """The seat must never go back with its process still running the attempt."""
+    import fleetflow_worker._batch as batch
+
+    pool = await make_pool(size=1, gpu_slots=("0",))
+    real = batch.ProcessMeter.sample
+    calls = {"n": 0}
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # mid-run, while the attempt sleeps
+            raise RuntimeError("watching failed")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(batch.ProcessMeter, "sample", flaky)
+    [first_pid] = pool.pids
+    with pytest.raises(RuntimeError, match="watching failed"):
+        await asyncio.wait_for(run_gpu(pool, 1.0, 8.0), 20)
+    assert pool.devices.in_use == 0
+    asked = asyncio.get_running_loop().time()
+    result = await asyncio.wait_for(run_gpu(pool, 1.0, 0.0), 20)
+    _devices, pid, started, _ended = value_of(result)
+    # Before: the seat went back with its process still sleeping in the first
+    # attempt, and the next one queued behind it down the same pipe.
+    assert pid != first_pid, "the next attempt went to the process still running the last"
+    assert started - asked < 6.0
+
+
+@pytest.mark.parametrize("end", ["timeout", "closed"])
+async def test_a_killed_attempt_takes_the_processes_it_started_with_it(make_pool, tmp_path, end):
+    """Its devices go to the next attempt: a child it left would still use them."""
+    pool = await make_pool(size=1, gpu_slots=("0",))
+    pid_file = tmp_path / "child.pid"
+    args = [("pid_file", dumps(str(pid_file)))]
+    running = asyncio.ensure_future(
+        pool.run("sample_tasks:spawn_and_hang", args, False, gpu=1, timeout_s=1.5)
+    )
+    if end == "closed":  # the worker stops: its pool is killed under the attempt
+        for _ in range(100):  # bounded: 10 s
+            if pid_file.exists() and pid_file.read_text():
+                break
+            await asyncio.sleep(0.1)
+        pool.kill()
+    result = await asyncio.wait_for(running, 30)
+    if end == "timeout":
+        assert result.timed_out, result.payload[1]
+    assert pool.devices.in_use == 0
+    child = int(pid_file.read_text())
+    for _ in range(50):  # bounded: 5 s
+        if not (psutil.pid_exists(child) and _alive(child)):
+            break
+        await asyncio.sleep(0.1)
+    assert not _alive(child), "the attempt's child outlived it, on the device given back"

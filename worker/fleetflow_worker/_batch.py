@@ -168,7 +168,9 @@ class BatchPass:
         call = self._send(io, env)
         try:
             reason = await self._watch(call, poke)
-        except asyncio.CancelledError:
+        except BaseException:
+            # Cancelled, or watching itself failed: either way the process may
+            # still be running a member, so it must not go back to the seat.
             replace()  # kills the process; the blocked call ends with EOF
             raise
         if reason is None and call.exception() is None:

@@ -524,6 +524,9 @@ class TaskProcessPool:
         calls raise ``RuntimeError``.
         """
         self._closed = True
+        for seat in self._seat_list:
+            if seat.proc is not None:
+                seat.proc.kill()  # with the processes its attempt started
         for process in list(self._processes):
             with contextlib.suppress(OSError, ValueError):
                 process.kill()

@@ -155,9 +155,22 @@ class TaskProcess:
             on_results(results)
 
     def kill(self) -> None:
-        """SIGKILL the process (no-op if it already exited)."""
+        """SIGKILL the process and the processes it started (no-op if it already exited).
+
+        Its children go too: once killed its attempt's devices and memory go
+        to the next attempt, and a data loader or helper process it left
+        behind would still be using them. They are listed before the kill
+        (after it they belong to init and cannot be found).
+        """
+        try:
+            children = self.ps.children(recursive=True)
+        except psutil.Error:
+            children = []
         with contextlib.suppress(OSError, ValueError):
             self.process.kill()
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()  # psutil checks the pid is still that process first
 
     def reap(self, timeout_s: float) -> int | None:
         """Wait for the process to exit (blocking) and close the pipe; returns its exit code."""
