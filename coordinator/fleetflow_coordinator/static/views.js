@@ -288,6 +288,12 @@
       $("#tr-state").value = "";
     }
     $("#flow-cancel").hidden = flow.state !== "RUNNING";
+    // The graph follows every snapshot (its edges are fetched once per flow run).
+    if (!moved && views.graphEdges && views.graphEdges.flow === flow.id &&
+        (flow.events !== views.events || flow.state !== views.state)) {
+      renderGraph(flow.node_counts.map((n, i) => ({ ...n, depth: views.graphEdges.depth[i] })),
+        views.graphEdges.edges);
+    }
     const changedState = flow.events !== views.events || flow.state !== views.state;
     views.events = flow.events;
     views.state = flow.state;
