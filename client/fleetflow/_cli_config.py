@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from fleetflow._cli_render import out_console
@@ -102,9 +103,11 @@ def show_command(sections: tuple[str, ...], as_json: bool) -> None:
         + (f"  (profiles: {', '.join(config.profiles)})" if config.profiles else "")
     )
     for section in chosen:
-        table = Table("setting", "value", "source", title=f"[{section}]", title_justify="left")
+        # titles and cells are text, not rich markup: "[worker]" would vanish as a tag
+        table = Table("setting", "value", "source", title=escape(f"[{section}]"))
+        table.title_justify = "left"
         for name, value, source in resolved[section].rows():
-            table.add_row(name, repr(_shown(value)), source)
+            table.add_row(escape(name), escape(repr(_shown(value))), escape(source))
         console.print(table)
     table = Table("name", "type", "options", title="executors", title_justify="left")
     for entry in config.executors:

@@ -349,7 +349,8 @@ def run_command(
                 fleet = Fleet(module, n, Path(tempfile.mkdtemp(prefix="fleetflow-run-")), options)
                 address = fleet.start()
                 err.print(
-                    f"embedded fleet: coordinator {address}, {n} workers, logs in {fleet.log_path}"
+                    f"embedded fleet: coordinator {address}, {n} worker{'s' if n != 1 else ''}, "
+                    f"logs in {fleet.log_path}"
                 )
                 if fleet.dashboard_url:
                     err.print(f"dashboard: {fleet.dashboard_url}")

@@ -106,6 +106,9 @@ def test_config_show_as_a_table(project):
     assert result.exit_code == 0, result.output
     assert "lease_ttl_s" in result.output and "coordinator.lease_ttl_s" in result.output
     assert "cluster" in result.output and "s3cret" not in result.output
+    # each table says which section it is (rich once read "[worker]" as a markup tag)
+    for section in ("[coordinator]", "[worker]", "[client]"):
+        assert section in result.output, result.output
 
 
 def test_config_show_refuses_a_bad_key_in_any_section(project):
