@@ -432,3 +432,16 @@ async def test_a_killed_attempt_takes_the_processes_it_started_with_it(make_pool
             break
         await asyncio.sleep(0.1)
     assert not _alive(child), "the attempt's child outlived it, on the device given back"
+
+
+async def test_a_cpu_attempt_takes_a_new_seat_rather_than_evict_warm_gpu_processes(make_pool):
+    """Every free seat is bound to devices: a surplus seat, not a warm process killed."""
+    pool = await make_pool(size=2, max_size=4, gpu_slots=("0", "1"))
+    pid_a, *_ = await warm(pool, "a", gpu=1)  # warm_count on device 0
+    devices_b, pid_b, *_ = value_of(await run_gpu(pool, 1.0))  # gpu_visible on device 1
+    assert devices_b == "1" and pid_b != pid_a
+    cpu_pid = value_of(await pool.run("sample_tasks:getpid", [], False))
+    assert cpu_pid not in (pid_a, pid_b)
+    pid_again, calls, _ = await warm(pool, "b", gpu=1)
+    assert (pid_again, calls) == (pid_a, 2), "the CPU attempt evicted a warm GPU process"
+    assert value_of(await run_gpu(pool, 1.0))[1] == pid_b

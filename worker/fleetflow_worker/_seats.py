@@ -96,7 +96,8 @@ def pick(
     attempt ends). A GPU attempt first tries the devices of the most recently
     used free seat that ran the same task, so its warm process is reused;
     otherwise it prefers devices no other task's free warm process is bound
-    to, so it does not push that task off its process.
+    to, so it does not push that task off its process. A warm process that
+    would have to be replaced is replaced only when no surplus seat may be added.
 
     Args:
         free: The free seats.
@@ -130,7 +131,11 @@ def pick(
     binding = binding_of(held, gpu_worker)
     if free:
         seat = min(free, key=lambda s: _rank(s, task_name, binding))
-        return Pick(seat, held, binding)
+        evicts = _rank(seat, task_name, binding)[0] and seat.last_task is not None
+        if not (evicts and can_grow):
+            return Pick(seat, held, binding)
+        # Every free seat's process is warm and bound to other devices: a
+        # surplus seat costs one process start, an eviction a rebuilt model.
     if can_grow:
         return Pick(Seat(core=False), held, binding, fresh=True)
     devices.release(held)
