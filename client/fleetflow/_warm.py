@@ -35,6 +35,8 @@ _KEPT: dict[Hashable, Any] = {}
 #: {key: lock held while its value is built}
 _BUILDING: dict[Hashable, threading.Lock] = {}
 _LOCK = threading.Lock()
+#: Keys this thread is building now (a factory asking for its own key).
+_MINE = threading.local()
 
 
 def keep(key: Hashable, factory: Callable[[], T]) -> T:
@@ -49,17 +51,26 @@ def keep(key: Hashable, factory: Callable[[], T]) -> T:
         The kept value.
 
     Raises:
+        RuntimeError: ``factory`` itself asks for ``key`` (it would wait for
+            itself for ever).
         Exception: whatever ``factory`` raises (nothing is kept then).
     """
     try:
         return _KEPT[key]  # type: ignore[no-any-return]
     except KeyError:
         pass
+    building: set[Hashable] = _MINE.__dict__.setdefault("keys", set())
+    if key in building:
+        raise RuntimeError(f"fleetflow.keep({key!r}): its factory asks for {key!r} itself")
     with _LOCK:
         lock = _BUILDING.setdefault(key, threading.Lock())
     with lock:  # one build per key, even from threads the task starts
         if key not in _KEPT:
-            _KEPT[key] = factory()
+            building.add(key)
+            try:
+                _KEPT[key] = factory()
+            finally:
+                building.discard(key)
         return _KEPT[key]  # type: ignore[no-any-return]
 
 

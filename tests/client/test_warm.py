@@ -51,3 +51,22 @@ def test_threads_build_a_value_once():
     for t in threads:
         t.join(5)
     assert len(calls) == 1 and len({id(v) for v in seen}) == 1
+
+
+def test_a_factory_asking_for_its_own_key_fails_rather_than_hangs():
+    """Its build lock was held by its own thread: the attempt hung until its timeout."""
+    outcome: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            fleetflow.keep("loop", lambda: fleetflow.keep("loop", dict))
+        except BaseException as exc:  # noqa: BLE001 - what the attempt would see
+            outcome.append(exc)
+
+    thread = threading.Thread(target=attempt, daemon=True)  # daemon: a hang must not block exit
+    thread.start()
+    thread.join(5.0)
+    assert not thread.is_alive(), "keep deadlocked on its own key"
+    assert isinstance(outcome[0], RuntimeError) and "'loop'" in str(outcome[0])
+    assert "loop" not in fleetflow.kept()
+    assert fleetflow.keep("loop", lambda: 7) == 7  # nothing left locked
