@@ -158,6 +158,15 @@ class Task(Generic[P, R]):
         if not isinstance(any_version, bool):
             raise ValueError(f"task {self.name!r}: any_version must be True or False")
         self.any_version = any_version
+        if any_version:
+            import structlog
+
+            structlog.get_logger("fleetflow.task").warning(
+                "task_any_version",
+                task_name=self.name,
+                message="@task(any_version=True): its task runs go to workers with any "
+                "version of its code; results may come from code other than this",
+            )
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         self.fingerprint = _identity.fingerprint(self.name, fn, self.signature)

@@ -105,6 +105,24 @@ def test_one_name_given_to_two_functions_is_refused():
     assert first() == 1
 
 
+def test_any_version_says_so_and_sends_no_fingerprint():
+    from fleetflow import flow
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        loose = plain.with_options(any_version=True)
+    assert [(e["event"], e["log_level"], e["task_name"]) for e in logs] == [
+        ("task_any_version", "warning", plain.name)
+    ]
+
+    @flow
+    def both():
+        return loose(plain(1))
+
+    strict_node, loose_node = both.build().nodes[:2]
+    assert strict_node.fingerprint == plain.fingerprint and loose_node.fingerprint == ""
+
+
 def test_with_options_keeps_the_name_and_is_no_duplicate():
     other = plain.with_options(retries=2)
     assert other.name == plain.name and other.fingerprint == plain.fingerprint
