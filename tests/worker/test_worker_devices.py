@@ -445,3 +445,37 @@ async def test_a_cpu_attempt_takes_a_new_seat_rather_than_evict_warm_gpu_process
     pid_again, calls, _ = await warm(pool, "b", gpu=1)
     assert (pid_again, calls) == (pid_a, 2), "the CPU attempt evicted a warm GPU process"
     assert value_of(await run_gpu(pool, 1.0))[1] == pid_b
+
+
+async def test_async_gpu_attempts_run_on_a_thread_executor_worker(sample_tasks, sample_tasks_path):
+    """The thread executor assigns no devices; async def attempts asked it for some."""
+    from fake_worker_service import FakeCoordinator, make_lease, start_server
+    from fleetflow_worker import Worker, WorkerSettings
+
+    fake = FakeCoordinator()
+    server, port = await start_server(fake)
+    settings = WorkerSettings(
+        coordinator=f"127.0.0.1:{port}",
+        cpu=2,
+        memory=1e9,
+        resources={"gpu": 1},
+        executor="thread",
+        lease_wait_s=0.2,
+        backoff_cap_s=0.2,
+    )
+    worker = Worker(settings, sample_tasks, [sample_tasks_path])
+    running = asyncio.create_task(worker.run())
+    try:
+        await fake.wait_for(lambda: fake.registrations)
+        lease = make_lease(1, "sample_tasks:asleep", seconds=0.1)
+        lease.resources.amounts["gpu"] = 1
+        fake.leases.put_nowait(lease)
+        outcomes = await fake.wait_outcomes(1)
+    finally:
+        worker.stop(force=True)
+        await asyncio.wait_for(running, 15)
+        await server.stop(0)
+    outcome = outcomes[1, 1]
+    # Before: AttributeError ('ThreadExecutor' has no 'hold_devices'), an
+    # infrastructure failure on every attempt.
+    assert not outcome.infrastructure and outcome.HasField("value"), outcome

@@ -458,13 +458,15 @@ class AttemptRunner:
 
         It runs in the worker's own process, so its devices are not exported
         as ``CUDA_VISIBLE_DEVICES``; holding them keeps plain ``def`` attempts
-        off them, and the outcome names them.
+        off them, and the outcome names them. Only the process executor
+        assigns devices; with the others (thread, Dask) none are held.
         """
         gpu = gpu_request(lease)
         held = None
-        if gpu > 0:
+        hold_devices = getattr(self.pool, "hold_devices", None)
+        if gpu > 0 and hold_devices is not None:
             try:
-                held = await self.pool.hold_devices(gpu)
+                held = await hold_devices(gpu)
             except BaseException:
                 coro.close()  # never started
                 raise
