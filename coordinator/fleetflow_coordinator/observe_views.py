@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from fleetflow_coordinator.core import TaskRunState
-from fleetflow_coordinator.core.model import FlowRun, NodeRecord, WorkerRecord, runs_version
+from fleetflow_coordinator.core.model import FlowRun, NodeRecord, WorkerRecord
 from fleetflow_coordinator.core.queries import node_counts
+from fleetflow_coordinator.core.versions import runs_version
 from fleetflow_coordinator.observe_fold import TRACEBACK_CHARS, FlowDigest
 from fleetflow_coordinator.usage import UsageBook
 

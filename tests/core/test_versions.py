@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 
 from fleetflow_coordinator.core import FlowRunState
-from fleetflow_coordinator.core.model import EventKind, runs_version
+from fleetflow_coordinator.core.model import EventKind
+from fleetflow_coordinator.core.versions import runs_version
 
 from .harness import Fleet, lit, node
 

@@ -29,7 +29,6 @@ __all__ = [
     "TERMINAL_TASK_STATES",
     "FAILED_TASK_STATES",
     "EPS",
-    "runs_version",
 ]
 
 #: Tolerance for comparing resource amounts (fractional CPUs add up inexactly).
@@ -597,19 +596,3 @@ class WorkerRecord:
     task_fingerprints: dict[str, str] = field(default_factory=dict)
     #: Started with --any-version: runs nodes of every fingerprint.
     any_version: bool = False
-
-
-def runs_version(worker: WorkerRecord, node: NodeRecord) -> bool:
-    """Whether ``worker`` runs the code version ``node`` was submitted with.
-
-    A node without a fingerprint (``@task(any_version=True)``, or stored before
-    fingerprints existed) and a worker started with ``--any-version`` or
-    reporting none for the task (``any_version`` on its side, or an older
-    worker) match every version. See docs/architecture.md, "Task identity
-    and versions".
-    """
-    want = node.fingerprint
-    if not want or worker.any_version:
-        return True
-    have = worker.task_fingerprints.get(node.task_name, "")
-    return not have or have == want

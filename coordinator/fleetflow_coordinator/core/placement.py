@@ -29,9 +29,9 @@ from fleetflow_coordinator.core.model import (
     TaskRun,
     TaskRunState,
     WorkerRecord,
-    runs_version,
 )
 from fleetflow_coordinator.core.table import Stimulus
+from fleetflow_coordinator.core.versions import runs_version
 
 _LEASE = Stimulus.LEASE
 

@@ -20,9 +20,9 @@ from fleetflow_coordinator.core.model import (
     NodeRecord,
     TaskRun,
     TaskRunState,
-    runs_version,
 )
 from fleetflow_coordinator.core.table import Stimulus
+from fleetflow_coordinator.core.versions import runs_version
 
 __all__ = ["UnschedulableMixin"]
 

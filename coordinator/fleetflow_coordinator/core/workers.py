@@ -48,7 +48,7 @@ class WorkersMixin:
         not current are ignored here and cancelled by the next heartbeat.
         ``task_fingerprints`` (``{task name: fingerprint}``) is the code each
         task runs there; only nodes of the same version are leased to it
-        unless ``any_version`` (see :func:`~fleetflow_coordinator.core.model.runs_version`).
+        unless ``any_version`` (see :func:`~fleetflow_coordinator.core.versions.runs_version`).
         """
         worker = self.workers.get(worker_id)
         if worker is None:
