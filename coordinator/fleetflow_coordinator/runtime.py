@@ -97,6 +97,8 @@ class Runtime:
         self._work = asyncio.Event()
         #: {flow_run_id: asyncio.Event set when the flow run's stored events grow}
         self._flow_signals: dict[str, asyncio.Event] = {}
+        #: {flow_run_id: asyncio.Event set once the flow run has durably ended}
+        self._end_signals: dict[str, asyncio.Event] = {}
         self._commit_wake = asyncio.Event()
         self._drained_gen = 0
         self._committed_gen = 0
@@ -290,6 +292,17 @@ class Runtime:
             signal = self._flow_signals[flow_run_id] = asyncio.Event()
         return signal
 
+    def flow_end_signal(self, flow_run_id: str) -> asyncio.Event:
+        """An event set once the flow run has ended and its terminal event is stored.
+
+        What ``GetFlowRun``'s long poll waits on: a map's commits grow its
+        stored log hundreds of times, and only the last one ends it.
+        """
+        signal = self._end_signals.get(flow_run_id)
+        if signal is None:
+            signal = self._end_signals[flow_run_id] = asyncio.Event()
+        return signal
+
     @staticmethod
     def durably_ended(flow: FlowRun) -> bool:
         """Whether the flow run has ended and its terminal event is stored."""
@@ -363,6 +376,10 @@ class Runtime:
                 signal = self._flow_signals.pop(flow_run_id, None)
                 if signal is not None:
                     signal.set()
+                if flow is not None and flow.terminal and flow.durable_seq >= len(flow.events):
+                    signal = self._end_signals.pop(flow_run_id, None)
+                    if signal is not None:
+                        signal.set()
         self._committed_gen = generation
         waiting = []
         for target, future in self._waiters:
@@ -404,6 +421,7 @@ class Runtime:
         self.usage.forget(pruned)
         for flow_run_id in pruned:
             self._flow_signals.pop(flow_run_id, None)
+            self._end_signals.pop(flow_run_id, None)
         self.after_change()
         await self.durable()
         if pruned and self.results is not None:  # rows first: a crash leaves orphans, not holes

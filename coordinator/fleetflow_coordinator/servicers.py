@@ -104,7 +104,7 @@ class CoordinatorServicer(cs_grpc.CoordinatorServiceServicer):
                     break
                 try:
                     async with asyncio.timeout(remaining):  # no task per wait (wait_for)
-                        await self.rt.flow_signal(flow.id).wait()
+                        await self.rt.flow_end_signal(flow.id).wait()
                 except TimeoutError:
                     break
         if flow.terminal and not ended(flow):

@@ -67,3 +67,30 @@ async def test_a_waiting_long_poll_leases_in_the_submissions_commit():
         assert flow_run.durable_seq == len(flow_run.events)
     finally:
         await runtime.stop()
+
+
+async def test_get_flow_run_wakes_once_the_end_is_stored_not_on_every_commit():
+    from tests.dashboard.drive import Clock, map_node, ok, submit
+
+    clock = Clock()
+    runtime = Runtime(Settings(), clock=clock)
+    runtime.start()
+    try:
+        core = runtime.core
+        core.register_worker("w1", {"cpu": 2.0}, frozenset({"t"}), clock())
+        flow = submit(core, clock, [map_node("t", 2)])
+        runtime.after_change()
+        await runtime.durable()
+        grown, ended = runtime.flow_signal(flow.id), runtime.flow_end_signal(flow.id)
+        first, second = core.lease("w1", 2, clock())
+        core.report("w1", [ok(first)], clock())
+        runtime.after_change()
+        await runtime.durable()
+        assert grown.is_set() and not ended.is_set()  # stored events grew; no end yet
+        core.report("w1", [ok(second)], clock())
+        runtime.after_change()
+        assert not ended.is_set()  # ended in the core, not stored yet
+        await runtime.durable()
+        assert ended.is_set() and runtime.durably_ended(flow)
+    finally:
+        await runtime.stop()
