@@ -349,3 +349,16 @@ def test_sampler_open_pairs_its_init_when_a_device_cannot_be_opened(monkeypatch,
     sampler = GpuSampler(plan.devices)
     assert not sampler.open() and not sampler.active
     assert four_gpus.inits == four_gpus.shutdowns
+
+
+def test_a_device_listed_twice_in_cuda_visible_devices_is_offered_once(four_gpus, monkeypatch):
+    # Before: "0,0,1" offered gpu=3 with device 0 in two slots, so two gpu=1
+    # attempts could get "0" both (as could "0,GPU-<uuid of 0>" under two ids).
+    plan = plan_gpus(environ={"CUDA_VISIBLE_DEVICES": "0,0,1"})
+    assert plan.slots == ("0", "1") and plan.capacity["gpu"] == 2
+    uuid0 = four_gpus.devices[0].uuid
+    assert plan_gpus(environ={"CUDA_VISIBLE_DEVICES": f"0,{uuid0},2"}).slots == ("0", "2")
+    uninstall(monkeypatch)  # without NVML the indexes are trusted, still once each
+    assert plan_gpus(environ={"CUDA_VISIBLE_DEVICES": "3,3"}, override=1).slots == ("3",)
+    alloc = DeviceAllocator(plan_gpus(environ={"CUDA_VISIBLE_DEVICES": "1,1"}).slots)
+    assert alloc.acquire(1) is not None and alloc.acquire(1) is None

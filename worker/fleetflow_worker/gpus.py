@@ -230,8 +230,16 @@ def _visible(found: Sequence[Gpu], environ: Mapping[str, str]) -> list[Gpu]:
     if entries is None:
         return list(found)
     out: list[Gpu] = []
+    seen: set[object] = set()
     for entry in entries:
         gpu = _match(entry, found)
+        same = entry if gpu is None else gpu.index
+        if same in seen:
+            # "0,0" or "0,GPU-<uuid of 0>": one device, offered once, or two
+            # whole-device attempts would share it.
+            log.warning("gpu_listed_twice", entry=entry, cuda_visible_devices=",".join(entries))
+            continue
+        seen.add(same)
         if gpu is None:
             if not found and entry.isdigit():  # NVML missing: trust CUDA's own list
                 out.append(Gpu(id=entry))
