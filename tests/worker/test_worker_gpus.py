@@ -362,3 +362,47 @@ def test_a_device_listed_twice_in_cuda_visible_devices_is_offered_once(four_gpus
     assert plan_gpus(environ={"CUDA_VISIBLE_DEVICES": "3,3"}, override=1).slots == ("3",)
     alloc = DeviceAllocator(plan_gpus(environ={"CUDA_VISIBLE_DEVICES": "1,1"}).slots)
     assert alloc.acquire(1) is not None and alloc.acquire(1) is None
+
+
+def test_utilisation_is_the_mean_of_nvmls_samples_not_of_our_polls(monkeypatch, four_gpus):
+    """NVML samples at its own pace: a poll with no new sample is no 0 % sample."""
+    import os
+    from types import SimpleNamespace
+
+    import psutil
+    from fleetflow_worker._gpu_usage import GpuMeter, GpuSampler
+    from fleetflow_worker._usage import AttemptUsage
+
+    me = os.getpid()
+    clock = {"ts": 10**18, "poll": 0}
+
+    def every_other_poll(handle, since):  # a busy device, sampled every second poll
+        if handle is not four_gpus.devices[0]:
+            raise four_gpus.NVMLError_NotFound("Not Found")  # nothing runs there
+        clock["poll"] += 1
+        if clock["poll"] % 2:
+            raise four_gpus.NVMLError_NotFound("Not Found")
+        clock["ts"] += 2
+        return [  # two sample times since the last poll, 80 % at each
+            SimpleNamespace(pid=me, smUtil=80, memUtil=0, timeStamp=clock["ts"] - 1),
+            SimpleNamespace(pid=me, smUtil=80, memUtil=0, timeStamp=clock["ts"]),
+        ]
+
+    plan = plan_gpus(environ={})
+    sampler = GpuSampler(plan.devices)
+    assert sampler.open()
+    try:
+        monkeypatch.setattr(four_gpus, "nvmlDeviceGetProcessUtilization", every_other_poll)
+        meter = GpuMeter(sampler, ["0"])
+        meter.attach(psutil.Process(me))
+        for _ in range(6):
+            meter.sample()
+        # Before: polls without a new sample counted 0 % and two sample times
+        # were summed (160 -> 100): (0 + 100) / 2 = 50.
+        assert meter.usage(AttemptUsage()).gpu_utilization_percent == pytest.approx(80)
+        idle = GpuMeter(sampler, ["1"])  # never a sample on its device: idle, 0 %
+        idle.attach(psutil.Process(me))
+        idle.sample()
+        assert idle.usage(AttemptUsage()).gpu_utilization_percent == 0
+    finally:
+        sampler.close()

@@ -95,7 +95,7 @@ class GpuSampler:
 
     def sample(
         self, pids: set[int], ids: Iterable[str], last_seen: dict[int, int]
-    ) -> tuple[float, float | None]:
+    ) -> tuple[float, dict[int, tuple[float, int]]]:
         """GPU memory and SM utilisation of ``pids`` on the devices ``ids``.
 
         Args:
@@ -105,13 +105,16 @@ class GpuSampler:
                 newest utilisation sample already counted; updated.
 
         Returns:
-            ``(memory bytes, utilisation percent or None when NVML gave none)``.
+            ``(memory bytes, {NVML index: (percent summed over the new sample
+            times, number of sample times)})``. NVML samples at its own pace,
+            so a device with no new sample gives ``(0.0, 0)``: no figure yet,
+            not 0 %; a device NVML gave no answer for is left out.
         """
         pynvml = self._pynvml
+        utils: dict[int, tuple[float, int]] = {}
         if pynvml is None:
-            return 0.0, None
+            return 0.0, utils
         memory = 0.0
-        utils: list[float] = []
         for device_id in ids:
             index = self._index.get(device_id)
             handle = self._handles.get(index) if index is not None else None
@@ -125,27 +128,28 @@ class GpuSampler:
                 continue
             util = self._utilisation(pynvml, handle, index, pids, last_seen)  # type: ignore[arg-type]
             if util is not None:
-                utils.append(util)
-        return memory, (sum(utils) / len(utils) if utils else None)
+                utils[index] = util  # type: ignore[index]
+        return memory, utils
 
     @staticmethod
     def _utilisation(
         pynvml: Any, handle: Any, index: int, pids: set[int], last_seen: dict[int, int]
-    ) -> float | None:
+    ) -> tuple[float, int] | None:
         since = last_seen.get(index, 0)
         try:
             samples = pynvml.nvmlDeviceGetProcessUtilization(handle, since)
         except Exception as exc:  # noqa: BLE001
             if type(exc).__name__ == "NVMLError_NotFound":
-                return 0.0  # no process ran on the device since then
+                return 0.0, 0  # no sample since then (idle, or not sampled yet)
             return None
-        newest, total = since, 0.0
+        newest = since
+        at: dict[int, float] = {}  # {sample time: our processes' summed percent}
         for s in samples:
-            newest = max(newest, int(s.timeStamp))
-            if s.pid in pids:
-                total += float(s.smUtil)
+            stamp = int(s.timeStamp)
+            newest = max(newest, stamp)
+            at[stamp] = at.get(stamp, 0.0) + (float(s.smUtil) if s.pid in pids else 0.0)
         last_seen[index] = newest
-        return min(100.0, total)
+        return sum(min(100.0, v) for v in at.values()), len(at)
 
 
 class GpuMeter:
@@ -162,8 +166,8 @@ class GpuMeter:
         self.process: psutil.Process | None = None
         #: Largest GPU memory seen, bytes.
         self.peak_bytes = 0.0
-        self._util_sum = 0.0
-        self._util_n = 0
+        #: {NVML index: [percent summed over sample times, sample times]}
+        self._util: dict[int, list[float]] = {}
         now_us = int(time.time() * 1e6)  # NVML stamps samples in CPU time, microseconds
         #: {NVML index: newest utilisation sample counted}: only this attempt's
         self._last_seen = {i: now_us for i in sampler.indexes(self.ids)}
@@ -188,13 +192,22 @@ class GpuMeter:
             self.process = None
             return
         self.peak_bytes = max(self.peak_bytes, memory)
-        if util is not None:
-            self._util_sum += util
-            self._util_n += 1
+        for index, (total, times) in util.items():
+            acc = self._util.setdefault(index, [0.0, 0])
+            acc[0] += total
+            acc[1] += times
 
     def usage(self, base: AttemptUsage) -> AttemptUsage:
-        """``base`` (CPU, memory) with this attempt's GPU figures."""
-        util = self._util_sum / self._util_n if self._util_n else None
+        """``base`` (CPU, memory) with this attempt's GPU figures.
+
+        Utilisation is the mean over the attempt's devices of each device's
+        mean over NVML's samples; a device NVML never sampled during the
+        attempt (nothing ran there) is 0 %; None when NVML answered for none.
+        """
+        util = None
+        if self._util:
+            means = [total / times if times else 0.0 for total, times in self._util.values()]
+            util = sum(means) / len(means)
         return AttemptUsage(
             base.cpu_seconds,
             base.peak_memory_bytes,
