@@ -152,10 +152,21 @@ def follow_plain(
             console.print(line, highlight=False, soft_wrap=True)
             last, printed_at = line[9:], now
         if info.is_terminal:
+            for n in info.nodes[:MAX_TASK_BARS]:  # where it ended, task by task, as the bars show
+                console.print(Text(node_line(n)), highlight=False, soft_wrap=True)
             return info
         if deadline is not None and now >= deadline:
             raise TimeoutError(f"flow run {flow_run_id} did not end in time")
         time.sleep(interval_s)
+
+
+def node_line(n: TaskCounts) -> str:
+    """One task's (node's) final counts: ``"  0 m:f (map): 3/3 done; 3 completed, 0 failed"``."""
+    failed = n.failed + n.timed_out
+    text = f"  {_bar_label(n)}: {n.finished:,}/{n.total or 0:,} done; {n.completed:,} completed, "
+    text += f"{failed:,} failed"
+    other = other_counts(n.upstream_failed, n.cancelled)
+    return f"{text}, {other}" if other else text
 
 
 def _totals(info: FlowRunInfo) -> list[int]:

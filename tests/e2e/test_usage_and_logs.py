@@ -39,13 +39,16 @@ def test_a_200_mb_task_reports_its_peak_and_gets_advice(fleet):
     fleet.start_worker("--memory", "8Gi", module=USAGE_FLOWS, cpu=2)
     with Client(address) as client:
         run = client.submit(flows.sized, n=3, megabytes=200)
-        # `fleetflow watch` follows it live: one bar per task, then the outcome.
+        # `fleetflow watch` follows it (piped: plain progress lines), then prints where
+        # each task ended, one line per task as the terminal's bars show, and the outcome.
         watched = fleetflow("watch", run.id, "--coordinator", address)
         assert run.result(timeout=90) == [[200, 200, 200], [0, 2, 4]]
-    bars = watched.stdout
-    assert "0 usage_flows:hog (map)" in bars and "1 usage_flows:small (map)" in bars
-    assert "2 usage_flows:pair" in bars, bars
-    assert "3/3" in bars and f"flow run {run.id} COMPLETED" in bars, bars
+    lines = watched.stdout
+    assert "sized COMPLETED: 7/7 done" in lines, lines
+    assert "  0 usage_flows:hog (map): 3/3 done; 3 completed, 0 failed" in lines, lines
+    assert "  1 usage_flows:small (map): 3/3 done; 3 completed, 0 failed" in lines, lines
+    assert "  2 usage_flows:pair: 1/1 done; 1 completed, 0 failed" in lines, lines
+    assert f"flow run {run.id} COMPLETED" in lines, lines
     events = fleetflow("watch", run.id, "--events", "--coordinator", address).stdout
     assert "TASK_RUN_STARTED" in events and events.rstrip().endswith("FLOW_RUN_COMPLETED")
     listed = json.loads(fleetflow("flow-runs", "--json", "--coordinator", address).stdout)
