@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from collections.abc import Mapping
 
 import psutil
 import pytest
@@ -226,6 +227,25 @@ async def test_a_killed_process_loses_its_kept_state(make_pool):
 # ------------------------------------------------------ measured GPU use
 
 
+class PoolPids(Mapping):
+    """``{pid: value}`` for every live process of ``pool`` (and ``others``), read when used."""
+
+    def __init__(self, pool, value, others=None):
+        self.pool, self.value, self.others = pool, value, others or {}
+
+    def _all(self):
+        return {**{pid: self.value for pid in self.pool.pids}, **self.others}
+
+    def __getitem__(self, pid):
+        return self._all()[pid]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self):
+        return len(self._all())
+
+
 async def test_gpu_use_is_measured_with_a_fake_nvml(make_pool, monkeypatch):
     fake = install(monkeypatch, FakeNvml([FakeDevice(), FakeDevice()]))
     plan = plan_gpus(environ={})
@@ -233,11 +253,11 @@ async def test_gpu_use_is_measured_with_a_fake_nvml(make_pool, monkeypatch):
     assert sampler.open()
     try:
         pool = await make_pool(size=2, gpu_slots=plan.slots, gpu_sampler=sampler)
-        for pid in pool.pids:  # whichever seat it takes, its process "uses" both devices
-            fake.devices[0].processes[pid] = 3 * GiB
-            fake.devices[0].utilisation[pid] = 40
-            fake.devices[1].processes[pid] = 5 * GiB
-        fake.devices[0].processes[1] = 7 * GiB  # another process: not counted
+        # Whichever process an attempt runs in (GPU processes start for their
+        # devices), it "uses" both devices; pid 1 is another process: not counted.
+        fake.devices[0].processes = PoolPids(pool, 3 * GiB, {1: 7 * GiB})
+        fake.devices[0].utilisation = PoolPids(pool, 40)
+        fake.devices[1].processes = PoolPids(pool, 5 * GiB)
         result = await run_gpu(pool, 1.0, 0.35)
         assert result.devices == ("0",)  # the lowest free device
         assert result.usage.peak_gpu_memory_bytes == 3 * GiB
@@ -361,20 +381,23 @@ async def test_an_odd_nvml_answer_mid_run_never_fails_the_attempt(make_pool, mon
     assert sampler.open()
     try:
         pool = await make_pool(size=1, gpu_slots=plan.slots, gpu_sampler=sampler)
-        pid = pool.pids[0]
-        fake.devices[0].processes[pid] = 2 * GiB
+        fake.devices[0].processes = PoolPids(pool, 2 * GiB)
 
         def odd(handle, since):  # a sample NVML should never give (no timestamp)
-            return [SimpleNamespace(pid=pid, smUtil=None, memUtil=0, timeStamp=None)]
+            return [
+                SimpleNamespace(pid=p, smUtil=None, memUtil=0, timeStamp=None) for p in pool.pids
+            ]
 
         monkeypatch.setattr(fake, "nvmlDeviceGetProcessUtilization", odd)
         # sampled while it runs (0.1 s) and at its result: neither may fail it
+        pids = set()
         for seconds in (0.35, 0.0):
             result = await asyncio.wait_for(run_gpu(pool, 1.0, seconds), 20)
             assert result is not None and value_of(result)[0] == "0"
             assert result.devices == ("0",)
+            pids.add(value_of(result)[1])
         assert pool.devices.in_use == 0
-        assert pool.pids == [pid]  # the same process ran both: no kill, no leak
+        assert len(pids) == 1  # the same process ran both: no kill, no leak
     finally:
         sampler.close()
 
@@ -479,3 +502,26 @@ async def test_async_gpu_attempts_run_on_a_thread_executor_worker(sample_tasks, 
     # Before: AttributeError ('ThreadExecutor' has no 'hold_devices'), an
     # infrastructure failure on every attempt.
     assert not outcome.infrastructure and outcome.HasField("value"), outcome
+
+
+async def test_gpu_processes_start_with_their_devices_before_user_code_runs(tmp_path):
+    """A module that initialises CUDA at import must still see only its devices."""
+    from pathlib import Path
+
+    module = str(Path(__file__).with_name("cuda_at_import.py"))
+    pool = TaskProcessPool(2, [module], gpu_slots=("0", "1"))
+    await pool.start()
+    try:
+        results = await asyncio.gather(
+            *(pool.run("cuda_at_import:devices_cuda_sees", [], False, gpu=1) for _ in range(2))
+        )
+        seen = [value_of(r) for r in results]
+        # Before: CUDA latched the worker's own list (every device) at import,
+        # so both "exclusive" attempts saw every GPU and would both use cuda:0.
+        assert sorted(latched for latched, _ in seen) == ["0", "1"], seen
+        assert all(latched == now for latched, now in seen)
+        cpu = value_of(await pool.run("cuda_at_import:devices_cuda_sees", [], False))
+        assert cpu == ("", "")  # a CPU attempt on a GPU worker sees no device
+    finally:
+        await pool.close()
+    assert pool.devices.in_use == 0

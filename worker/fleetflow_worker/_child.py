@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -111,6 +111,7 @@ def serve(
     nice: int = 0,
     log_level: str | None = None,
     progress: Any = None,
+    env: Mapping[str, str] | None = None,
 ) -> None:
     """Main function of a task process: run attempts sent down ``conn`` until EOF.
 
@@ -139,7 +140,13 @@ def serve(
         progress: Shared ``[position, started]`` (a ``RawArray("d", 2)``) where
             a batch records which member runs and since when
             (``time.monotonic()``), so the pool can time each member out.
+        env: Set in ``os.environ`` before the modules are imported: a GPU
+            worker's ``CUDA_VISIBLE_DEVICES`` for this process, which CUDA
+            reads once, possibly already at import (``torch.cuda.is_available()``
+            at module level).
     """
+    if env:
+        os.environ.update(env)
     _die_with_parent()
     if log_level:
         from fleetflow_worker.logs import configure_logging

@@ -128,6 +128,9 @@ class TaskProcessPool:
         self._wakers: list[asyncio.Future[None]] = []
         #: Which devices each running attempt holds.
         self.devices = DeviceAllocator(gpu_slots)
+        #: A GPU worker starts every process with its CUDA_VISIBLE_DEVICES set
+        #: ("" until an attempt needs devices): user code may touch CUDA at import.
+        self._gpu_worker = bool(gpu_slots)
         self.gpu_sampler = gpu_sampler
         #: Set in a GPU attempt's process besides CUDA_VISIBLE_DEVICES: CUDA then
         #: numbers devices as NVML does (unless the worker's environment chose).
@@ -161,7 +164,7 @@ class TaskProcessPool:
         """
         for seat in self._seat_list:
             if seat.proc is None and seat.spawning is None:
-                seat.spawning = self._spawn()
+                self._start_spawn(seat)
         results = await asyncio.gather(
             *(s.spawning for s in self._seat_list if s.spawning), return_exceptions=True
         )
@@ -424,21 +427,23 @@ class TaskProcessPool:
     async def _process_for(self, seat: Seat, binding: str | None = None) -> TaskProcess:
         """The seat's live process, waiting for (or starting) a replacement if needed.
 
-        A process already bound to other devices than ``binding`` is
-        replaced first: CUDA read its ``CUDA_VISIBLE_DEVICES`` once.
+        On a GPU worker every process is started with its
+        ``CUDA_VISIBLE_DEVICES`` already set, before it imports the user
+        modules (CUDA reads it once, and a module may touch CUDA as it is
+        imported); a process (live or starting) started for other devices
+        than ``binding`` is replaced first.
         """
-        if seat.proc is not None and binding is not None and seat.bound not in (None, binding):
-            self._replace(seat)
-            if seat.spawning is None:
-                seat.spawning = self._spawn()
+        started_for_other = seat.proc is not None or seat.spawning is not None
+        if binding is not None and seat.bound != binding and started_for_other:
+            self._replace(seat, respawn=binding)
         if seat.proc is not None:
             if seat.proc.alive():
-                seat.bound = seat.bound if binding is None else binding
                 return seat.proc
-            self._replace(seat)  # died while idle
+            self._replace(seat, respawn=binding)  # died while idle
         if seat.spawning is None:
-            seat.spawning = self._spawn()
+            self._start_spawn(seat, binding)
         spawning = seat.spawning
+        assert spawning is not None
         try:
             proc = await asyncio.shield(spawning)
         except PoolStartError:
@@ -447,12 +452,23 @@ class TaskProcessPool:
             raise
         if seat.spawning is spawning:
             seat.proc, seat.spawning = proc, None
-        if binding is not None:
-            seat.bound = binding
         return proc
 
-    def _replace(self, seat: Seat) -> asyncio.Future[int | None]:
+    def _start_spawn(self, seat: Seat, binding: str | None = None) -> None:
+        """Start the seat's next process (on a GPU worker: with ``binding``, or no devices)."""
+        if self._gpu_worker and binding is None:
+            binding = ""
+        seat.spawning = self._spawn(binding)
+        seat.bound = binding
+
+    def _replace(self, seat: Seat, respawn: str | None = None) -> asyncio.Future[int | None]:
         """Kill the seat's process, reap it and start a replacement, all in the background.
+
+        Args:
+            seat: The seat.
+            respawn: Start the replacement for these devices (a process
+                already starting for others is discarded); None: a core seat
+                gets one with no devices, a surplus seat none.
 
         Returns:
             A future of the old process's exit code.
@@ -460,6 +476,9 @@ class TaskProcessPool:
         loop = asyncio.get_running_loop()
         old, seat.proc = seat.proc, None
         seat.forget()
+        if respawn is not None and seat.spawning is not None:
+            seat.spawning.add_done_callback(self._discard_started)
+            seat.spawning = None
         if old is None:
             reaped: asyncio.Future[int | None] = loop.create_future()
             reaped.set_result(None)
@@ -467,8 +486,8 @@ class TaskProcessPool:
             old.kill()
             reaped = loop.run_in_executor(self._io, self._reap, old)
             self._keep(reaped)
-        if not self._closed and seat.core and seat.spawning is None:
-            seat.spawning = self._spawn()
+        if not self._closed and (seat.core or respawn is not None) and seat.spawning is None:
+            self._start_spawn(seat, respawn)
         return reaped
 
     def _retire(self, seat: Seat) -> None:
@@ -494,8 +513,9 @@ class TaskProcessPool:
         self._processes.discard(proc.process)
         return exitcode
 
-    def _spawn(self) -> asyncio.Future[TaskProcess]:
-        future = asyncio.get_running_loop().run_in_executor(self._io, self._spawn_blocking)
+    def _spawn(self, binding: str | None = None) -> asyncio.Future[TaskProcess]:
+        env = self._env(binding)
+        future = asyncio.get_running_loop().run_in_executor(self._io, self._spawn_blocking, env)
         self._keep(future)
         return future
 
@@ -504,7 +524,7 @@ class TaskProcessPool:
         future.add_done_callback(self._background.discard)
         future.add_done_callback(retrieve)
 
-    def _spawn_blocking(self) -> TaskProcess:
+    def _spawn_blocking(self, env: Mapping[str, str] | None = None) -> TaskProcess:
         if self._closed:
             raise PoolStartError("the task process pool is closed")
         return TaskProcess.start(
@@ -515,6 +535,7 @@ class TaskProcessPool:
             self._processes,
             self.log_level,
             self._fingerprints,
+            env,
         )
 
     def kill(self) -> None:

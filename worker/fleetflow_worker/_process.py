@@ -66,6 +66,7 @@ class TaskProcess:
         registry: set[BaseProcess],
         log_level: str | None = None,
         fingerprints: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> TaskProcess:
         """Start one task process and wait until it imported the modules (blocking).
 
@@ -81,6 +82,8 @@ class TaskProcess:
                 with; a process that imported other code (the file was
                 edited since the worker started) is refused, so a task never
                 runs code other than the version its node was leased for.
+            env: Set in the process's environment before it imports the
+                modules (a GPU worker's ``CUDA_VISIBLE_DEVICES``).
 
         Raises:
             PoolStartError: it failed to import them, exited or took too long.
@@ -90,7 +93,7 @@ class TaskProcess:
         progress[0] = -1.0
         process = ctx.Process(  # type: ignore[attr-defined]
             target=_child.serve,
-            args=(child_conn, list(module_specs), nice, log_level, progress),
+            args=(child_conn, list(module_specs), nice, log_level, progress, env),
             name="fleetflow-task",
         )
         with _STATUS_LOCK:

@@ -131,7 +131,10 @@ def pick(
     binding = binding_of(held, gpu_worker)
     if free:
         seat = min(free, key=lambda s: _rank(s, task_name, binding))
-        evicts = _rank(seat, task_name, binding)[0] and seat.last_task is not None
+        # (a process bound to no device, "", that ran CPU attempts is cheap to replace)
+        evicts = (
+            _rank(seat, task_name, binding)[0] and bool(seat.bound) and seat.last_task is not None
+        )
         if not (evicts and can_grow):
             return Pick(seat, held, binding)
         # Every free seat's process is warm and bound to other devices: a
