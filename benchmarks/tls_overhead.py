@@ -32,6 +32,11 @@ BEGIN = "<!-- kept:begin tls-overhead -->"
 END = "<!-- kept:end -->"
 
 
+
+def _num(x: float) -> str:
+    """Four significant digits, never in exponent form: 10,290 (not 1.029e+04), 4.297, 46."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
 def _pki(directory: Path) -> tuple[list[str], list[str], Credentials]:
     authority = Authority(directory)
     cert, key = authority.issue("coordinator", "coordinator", server=True)
@@ -91,7 +96,7 @@ def main() -> int:
 
     def span(name: str, key: str) -> str:
         values = [r[key] for r in runs[name]]
-        return f"{min(values):,.4g}–{max(values):,.4g}"
+        return f"{_num(min(values))}–{_num(max(values))}"
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()  # fmt: skip
@@ -122,8 +127,8 @@ def main() -> int:
     for label, key in rows:
         plain, tls = med("plaintext", key), med("tls", key)
         lines.append(
-            f"| {label} | **{plain:,.4g}** ({span('plaintext', key)}) | "
-            f"**{tls:,.4g}** ({span('tls', key)}) | {tls / plain:.3f}× |"
+            f"| {label} | **{_num(plain)}** ({span('plaintext', key)}) | "
+            f"**{_num(tls)}** ({span('tls', key)}) | {tls / plain:.3f}× |"
         )
     lines.append(END)
     section = "\n".join(lines)
