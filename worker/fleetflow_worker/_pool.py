@@ -128,9 +128,6 @@ class TaskProcessPool:
         self._wakers: list[asyncio.Future[None]] = []
         #: Which devices each running attempt holds.
         self.devices = DeviceAllocator(gpu_slots)
-        #: A GPU worker starts every process with its CUDA_VISIBLE_DEVICES set
-        #: ("" until an attempt needs devices): user code may touch CUDA at import.
-        self._gpu_worker = bool(gpu_slots)
         self.gpu_sampler = gpu_sampler
         #: Set in a GPU attempt's process besides CUDA_VISIBLE_DEVICES: CUDA then
         #: numbers devices as NVML does (unless the worker's environment chose).
@@ -427,17 +424,23 @@ class TaskProcessPool:
     async def _process_for(self, seat: Seat, binding: str | None = None) -> TaskProcess:
         """The seat's live process, waiting for (or starting) a replacement if needed.
 
-        On a GPU worker every process is started with its
-        ``CUDA_VISIBLE_DEVICES`` already set, before it imports the user
-        modules (CUDA reads it once, and a module may touch CUDA as it is
-        imported); a process (live or starting) started for other devices
-        than ``binding`` is replaced first.
+        A GPU attempt's process is started with its ``CUDA_VISIBLE_DEVICES``
+        already set, before it imports the user modules (CUDA reads it once,
+        and a module may touch CUDA as it is imported); a process (live or
+        starting) started for other devices, or for none, is replaced first.
+        Processes started without a binding (the pool's first ones, a core
+        seat's replacement) keep the worker's environment, so modules that
+        need a GPU at import still load; CPU attempts run there with
+        ``CUDA_VISIBLE_DEVICES=""`` set per batch.
         """
-        started_for_other = seat.proc is not None or seat.spawning is not None
-        if binding is not None and seat.bound != binding and started_for_other:
+        started = seat.proc is not None or seat.spawning is not None
+        cpu_in_unbound = binding == "" and seat.bound is None
+        if binding is not None and seat.bound != binding and started and not cpu_in_unbound:
             self._replace(seat, respawn=binding)
         if seat.proc is not None:
             if seat.proc.alive():
+                if binding is not None:
+                    seat.bound = binding
                 return seat.proc
             self._replace(seat, respawn=binding)  # died while idle
         if seat.spawning is None:
@@ -452,12 +455,12 @@ class TaskProcessPool:
             raise
         if seat.spawning is spawning:
             seat.proc, seat.spawning = proc, None
+        if binding is not None:
+            seat.bound = binding
         return proc
 
     def _start_spawn(self, seat: Seat, binding: str | None = None) -> None:
-        """Start the seat's next process (on a GPU worker: with ``binding``, or no devices)."""
-        if self._gpu_worker and binding is None:
-            binding = ""
+        """Start the seat's next process, with ``binding`` set before its imports (None: none)."""
         seat.spawning = self._spawn(binding)
         seat.bound = binding
 
@@ -468,7 +471,7 @@ class TaskProcessPool:
             seat: The seat.
             respawn: Start the replacement for these devices (a process
                 already starting for others is discarded); None: a core seat
-                gets one with no devices, a surplus seat none.
+                gets one with the worker's environment, a surplus seat none.
 
         Returns:
             A future of the old process's exit code.
