@@ -154,7 +154,10 @@ def test_a_failed_flow_fails_the_airflow_task_with_its_error(airflow, fleet):
         r"negative input: -3",
         out,
     ), out[-5000:]
-    assert "fleetflow TASK_RUN_FAILED check[2]" in out  # the progress log names the task run
+    # the progress log names the task run (its task by its module-qualified name)
+    assert re.search(r"fleetflow TASK_RUN_FAILED [\w.]+:check\[2\]", out), [
+        line for line in out.splitlines() if "TASK_RUN" in line
+    ][-10:]
 
 
 def test_killing_the_airflow_task_cancels_the_flow_run(fleet):
