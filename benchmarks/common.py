@@ -148,3 +148,26 @@ def cpu_s(pid: int) -> float:
 
 def python() -> str:
     return sys.executable
+
+
+#: Sections of RESULTS.md that a benchmark writes by itself sit between these markers;
+#: report.py keeps them when run.py rewrites the file.
+KEPT_END = "<!-- kept:end -->"
+
+
+def put_kept_section(target: Path, section: str) -> None:
+    """Replace (or append) one kept section of ``target``, leaving the rest of the file alone.
+
+    ``section`` starts with its ``<!-- kept:begin NAME -->`` line and ends with
+    :data:`KEPT_END`; the old section with the same first line is replaced.
+    """
+    section = section.strip("\n")
+    begin = section.splitlines()[0]
+    text = target.read_text() if target.exists() else ""
+    if begin in text:
+        start = text.index(begin)
+        end = text.index(KEPT_END, start) + len(KEPT_END)
+        text = text[:start] + section + text[end:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    target.write_text(text)

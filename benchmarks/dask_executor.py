@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import workloads  # noqa: E402
-from common import OUT, ROOT, stop_all  # noqa: E402
+from common import OUT, ROOT, put_kept_section, stop_all  # noqa: E402
 from ff_fleet import Fleet, run_rep  # noqa: E402
 
 BEGIN = "<!-- kept:begin dask-executor -->"
@@ -59,15 +59,7 @@ def write_results(body: str) -> str:
     section = "\n".join(
         [BEGIN, "## The Dask executor against plain Dask (issue 14)", "", body.rstrip("\n"), END]
     )
-    target = Path(__file__).resolve().parent / "RESULTS.md"
-    text = target.read_text()
-    if BEGIN in text:
-        start = text.index(BEGIN)
-        end = text.index(END, start) + len(END)
-        text = text[:start] + section + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    target.write_text(text)
+    put_kept_section(Path(__file__).resolve().parent / "RESULTS.md", section)
     return section
 
 

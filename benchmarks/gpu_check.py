@@ -40,7 +40,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH), *(str(BENCH.parent / p) for p in ("client", "coordinator", "worker"))]
 
-from common import OUT, Proc, python, wait_until  # noqa: E402
+from common import OUT, Proc, put_kept_section, python, wait_until  # noqa: E402
 from fleetflow import Client  # noqa: E402
 
 BEGIN = "<!-- kept:begin gpu-check -->"
@@ -183,14 +183,8 @@ def section(devices: list[dict], driver: str, figures: dict, failures: list[str]
 
 
 def write_section(target: Path, text: str) -> None:
-    old = target.read_text() if target.exists() else ""
-    if BEGIN in old:
-        head, rest = old.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        old = head + text + ("\n" + tail if tail else "")
-    else:
-        old = old.rstrip("\n") + "\n\n" + text
-    target.write_text(old)
+    """Put the kept section ``text`` into ``target`` (see common.put_kept_section)."""
+    put_kept_section(target, text)
 
 
 def main() -> int:

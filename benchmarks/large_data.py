@@ -40,7 +40,7 @@ sys.path[:0] = [str(BENCH), *(str(BENCH.parent / p) for p in ("client", "coordin
 
 import ff_fleet  # noqa: E402
 import large_tasks  # noqa: E402
-from common import OUT, Proc, child_env, python, wait_until  # noqa: E402
+from common import OUT, Proc, child_env, put_kept_section, python, wait_until  # noqa: E402
 
 #: report.py keeps sections between these markers when it rewrites RESULTS.md.
 BEGIN = "<!-- kept:begin large-data -->"
@@ -248,14 +248,8 @@ def render(args: argparse.Namespace, ff: dict, dk: dict, command: str) -> str:
 
 
 def write_section(target: Path, section: str) -> None:
-    text = target.read_text() if target.exists() else ""
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    target.write_text(text)
+    """Put the kept section ``section`` into ``target`` (see common.put_kept_section)."""
+    put_kept_section(target, section)
 
 
 def main() -> int:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grpc  # noqa: E402
 import psycopg  # noqa: E402
-from common import OUT, Proc, python, wait_until  # noqa: E402
+from common import OUT, Proc, put_kept_section, python, wait_until  # noqa: E402
 from ff_fleet import Fleet, run_rep  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
@@ -49,15 +49,7 @@ def write_results(body: str) -> str:
     section = "\n".join(
         [BEGIN, "## PostgreSQL store and hot standby (issue 16)", "", body.rstrip("\n"), END]
     )
-    target = Path(__file__).resolve().parent / "RESULTS.md"
-    text = target.read_text()
-    if BEGIN in text:
-        start = text.index(BEGIN)
-        end = text.index(END, start) + len(END)
-        text = text[:start] + section + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    target.write_text(text)
+    put_kept_section(Path(__file__).resolve().parent / "RESULTS.md", section)
     return section
 
 

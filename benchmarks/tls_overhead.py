@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import BENCH, OUT, ROOT
+from common import BENCH, OUT, ROOT, put_kept_section
 from ff_fleet import Fleet, run_rep
 from fleetflow import Credentials
 from fleetflow_coordinator.auth import append_entry, new_token
@@ -32,10 +32,10 @@ BEGIN = "<!-- kept:begin tls-overhead -->"
 END = "<!-- kept:end -->"
 
 
-
 def _num(x: float) -> str:
     """Four significant digits, never in exponent form: 10,290 (not 1.029e+04), 4.297, 46."""
     return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
 
 def _pki(directory: Path) -> tuple[list[str], list[str], Credentials]:
     authority = Authority(directory)
@@ -132,15 +132,7 @@ def main() -> int:
         )
     lines.append(END)
     section = "\n".join(lines)
-    target = BENCH / "RESULTS.md"
-    text = target.read_text()
-    if BEGIN in text:
-        start = text.index(BEGIN)
-        end = text.index(END, start) + len(END)
-        text = text[:start] + section + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    target.write_text(text)
+    put_kept_section(BENCH / "RESULTS.md", section)
     print(section)
     return 0
 
