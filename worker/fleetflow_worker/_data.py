@@ -12,15 +12,20 @@ coordinator happens here, on the worker's loop:
   uploaded before its outcome is reported, so the coordinator never holds a
   reference to bytes that are not there.
 
-A failure to get an input (missing, damaged, coordinator unreachable) fails
-the attempt as an *infrastructure* failure naming the object.
+A failure to get an input (missing, damaged) fails the attempt as an
+*infrastructure* failure naming the object. A coordinator that is out of reach
+(restarting, failing over, partitioned: ``UNAVAILABLE`` or
+``DEADLINE_EXCEEDED``) is waited for instead, up to
+:data:`UNREACHABLE_PATIENCE_S`, both ways: a restart must not throw away a
+finished attempt's result, nor charge its task run an infrastructure failure.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -32,10 +37,52 @@ from fleetflow.store.refs import items_from_proto, ref_from_proto
 from fleetflow.store.remote import TransferClient
 
 from fleetflow_worker._codec import NodeValues, StoreContext, WireArg, stored_refs
+from fleetflow_worker.backoff import Backoff
 
-__all__ = ["DataPlane", "InputUnavailable"]
+__all__ = ["UNREACHABLE_PATIENCE_S", "DataPlane", "InputUnavailable"]
 
 log = structlog.get_logger()
+
+_T = TypeVar("_T")
+
+#: gRPC codes meaning the coordinator is out of reach for now (a restart, a
+#: failover, a partition, a frozen process), not that it refused the request.
+_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+#: How long a transfer waits for an unreachable coordinator, seconds. The
+#: attempt stays held (listed in heartbeats) meanwhile, so a coordinator that
+#: comes back re-attaches it and takes its outcome; the bound only keeps a
+#: transfer that can never succeed from waiting forever.
+UNREACHABLE_PATIENCE_S = 600.0
+
+
+async def _patiently(what: str, call: Callable[[], Awaitable[_T]], patience_s: float) -> _T:
+    """Await ``call()``, calling again while the coordinator is unreachable.
+
+    Retries with capped exponential backoff and jitter for up to
+    ``patience_s`` seconds; any other error, or one past that, propagates.
+    """
+    backoff = Backoff(cap_s=2.0, base_s=0.1)
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            result = await call()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in _UNREACHABLE or time.monotonic() >= deadline:
+                raise
+            delay = backoff.failed()
+            if backoff.failures == 1:
+                log.warning(
+                    "store_transfer_waiting",
+                    transfer=what,
+                    code=exc.code().name,
+                    details=exc.details(),
+                )
+            await asyncio.sleep(delay)
+            continue
+        if backoff.failures:
+            log.info("store_transfer_recovered", transfer=what, failed_calls=backoff.failures)
+        return result
 
 
 class InputUnavailable(Exception):  # noqa: N818 - named for what happened
@@ -69,6 +116,8 @@ class DataPlane:
         self._transfer: TransferClient | None = None
         #: Uploads in flight (outcomes waiting for their payload to reach the coordinator).
         self._uploads: set[asyncio.Future[None]] = set()
+        #: How long a transfer waits for an unreachable coordinator, seconds.
+        self.unreachable_patience_s = UNREACHABLE_PATIENCE_S
 
     async def connect(self, channel: grpc.aio.Channel | None) -> None:
         """Ask the coordinator where the store is; keep the old way if it did not change.
@@ -158,7 +207,9 @@ class DataPlane:
                 "an argument is in the result store, but the coordinator named none"
             )
         try:
-            return out, await client.fetch(refs)
+            return out, await _patiently(
+                "download", lambda: client.fetch(refs), self.unreachable_patience_s
+            )
         except StoredObjectError as exc:
             raise InputUnavailable(str(exc)) from None
         except (grpc.aio.AioRpcError, OSError) as exc:
@@ -170,7 +221,13 @@ class DataPlane:
         if self._transfer is None:
             raise InputUnavailable(f"argument {name!r} must be paged in, but no store is set")
         try:
-            return await self._transfer.node_values(value.flow_run_id, value.node, value.count)
+            # self._transfer is read at each try: a failover or a new
+            # registration may have moved the worker to another channel.
+            return await _patiently(
+                "read_node_values",
+                lambda: self._transfer.node_values(value.flow_run_id, value.node, value.count),
+                self.unreachable_patience_s,
+            )
         except (grpc.aio.AioRpcError, ValueError) as exc:
             details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             raise InputUnavailable(
@@ -213,7 +270,9 @@ class DataPlane:
         """Wrap the reporter's ``put``: outcomes whose payload is in the spool are uploaded first.
 
         An upload that fails three times (e.g. the coordinator's disk is
-        full) turns the outcome into an infrastructure failure that says why.
+        full) turns the outcome into an infrastructure failure that says why;
+        an unreachable coordinator is waited for first (see :func:`_patiently`),
+        so a restart during the upload neither loses the result nor counts.
         """
 
         def on_outcome(outcome: worker_service_pb2.Outcome) -> None:
@@ -237,7 +296,9 @@ class DataPlane:
         error: Exception | None = None
         for attempt in range(3):
             try:
-                await self.publish(outcome)
+                await _patiently(
+                    "upload", lambda: self.publish(outcome), self.unreachable_patience_s
+                )
                 put(outcome)
                 return
             except (grpc.aio.AioRpcError, OSError, StoredObjectError) as exc:
