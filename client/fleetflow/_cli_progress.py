@@ -246,7 +246,11 @@ def error_of(client: Client, info: FlowRunInfo) -> dict[str, Any] | None:
         return None
     try:
         client.handle(info.flow_run_id).result(timeout=10.0)
-    except (FlowRunFailed, FlowRunCancelled) as exc:
+    except FlowRunFailed as exc:
+        if getattr(exc, "__notes__", None):  # a task's failure, or the coordinator's words on it
+            return _exception_json(exc)
+        return {"type": type(exc).__name__, "message": str(exc), "notes": []}
+    except FlowRunCancelled as exc:
         return {"type": type(exc).__name__, "message": str(exc), "notes": []}
     except FleetflowError:
         raise

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from fleetflow import _identity
+from fleetflow._task_rules import check_number, check_seconds, map_items
 from fleetflow.api.v1 import common_pb2
 from fleetflow.resources import parse_resources
 from fleetflow.serde import dumps
@@ -103,45 +104,47 @@ class Task(Generic[P, R]):
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"@task name must be a non-empty string, got {name!r}")
         self.name = name or _identity.default_task_name(fn)
+        owner = f"task {self.name!r}"
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(
-                f"task {self.name!r}: retries must be a non-negative int, got {retries!r}"
-            )
-        delays = (
-            [float(d) for d in retry_delay_seconds]
-            if isinstance(retry_delay_seconds, Sequence)
-            else [float(retry_delay_seconds)]
+            raise ValueError(f"{owner}: retries must be a non-negative int, got {retries!r}")
+        is_list = isinstance(retry_delay_seconds, Sequence) and not isinstance(
+            retry_delay_seconds, str
         )
-        if not delays or any(not d >= 0 for d in delays):
-            raise ValueError(
-                f"task {self.name!r}: retry_delay_seconds must be a number >= 0 or a "
-                f"non-empty list of them, got {retry_delay_seconds!r}"
+        if is_list and not retry_delay_seconds:
+            raise ValueError(f"{owner}: retry_delay_seconds must not be an empty list")
+        delays = [
+            check_seconds(owner, "retry_delay_seconds", d)
+            for d in (retry_delay_seconds if is_list else [retry_delay_seconds])
+        ]
+        retry_backoff = check_number(owner, "retry_backoff", retry_backoff, low=1, high=1000)
+        if retry_max_delay_seconds is not None:
+            retry_max_delay_seconds = check_seconds(
+                owner, "retry_max_delay_seconds", retry_max_delay_seconds
             )
-        if not retry_backoff >= 1:
-            raise ValueError(f"task {self.name!r}: retry_backoff must be >= 1")
-        if retry_max_delay_seconds is not None and not retry_max_delay_seconds >= 0:
-            raise ValueError(f"task {self.name!r}: retry_max_delay_seconds must be >= 0")
-        if not 0 <= retry_jitter <= 1:
-            raise ValueError(f"task {self.name!r}: retry_jitter must be in [0, 1]")
+        retry_jitter = check_number(owner, "retry_jitter", retry_jitter, low=0, high=1)
         if retry_on is not None:
             retry_on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
             if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
-                raise ValueError(f"task {self.name!r}: retry_on must be exception types")
+                raise ValueError(f"{owner}: retry_on must be exception types")
         if concurrency_limit is not None and (
-            isinstance(concurrency_limit, bool) or concurrency_limit < 1
+            isinstance(concurrency_limit, bool)
+            or not isinstance(concurrency_limit, int)
+            or concurrency_limit < 1
         ):
-            raise ValueError(f"task {self.name!r}: concurrency_limit must be >= 1 or None")
+            raise ValueError(
+                f"{owner}: concurrency_limit must be an int >= 1 or None, got {concurrency_limit!r}"
+            )
         if isinstance(tags, str) or not all(isinstance(t, str) and t for t in tags):
-            raise ValueError(f"task {self.name!r}: tags must be a list of non-empty strings")
-        if timeout_seconds is not None and timeout_seconds <= 0:
-            raise ValueError(f"task {self.name!r}: timeout_seconds must be > 0 or None")
+            raise ValueError(f"{owner}: tags must be a list of non-empty strings")
+        if timeout_seconds is not None:
+            timeout_seconds = check_seconds(
+                owner, "timeout_seconds", timeout_seconds, positive=True
+            )
         self.resources = parse_resources(
             DEFAULT_RESOURCES if resources is None else resources, owner=self.name
         )
         self.retries = retries
-        self.retry_delay_seconds: float | list[float] = (
-            delays if isinstance(retry_delay_seconds, Sequence) else delays[0]
-        )
+        self.retry_delay_seconds: float | list[float] = delays if is_list else delays[0]
         self.retry_backoff = float(retry_backoff)
         self.retry_max_delay_seconds = retry_max_delay_seconds
         self.retry_jitter = float(retry_jitter)
@@ -208,9 +211,10 @@ class Task(Generic[P, R]):
     def _map_here(self, args: tuple, kwargs: dict) -> list[Any]:
         """A ``mapped=True`` task called outside a flow: the map, run in this process.
 
-        The same rules as a recorded map: lists, tuples and ranges are mapped,
-        :class:`unmapped` values and everything else are passed whole, and the
-        mapped arguments must have equal lengths.
+        The same rules as a recorded map: lists, tuples, ranges and other
+        iterables are mapped, :class:`unmapped` values, strings, dicts, sets and
+        everything else are passed whole, and the mapped arguments must have
+        equal lengths.
         """
         where = f"{self.name}()"
         try:
@@ -222,15 +226,13 @@ class Task(Generic[P, R]):
         for name, value in bound.arguments.items():
             kind = self.signature.parameters[name].kind
             variadic = kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-            if not variadic and not isinstance(value, unmapped) and _is_mappable(value):
-                mapped[name] = list(value)
+            items = None if variadic or isinstance(value, unmapped) else map_items(value)
+            if items is not None:
+                mapped[name] = list(items)
             else:
                 whole[name] = value.value if isinstance(value, unmapped) else value
         if not mapped:
-            raise TypeError(
-                f"{where}: no argument to map over; pass a list, tuple or range "
-                "(wrap constants in fleetflow.unmapped)"
-            )
+            raise TypeError(f"{where}: {_NOTHING_MAPPED}")
         lengths = {name: len(items) for name, items in mapped.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"{where}: mapped arguments differ in length: {lengths}")
@@ -244,10 +246,12 @@ class Task(Generic[P, R]):
     def map(self, *args: Any, **kwargs: Any) -> TaskFuture:
         """Fan out: one task run per item of the mapped arguments.
 
-        Every argument that is a list, tuple, range or the future of another
-        task is mapped (iterated); everything else, and anything wrapped in
-        :class:`unmapped`, is passed whole to each child. Mapped arguments
-        must have equal lengths.
+        Every argument that is a list, tuple, range, other iterable (a
+        generator, an iterator, a numpy array) or the future of another task
+        is mapped (iterated); strings, bytes, dicts, sets, other values, and
+        anything wrapped in :class:`unmapped`, are passed whole to each child
+        (:func:`fleetflow._task_rules.map_items`). Mapped arguments must have
+        equal lengths.
 
         Returns:
             A map future; pass it to a task for fan-in or to ``map`` again for
@@ -322,16 +326,18 @@ class _FlowRecorder:
             arg = node.args.add(name=name)
             kind = task.signature.parameters[name].kind
             variadic = kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-            if map_ and not variadic and not isinstance(value, unmapped) and _is_mappable(value):
+            mappable = map_ and not variadic and not isinstance(value, unmapped)
+            if mappable and isinstance(value, TaskFuture):
                 arg.mapped = True
-                if isinstance(value, TaskFuture):
-                    self._check_future(value, where)
-                    arg.node = value.node
-                else:
-                    items = list(value)
-                    _reject_futures(items, where, name)
-                    arg.literal_items.items.extend(dumps(item) for item in items)
-                    literal_lengths[name] = len(items)
+                self._check_future(value, where)
+                arg.node = value.node
+                continue
+            items = map_items(value) if mappable else None
+            if items is not None:
+                arg.mapped = True
+                _reject_futures(items, where, name)
+                arg.literal_items.items.extend(_dumps_arg(item, where, name) for item in items)
+                literal_lengths[name] = len(items)
                 continue
             if isinstance(value, unmapped):
                 value = value.value
@@ -353,13 +359,10 @@ class _FlowRecorder:
                 arg.nodes.nodes.extend(f.node for f in value)
             else:
                 _reject_futures(value, where, name)
-                arg.literal = dumps(value)
+                arg.literal = _dumps_arg(value, where, name)
         if map_:
             if not any(a.mapped for a in node.args):
-                raise TypeError(
-                    f"{where}: no argument to map over; pass a list, tuple, range or task "
-                    "future (wrap constants in fleetflow.unmapped)"
-                )
+                raise TypeError(f"{where}: {_NOTHING_MAPPED}")
             if len(set(literal_lengths.values())) > 1:
                 raise ValueError(f"{where}: mapped arguments differ in length: {literal_lengths}")
         self.nodes.append(node)
@@ -382,8 +385,20 @@ def _retry_policy(task: Task) -> common_pb2.RetryPolicy:
     return policy
 
 
-def _is_mappable(value: Any) -> bool:
-    return isinstance(value, (TaskFuture, list, tuple, range))
+_NOTHING_MAPPED = (
+    "no argument to map over; pass a list, tuple, range, other iterable or task future "
+    "(str, bytes, dicts and sets are passed whole; wrap constants in fleetflow.unmapped)"
+)
+
+
+def _dumps_arg(value: Any, where: str, name: str) -> bytes:
+    """Pickle an argument, or say which argument of which task does not pickle."""
+    try:
+        return dumps(value)
+    except Exception as exc:
+        raise TypeError(
+            f"{where}: argument {name!r} ({type(value).__name__}) cannot be pickled: {exc}"
+        ) from exc
 
 
 def _reject_futures(value: Any, where: str, name: str) -> None:
@@ -415,8 +430,10 @@ class Flow(Generic[P, R]):
     def __init__(
         self, fn: Callable[P, R], *, name: str | None = None, timeout_seconds: float | None = None
     ) -> None:
-        if timeout_seconds is not None and not timeout_seconds > 0:
-            raise ValueError(f"flow {name or fn.__name__!r}: timeout_seconds must be > 0 or None")
+        if timeout_seconds is not None:
+            timeout_seconds = check_seconds(
+                f"flow {name or fn.__name__!r}", "timeout_seconds", timeout_seconds, positive=True
+            )
         self.fn = fn
         self.name = name or fn.__name__
         #: The whole flow run's time limit, seconds, or None.

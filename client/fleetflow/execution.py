@@ -17,8 +17,10 @@ Names:
 * :class:`Task`: a registered task (``name``, ``fn``, ``is_async``,
   ``retry_on``, resources...), as the ``@task`` decorator made it.
 * :func:`find_tasks`: the tasks a module namespace defines, by name.
-* :func:`is_sequence_result`: whether a result may be split item by item
-  for a downstream map.
+* :func:`is_sequence_result`: whether a result is a list-like sequence.
+* :func:`map_items`: the items a downstream map iterates for a result (or
+  None: it cannot be split); the recorder's rule for literal arguments.
+* :func:`collect_generator`: a generator task's result as the list it yields.
 * :func:`where`: ``file:line`` where a task's function is defined (for
   errors that name two definitions).
 * :func:`attempt_scope`: run one attempt with its ids bound to every log line
@@ -33,14 +35,17 @@ from __future__ import annotations
 from fleetflow._identity import where
 from fleetflow._logging import TAIL_LINES, attempt_scope, current_tail, start_tail
 from fleetflow._task import Task, find_tasks, is_sequence_result
+from fleetflow._task_rules import collect_generator, map_items
 
 __all__ = [
     "TAIL_LINES",
     "Task",
     "attempt_scope",
+    "collect_generator",
     "current_tail",
     "find_tasks",
     "is_sequence_result",
+    "map_items",
     "where",
     "start_tail",
 ]

@@ -17,6 +17,7 @@ from typing import Any
 
 import cloudpickle
 
+from fleetflow import errors
 from fleetflow._logging import current_tail
 from fleetflow.api.v1 import common_pb2
 
@@ -82,11 +83,66 @@ class _ErrorPickler(cloudpickle.Pickler):
     )
 
 
-def _dumps_error(exc: BaseException) -> bytes:
+def _dumps_error(exc: Any) -> bytes:
     """Pickle an exception with cloudpickle, ignoring tblib's reducers (see above)."""
     buffer = io.BytesIO()
     _ErrorPickler(buffer, protocol=_PROTOCOL).dump(exc)
     return buffer.getvalue()
+
+
+def _rebuild_exception(cls: type, args: tuple, state: dict[str, Any]) -> BaseException:
+    """Re-create an exception without calling its ``__init__`` (see :func:`_pickle_error`)."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class _ExceptionCopy:
+    """Pickles as a call of :func:`_rebuild_exception`: same type, args and attributes."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.cls = type(exc)
+        self.args = exc.args if _pickles(exc.args) else (str(exc),)
+        # Attributes that do not pickle (a lock, a socket, a client) are left out.
+        self.state = {k: v for k, v in vars(exc).items() if _pickles(v)}
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild_exception, (self.cls, self.args, self.state))
+
+
+def _pickles(value: Any) -> bool:
+    try:
+        _dumps_error(value)
+    except Exception:  # noqa: BLE001 - any failure means "leave it out"
+        return False
+    return True
+
+
+def _pickle_error(exc: BaseException) -> bytes:
+    """The pickle of a task's exception that loads again as the same type, or b"".
+
+    The standard pickle of an exception re-creates it as ``type(exc)(*exc.args)``,
+    which fails for a class whose ``__init__`` takes other arguments than it
+    passes to ``super().__init__`` (``MyError(code, detail)`` calling
+    ``super().__init__(f"{code}: {detail}")``), and the whole pickle fails when
+    an attribute does not pickle. Either way the client could only show the
+    type's name. Such an exception is pickled instead as its type, ``args``
+    and the attributes that pickle, and re-created without calling
+    ``__init__``; the round trip is checked here, where the class is known.
+    """
+    try:
+        data = _dumps_error(exc)
+        loads(data)
+        return data
+    except Exception:  # noqa: BLE001 - try the copy below
+        pass
+    try:
+        data = _dumps_error(_ExceptionCopy(exc))
+        loads(data)
+        return data
+    except Exception:  # noqa: BLE001 - an exception that never pickles still reports its text
+        return b""
 
 
 def loads(data: bytes) -> Any:
@@ -94,8 +150,14 @@ def loads(data: bytes) -> Any:
     return cloudpickle.loads(data)
 
 
-class RemoteTaskError(Exception):
+class RemoteTaskError(errors.FlowRunFailed):
     """A task failed remotely with an exception that could not be re-created here.
+
+    Also stands for a task's ``KeyboardInterrupt``, ``SystemExit`` or other
+    ``BaseException`` that is not an ``Exception``: raised in the caller, those
+    would read as a Ctrl-C or an exit of the caller's own program. A
+    :class:`~fleetflow.FlowRunFailed` like any failure fleetflow cannot re-raise
+    as itself.
 
     Attributes:
         type_name: Qualified type of the original exception (``"mymod.MyError"``).
@@ -127,10 +189,7 @@ def error_from_exception(exc: BaseException, *, tb: str | None = None) -> common
     """
     if tb is None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        pickled = _dumps_error(exc)
-    except Exception:  # noqa: BLE001 - an unpicklable exception still reports its text
-        pickled = b""
+    pickled = _pickle_error(exc)
     return common_pb2.TaskError(
         type=_qualname(type(exc)),
         message=str(exc),
@@ -147,17 +206,24 @@ def exception_from_error(error: common_pb2.TaskError) -> BaseException:
     so it shows when the exception is printed.
 
     Returns:
-        The original exception (same type and message) or, when it cannot be
-        unpickled here, a :class:`RemoteTaskError` with its type name and message.
+        The original exception (same type and message); a
+        :class:`~fleetflow.FlowRunFailed` for a failure the coordinator
+        describes (an unschedulable task, a lost task process, mapped
+        arguments of different lengths); else a :class:`RemoteTaskError` with
+        the type name and message: when the exception cannot be unpickled
+        here, or is a ``BaseException`` but no ``Exception`` (``SystemExit``,
+        ``KeyboardInterrupt``), which would stop the caller if raised.
     """
     exc: BaseException | None = None
     if error.pickled:
         try:
             candidate = loads(error.pickled)
-            if isinstance(candidate, BaseException):
+            if isinstance(candidate, Exception):
                 exc = candidate
         except Exception:  # noqa: BLE001 - fall back to the text form
             exc = None
+    if exc is None and not error.pickled:
+        exc = _fleetflow_error(error)
     if exc is None:
         exc = RemoteTaskError(error.type, error.message, error.traceback)
     if error.traceback:
@@ -165,3 +231,12 @@ def exception_from_error(error: common_pb2.TaskError) -> BaseException:
     if error.log_tail:
         exc.add_note("Last log lines of the failed attempt:\n" + "\n".join(error.log_tail))
     return exc
+
+
+def _fleetflow_error(error: common_pb2.TaskError) -> BaseException | None:
+    """A failure fleetflow itself describes (``fleetflow.errors.FlowRunFailed``), as its type."""
+    module, _, name = error.type.rpartition(".")
+    cls = getattr(errors, name, None) if module == "fleetflow.errors" else None
+    if isinstance(cls, type) and issubclass(cls, errors.FlowRunFailed):
+        return cls(error.message)
+    return None

@@ -85,13 +85,15 @@ def test_encode_result_split_of_an_empty_list():
 
 
 @pytest.mark.parametrize(
-    ("value", "type_name"), [({"a": 1}, "dict"), ("abc", "str"), (b"ab", "bytes"), (3, "int")]
+    ("value", "type_name"),
+    [({"a": 1}, "dict"), ("abc", "str"), (b"ab", "bytes"), (3, "int"), ({1, 2}, "set")],
 )
 def test_encode_result_split_refuses_non_sequences(value, type_name):
     with pytest.raises(TypeError) as info:
         encode_result("parse", value, True)
     assert str(info.value) == (
-        f"task parse returned {type_name}; a downstream map needs a list or tuple"
+        f"task parse returned {type_name}; a downstream map "
+        "needs a list, tuple or other iterable (str, bytes, dicts and sets are not split)"
     )
 
 

@@ -122,7 +122,8 @@ async def test_task_failures_are_reported_as_errors(coordinator, make_worker):
     outcomes = await coordinator.wait_outcomes(6)
     assert isinstance(error_of(outcomes[1, 1]), ValueError)
     assert outcomes[2, 1].error.message == (
-        "task sample_tasks:as_dict returned dict; a downstream map needs a list or tuple"
+        "task sample_tasks:as_dict returned dict; a downstream map "
+        "needs a list, tuple or other iterable (str, bytes, dicts and sets are not split)"
     )
     assert isinstance(error_of(outcomes[3, 1]), KeyError)
     assert isinstance(error_of(outcomes[4, 1]), SystemExit)

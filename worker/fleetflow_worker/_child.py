@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from fleetflow.errors import DuplicateTaskError, StoredObjectError
-from fleetflow.execution import Task, attempt_scope, find_tasks, where
+from fleetflow.execution import Task, attempt_scope, collect_generator, find_tasks, where
 from fleetflow.loader import load_module
 
 from fleetflow_worker._codec import (
@@ -221,7 +221,7 @@ def run_task(
     except BaseException as exc:  # noqa: BLE001 - bad arguments fail the attempt
         return encode_error(exc)
     try:
-        result = task.fn(*call_args, **call_kwargs)
+        result = collect_generator(task.fn(*call_args, **call_kwargs))
     except BaseException as exc:  # noqa: BLE001 - sys.exit() in a task fails the task only
         return encode_failure(exc, getattr(task, "retry_on", None))
     try:

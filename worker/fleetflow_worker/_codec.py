@@ -33,7 +33,7 @@ from typing import Any, Literal, NamedTuple, TypeAlias
 
 from fleetflow.api.v1 import common_pb2, worker_service_pb2
 from fleetflow.errors import NonRetryableError, Retry
-from fleetflow.execution import Task, is_sequence_result
+from fleetflow.execution import Task, map_items
 from fleetflow.serde import dumps, error_from_exception, loads
 from fleetflow.store import (
     StoredItem,
@@ -254,16 +254,18 @@ def encode_result(
     pickled whole, and only one chunk's pickle exists at a time.
 
     Raises:
-        TypeError: ``split_result`` and the result is not a list/tuple-like
-            sequence, or the value does not pickle.
+        TypeError: ``split_result`` and the result is not split
+            (:func:`fleetflow.execution.map_items`), or the value does not pickle.
         OSError: the store refused a write.
     """
     if split_result:
-        if not is_sequence_result(result):
+        items = map_items(result, limit=None)
+        if items is None:
             raise TypeError(
-                f"task {task_name} returned {type(result).__name__}; "
-                "a downstream map needs a list or tuple"
+                f"task {task_name} returned {type(result).__name__}; a downstream map "
+                "needs a list, tuple or other iterable (str, bytes, dicts and sets are not split)"
             )
+        result = items  # an iterator or generator is read once, here
         if store is None:
             return "items", [_dumps_result(task_name, item) for item in result]
         items: list[bytes] = []

@@ -1,0 +1,201 @@
+"""Bug classes other orchestrators' users hit, checked on the client side (no fleet).
+
+* task options that are NaN, infinite, negative or not numbers fail at ``@task``
+  with the task, the option and the rule (not at submit, not as a bare TypeError);
+* a map iterates generators, iterators and array-likes, and passes strings,
+  dicts and sets whole (Prefect #2023: mapping over a generator);
+* a task's exception whose ``__init__`` takes other arguments, or that holds
+  an attribute that does not pickle, comes back as its own type (Celery
+  #6990, Ray #52660); a task's ``SystemExit``/``KeyboardInterrupt`` never
+  re-raises in the caller; a failure the coordinator describes is a
+  ``FlowRunFailed``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+
+import pytest
+from fleetflow import FlowRunFailed, RemoteTaskError, flow, task, unmapped
+from fleetflow.api.v1 import common_pb2
+from fleetflow.serde import error_from_exception, exception_from_error, loads
+
+
+def _plain(x, y=0):
+    return x + y
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("timeout_seconds", math.nan),
+        ("timeout_seconds", math.inf),
+        ("timeout_seconds", -1),
+        ("timeout_seconds", 0),
+        ("timeout_seconds", "5"),
+        ("retry_delay_seconds", math.nan),
+        ("retry_delay_seconds", [1.0, math.inf]),
+        ("retry_delay_seconds", "5"),
+        ("retry_delay_seconds", []),
+        ("retry_backoff", math.nan),
+        ("retry_backoff", 0.5),
+        ("retry_backoff", None),
+        ("retry_max_delay_seconds", -1),
+        ("retry_max_delay_seconds", math.inf),
+        ("retry_jitter", math.nan),
+        ("retry_jitter", 2),
+        ("retries", math.nan),
+        ("retries", -1),
+        ("retries", 1.5),
+        ("concurrency_limit", 0),
+        ("concurrency_limit", 1.5),
+    ],
+)
+def test_a_bad_task_option_fails_at_definition_naming_task_and_option(option, value):
+    with pytest.raises(ValueError) as info:
+        task(name=f"sem:bad_{option}", **{option: value})(_plain)
+    message = str(info.value)
+    assert "task 'sem:bad_" in message and option in message, message
+
+
+def test_a_bad_flow_timeout_fails_at_definition():
+    for value in (math.nan, math.inf, -1.0, "3"):
+        with pytest.raises(ValueError, match="flow 'f': timeout_seconds"):
+            flow(name="f", timeout_seconds=value)(lambda: None)
+    assert flow(name="f", timeout_seconds=2)(lambda: None).timeout_seconds == 2.0
+
+
+def test_good_task_options_are_kept_as_numbers():
+    t = task(
+        name="sem:good",
+        timeout_seconds=1,
+        retry_delay_seconds=[0, 2],
+        retry_backoff=2,
+        retry_max_delay_seconds=30,
+        retry_jitter=0,
+        concurrency_limit=3,
+    )(_plain)
+    assert t.timeout_seconds == 1.0 and t.retry_delay_seconds == [0.0, 2.0]
+    assert (t.retry_backoff, t.retry_max_delay_seconds, t.retry_jitter) == (2.0, 30.0, 0.0)
+
+
+add = task(name="sem:add")(_plain)
+mapped_add = task(name="sem:mapped_add", mapped=True)(_plain)
+
+
+class ArrayLike:
+    """Like a numpy array: iterates and has a length, but is no registered Sequence."""
+
+    def __init__(self, items):
+        self._items = list(items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def __getitem__(self, i):
+        return self._items[i]
+
+
+def _mapped_literals(spec, node=0):
+    return {
+        a.name: [loads(b) for b in a.literal_items.items] for a in spec.nodes[node].args if a.mapped
+    }
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (i for i in range(3)),
+        lambda: iter([0, 1, 2]),
+        lambda: ArrayLike(range(3)),
+        lambda: {0: "a", 1: "b", 2: "c"}.keys(),
+        lambda: map(int, "012"),
+    ],
+)
+def test_a_map_iterates_generators_iterators_and_array_likes(make):
+    @flow
+    def f():
+        return add.map(make(), [10, 20, 30])
+
+    assert _mapped_literals(f.build()) == {"x": [0, 1, 2], "y": [10, 20, 30]}
+    assert mapped_add(make(), [10, 20, 30]) == [10, 21, 32]  # outside a flow: the same rule
+
+
+@pytest.mark.parametrize("whole", ["abc", b"ab", {"k": 1}, {1, 2}, frozenset({3})])
+def test_strings_dicts_and_sets_are_passed_whole(whole):
+    @flow
+    def f():
+        return add.map([1, 2], whole)
+
+    spec = f.build()
+    assert _mapped_literals(spec) == {"x": [1, 2]}
+    (y,) = [a for a in spec.nodes[0].args if a.name == "y"]
+    assert loads(y.literal) == whole
+
+
+def test_an_endless_iterator_is_refused_not_drained():
+    @flow
+    def f():
+        return add.map(itertools.count(), unmapped(1))
+
+    with pytest.raises(ValueError, match="more than 1,000,000 items"):
+        f.build()
+
+
+def test_an_argument_that_does_not_pickle_is_named():
+    @flow
+    def f():
+        return add(threading.Lock())
+
+    with pytest.raises(TypeError, match=r"sem:add\(\): argument 'x' \(lock\) cannot be pickled"):
+        f.build()
+
+
+class CodeError(Exception):
+    def __init__(self, code, detail):
+        super().__init__(f"code={code} detail={detail}")
+        self.code = code
+
+
+class LockedError(Exception):
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = threading.Lock()
+        self.attempts = 3
+
+
+class KeywordError(Exception):
+    def __init__(self, *, field):
+        super().__init__()
+        self.field = field
+
+
+def _round_trip(exc: BaseException) -> BaseException:
+    return exception_from_error(error_from_exception(exc))
+
+
+def test_exceptions_that_do_not_pickle_plainly_come_back_as_their_own_type():
+    back = _round_trip(CodeError(42, "boom"))
+    assert type(back) is CodeError and str(back) == "code=42 detail=boom" and back.code == 42
+    back = _round_trip(LockedError("held"))
+    assert type(back) is LockedError and back.args == ("held",) and back.attempts == 3
+    assert not hasattr(back, "lock")  # what does not pickle is left out, not the whole error
+    back = _round_trip(KeywordError(field="name"))
+    assert type(back) is KeywordError and back.field == "name"
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt("ki"), GeneratorExit()])
+def test_a_tasks_base_exception_is_not_raised_as_itself_in_the_caller(exc):
+    back = _round_trip(exc)
+    assert isinstance(back, RemoteTaskError) and isinstance(back, FlowRunFailed)
+    assert back.type_name == f"builtins.{type(exc).__name__}"
+
+
+def test_a_failure_the_coordinator_describes_is_a_flow_run_failed():
+    error = common_pb2.TaskError(
+        type="fleetflow.errors.FlowRunFailed", message="task t: unschedulable for 2 s"
+    )
+    back = exception_from_error(error)
+    assert type(back) is FlowRunFailed and str(back) == "task t: unschedulable for 2 s"

@@ -1,0 +1,78 @@
+"""Bug classes users of other orchestrators hit, against a real coordinator and worker.
+
+One fleet for the module (each case is a short flow run): maps over
+generators and array-likes, upstream results that are not lists, generator
+tasks, exceptions that do not pickle plainly, a task's ``SystemExit`` /
+``KeyboardInterrupt`` (which must not stop the caller or ``fleetflow run``),
+and failures the coordinator describes (``FlowRunFailed``).
+"""
+
+from __future__ import annotations
+
+import pytest
+from fleetflow import Client, FlowRunFailed, RemoteTaskError
+from fleetflow.loader import load_module
+
+from .fleet import Fleet, fleetflow, wait_until
+
+FLOWS_PATH = __import__("pathlib").Path(__file__).with_name("semantics_flows.py")
+flows = load_module(str(FLOWS_PATH))
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def address(tmp_path_factory):
+    fleet = Fleet(tmp_path_factory.mktemp("semantics"))
+    try:
+        address = fleet.start_coordinator()
+        fleet.start_worker(module=FLOWS_PATH)
+        with Client(address) as client:
+            wait_until(lambda: client.list_workers(), 60, what="the worker")
+        yield address
+    finally:
+        fleet.stop()
+
+
+@pytest.fixture(scope="module")
+def client(address):
+    with Client(address) as client:
+        yield client
+
+
+def test_maps_iterate_array_likes_generators_and_generator_tasks(client):
+    assert client.submit(flows.iterables, n=3).result(timeout=60) == [
+        [0, 11, 22],  # an upstream array-like mapped with a literal generator
+        [0, 2, 4],  # a generator task and an async generator task, split for a map
+        [0, 1, 2],  # a generator task's result is what it yields
+    ]
+
+
+def test_an_upstream_dict_is_not_split_and_unequal_upstreams_fail_the_run(client):
+    with pytest.raises(TypeError, match="returned dict; a downstream map needs a list"):
+        client.submit(flows.split_dict).result(timeout=60)
+    differ = r"mapped arguments differ in length: \{'x': 2, 'y': 4\}"
+    with pytest.raises(FlowRunFailed, match=differ):
+        client.submit(flows.unequal_upstreams).result(timeout=60)
+
+
+def test_exceptions_that_do_not_pickle_plainly_come_back_as_their_own_type(client):
+    with pytest.raises(flows.CodeError) as info:
+        client.submit(flows.code_error).result(timeout=60)
+    assert info.value.code == 42 and str(info.value) == "code=42 detail=boom"
+    with pytest.raises(flows.LockedError) as info:
+        client.submit(flows.locked_error).result(timeout=60)
+    assert info.value.attempts == 3 and str(info.value) == "held"
+
+
+def test_system_exit_and_keyboard_interrupt_in_a_task_fail_the_run_not_the_caller(client, address):
+    with pytest.raises(RemoteTaskError, match="builtins.SystemExit: 3") as info:
+        client.submit(flows.exiting, code=3).result(timeout=60)
+    assert isinstance(info.value, FlowRunFailed)
+    with pytest.raises(RemoteTaskError, match="builtins.KeyboardInterrupt: from task code"):
+        client.submit(flows.interrupting).result(timeout=60)
+    # `fleetflow run` reports them as the run's failure: exit code 1, never the
+    # task's exit code or a Ctrl-C (130, "interrupted: cancelled ...").
+    for name, shown in (("exiting", "SystemExit: 3"), ("interrupting", "KeyboardInterrupt")):
+        done = fleetflow("run", f"{FLOWS_PATH}:{name}", "--coordinator", address, check=False)
+        assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+        assert shown in done.stderr and "interrupted" not in done.stderr, done.stderr[-2000:]
