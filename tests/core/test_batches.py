@@ -100,8 +100,13 @@ def test_losing_the_worker_requeues_every_member_and_frees_the_slot():
     assert len(grants) == 16
     fleet.core.report("a", [_ok(grants[0])], fleet.now)  # one member done before the loss
     fleet.core.lose_worker("a", fleet.now, "test")
+    fleet.check()
     assert all(g.task_run.state == TaskRunState.SCHEDULED for g in grants[1:])
     assert all(g.task_run.batch is None for g in grants)
+    # One infrastructure failure for the batch (its first member still held),
+    # none for the members behind it, which had not started (dask#5234's class).
+    assert [g.task_run.infra_failures for g in grants[1:]] == [1] + [0] * 14
+    assert all(g.task_run.attempt == 2 for g in grants[1:])
     fleet.add_worker("b", ["t"], cpu=1.0)
     fleet.run("b", {"t": lambda x: x + 1})
     assert fleet.result(flow) == [x + 1 for x in range(30)]
@@ -134,3 +139,36 @@ def test_a_draining_worker_hands_a_batch_back_without_using_retries():
     assert fleet.core.workers["a"].allocated["cpu"] == 0.0
     assert all(g.task_run.state == TaskRunState.SCHEDULED for g in grants)
     assert all(g.task_run.code_failures == g.task_run.infra_failures == 0 for g in grants)
+
+
+def test_members_of_a_lost_batch_are_leased_alone_so_a_worker_killer_is_charged_itself():
+    """A member that kills its worker sits behind another member in its batch:
+    the batch's charge goes to the first member, and the killer's next attempt
+    is leased alone, so each further loss is charged to it and it gives up
+    after max_infra_failures, while its batch-mates are charged at most once."""
+    fleet = Fleet(lease_ttl_s=5.0)
+    fleet.submit([_map(40)])
+    killer = None
+    for n in range(40):
+        fleet.add_worker(f"w{n}", ["t"], cpu=1.0)
+        if n == 0:
+            _warm(fleet, "w0")
+        grants = fleet.core.lease(f"w{n}", 1, fleet.now, max_batch=8)
+        assert grants
+        if killer is None:
+            assert len(grants) == 8 and grants[0].batch != 0
+            killer = grants[3].task_run
+        ids = [g.task_run.id for g in grants]
+        if killer.id not in ids:  # the killer's batch-mates run and report
+            fleet.core.report(f"w{n}", [_ok(g) for g in grants], fleet.now)
+            continue
+        # the members ahead of the killer finished; their outcomes did not arrive
+        fleet.core.lose_worker(f"w{n}", fleet.now, "killed by task run")
+        fleet.check()
+        if killer.state == TaskRunState.FAILED:
+            break
+    assert killer.state == TaskRunState.FAILED
+    assert killer.infra_failures == fleet.core.max_infra_failures
+    others = [tr for tr in fleet.core.task_runs.values() if tr is not killer]
+    assert max(tr.infra_failures for tr in others) <= 1
+    assert sum(tr.infra_failures for tr in others) == 1  # the first loss's batch charge

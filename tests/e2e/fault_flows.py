@@ -37,3 +37,21 @@ def lengths(blobs: list) -> list[int]:
 @flow
 def large_results(n: int, ledger: str, seconds: float = 1.0, size: int = 1 << 21):
     return lengths(large_result.map(range(n), ledger=ledger, seconds=seconds, size=size))
+
+
+@task
+def quick(x: int, ledger: str) -> int:
+    """About a millisecond: leased in batches of dozens."""
+    _ledger_line(ledger, x, os.getpid(), time.time())
+    time.sleep(0.001)
+    return x + 1
+
+
+@task
+def total(xs: list) -> int:
+    return sum(xs)
+
+
+@flow
+def quick_map(n: int, ledger: str):
+    return total(quick.map(range(n), ledger=ledger))

@@ -7,6 +7,7 @@ tasks append to (see fault_flows.py), outside fleetflow.
 from __future__ import annotations
 
 import collections
+import os
 import signal
 import time
 from pathlib import Path
@@ -63,3 +64,29 @@ def test_a_coordinator_restart_during_result_uploads_loses_no_result(fleet, tmp_
     expired = [e.message for e in events if e.kind == "TASK_RUN_LEASE_EXPIRED"]
     assert not expired, expired
     assert "store_transfer_recovered" in fleet.workers[0].log()
+
+
+def test_a_lost_worker_charges_one_infrastructure_failure_per_batch_not_per_member(fleet, tmp_path):
+    """dask/distributed#5234's class: a worker lost (its whole process group
+    SIGKILLed, as a node is) while running lease batches. Only one member of a
+    batch runs at a time; the members queued behind it are re-queued without
+    being charged, so a few lost workers cannot use up the infrastructure
+    budget (max_infra_failures) of task runs whose code never ran.
+    """
+    address = fleet.start_coordinator(lease_ttl=1.5, heartbeat=0.3)
+    doomed = fleet.start_worker(module=FAULT_FLOWS, cpu=2)
+    ledger = tmp_path / "starts"
+    n = 3000
+    with Client(address) as client:
+        run = client.submit(fault_flows.quick_map, n=n, ledger=str(ledger))
+        wait_until(lambda: len(_lines(ledger)) >= 300, 60, what="the map to be under way")
+        os.killpg(doomed.pid, signal.SIGKILL)
+        fleet.start_worker(module=FAULT_FLOWS, cpu=2)
+        assert run.result(timeout=90) == sum(range(1, n + 1))
+        events = _events(client, run.id)
+    expired = [e for e in events if e.kind == "TASK_RUN_LEASE_EXPIRED"]
+    charged = [e for e in expired if "not counted" not in e.message]
+    # Two slots (cpu=2): at most two batches, or two lone attempts, were lost.
+    assert 1 <= len(charged) <= 2, [e.message for e in charged]
+    assert len(expired) > len(charged), "no batch member was re-queued uncharged"
+    assert not [e for e in events if e.kind == "TASK_RUN_FAILED"]

@@ -175,6 +175,9 @@ class InvariantsMixin:
                 problems.append(f"task run {tr.id}: awaiting a retry with no timer")
             if tr.state == TaskRunState.SCHEDULED and id(tr) not in queued:
                 problems.append(f"task run {tr.id}: SCHEDULED but in no ready lane")
+        for task_run_id in self._lease_alone:
+            if task_run_id not in self.task_runs:
+                problems.append(f"task run {task_run_id} to lease alone is unknown")
         for key, flow_id in self.idempotency.items():
             if flow_id not in self.flows:
                 problems.append(f"idempotency key {key!r} of a pruned flow run")

@@ -218,6 +218,8 @@ class PlacementMixin:
                     continue  # this lane waits; others may still fit
                 lane.queue.popleft()
                 size = self._batch_size(lane) if self._max_batch > 1 else 1
+                if size > 1 and self._lease_alone and tr.id in self._lease_alone:
+                    size = 1
                 if size > 1:
                     self._grant_batch(tr, size, worker, now, lane, grants)
                 else:
@@ -261,9 +263,13 @@ class PlacementMixin:
         """Grant ``head`` and up to ``size - 1`` more of ``lane`` as one batch in one slot."""
         members = [head]
         queue = lane.queue
+        alone = self._lease_alone
         while queue and len(members) < size:
             tr = queue.popleft()
             if tr.state == TaskRunState.SCHEDULED:
+                if alone and tr.id in alone:
+                    queue.appendleft(tr)  # it heads the next grant, on its own
+                    break
                 members.append(tr)
         if len(members) == 1:
             grants.append(self._grant(head, worker, now, lane))
@@ -348,6 +354,8 @@ class PlacementMixin:
         self, tr: TaskRun, worker: WorkerRecord, now: float, lane: Lane, batch_id: int = 0
     ) -> LeaseGrant:
         args = self._resolve_args(tr)  # before any state changes
+        if self._lease_alone:
+            self._lease_alone.discard(tr.id)
         if lane.reserved_worker not in (None, worker.worker_id):
             self._unreserve(lane)  # its task run starts elsewhere: stop clearing that worker
         tr.worker_id = worker.worker_id

@@ -178,6 +178,9 @@ class Scheduler(
         self._recheck_due = 0.0
         #: [(deadline, FlowRun)] of flow runs with a timeout (few; scanned per tick)
         self._flow_deadlines: list[tuple[float, FlowRun]] = []
+        #: Ids of task runs whose next attempt is leased alone, never in a batch:
+        #: members of a lease batch lost with its worker (see lose_worker).
+        self._lease_alone: set[int] = set()
         self._changes = self._empty_changes()
         #: Steps of the graph walk in progress (see TransitionsMixin._walk).
         self._stack: list[tuple[Callable[..., None], tuple]] = []
@@ -445,6 +448,8 @@ class Scheduler(
             for node in flow.nodes:
                 for tr in node.children:
                     self.task_runs.pop(tr.id, None)
+                    if self._lease_alone:
+                        self._lease_alone.discard(tr.id)
         self._changes.pruned.extend(pruned)
         return pruned
 

@@ -187,7 +187,18 @@ class WorkersMixin:
         return requeued
 
     def lose_worker(self, worker_id: str, now: float, reason: str) -> None:
-        """Forget a worker and re-queue every attempt it held as a new attempt."""
+        """Forget a worker and re-queue every attempt it held as a new attempt.
+
+        Each attempt in a slot of its own counts as an infrastructure failure;
+        a lease batch counts one, not one per member: its members run one at a
+        time, in lease order, so at most one was running and those behind it
+        had not started. The one charged is the batch's first member still
+        held (the running one, or one ahead of it whose outcome had not
+        arrived); the others are re-queued without counting, as a hand-back
+        is. Every member of a lost batch is leased alone on its next attempt,
+        so a member that kills its worker is charged itself the next time and
+        gives up after ``max_infra_failures`` as any other.
+        """
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return
@@ -195,6 +206,26 @@ class WorkersMixin:
         lane = self._reservations.pop(worker_id, None)
         if lane is not None:
             lane.reserved_worker = None
-        for tr in list(worker.running.values()):
-            self._lose_attempt(tr, now, reason)
+        batches: dict[int, int] = {}  # batch id -> the member that counts
+        for tr in list(worker.running.values()):  # in lease order
+            batch = tr.batch
+            if batch is None:
+                self._lose_attempt(tr, now, reason)
+                continue
+            self._lease_alone.add(tr.id)
+            first = batches.setdefault(batch.id, tr.id)
+            if first == tr.id:
+                self._lose_attempt(tr, now, reason)
+                continue
+            self._release(tr)
+            self._emit(
+                tr.flow,
+                EventKind.TASK_RUN_LEASE_EXPIRED,
+                now,
+                tr=tr,
+                worker_id=worker_id,
+                message=f"{reason}; behind task run {first} in its lease batch: not counted",
+            )
+            tr.attempt += 1
+            self._schedule(tr, now, Stimulus.REQUEUE)
         self._recheck_unschedulable(now)
