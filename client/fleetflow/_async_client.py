@@ -179,8 +179,10 @@ class AsyncClient:
             flow: A ``@flow`` function (or a ``FlowSpec`` built before).
             *args: Positional flow parameters.
             idempotency_key: Resubmitting with the same key returns the same
-                flow run. A random key is used when omitted, so that retries
-                of this call never start a second run.
+                flow run, in whatever state it is (a cancelled run stays
+                cancelled). A key a run of another flow already has is
+                refused (``InvalidFlowError``). A random key is used when
+                omitted, so that retries of this call never start a second run.
             priority: Higher is leased first among ready task runs (default 0).
             **params: Keyword flow parameters.
 

@@ -45,8 +45,9 @@ def limit_command(
     """Allow at most LIMIT task runs tagged TAG to run at once across the fleet.
 
     A limit set here is stored by the coordinator and outlives its restarts.
-    With --list, shows every limit: running and queued task runs, and where it
-    was set (here, or the coordinator's settings).
+    LIMIT 0 holds every task run tagged TAG (none starts, none fails) until the
+    limit is raised or removed. With --list, shows every limit: running and
+    queued task runs, and where it was set (here, or the coordinator's settings).
     """
     if list_:
         _list_limits(address, as_json)
@@ -58,7 +59,8 @@ def limit_command(
             client.set_concurrency_limit(tag, None if remove else limit)
     except FleetflowError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{tag}: {'no limit' if remove else limit}")
+    held = " (task runs tagged so wait until it is raised or removed)" if limit == 0 else ""
+    click.echo(f"{tag}: {'no limit' if remove else limit}{held}")
 
 
 def _list_limits(address: str, as_json: bool) -> None:

@@ -588,7 +588,7 @@ def _record_parameters(spec: common_pb2.FlowSpec, params: dict[str, Any]) -> Non
 
     small: dict[str, Any] = {}
     for name, value in params.items():
-        data = dumps(value)
+        data = _dumps_arg(value, f"flow {spec.name!r}", name)
         if len(data) <= PARAMETER_INLINE_BYTES:
             small[name] = value
         else:

@@ -185,18 +185,43 @@ def error_from_exception(exc: BaseException, *, tb: str | None = None) -> common
         A TaskError with type, message, traceback text, the last lines the
         running attempt logged (inside a worker's attempt scope, see
         :mod:`fleetflow._logging`) and, when the exception pickles, the
-        pickled exception.
+        pickled exception. Never raises for what the exception or the log
+        holds: a ``__str__`` that raises, or text that is not valid UTF-8,
+        still gives a TaskError (before, the task process died and the
+        attempt counted as an infrastructure failure).
     """
     if tb is None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     pickled = _pickle_error(exc)
     return common_pb2.TaskError(
         type=_qualname(type(exc)),
-        message=str(exc),
-        traceback=tb,
+        message=_utf8(_message(exc)),
+        traceback=_utf8(tb),
         pickled=pickled,
-        log_tail=current_tail(),
+        log_tail=[_utf8(line) for line in current_tail()],
     )
+
+
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the exception's own ``__str__`` raises."""
+    try:
+        return str(exc)
+    except Exception as err:  # noqa: BLE001 - the failure is the task's; its text is ours
+        return f"<str() of the exception raised {type(err).__name__}>"
+
+
+def _utf8(text: str) -> str:
+    """Text a protobuf string field takes, whatever ``text`` holds.
+
+    Lone surrogates (``os.fsdecode`` of a file name that is not UTF-8) are
+    written as backslash escapes instead of failing the message, and with it
+    the report of the task's failure.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def exception_from_error(error: common_pb2.TaskError) -> BaseException:

@@ -199,3 +199,14 @@ def test_a_failure_the_coordinator_describes_is_a_flow_run_failed():
     )
     back = exception_from_error(error)
     assert type(back) is FlowRunFailed and str(back) == "task t: unschedulable for 2 s"
+
+
+def test_an_error_whose_text_breaks_still_makes_a_task_error():
+    class BadStr(Exception):
+        def __str__(self):
+            raise RuntimeError("no text")
+
+    error = error_from_exception(BadStr())
+    assert error.message == "<str() of the exception raised RuntimeError>"
+    error = error_from_exception(ValueError("no file caf\udce9.txt"))
+    assert error.message == "no file caf\\udce9.txt" and error.SerializeToString()

@@ -255,6 +255,20 @@ def test_idempotency_key_returns_the_same_flow_run():
     assert flow is first and not created and len(fleet.core.flows) == 1
 
 
+def test_an_idempotency_key_of_another_flow_is_refused_not_answered_with_its_run():
+    # Before, submitting flow "report" with a key first used for flow "flow" returned
+    # the other flow's run, and its result, as this submission's.
+    fleet = Fleet()
+    first = fleet.submit([node("a")], key="k1")
+    fleet.core.cancel_flow(first.id, fleet.now)
+    with pytest.raises(InvalidFlowSpec, match=rf"'k1': already names flow run {first.id} of"):
+        fleet.core.submit("other", "report", [node("a")], fleet.now, idempotency_key="k1")
+    assert set(fleet.core.flows) == {first.id}
+    # The same flow under the same key gets its run back, cancelled or not.
+    again, created = fleet.core.submit("x", "flow", [node("a")], fleet.now, idempotency_key="k1")
+    assert again is first and not created
+
+
 def test_heartbeat_cancels_attempts_the_worker_should_not_run():
     fleet = Fleet()
     fleet.add_worker("w", ["a"])

@@ -128,3 +128,36 @@ def exiting(code: int = 3):
 @flow
 def interrupting():
     return interrupts()
+
+
+class BadStr(Exception):
+    """Its ``__str__`` raises."""
+
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+@task
+def raise_bad_str():
+    raise BadStr()
+
+
+@task
+def log_then_fail(name: bytes):
+    import os
+
+    import fleetflow
+
+    path = os.fsdecode(name)  # not UTF-8: a lone surrogate, as os.listdir gives it
+    fleetflow.get_logger().info(f"reading {path}")
+    raise FileNotFoundError(f"no file {path}")
+
+
+@flow
+def bad_str():
+    return raise_bad_str()
+
+
+@flow
+def undecodable(name: bytes = b"caf\xe9.txt"):
+    return log_then_fail(name)

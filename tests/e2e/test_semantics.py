@@ -76,3 +76,16 @@ def test_system_exit_and_keyboard_interrupt_in_a_task_fail_the_run_not_the_calle
         done = fleetflow("run", f"{FLOWS_PATH}:{name}", "--coordinator", address, check=False)
         assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
         assert shown in done.stderr and "interrupted" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_failure_whose_text_breaks_is_still_the_tasks_own(client):
+    # Before, the task process died encoding the error (an exception whose __str__
+    # raises; a message or log line with a lone surrogate), so the attempt counted
+    # as an infrastructure failure, ran three times and the run ended "task process
+    # died" instead of with the task's exception.
+    with pytest.raises(flows.BadStr) as info:
+        client.submit(flows.bad_str).result(timeout=60)
+    assert any("BadStr" in note for note in info.value.__notes__)
+    with pytest.raises(FileNotFoundError, match="no file caf") as info:
+        client.submit(flows.undecodable).result(timeout=60)
+    assert any(r"reading caf\udce9.txt" in note for note in info.value.__notes__)

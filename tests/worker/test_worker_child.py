@@ -40,8 +40,7 @@ def test_split_result_of_a_dict_fails_the_attempt(sample_tasks):
     error = error_of(run_task("sample_tasks:as_dict", [("n", dumps(2))], True, tasks=sample_tasks))
     assert error.type == "builtins.TypeError"
     assert (
-        error.message
-        == "task sample_tasks:as_dict returned dict; a downstream map "
+        error.message == "task sample_tasks:as_dict returned dict; a downstream map "
         "needs a list, tuple or other iterable (str, bytes, dicts and sets are not split)"
     )
 

@@ -244,7 +244,9 @@ class Scheduler(
             now: Current time, seconds since the epoch.
             output_node: Node whose result is the flow's result, if any.
             output_literal: Pickled constant result when ``output_node`` is None.
-            idempotency_key: Optional; a known key returns the existing run.
+            idempotency_key: Optional; a known key returns the existing run
+                (whatever its state, a cancelled one too), when it is a run
+                of the flow named ``name``.
             spec_blob: The spec as received (opaque), kept for the store.
             priority: Higher is leased first among ready task runs that fit.
             timeout_s: The flow run's time limit in seconds (0: none).
@@ -253,10 +255,17 @@ class Scheduler(
             ``(flow_run, created)``; ``created`` is False for a known key.
 
         Raises:
-            InvalidFlowSpec: a rule is broken; nothing was accepted.
+            InvalidFlowSpec: a rule is broken, or ``idempotency_key`` names a
+                run of another flow; nothing was accepted.
         """
         if idempotency_key and idempotency_key in self.idempotency:
-            return self.flows[self.idempotency[idempotency_key]], False
+            known = self.flows[self.idempotency[idempotency_key]]
+            if known.name != name:
+                raise InvalidFlowSpec(
+                    f"idempotency_key {idempotency_key!r}: already names flow run {known.id} of "
+                    f"flow {known.name!r}; a run of another flow needs another key"
+                )
+            return known, False
         if not (math.isfinite(timeout_s) and timeout_s >= 0):
             raise InvalidFlowSpec(f"timeout_seconds = {timeout_s}: must be finite and >= 0")
         records = validate_and_link(nodes, output_node)
