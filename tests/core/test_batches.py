@@ -172,3 +172,23 @@ def test_members_of_a_lost_batch_are_leased_alone_so_a_worker_killer_is_charged_
     others = [tr for tr in fleet.core.task_runs.values() if tr is not killer]
     assert max(tr.infra_failures for tr in others) <= 1
     assert sum(tr.infra_failures for tr in others) == 1  # the first loss's batch charge
+
+
+def test_a_batch_lost_in_transit_counts_once():
+    """The lease answer carrying a batch never reached the worker (a cut link
+    mid-answer; Hatchet's step runs stuck "assigned"): its heartbeats never
+    list the members, so after a lease TTL they are re-queued, one infrastructure
+    failure for the batch."""
+    fleet = Fleet(lease_ttl_s=5.0)
+    fleet.add_worker("a", ["t"], cpu=1.0)
+    fleet.submit([_map(30)])
+    _warm(fleet, "a")
+    grants = fleet.core.lease("a", 1, fleet.now, max_batch=8)
+    assert len(grants) == 8
+    fleet.now += 6.0
+    known, cancel = fleet.core.heartbeat("a", [], fleet.now)
+    assert known and cancel == []
+    fleet.check()
+    assert [g.task_run.infra_failures for g in grants] == [1] + [0] * 7
+    assert all(g.task_run.state == TaskRunState.SCHEDULED for g in grants)
+    assert fleet.core.workers["a"].allocated["cpu"] == 0.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from fleetflow_coordinator.core.model import EventKind, TaskRunState, WorkerRecord
+from fleetflow_coordinator.core.model import EventKind, TaskRun, TaskRunState, WorkerRecord
 from fleetflow_coordinator.core.table import Stimulus
 
 __all__ = ["WorkersMixin"]
@@ -129,9 +129,13 @@ class WorkersMixin:
             if tr is None or tr.attempt != attempt:
                 cancel.append((task_run_id, attempt))
         # Leases the worker does not know about: the lease response was lost.
-        for tr in list(worker.running.values()):
-            if tr.id not in reported and now - tr.leased_at > self.lease_ttl_s:
-                self._lose_attempt(tr, now, "lease lost in transit: the worker never started it")
+        lost = [
+            tr
+            for tr in worker.running.values()
+            if tr.id not in reported and now - tr.leased_at > self.lease_ttl_s
+        ]
+        if lost:
+            self._lose_attempts(lost, now, "lease lost in transit: the worker never started it")
         return True, cancel
 
     def excuse_stall(self, seconds: float) -> None:
@@ -206,8 +210,16 @@ class WorkersMixin:
         lane = self._reservations.pop(worker_id, None)
         if lane is not None:
             lane.reserved_worker = None
+        self._lose_attempts(list(worker.running.values()), now, reason)
+        self._recheck_unschedulable(now)
+
+    def _lose_attempts(self, attempts: list[TaskRun], now: float, reason: str) -> None:
+        """Re-queue ``attempts`` (in lease order) as new attempts; a batch counts once.
+
+        See :meth:`lose_worker` for who is charged an infrastructure failure.
+        """
         batches: dict[int, int] = {}  # batch id -> the member that counts
-        for tr in list(worker.running.values()):  # in lease order
+        for tr in attempts:
             batch = tr.batch
             if batch is None:
                 self._lose_attempt(tr, now, reason)
@@ -217,6 +229,7 @@ class WorkersMixin:
             if first == tr.id:
                 self._lose_attempt(tr, now, reason)
                 continue
+            worker_id = tr.worker_id or ""
             self._release(tr)
             self._emit(
                 tr.flow,
@@ -228,4 +241,3 @@ class WorkersMixin:
             )
             tr.attempt += 1
             self._schedule(tr, now, Stimulus.REQUEUE)
-        self._recheck_unschedulable(now)
