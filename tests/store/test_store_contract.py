@@ -450,6 +450,27 @@ def test_a_large_batch_is_stored_whole_and_the_last_row_of_a_task_run_wins(store
     assert snap.events["f1"][0] == events[0]
 
 
+@pytest.mark.parametrize("max_variables", [None, 999])
+@pytest.mark.parametrize("n", [1, 3, 1023, 1029, 2345])
+def test_sqlite_multi_row_inserts_store_every_row_in_order(tmp_path, n, max_variables):
+    """Rows go in several per statement: every size and SQLite's old 999-variable limit."""
+    store = SqliteStore(tmp_path / "ff.db")
+    if max_variables is not None:
+        store._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, max_variables)
+        store._max_variables = max_variables
+    runs = [(i, "f1", 0, i, 2, 1, "", 0.0, None, None, None, 0, 0, 0.0) for i in range(n)]
+    # A second row of one task run in the same chunk (and statement) as its first: it wins.
+    runs.append((n - 1, "f1", 0, n - 1, 5, 2, "w", 1.5, b"\x80r", None, b"e", 1, 2, 3.5))
+    events = [
+        ("f1", seq, 7, 1.0, 0, "inc", seq, seq, 1, "w", 0, "", None, 0.0) for seq in range(1, n + 1)
+    ]
+    store.write(RowBatch(flows=[_flow_row()], task_runs=runs, events=events))
+    snap = store.load()
+    store.close()
+    assert sorted(snap.task_runs["f1"]) == runs[: n - 1] + runs[n:]
+    assert snap.events["f1"] == events
+
+
 # ------------------------------------------------- PostgreSQL: schema and fencing
 
 
