@@ -12,6 +12,7 @@ from typing import Any
 from fleetflow.api.v1 import common_pb2, coordinator_service_pb2, worker_service_pb2
 from fleetflow.store.refs import items_from_proto, ref_from_proto
 
+from fleetflow_coordinator import lease_wire
 from fleetflow_coordinator.core import Arg, ArgKind, InvalidFlowSpec, NodeSpec, Outcome
 from fleetflow_coordinator.core.model import (
     EventRecord,
@@ -23,7 +24,7 @@ from fleetflow_coordinator.core.model import (
 from fleetflow_coordinator.core.queries import input_summary, node_counts
 from fleetflow_coordinator.core.scheduler import LeaseGrant
 from fleetflow_coordinator.usage import QuantileSketch, TaskUsageStats, advise
-from fleetflow_coordinator.values import fill_value, inline_limit
+from fleetflow_coordinator.values import fill_value
 
 __all__ = [
     "node_specs",
@@ -143,10 +144,9 @@ def add_leases(
 ) -> None:
     """Append a Lease message per grant to a response's repeated ``leases`` field.
 
-    Builds each message in place (``add()``): no temporary nested messages to
-    copy, about twice as fast as constructing them, which matters once per
-    task run. Plain bytes (almost every argument) take the short path; stored
-    values and fan-ins go through :func:`~fleetflow_coordinator.values.fill_value`.
+    Each lease is written as wire bytes and parsed in C, the fields a batch's
+    members share encoded once (:mod:`fleetflow_coordinator.lease_wire`):
+    about a third of the cost of building it field by field, once per task run.
 
     Args:
         leases: The response's repeated ``leases`` field.
@@ -155,38 +155,7 @@ def add_leases(
         map_inline_bytes: Inline results kept per map node, bytes (see
             :func:`~fleetflow_coordinator.values.inline_limit`).
     """
-    for grant in grants:
-        tr = grant.task_run
-        node = tr.node
-        lease = leases.add(
-            task_run_id=tr.id,
-            attempt=grant.attempt,
-            task_name=node.task_name,
-            flow_run_id=tr.flow.id,
-            node=node.index,
-            index=tr.index,
-            split_result=node.split,
-            timeout_seconds=node.timeout_s,
-            batch=grant.batch,
-            inline_max_bytes=inline_limit(node, inline_max_bytes, map_inline_bytes),
-        )
-        amounts = lease.resources.amounts
-        for resource, amount in node.resources.items():  # faster than the ABC's update()
-            amounts[resource] = amount
-        args = lease.args
-        for (name, value), spec in zip(grant.args, node.args, strict=True):
-            arg = args.add(name=name)
-            if type(value) is bytes:
-                arg.value.pickled = value
-            elif (
-                isinstance(value, list)
-                and spec.kind == ArgKind.NODE
-                and not spec.mapped
-                and tr.flow.nodes[spec.payload].is_map
-            ):
-                fill_value(arg.value, value, flow_run_id=tr.flow.id, node=spec.payload)
-            else:
-                fill_value(arg.value, value)
+    lease_wire.add_leases(leases, grants, inline_max_bytes, map_inline_bytes)
 
 
 def outcome_from_proto(outcome: worker_service_pb2.Outcome) -> Outcome:
