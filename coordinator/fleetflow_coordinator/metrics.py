@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import collections
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -155,6 +155,13 @@ class Metrics:
         self.task_cpu.observe((task_name,), cpu_s)
         self.task_memory.observe((task_name,), peak_bytes)
 
+    def measured_many(
+        self, task_name: str, cpu_s: Sequence[float], peak_bytes: Sequence[float]
+    ) -> None:
+        """Several completed attempts' usage (parallel sequences); as :meth:`measured` each."""
+        self.task_cpu.observe_many((task_name,), cpu_s)
+        self.task_memory.observe_many((task_name,), peak_bytes)
+
     # ------------------------------------------- event sink (observe.Observer)
 
     def event(self, kind: EventKind) -> None:
@@ -229,7 +236,7 @@ class LoopHistogram(Collector):
         series[bisect.bisect_left(self.bounds, value)] += 1
         series[-1] += value
 
-    def observe_many(self, labels: tuple[str, ...], values: list[float]) -> None:
+    def observe_many(self, labels: tuple[str, ...], values: Sequence[float]) -> None:
         """Count each of ``values`` (as :meth:`observe` for each)."""
         series = self._series.get(labels)
         if series is None:

@@ -46,8 +46,18 @@ from typing import Any, Protocol
 
 from fleetflow_coordinator.core import Scheduler
 from fleetflow_coordinator.gpu_usage import AttemptGpuBook, WorkerGpus
+from fleetflow_coordinator.usage_sketch import (
+    DEFAULT_GAMMA_LOG,
+    MAX_BINS,
+    RELATIVE_ACCURACY,
+    Binned,
+    QuantileSketch,
+    bin_values,
+)
 
 __all__ = [
+    "MAX_BINS",
+    "RELATIVE_ACCURACY",
     "QuantileSketch",
     "TaskUsageStats",
     "UsageBook",
@@ -62,14 +72,6 @@ __all__ = [
     "AttemptGpuBook",
 ]
 
-#: Relative accuracy of every quantile (1 %).
-RELATIVE_ACCURACY = 0.01
-#: Most bins one sketch keeps; the lowest are merged beyond this.
-MAX_BINS = 512
-#: Bins allowed above MAX_BINS before the lowest are merged (amortizes the merge).
-_BIN_SLACK = 64
-#: Values at or below this count as zero.
-_TINY = 1e-9
 #: Flow runs whose usage is kept (oldest forgotten first).
 MAX_FLOWS = 2000
 
@@ -89,103 +91,6 @@ CPU_UNDER_FACTOR = 1.5
 MIN_CPU_ADVICE_S = 0.5
 
 _SUCCESS = 1  # OutcomeAck ACCEPTED
-
-
-class QuantileSketch:
-    """Quantiles of a stream of non-negative numbers in bounded memory.
-
-    A DDSketch-style log-bucketed histogram: a value ``x`` goes into bin
-    ``ceil(log(x) / log(gamma))`` with ``gamma = (1 + a) / (1 - a)``, and a
-    bin answers with a value within ``a`` (relative) of every value in it.
-    Exact count, sum, min and max are kept beside the bins.
-
-    Args:
-        relative_accuracy: ``a``, e.g. 0.01 for 1 %.
-        max_bins: Bins kept (512 cover a range of about 28,000:1 at 1 %);
-            beyond, the lowest ones are merged, so only low quantiles of
-            values spread wider than that lose accuracy.
-    """
-
-    __slots__ = ("_gamma_log", "_gamma", "max_bins", "bins", "zeros", "count", "total", "lo", "hi")
-
-    def __init__(
-        self, relative_accuracy: float = RELATIVE_ACCURACY, max_bins: int = MAX_BINS
-    ) -> None:
-        self._gamma = (1 + relative_accuracy) / (1 - relative_accuracy)
-        self._gamma_log = math.log(self._gamma)
-        self.max_bins = max_bins
-        #: {bin index: values in it}
-        self.bins: dict[int, int] = {}
-        self.zeros = 0
-        self.count = 0
-        self.total = 0.0
-        self.lo = math.inf
-        self.hi = 0.0
-
-    def add(self, value: float) -> None:
-        """Add one value (negative values count as 0)."""
-        value = max(0.0, float(value))
-        self.count += 1
-        self.total += value
-        self.lo = min(self.lo, value)
-        self.hi = max(self.hi, value)
-        if value <= _TINY:
-            self.zeros += 1
-            return
-        key = math.ceil(math.log(value) / self._gamma_log)
-        bins = self.bins
-        bins[key] = bins.get(key, 0) + 1
-        if len(bins) > self.max_bins + _BIN_SLACK:
-            # Merge the lowest bins into one, back down to max_bins (amortized).
-            keys = sorted(bins)
-            keep = keys[-self.max_bins]
-            bins[keep] += sum(bins.pop(k) for k in keys[: -self.max_bins])
-
-    def add_many(self, values: Sequence[float]) -> None:
-        """Add several values; the same as :meth:`add` for each, in one loop."""
-        if not values:
-            return
-        clean = [v if v > 0.0 else 0.0 for v in values]
-        self.count += len(clean)
-        self.total += sum(clean)
-        self.lo = min(self.lo, min(clean))
-        self.hi = max(self.hi, max(clean))
-        bins = self.bins
-        log, ceil, gamma_log, tiny = math.log, math.ceil, self._gamma_log, _TINY
-        for value in clean:
-            if value <= tiny:
-                self.zeros += 1
-                continue
-            key = ceil(log(value) / gamma_log)
-            bins[key] = bins.get(key, 0) + 1
-        if len(bins) > self.max_bins + _BIN_SLACK:
-            keys = sorted(bins)
-            keep = keys[-self.max_bins]
-            bins[keep] += sum(bins.pop(k) for k in keys[: -self.max_bins])
-
-    def quantile(self, q: float) -> float:
-        """The nearest-rank ``q``-quantile: the ``ceil(q * count)``-th smallest value.
-
-        So the p95 of 2 values is the larger one, and the median of 4 the
-        second. 0 when empty; within the relative accuracy of the exact
-        value, and never outside ``[min, max]``.
-        """
-        if self.count == 0:
-            return 0.0
-        rank = max(0, math.ceil(round(min(max(q, 0.0), 1.0) * self.count, 9)) - 1)
-        seen = self.zeros
-        if seen > rank:
-            return 0.0 if self.lo <= _TINY else self.lo
-        for key in sorted(self.bins):
-            seen += self.bins[key]
-            if seen > rank:
-                estimate = 2 * self._gamma**key / (self._gamma + 1)
-                return min(max(estimate, self.lo), self.hi)
-        return self.hi
-
-    def summary(self) -> dict[str, float]:
-        """``{"median", "p95", "max"}``."""
-        return {"median": self.quantile(0.5), "p95": self.quantile(0.95), "max": self.hi}
 
 
 @dataclass
@@ -234,12 +139,26 @@ class TaskUsageStats:
         self, cpu_s: Sequence[float], peak_bytes: Sequence[float], duration_s: Sequence[float]
     ) -> None:
         """Fold in several attempts (parallel sequences); as :meth:`add` for each."""
-        self.cpu_seconds.add_many(cpu_s)
-        self.peak_memory_bytes.add_many(peak_bytes)
-        self.duration_seconds.add_many(duration_s)
-        self.cpu_cores.add_many(
-            [c / d if d > 0 else 0.0 for c, d in zip(cpu_s, duration_s, strict=True)]
+        self.add_binned(self.bin_many(cpu_s, peak_bytes, duration_s))
+
+    @staticmethod
+    def bin_many(
+        cpu_s: Sequence[float], peak_bytes: Sequence[float], duration_s: Sequence[float]
+    ) -> tuple[Binned, ...]:
+        """Bin attempts once for :meth:`add_binned` of several rows (a node's, its task's)."""
+        gamma_log = DEFAULT_GAMMA_LOG
+        cores = [c / d if d > 0 else 0.0 for c, d in zip(cpu_s, duration_s, strict=True)]
+        return tuple(
+            bin_values(values, gamma_log) for values in (cpu_s, peak_bytes, duration_s, cores)
         )
+
+    def add_binned(self, binned: tuple[Binned, ...]) -> None:
+        """Fold in attempts binned by :meth:`bin_many`; the same as :meth:`add_many` of them."""
+        cpu, peak, duration, cores = binned
+        self.cpu_seconds.add_binned(cpu)
+        self.peak_memory_bytes.add_binned(peak)
+        self.duration_seconds.add_binned(duration)
+        self.cpu_cores.add_binned(cores)
 
     def view(self) -> dict[str, Any]:
         """JSON-ready: request, quantiles and advice."""
@@ -260,7 +179,11 @@ class TaskUsageStats:
 
 
 class UsageSink(Protocol):
-    """Told about every measured attempt (the metrics implement it)."""
+    """Told about every measured attempt (the metrics implement it).
+
+    A sink may also have ``measured_many(task_name, cpu_s, peak_bytes)``
+    (parallel sequences), called instead of :meth:`measured` for each.
+    """
 
     def measured(self, task_name: str, cpu_s: float, peak_bytes: float) -> None:
         """One completed attempt used ``cpu_s`` CPU seconds and peaked at ``peak_bytes``."""
@@ -323,12 +246,19 @@ class UsageBook:
         #: {id(node): (flow run id, node, cpu seconds, peaks, durations)}
         groups: dict[int, tuple[str, Any, list[float], list[float], list[float]]] = {}
         task_runs = core.task_runs
+        # Each field is read once: every read of a message field builds a Python value.
+        last_node: Any = None
+        group: Any = None
         for outcome, ack in zip(outcomes, acks, strict=False):
-            if outcome.gpu_devices and ack == _SUCCESS:
+            if ack != _SUCCESS:
+                continue
+            if outcome.gpu_devices:
                 self._record_gpu(core, outcome)
-            if ack != _SUCCESS or not 0 < outcome.peak_memory_bytes < 2**60:
+            peak = outcome.peak_memory_bytes
+            if not 0 < peak < 2**60:
                 continue  # unmeasured, or a value no process has (inf, NaN, absurd)
-            if not 0 <= outcome.cpu_seconds < 2**40:
+            cpu = outcome.cpu_seconds
+            if not 0 <= cpu < 2**40:
                 continue
             if outcome.WhichOneof("result") not in ("value", "items"):
                 continue
@@ -336,11 +266,13 @@ class UsageBook:
             if tr is None:
                 continue
             node = tr.node
-            group = groups.get(id(node))
-            if group is None:
-                group = groups[id(node)] = (tr.flow.id, node, [], [], [])
-            group[2].append(outcome.cpu_seconds)
-            group[3].append(outcome.peak_memory_bytes)
+            if node is not last_node:
+                group = groups.get(id(node))
+                if group is None:
+                    group = groups[id(node)] = (tr.flow.id, node, [], [], [])
+                last_node = node
+            group[2].append(cpu)
+            group[3].append(peak)
             # The worker's own timing of the task code; else lease to outcome
             # (which includes time queued behind the other members of a batch).
             duration = outcome.duration_seconds
@@ -401,16 +333,24 @@ class UsageBook:
         """Fold in several completed attempts of one node (parallel sequences)."""
         self.dirty_tasks.add(task_name)
         self.dirty_flows.add(flow_run_id)
+        if not cpu_s:
+            return
         stats = self._stats(flow_run_id, node, task_name, requested)
-        stats.add_many(cpu_s, peak_bytes, duration_s)
+        binned = TaskUsageStats.bin_many(cpu_s, peak_bytes, duration_s)  # once for both rows
+        stats.add_binned(binned)
         overall = self.by_task.get(task_name)
         if overall is None:
             overall = self.by_task[task_name] = TaskUsageStats(task_name)
         overall.requested = dict(requested)
-        overall.add_many(cpu_s, peak_bytes, duration_s)
-        if self.sink is not None:
-            for cpu, peak in zip(cpu_s, peak_bytes, strict=True):
-                self.sink.measured(task_name, cpu, peak)
+        overall.add_binned(binned)
+        sink = self.sink
+        if sink is not None:
+            measured_many = getattr(sink, "measured_many", None)
+            if measured_many is not None:
+                measured_many(task_name, cpu_s, peak_bytes)
+            else:
+                for cpu, peak in zip(cpu_s, peak_bytes, strict=True):
+                    sink.measured(task_name, cpu, peak)
 
     def forget(self, flow_run_ids: Iterable[str]) -> None:
         """Drop pruned flow runs."""

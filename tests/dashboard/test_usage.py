@@ -19,6 +19,7 @@ from fleetflow_coordinator.usage import (
     suggest_cpu,
     suggest_memory,
 )
+from fleetflow_coordinator.usage_sketch import DEFAULT_GAMMA_LOG, bin_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -361,3 +362,37 @@ def test_add_many_equals_adding_one_by_one(values):
     assert many.total == pytest.approx(one.total)
     for q in (0.0, 0.25, 0.5, 0.95, 1.0):
         assert many.quantile(q) == pytest.approx(one.quantile(q))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.floats(-1.0, 1e12, allow_nan=False), st.just(0.0)), max_size=200))
+def test_values_binned_once_add_to_several_sketches_as_add_many(values):
+    """A node's row and its task's row take one binning; another accuracy bins for itself."""
+    binned = bin_values(values, DEFAULT_GAMMA_LOG)
+    for kwargs in ({}, {"max_bins": 8}, {"relative_accuracy": 0.05}):
+        alone, shared = QuantileSketch(**kwargs), QuantileSketch(**kwargs)
+        alone.add_many(values)
+        shared.add_binned(binned)
+        assert (shared.count, shared.zeros, shared.lo, shared.hi, shared.total) == (
+            alone.count,
+            alone.zeros,
+            alone.lo,
+            alone.hi,
+            alone.total,
+        )
+        assert shared.bins == alone.bins
+
+
+def test_a_sink_without_measured_many_is_told_each_attempt():
+    class Sink:
+        def __init__(self):
+            self.seen = []
+
+        def measured(self, task_name, cpu_s, peak_bytes):
+            self.seen.append((task_name, cpu_s, peak_bytes))
+
+    sink = Sink()
+    book = UsageBook(sink=sink)
+    book.record_many("f", 0, "t", {"cpu": 1.0}, [0.1, 0.2], [10.0, 20.0], [1.0, 2.0])
+    assert sink.seen == [("t", 0.1, 10.0), ("t", 0.2, 20.0)]
+    assert book.by_task["t"].measured == book.by_flow["f"][0].measured == 2
