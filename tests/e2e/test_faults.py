@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -90,3 +91,62 @@ def test_a_lost_worker_charges_one_infrastructure_failure_per_batch_not_per_memb
     assert 1 <= len(charged) <= 2, [e.message for e in charged]
     assert len(expired) > len(charged), "no batch member was re-queued uncharged"
     assert not [e for e in events if e.kind == "TASK_RUN_FAILED"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root only), unmounted at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)])
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_coordinator_and_loses_nothing_it_accepted(fleet, small_disk, capfd):
+    """The SQLite database fills its disk (a real ENOSPC, not an injected one):
+    the submission that cannot be stored is refused (the client is told the
+    store failed on a full disk before the coordinator goes away), the
+    coordinator exits 1 rather than answer from unstored state,
+    and once there is room a restart finds every accepted flow run whole and
+    finishes it."""
+    from fleetflow._client import Backoff
+
+    db = str(small_disk / "fleetflow.db")
+    address = fleet.start_coordinator(db=db)
+    port = int(address.rsplit(":", 1)[1])
+    ledger = small_disk.parent / "starts"
+    accepted, refusal = [], None
+    deadline = time.monotonic() + 90
+    with Client(address, backoff=Backoff(give_up_s=2.0)) as client:
+        while refusal is None and time.monotonic() < deadline:
+            try:
+                accepted.append(client.submit(fault_flows.quick_map, n=3, ledger=str(ledger)).id)
+            except Exception as exc:  # noqa: BLE001 - the refusal under test
+                refusal = exc
+    assert refusal is not None, "the disk never filled"
+    assert "disk is full" in str(refusal) + capfd.readouterr().out, repr(refusal)
+    assert fleet.coordinator.popen.wait(30) == 1
+    assert "database or disk is full" in fleet.coordinator.log()
+    assert accepted
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    address = fleet.start_coordinator(db=db, port=port)
+    fleet.start_worker(module=FAULT_FLOWS, cpu=2)
+    with Client(address) as client:
+        listed = {r.flow_run_id for r in client.list_flow_runs()}
+        # Every accepted one; at most the refused one more (stored just before the crash).
+        assert listed >= set(accepted) and len(listed) <= len(accepted) + 1
+        for flow_run_id in accepted:
+            assert client.get(flow_run_id).state in ("RUNNING", "COMPLETED")
+        wait_until(
+            lambda: all(client.get(i).state == "COMPLETED" for i in accepted),
+            120,
+            interval=0.5,
+            what="every accepted flow run to complete",
+        )
+    starts = collections.Counter(line[0] for line in _lines(ledger))
+    assert sum(starts.values()) >= 3 * len(accepted)
