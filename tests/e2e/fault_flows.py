@@ -55,3 +55,16 @@ def total(xs: list) -> int:
 @flow
 def quick_map(n: int, ledger: str):
     return total(quick.map(range(n), ledger=ledger))
+
+
+@task(retries=0)
+def marked_sleep(ledger: str, seconds: float) -> int:
+    """Write ``start PID`` (the task process: what the OOM killer would pick), then sleep."""
+    _ledger_line(ledger, "start", os.getpid())
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@flow
+def one_sleep(ledger: str, seconds: float = 3.0):
+    return marked_sleep(ledger, seconds)

@@ -150,3 +150,38 @@ def test_a_full_disk_stops_the_coordinator_and_loses_nothing_it_accepted(fleet, 
         )
     starts = collections.Counter(line[0] for line in _lines(ledger))
     assert sum(starts.values()) >= 3 * len(accepted)
+
+
+def test_a_task_process_killed_by_the_oom_killer_is_an_infrastructure_failure(fleet, tmp_path):
+    """The kernel's OOM killer SIGKILLs a task process (Celery's "WorkerLostError:
+    signal 9", Prefect's crashed flow runs): the worker survives, the attempt
+    is re-queued without using the task's retries (it has none), and a task
+    run whose process is killed every time ends FAILED after
+    max_infra_failures (3) attempts, the error naming the signal, instead of
+    looping or hanging."""
+    address = fleet.start_coordinator()
+    worker = fleet.start_worker(module=FAULT_FLOWS, cpu=2)
+    with Client(address) as client:
+        once = tmp_path / "once"
+        run = client.submit(fault_flows.one_sleep, ledger=str(once), seconds=2.0)
+        wait_until(lambda: _lines(once), 60, what="the first attempt")
+        os.kill(int(_lines(once)[0][1]), signal.SIGKILL)
+        second = run.result(timeout=60)
+        assert [int(line[1]) for line in _lines(once)][1:] == [second]
+        kinds = [e.kind for e in _events(client, run.id)]
+        assert "TASK_RUN_RETRYING" not in kinds and kinds.count("TASK_RUN_LEASE_EXPIRED") == 1
+
+        always = tmp_path / "always"
+        run = client.submit(fault_flows.one_sleep, ledger=str(always), seconds=30.0)
+        killed: set[str] = set()
+        deadline = time.monotonic() + 90
+        while client.get(run.id).state == "RUNNING" and time.monotonic() < deadline:
+            for _, pid in _lines(always):
+                if pid not in killed:
+                    killed.add(pid)
+                    os.kill(int(pid), signal.SIGKILL)
+            time.sleep(0.05)
+        with pytest.raises(Exception, match="3 infrastructure failures.*SIGKILL"):
+            run.result(timeout=10)
+        assert len(_lines(always)) == 3
+    assert worker.alive()
