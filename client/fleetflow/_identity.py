@@ -31,7 +31,14 @@ from typing import Any
 
 from fleetflow.errors import DuplicateTaskError
 
-__all__ = ["DuplicateTaskError", "default_task_name", "fingerprint", "register", "where"]
+__all__ = [
+    "DuplicateTaskError",
+    "default_task_name",
+    "fingerprint",
+    "live_tasks",
+    "register",
+    "where",
+]
 
 #: Hex digits of a fingerprint (64 bits of SHA-256).
 FINGERPRINT_CHARS = 16
@@ -254,3 +261,12 @@ def register(task: Any) -> None:
                     factory=True,
                 )
     _REGISTRY[task.name] = (weakref.ref(task), task.fingerprint, here, site)
+
+
+def live_tasks() -> list[Any]:
+    """Every task defined in this process that is still alive, one per name.
+
+    Holds tasks no module-level name holds too: defined in a class body, made
+    by a factory into a dict or list, or imported by a module under another name.
+    """
+    return [task for ref, *_ in list(_REGISTRY.values()) if (task := ref()) is not None]

@@ -16,11 +16,18 @@ import contextvars
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from fleetflow import _identity
-from fleetflow._task_rules import check_number, check_seconds, map_items
+from fleetflow._task_rules import (
+    BoundTask,
+    check_number,
+    check_seconds,
+    dumps_arg,
+    map_items,
+    record_parameters,
+    unmapped,
+)
 from fleetflow.api.v1 import common_pb2
 from fleetflow.resources import parse_resources
 from fleetflow.serde import dumps
@@ -38,13 +45,6 @@ DEFAULT_RETRY_JITTER = 0.2
 _recorder: contextvars.ContextVar[_FlowRecorder | None] = contextvars.ContextVar(
     "fleetflow_recorder", default=None
 )
-
-
-@dataclass(frozen=True)
-class unmapped:  # noqa: N801 - lower case like Prefect's and Dask's marker
-    """Wrap an argument of ``task.map(...)`` so it is passed whole to every child."""
-
-    value: Any
 
 
 class Task(Generic[P, R]):
@@ -179,8 +179,19 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
 
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        """A task defined in a class body binds like a method (see :class:`BoundTask`)."""
+        if instance is None or not BoundTask.defined_in(self.fn, type(instance)):
+            return self
+        return BoundTask(self, instance)
+
     def with_options(self, **options: Any) -> Task[P, R]:
-        """Return a copy with some options replaced (same keywords as :func:`task`)."""
+        """Return a copy with some options replaced (same keywords as :func:`task`).
+
+        Raises:
+            ValueError: an option is out of range, or ``retry_on`` changes while
+                the name stays (workers apply the retry_on of the task they load).
+        """
         merged: dict[str, Any] = {
             "name": self.name,
             "resources": self.resources,
@@ -198,6 +209,17 @@ class Task(Generic[P, R]):
             "any_version": self.any_version,
         }
         merged.update(options)
+        retry_on = merged["retry_on"]
+        if not (retry_on is None or isinstance(retry_on, tuple)):
+            retry_on = (retry_on,)
+        if retry_on != self.retry_on and merged["name"] == self.name:
+            # Workers decide which exceptions are retried with the task they
+            # loaded under the name; a copy's own retry_on would be ignored.
+            raise ValueError(
+                f"task {self.name!r}: with_options cannot change retry_on under the same "
+                "name (workers apply the retry_on of the task they load by name); define "
+                "another task with @task(name=..., retry_on=...) where the module is imported"
+            )
         return Task(self.fn, **merged)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -336,7 +358,7 @@ class _FlowRecorder:
             if items is not None:
                 arg.mapped = True
                 _reject_futures(items, where, name)
-                arg.literal_items.items.extend(_dumps_arg(item, where, name) for item in items)
+                arg.literal_items.items.extend(dumps_arg(item, where, name) for item in items)
                 literal_lengths[name] = len(items)
                 continue
             if isinstance(value, unmapped):
@@ -359,7 +381,7 @@ class _FlowRecorder:
                 arg.nodes.nodes.extend(f.node for f in value)
             else:
                 _reject_futures(value, where, name)
-                arg.literal = _dumps_arg(value, where, name)
+                arg.literal = dumps_arg(value, where, name)
         if map_:
             if not any(a.mapped for a in node.args):
                 raise TypeError(f"{where}: {_NOTHING_MAPPED}")
@@ -389,16 +411,6 @@ _NOTHING_MAPPED = (
     "no argument to map over; pass a list, tuple, range, other iterable or task future "
     "(str, bytes, dicts and sets are passed whole; wrap constants in fleetflow.unmapped)"
 )
-
-
-def _dumps_arg(value: Any, where: str, name: str) -> bytes:
-    """Pickle an argument, or say which argument of which task does not pickle."""
-    try:
-        return dumps(value)
-    except Exception as exc:
-        raise TypeError(
-            f"{where}: argument {name!r} ({type(value).__name__}) cannot be pickled: {exc}"
-        ) from exc
 
 
 def _reject_futures(value: Any, where: str, name: str) -> None:
@@ -486,7 +498,7 @@ class Flow(Generic[P, R]):
         else:
             _reject_futures(out, f"flow {self.name!r}", "return value")
             spec.output_literal = dumps(out)
-        _record_parameters(spec, dict(bound.arguments))
+        record_parameters(spec, dict(bound.arguments))
         return spec
 
 
@@ -568,31 +580,3 @@ def find_tasks(namespace: Mapping[str, Any]) -> dict[str, Task]:
 def is_sequence_result(value: Any) -> bool:
     """Whether a result can be split for a downstream map (not str/bytes/dict)."""
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray))
-
-
-#: A parameter whose pickle is larger than this is not kept in
-#: ``FlowSpec.parameters`` (bytes; the default inline limit of the result store).
-PARAMETER_INLINE_BYTES = 64 << 10
-
-
-def _record_parameters(spec: common_pb2.FlowSpec, params: dict[str, Any]) -> None:
-    """Record the flow's parameters for display, each large one only once.
-
-    Small parameters go into ``spec.parameters`` (one pickled dict). A large
-    one gets a placeholder in ``spec.stored_parameters`` (its size and
-    checksum, no key): when the flow is submitted, it is pointed at the
-    stored argument with the same bytes (a task that receives the parameter
-    as it is), so the parameter does not travel a second time.
-    """
-    from fleetflow.store.codec import checksum
-
-    small: dict[str, Any] = {}
-    for name, value in params.items():
-        data = _dumps_arg(value, f"flow {spec.name!r}", name)
-        if len(data) <= PARAMETER_INLINE_BYTES:
-            small[name] = value
-        else:
-            placeholder = spec.stored_parameters[name]
-            placeholder.size = len(data)
-            placeholder.checksum = checksum([data])
-    spec.parameters = dumps(small)

@@ -8,6 +8,9 @@
   upstream task's result a worker splits.
 * :func:`collect_generator`: a generator task's result is the list of what it
   yields (a generator does not pickle).
+* :class:`unmapped`, :class:`BoundTask` (a task defined in a class body is a
+  method), :func:`dumps_arg` and :func:`record_parameters` (pickling what a
+  flow records, naming what does not pickle).
 """
 
 from __future__ import annotations
@@ -18,16 +21,25 @@ import io
 import itertools
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from fleetflow.api.v1 import common_pb2
+from fleetflow.serde import dumps
+
 __all__ = [
+    "BoundTask",
     "MAX_MAP_ITEMS",
     "MAX_SECONDS",
     "check_number",
     "check_seconds",
     "collect_generator",
+    "dumps_arg",
     "map_items",
     "NOT_MAPPED",
+    "PARAMETER_INLINE_BYTES",
+    "record_parameters",
+    "unmapped",
 ]
 
 #: Longest time option of a task (timeout, retry delays, their cap), seconds:
@@ -123,3 +135,97 @@ def collect_generator(result: Any) -> Any:
 
 async def _collect_async(agen: Any) -> list[Any]:
     return [item async for item in agen]
+
+
+@dataclass(frozen=True)
+class unmapped:  # noqa: N801 - lower case like Prefect's and Dask's marker
+    """Wrap an argument of ``task.map(...)`` so it is passed whole to every child."""
+
+    value: Any
+
+
+def dumps_arg(value: Any, where: str, name: str) -> bytes:
+    """Pickle an argument, or say which argument of which task does not pickle."""
+    try:
+        return dumps(value)
+    except Exception as exc:
+        raise TypeError(
+            f"{where}: argument {name!r} ({type(value).__name__}) cannot be pickled: {exc}"
+        ) from exc
+
+
+#: A parameter whose pickle is larger than this is not kept in
+#: ``FlowSpec.parameters`` (bytes; the default inline limit of the result store).
+PARAMETER_INLINE_BYTES = 64 << 10
+
+
+def record_parameters(spec: common_pb2.FlowSpec, params: dict[str, Any]) -> None:
+    """Record the flow's parameters for display, each large one only once.
+
+    Small parameters go into ``spec.parameters`` (one pickled dict). A large
+    one gets a placeholder in ``spec.stored_parameters`` (its size and
+    checksum, no key): when the flow is submitted, it is pointed at the
+    stored argument with the same bytes (a task that receives the parameter
+    as it is), so the parameter does not travel a second time.
+    """
+    from fleetflow.store.codec import checksum
+
+    small: dict[str, Any] = {}
+    for name, value in params.items():
+        data = dumps_arg(value, f"flow {spec.name!r}", name)
+        if len(data) <= PARAMETER_INLINE_BYTES:
+            small[name] = value
+        else:
+            placeholder = spec.stored_parameters[name]
+            placeholder.size = len(data)
+            placeholder.checksum = checksum([data])
+    spec.parameters = dumps(small)
+
+
+class BoundTask:
+    """A task defined in a class body, reached through an instance: a method.
+
+    ``Pipeline().step(x)`` passes the instance as the task's first parameter,
+    as a plain method would: in a flow it records ``step(self=instance, x=x)``
+    (the instance is pickled like any argument), and ``.map(xs)`` passes the
+    instance whole to every task run. Outside a flow it calls the function.
+    A task that is only assigned to a class attribute (defined elsewhere) is
+    not bound. The worker runs it by its name (``module:Class.step``).
+
+    Attributes:
+        task: The :class:`~fleetflow.Task`.
+        instance: The instance it is bound to.
+    """
+
+    def __init__(self, task: Any, instance: Any) -> None:
+        self.task = task
+        self.instance = instance
+
+    @staticmethod
+    def defined_in(fn: Any, cls: type) -> bool:
+        """Whether ``fn`` was defined in the body of ``cls`` or one of its bases."""
+        owner = (getattr(fn, "__qualname__", "") or "").rpartition(".")[0]
+        return any(
+            getattr(k, "__qualname__", None) == owner
+            and getattr(k, "__module__", None) == getattr(fn, "__module__", None)
+            for k in cls.__mro__
+        )
+
+    def __repr__(self) -> str:
+        return f"<bound Task {self.task.name} of {self.instance!r}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.task.mapped:
+            return self.task(unmapped(self.instance), *args, **kwargs)
+        return self.task(self.instance, *args, **kwargs)
+
+    def map(self, *args: Any, **kwargs: Any) -> Any:
+        """``task.map`` with the instance passed whole to every task run."""
+        return self.task.map(unmapped(self.instance), *args, **kwargs)
+
+    def with_options(self, **options: Any) -> BoundTask:
+        """The task with some options replaced, bound to the same instance."""
+        return BoundTask(self.task.with_options(**options), self.instance)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)

@@ -17,6 +17,8 @@ Names:
 * :class:`Task`: a registered task (``name``, ``fn``, ``is_async``,
   ``retry_on``, resources...), as the ``@task`` decorator made it.
 * :func:`find_tasks`: the tasks a module namespace defines, by name.
+* :func:`live_tasks`: every task defined in this process and still alive
+  (also those no module-level name holds: in a class body, in a dict).
 * :func:`is_sequence_result`: whether a result is a list-like sequence.
 * :func:`map_items`: the items a downstream map iterates for a result (or
   None: it cannot be split); the recorder's rule for literal arguments.
@@ -32,7 +34,7 @@ Names:
 
 from __future__ import annotations
 
-from fleetflow._identity import where
+from fleetflow._identity import live_tasks, where
 from fleetflow._logging import TAIL_LINES, attempt_scope, current_tail, start_tail
 from fleetflow._task import Task, find_tasks, is_sequence_result
 from fleetflow._task_rules import collect_generator, map_items
@@ -45,6 +47,7 @@ __all__ = [
     "current_tail",
     "find_tasks",
     "is_sequence_result",
+    "live_tasks",
     "map_items",
     "where",
     "start_tail",

@@ -210,3 +210,39 @@ def test_an_error_whose_text_breaks_still_makes_a_task_error():
     assert error.message == "<str() of the exception raised RuntimeError>"
     error = error_from_exception(ValueError("no file caf\udce9.txt"))
     assert error.message == "no file caf\\udce9.txt" and error.SerializeToString()
+
+
+class Pipeline:
+    def __init__(self, k):
+        self.k = k
+
+    @task(name="sem:Pipeline.step")
+    def step(self, x):
+        return self.k + x
+
+
+def test_a_task_defined_in_a_class_body_is_a_method():
+    pipeline = Pipeline(100)
+    assert pipeline.step(1) == 101 and Pipeline.step.name == "sem:Pipeline.step"
+
+    @flow
+    def f():
+        return pipeline.step.map([1, 2])
+
+    node = f.build().nodes[0]
+    args = {a.name: a for a in node.args}
+    assert not args["self"].mapped and loads(args["self"].literal).k == 100
+    assert [loads(b) for b in args["x"].literal_items.items] == [1, 2]
+
+    class Holder:
+        adder = add  # defined elsewhere: not bound
+
+    assert Holder().adder(1, 2) == 3
+
+
+def test_with_options_cannot_change_retry_on_under_the_same_name():
+    base = task(name="sem:retried", retry_on=KeyError)(_plain)
+    assert base.with_options(retries=3, retry_on=(KeyError,)).retries == 3
+    with pytest.raises(ValueError, match="with_options cannot change retry_on"):
+        base.with_options(retry_on=ValueError)
+    assert base.with_options(name="sem:retried_v", retry_on=ValueError).retry_on == (ValueError,)

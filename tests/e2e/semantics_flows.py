@@ -161,3 +161,34 @@ def bad_str():
 @flow
 def undecodable(name: bytes = b"caf\xe9.txt"):
     return log_then_fail(name)
+
+
+class Scaler:
+    """A task defined in a class body is a method: the instance is its first argument."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    @task
+    def scale(self, x: int) -> int:
+        return self.k * x
+
+
+def _times(n: int):
+    @task(name=f"semantics_flows:times_{n}")
+    def times(x: int) -> int:
+        return n * x
+
+    return times
+
+
+#: Tasks a factory made into a dict: no module-level name holds them.
+TIMES = {n: _times(n) for n in (2, 3)}
+
+
+@flow
+def methods_and_factories(xs: list):
+    scaler = Scaler(10)
+    by_method = scaler.scale.map(xs)
+    by_factory = TIMES[3].map(xs)
+    return collect([collect(by_method), collect(by_factory), scaler.scale(1)])

@@ -89,3 +89,11 @@ def test_a_failure_whose_text_breaks_is_still_the_tasks_own(client):
     with pytest.raises(FileNotFoundError, match="no file caf") as info:
         client.submit(flows.undecodable).result(timeout=60)
     assert any(r"reading caf\udce9.txt" in note for note in info.value.__notes__)
+
+
+def test_tasks_in_class_bodies_and_factory_dicts_run(client):
+    # Before, a worker offered only the tasks its module's namespace held, so
+    # these waited as "no connected worker offers task ..." (Celery's
+    # "unregistered task"), and a task method bound its first argument to self.
+    run = client.submit(flows.methods_and_factories, xs=[1, 2, 3])
+    assert run.result(timeout=60) == [[10, 20, 30], [3, 6, 9], 10]

@@ -24,7 +24,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from fleetflow.errors import DuplicateTaskError, StoredObjectError
-from fleetflow.execution import Task, attempt_scope, collect_generator, find_tasks, where
+from fleetflow.execution import (
+    Task,
+    attempt_scope,
+    collect_generator,
+    find_tasks,
+    live_tasks,
+    where,
+)
 from fleetflow.loader import load_module
 
 from fleetflow_worker._codec import (
@@ -62,7 +69,9 @@ def load_tasks(module_specs: Sequence[str]) -> dict[str, Task]:
 
     Returns:
         ``{task_name: Task}`` over all modules (a task that a module imports
-        from another is the same task).
+        from another is the same task): the tasks each module's namespace
+        holds, and every other task its import defined (in a class body, in a
+        dict a factory filled), which would otherwise wait for a worker forever.
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -73,7 +82,14 @@ def load_tasks(module_specs: Sequence[str]) -> dict[str, Task]:
     """
     tasks: dict[str, Task] = {}
     for spec in module_specs:
-        for name, found in find_tasks(vars(load_module(spec))).items():
+        before = {id(t) for t in live_tasks()}
+        found_here = find_tasks(vars(load_module(spec)))
+        # Tasks the import defined that no module-level name holds (in a class
+        # body, made by a factory into a dict): the client can submit them too.
+        for defined in live_tasks():
+            if id(defined) not in before:
+                found_here.setdefault(defined.name, defined)
+        for name, found in found_here.items():
             old = tasks.get(name)
             if old is not None and old.fn is not found.fn and old.fingerprint != found.fingerprint:
                 raise DuplicateTaskError(name, where(old.fn), where(found.fn), factory=False)

@@ -56,8 +56,8 @@ def load_all_tasks(module_specs: tuple[str, ...] | list[str]) -> dict[str, Task]
         tasks.update(found)
     if not tasks:
         raise click.ClickException(
-            f"no fleetflow tasks in {', '.join(module_specs)}: define them at module level "
-            "with @fleetflow.task"
+            f"no fleetflow tasks in {', '.join(module_specs)}: define them with "
+            "@fleetflow.task when the module is imported"
         )
     return tasks
 
