@@ -318,7 +318,8 @@ def test_an_expansion_row_stands_for_its_children_until_they_change(store):
     )
     first = fleet.core.lease("w", 1, fleet.now)  # leased before the first commit
     batch = changes_to_batch(fleet.core.drain_changes())
-    assert len(batch.expansions) == 1 and len(batch.task_runs) == 1  # the leased child only
+    # No task run row at all: the lease's TASK_RUN_STARTED event stands for it.
+    assert len(batch.expansions) == 1 and len(batch.task_runs) == 0
     assert len(batch.events) == 3  # submitted, expanded, the lease; not 50 SCHEDULED
     store.write(batch)
     fleet.core.report("w", [Outcome(first[0].task_run.id, 1, value=pickle.dumps(1))], fleet.now)
@@ -348,9 +349,82 @@ def test_an_expansion_row_stands_for_its_children_until_they_change(store):
     states = [(tr.id, tr.index, tr.state, tr.attempt) for tr in flow.nodes[0].children]
     assert [(tr.id, tr.index, tr.state, tr.attempt) for tr in again.nodes[0].children] == states
     assert again.nodes[0].children[0].result == pickle.dumps(1)
-    assert again.nodes[0].children[1].state == TaskRunState.RUNNING  # waits for its worker
+    running = again.nodes[0].children[1]
+    assert running.state == TaskRunState.RUNNING  # waits for its worker, read from its event
+    assert (running.worker_id, running.leased_at) == ("w", second[0].task_run.leased_at)
     assert sum(1 for tr in again.nodes[0].children if tr.state == TaskRunState.SCHEDULED) == 48
     assert second[0].task_run.index == 1
+
+
+def test_a_restore_reads_leased_task_runs_from_their_started_events(store):
+    """Leases store no task run row; after every commit a restore gives each task run's
+    state, attempt, worker and lease time, through retries, hand-backs and lost workers."""
+    fleet = Fleet()
+    fleet.add_worker("a", ["inc"], cpu=2.0)
+    fleet.add_worker("b", ["inc"], cpu=2.0)
+    spec = common_pb2.FlowSpec(name="flow", output_node=0)
+    n0 = spec.nodes.add(
+        task_name="inc", map=True, resources=common_pb2.Resources(amounts={"cpu": 1})
+    )
+    n0.retry.retries = 1
+    n0.args.add(
+        name="x",
+        literal_items=common_pb2.ValueList(items=[pickle.dumps(i) for i in range(12)]),
+        mapped=True,
+    )
+    flow, _ = fleet.core.submit(
+        "f1",
+        "flow",
+        [node("inc", items("x", list(range(12))), map_=True, retries=1)],
+        fleet.now,
+        output_node=0,
+        spec_blob=spec.SerializeToString(),
+    )
+    error = common_pb2.TaskError(type="E", message="boom")
+
+    def check() -> None:
+        _drive(fleet, store)
+        restored = Scheduler()
+        restored.restore(snapshot_to_flows(store.load()), fleet.now)
+
+        def view(f):
+            return [
+                (tr.id, tr.state, tr.attempt)
+                + ((tr.worker_id, tr.leased_at) if tr.state == TaskRunState.RUNNING else ())
+                for tr in f.nodes[0].children
+            ]
+
+        assert view(restored.flows["f1"]) == view(flow)
+
+    a1 = fleet.core.lease("a", 2, fleet.now)
+    check()
+    fleet.advance(1.0)
+    b1 = fleet.core.lease("b", 2, fleet.now)
+    check()
+    fleet.advance(1.0)
+    ok = Outcome(a1[0].task_run.id, 1, value=pickle.dumps(1))
+    fleet.core.report("a", [ok, Outcome(a1[1].task_run.id, 1, error=error)], fleet.now)
+    check()  # one completed, one awaiting its retry at attempt 2
+    assert fleet.core.release_leases("b", [(b1[0].task_run.id, 1)], fleet.now) == 1
+    check()  # handed back: SCHEDULED at attempt 2
+    fleet.advance(1.0)  # the retry is due
+    assert len(fleet.core.lease("a", 2, fleet.now)) == 2
+    check()
+    assert len(fleet.core.lease("b", 1, fleet.now)) == 1
+    check()
+    fleet.core.lose_worker("b", fleet.now, "gone")
+    check()  # b's attempts re-queued at higher attempts
+    for _ in range(12):  # run a's attempts until the re-queued ones (attempt 2+) run
+        running = [tr for tr in flow.nodes[0].children if tr.state == TaskRunState.RUNNING]
+        if any(tr.attempt >= 2 for tr in running):
+            break
+        done = [Outcome(tr.id, tr.attempt, value=pickle.dumps(1)) for tr in running]
+        fleet.core.report("a", done, fleet.now)
+        fleet.advance(0.5)
+        fleet.core.lease("a", 2, fleet.now)
+        check()
+    else:
+        raise AssertionError("no re-queued attempt was leased")
 
 
 def test_a_version_1_database_is_upgraded_in_place(tmp_path):

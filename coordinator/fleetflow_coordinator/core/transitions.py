@@ -56,6 +56,7 @@ _PENDING = TaskRunState.PENDING
 _SCHEDULED = TaskRunState.SCHEDULED
 _COMPLETED = TaskRunState.COMPLETED
 _SCHEDULED_EVENT = EventKind.TASK_RUN_SCHEDULED
+_STARTED_EVENT = EventKind.TASK_RUN_STARTED
 
 #: How many events dropped after their flow run's end are kept for the edge to
 #: log between two drains (all are counted).
@@ -213,7 +214,13 @@ class TransitionsMixin:
                 0.0,
             )
         )
-        changes.task_runs.add(tr)
+        if kind != _STARTED_EVENT:
+            # A lease changes no stored column that its TASK_RUN_STARTED row
+            # does not hold (attempt, worker, time): the task run's row stays
+            # as it was (SCHEDULED at this attempt) and a load reads it RUNNING
+            # from the event (``store.base.apply_started``). Every way out of
+            # RUNNING writes the row.
+            changes.task_runs.add(tr)
 
     def _after_end(
         self,

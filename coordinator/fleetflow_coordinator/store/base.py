@@ -24,6 +24,7 @@ __all__ = [
     "RANGE_COLUMNS",
     "expand_range",
     "merge_expansions",
+    "apply_started",
     "NotLeader",
     "Store",
     "StoreError",
@@ -100,6 +101,8 @@ RANGE_COLUMNS = (
 #: enums (the numbers the core's enums equal; the store does not import the core).
 _SCHEDULED_STATE = common_pb2.TASK_RUN_STATE_SCHEDULED
 _SCHEDULED_EVENT = common_pb2.EVENT_KIND_TASK_RUN_SCHEDULED
+_RUNNING_STATE = common_pb2.TASK_RUN_STATE_RUNNING
+_STARTED_EVENT = common_pb2.EVENT_KIND_TASK_RUN_STARTED
 
 
 def expand_range(row: tuple) -> tuple[list[tuple], list[tuple]]:
@@ -146,6 +149,32 @@ def merge_expansions(
             stored.extend(r for r in range_runs if r[0] not in known)
             merged.extend(range_events)
         merged.sort(key=lambda r: r[1])
+
+
+def apply_started(task_runs: dict[str, list[tuple]], events: dict[str, list[tuple]]) -> None:
+    """Read task runs leased since their row was written as RUNNING, from their events.
+
+    A lease writes no task run row (``TransitionsMixin._emit_plain``): its
+    TASK_RUN_STARTED event holds what changed (attempt, worker, time), and
+    the task run's row still says SCHEDULED at that attempt. Every other
+    change writes the row, and every new attempt has a higher number, so a
+    SCHEDULED row with a STARTED event of its attempt is a RUNNING task run
+    leased to that event's worker at that event's time. Rows that say
+    otherwise (stored by older versions, which wrote the row at the lease
+    too) are left as they are. Linear in rows and events.
+    """
+    for flow_id, events_of_flow in events.items():
+        rows = task_runs.get(flow_id)
+        if not rows:
+            continue
+        started = {e[6]: e for e in events_of_flow if e[2] == _STARTED_EVENT}
+        if not started:
+            continue
+        for i, row in enumerate(rows):
+            if row[4] == _SCHEDULED_STATE:
+                event = started.get(row[0])
+                if event is not None and event[8] == row[5]:
+                    rows[i] = (*row[:4], _RUNNING_STATE, row[5], event[9], event[3], *row[8:])
 
 
 class StoreError(RuntimeError):

@@ -12,7 +12,7 @@ from fleetflow.store.refs import items_from_proto, items_to_proto, ref_from_prot
 
 from fleetflow_coordinator.core.model import EventKind, EventRecord, FlowRun, TaskRun
 from fleetflow_coordinator.core.scheduler import Changes, RestoredFlow, RestoredTaskRun, Scheduler
-from fleetflow_coordinator.store.base import RowBatch, RowSnapshot
+from fleetflow_coordinator.store.base import RowBatch, RowSnapshot, apply_started
 
 __all__ = ["changes_to_batch", "gc_paused", "restore_snapshot", "snapshot_to_flows"]
 
@@ -179,6 +179,7 @@ def snapshot_to_flows(snapshot: RowSnapshot) -> list[RestoredFlow]:
     from fleetflow_coordinator.convert import node_specs, output_literal
 
     kinds = {int(kind): kind for kind in EventKind}
+    apply_started(snapshot.task_runs, snapshot.events)  # leases store no task run row
     flows = []
     for row in snapshot.flows:
         flow_id, name, spec_blob, state, created_at, ended_at, key, err_task, err, err_msg = row
