@@ -27,8 +27,12 @@ def cancel_command(flow_run_id: str, address: str) -> None:
     try:
         with Client(address) as client:
             cancelled = client.cancel(flow_run_id)
+            state = client.get(flow_run_id).state if not cancelled else "CANCELLED"
     except FleetflowError as exc:
         raise click.ClickException(str(exc)) from None
+    if state in ("COMPLETED", "FAILED"):  # it had ended before: say so, not "0 cancelled"
+        click.echo(f"flow run {flow_run_id} had already ended {state}: nothing to cancel")
+        return
     click.echo(f"flow run {flow_run_id}: {cancelled} task runs cancelled")
 
 

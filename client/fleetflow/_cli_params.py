@@ -144,3 +144,24 @@ def parse_params(flow: Flow, pairs: Sequence[str]) -> dict[str, Any]:
                 param_hint="--param",
             )
     return out
+
+
+def check_required(flow: Flow, params: dict[str, Any]) -> None:
+    """Refuse a run that leaves a parameter without a default unset.
+
+    Raises:
+        click.BadParameter: naming every missing parameter and how to pass it.
+    """
+    missing = [
+        p.name
+        for p in flow.signature.parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.default is p.empty
+        and p.name not in params
+    ]
+    if missing:
+        raise click.BadParameter(
+            f"flow {flow.name!r} needs {', '.join(repr(m) for m in missing)}: pass "
+            + " ".join(f"-p {m}=VALUE" for m in missing),
+            param_hint="--param",
+        )

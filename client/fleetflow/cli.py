@@ -42,7 +42,7 @@ from fleetflow._cli_fleet import (
     FleetStartError,
     sigterm_raises_interrupt,
 )
-from fleetflow._cli_params import convert_param, parse_params
+from fleetflow._cli_params import check_required, convert_param, parse_params
 from fleetflow._cli_progress import count_parts, follow_plain, note_reasons, other_counts
 from fleetflow._cli_render import format_event, out_console, print_failure, render_result, type_name
 from fleetflow._cli_views import (
@@ -334,6 +334,7 @@ def run_command(
     """
     module, flow = _load_flow(target)
     kwargs = parse_params(flow, params)
+    check_required(flow, kwargs)
     options = _fleet_options(cpu, memory, resources, pools, unschedulable_timeout_s)
     out, err = out_console(), Console(stderr=True, soft_wrap=True)
     started = time.monotonic()

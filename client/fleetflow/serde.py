@@ -133,12 +133,16 @@ def _pickle_error(exc: BaseException) -> bytes:
     """
     try:
         data = _dumps_error(exc)
+        if len(data) > ERROR_PICKLE_BYTES:
+            return b""
         loads(data)
         return data
     except Exception:  # noqa: BLE001 - try the copy below
         pass
     try:
         data = _dumps_error(_ExceptionCopy(exc))
+        if len(data) > ERROR_PICKLE_BYTES:
+            return b""
         loads(data)
         return data
     except Exception:  # noqa: BLE001 - an exception that never pickles still reports its text
@@ -195,11 +199,33 @@ def error_from_exception(exc: BaseException, *, tb: str | None = None) -> common
     pickled = _pickle_error(exc)
     return common_pb2.TaskError(
         type=_qualname(type(exc)),
-        message=_utf8(_message(exc)),
-        traceback=_utf8(tb),
+        message=_utf8(_cut(_message(exc), keep_end=False)),
+        traceback=_utf8(_cut(tb, keep_end=True)),
         pickled=pickled,
         log_tail=[_utf8(line) for line in current_tail()],
     )
+
+
+#: Longest message or traceback text a TaskError carries (README "Limits",
+#: ``error_text``: the coordinator cuts longer ones); longer text is cut where
+#: it is made, so a 40 MB message does not travel, three times, to be dropped.
+ERROR_TEXT_CHARS = 256 * 1024
+#: Largest pickled exception kept (``error_pickle``); a larger one is dropped
+#: here (the type and message stay), before the round trip that checks it.
+ERROR_PICKLE_BYTES = 1 << 20
+
+
+def _cut(text: str, *, keep_end: bool) -> str:
+    """``text`` within :data:`ERROR_TEXT_CHARS`, saying how much was cut.
+
+    A message keeps its start; a traceback its end, where the frame that
+    raised and the exception's own line are.
+    """
+    if len(text) <= ERROR_TEXT_CHARS:
+        return text
+    note = f"[... {len(text) - ERROR_TEXT_CHARS + 100:,} characters cut ...]"
+    keep = ERROR_TEXT_CHARS - 100
+    return f"{note}\n{text[-keep:]}" if keep_end else f"{text[:keep]}\n{note}"
 
 
 def _message(exc: BaseException) -> str:

@@ -246,3 +246,29 @@ def test_with_options_cannot_change_retry_on_under_the_same_name():
     with pytest.raises(ValueError, match="with_options cannot change retry_on"):
         base.with_options(retry_on=ValueError)
     assert base.with_options(name="sem:retried_v", retry_on=ValueError).retry_on == (ValueError,)
+
+
+def test_a_huge_error_is_cut_where_it_is_made():
+    # A 2 MB message used to travel whole (message, traceback and pickle: three
+    # copies) for the coordinator to cut; the traceback now keeps its end.
+    try:
+        raise ValueError("x" * (2 << 20))
+    except ValueError as exc:
+        error = error_from_exception(exc)
+    assert len(error.message) <= 256 * 1024 and error.message.endswith("characters cut ...]")
+    assert len(error.traceback) <= 256 * 1024 and error.traceback.startswith("[... ")
+    assert error.pickled == b""  # over the 1 MiB error_pickle limit: type and message stay
+    assert error.type == "builtins.ValueError"
+
+
+def test_fleetflow_run_names_missing_parameters_as_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+    from fleetflow.cli import cli
+
+    module = tmp_path / "needs_params.py"
+    module.write_text(
+        "from fleetflow import flow\n\n@flow\ndef f(n: int, *, label: str, k=1):\n    return n\n"
+    )
+    done = CliRunner().invoke(cli, ["run", f"{module}:f", "--coordinator", "127.0.0.1:1"])
+    assert done.exit_code == 2, done.output
+    assert "flow 'f' needs 'n', 'label': pass -p n=VALUE -p label=VALUE" in done.output

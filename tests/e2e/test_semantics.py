@@ -97,3 +97,11 @@ def test_tasks_in_class_bodies_and_factory_dicts_run(client):
     # "unregistered task"), and a task method bound its first argument to self.
     run = client.submit(flows.methods_and_factories, xs=[1, 2, 3])
     assert run.result(timeout=60) == [[10, 20, 30], [3, 6, 9], 10]
+
+
+def test_cancelling_an_ended_run_says_it_had_ended(client, address):
+    run = client.submit(flows.methods_and_factories, xs=[1])
+    run.result(timeout=60)
+    done = fleetflow("cancel", run.id, "--coordinator", address)
+    assert f"flow run {run.id} had already ended COMPLETED: nothing to cancel" in done.stdout
+    assert client.get(run.id).state == "COMPLETED"
