@@ -89,6 +89,9 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     _W + "LeaseTasks": _WORKER,
     _W + "ReportOutcomes": _WORKER,
     _W + "ReleaseLeases": _WORKER,
+    # admitted once, when the stream starts; each message is then checked as
+    # its unary call (worker id ownership included)
+    _W + "WorkerSession": _WORKER,
     _T + "GetStoreInfo": _DATA,
     _T + "WriteObject": _DATA,
     _T + "ReadObject": _DATA,

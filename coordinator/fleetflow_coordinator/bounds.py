@@ -96,10 +96,12 @@ _ROWS = (
     Bound("held", "running/released attempts per worker call", 100_000, "entries",
           "RESOURCE_EXHAUSTED"),
     Bound("outcomes", "outcomes per ReportOutcomes", 10_000, "entries", "RESOURCE_EXHAUSTED"),
-    Bound("request_bytes", "SubmitFlowRun, ReportOutcomes request", 256 * _MIB, "bytes",
-          "RESOURCE_EXHAUSTED"),
-    Bound("small_request_bytes", "every other request", 4 * _MIB, "bytes",
-          "RESOURCE_EXHAUSTED"),
+    Bound("request_bytes", "SubmitFlowRun, ReportOutcomes request; WorkerSession message",
+          256 * _MIB, "bytes", "RESOURCE_EXHAUSTED"),
+    Bound("small_request_bytes", "every other request (a WorkerSession LeaseTasks or "
+          "ReleaseLeases too)", 4 * _MIB, "bytes", "RESOURCE_EXHAUSTED"),
+    Bound("session_requests", "unanswered requests per WorkerSession (one LeaseTasks); more "
+          "ends the stream", 64, "requests", "RESOURCE_EXHAUSTED"),
     Bound("object_key", "key of a result store object (WriteObject, ReadObject)", 300,
           "characters", "INVALID_ARGUMENT"),
     Bound("transfer_chunk", "WriteObjectRequest.data", _MIB, "bytes", "RESOURCE_EXHAUSTED"),
@@ -143,6 +145,7 @@ _BIG_REQUESTS = frozenset(
     {
         "/fleetflow.api.v1.CoordinatorService/SubmitFlowRun",
         "/fleetflow.api.v1.WorkerService/ReportOutcomes",
+        "/fleetflow.api.v1.WorkerService/WorkerSession",
     }
 )
 
@@ -426,6 +429,17 @@ def _release(request: ws.ReleaseLeasesRequest) -> None:
     _held("released", request.released)
 
 
+def _worker_up(request: ws.WorkerUp) -> None:
+    # The envelope only: the session checks the request inside on its own
+    # (session.py), so a refusal of it is answered for its id and the stream
+    # goes on; a malformed envelope ends the stream.
+    kind = request.WhichOneof("call")
+    if kind is None:
+        raise InvalidRequest("WorkerUp: no call set (lease_tasks, report_outcomes, ...)")
+    if kind != "cancel" and request.id == 0:
+        raise InvalidRequest("WorkerUp.id: must not be 0")
+
+
 # ------------------------------------------------------ result store calls
 
 
@@ -464,6 +478,7 @@ _CHECKS: dict[type, Callable[[Any], None]] = {
     ws.LeaseTasksRequest: _lease,
     ws.ReportOutcomesRequest: _report,
     ws.ReleaseLeasesRequest: _release,
+    ws.WorkerUp: _worker_up,
     ts.GetStoreInfoRequest: _nothing,
     ts.WriteObjectRequest: _write_object,
     ts.ReadObjectRequest: _object_key,

@@ -36,6 +36,7 @@ __all__ = [
     "PermissionDenied",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "status_for",
 ]
 
@@ -72,6 +73,10 @@ class Unavailable(CoordinatorError):
     """The coordinator cannot serve now (standby, shutting down); retry, maybe elsewhere."""
 
 
+class Unimplemented(CoordinatorError):
+    """This coordinator does not offer the call (e.g. WorkerSession turned off)."""
+
+
 class FailedPrecondition(CoordinatorError):
     """The request is valid but the state does not allow it (e.g. the store is not hosted here)."""
 
@@ -94,6 +99,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
     (StoreError, grpc.StatusCode.UNAVAILABLE),
 )
 

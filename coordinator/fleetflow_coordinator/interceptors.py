@@ -222,7 +222,13 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
-        return handler  # no bidirectional methods in the protocol
+        if handler.stream_stream is not None:  # WorkerService.WorkerSession
+            return grpc.stream_stream_rpc_method_handler(
+                self._stream_in(method, handler.stream_stream, decode),
+                request_deserializer=None,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
 
     def _unary(
         self,
@@ -267,7 +273,11 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         behavior: Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], Awaitable[Any]],
         decode: Callable[[bytes], Any],
     ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[Any]]:
-        """A client stream: admitted once, every message size-checked and decoded as it comes."""
+        """A client or bidirectional stream: admitted once, at its start.
+
+        Every message is size-checked, decoded and bounds-checked as it comes; a
+        bidirectional handler writes its answers with ``context.write``.
+        """
 
         async def serve(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
             try:

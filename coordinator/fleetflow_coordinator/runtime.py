@@ -110,6 +110,12 @@ class Runtime:
         #: Set when the database refused a write because another coordinator
         #: took over (PostgreSQL hot standby): this runtime must step down.
         self.deposed: asyncio.Event = asyncio.Event()
+        #: Set when the server stops serving (a stop, a crashed loop, a
+        #: deposition): open WorkerSession streams end (see session.py).
+        self.serving_over: asyncio.Event = asyncio.Event()
+        #: Whether this coordinator surely still leads (set by the hot standby,
+        #: checked for every message of a WorkerSession); None: always.
+        self.leads: Callable[[], bool] | None = None
         #: Why the runtime stopped writing (a crash or a deposition), if it did.
         self.halt_error: BaseException | None = None
         self._closing = False

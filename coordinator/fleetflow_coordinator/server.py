@@ -340,6 +340,7 @@ async def run_active(
     # Not serving from here on, whatever the reason: probes and load balancers
     # see it before the port closes.
     await set_health(health_servicer, False)
+    runtime.serving_over.set()  # worker sessions end now, not at the end of the grace period
     log.info("coordinator_stopping", reason=reason)
     if dashboard is not None:
         await dashboard.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
+from typing import Any
 
 import grpc
 import structlog
@@ -33,10 +34,11 @@ from fleetflow_coordinator.auth import current_principal
 from fleetflow_coordinator.core import FlowRunState, InvalidFlowSpec
 from fleetflow_coordinator.core.model import FlowRun
 from fleetflow_coordinator.core.queries import attempt_history, select_task_runs
-from fleetflow_coordinator.errors import AlreadyExists, NotFound, PermissionDenied
+from fleetflow_coordinator.errors import AlreadyExists, NotFound, PermissionDenied, Unimplemented
 from fleetflow_coordinator.observe import Observer
 from fleetflow_coordinator.results import stored_usage
 from fleetflow_coordinator.runtime import Runtime
+from fleetflow_coordinator.session import Session, Sessions
 
 __all__ = ["CoordinatorServicer", "WorkerServicer"]
 
@@ -354,6 +356,8 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
         self.rt = runtime
         #: {worker_id: name of the credential that registered it}
         self._owners: dict[str, str] = {}
+        #: The open WorkerSession streams, one per worker id.
+        self.sessions = Sessions()
 
     def _check_owner(self, rpc: str, worker_id: str, *, registering: bool = False) -> None:
         """Refuse a call naming a worker id that another credential registered.
@@ -525,3 +529,16 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
         response = ws.ReportOutcomesResponse(acks=acks)
         convert.add_leases(response.leases, grants or (), *rt.inline_limits)
         return response
+
+    async def WorkerSession(  # noqa: N802
+        self, request_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Serve LeaseTasks, ReportOutcomes and ReleaseLeases as messages of one stream."""
+        rt = self.rt
+        if not rt.settings.worker_sessions:
+            raise Unimplemented(
+                "WorkerSession is turned off on this coordinator (worker_sessions = false); "
+                "use the unary calls"
+            )
+        session = Session(self, context, self.sessions, rt.serving_over, rt.leads)
+        await session.serve(request_iterator)

@@ -80,6 +80,12 @@ class Settings:
     lease_wait_max_s: float = setting(
         10.0, ge=0, le=3600, help="Upper bound on a worker's long poll, seconds."
     )
+    worker_sessions: bool = setting(
+        True,
+        help="Serve the WorkerSession stream, which carries a worker's LeaseTasks, "
+        "ReportOutcomes and ReleaseLeases as messages of one stream. Off: it answers "
+        "UNIMPLEMENTED and workers use the unary calls.",
+    )
     db: str = setting(
         ".fleetflow/fleetflow.db",
         help='SQLite database path, ":memory:" for a throwaway run, or a '

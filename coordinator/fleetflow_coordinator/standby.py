@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from typing import Any
 
 import grpc
 import structlog
@@ -54,6 +55,7 @@ __all__ = ["LeaderGate", "serve_shared", "standby_message"]
 log = structlog.get_logger(__name__)
 
 _GATED = ("/fleetflow.api.v1.CoordinatorService/", "/fleetflow.api.v1.WorkerService/")
+_SESSION = "/fleetflow.api.v1.WorkerService/WorkerSession"
 
 
 def standby_message(active: str) -> str:
@@ -72,14 +74,18 @@ class _Refuse(grpc.GenericRpcHandler):
     def __init__(self) -> None:
         self.active = ""
         self._handler = grpc.unary_unary_rpc_method_handler(self._refuse)
+        # a stream is refused at its start, before any message is read
+        self._stream_handler = grpc.stream_stream_rpc_method_handler(self._refuse)
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         """The refusing handler for fleetflow's services; ``None`` (UNIMPLEMENTED) otherwise."""
-        if details.method.startswith(_GATED):
-            return self._handler
-        return None
+        return self.handler(details.method) if details.method.startswith(_GATED) else None
 
-    async def _refuse(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    def handler(self, method: str) -> grpc.RpcMethodHandler:
+        """The refusing handler of the fleetflow ``method`` (a stream's for WorkerSession)."""
+        return self._stream_handler if method == _SESSION else self._handler
+
+    async def _refuse(self, request: Any, context: grpc.aio.ServicerContext) -> bytes:
         await context.abort(grpc.StatusCode.UNAVAILABLE, standby_message(self.active))
         return b""  # pragma: no cover - abort raises
 
@@ -96,7 +102,6 @@ class LeaderGate(grpc.aio.ServerInterceptor):
         self.store = store
         self.valid_s = lease_s - lease_margin_s(lease_s)
         self._refuse = _Refuse()
-        self._handler = self._refuse._handler
 
     def valid(self) -> bool:
         """Whether this coordinator surely still holds the leadership."""
@@ -106,9 +111,11 @@ class LeaderGate(grpc.aio.ServerInterceptor):
         if not handler_call_details.method.startswith(_GATED):
             return await continuation(handler_call_details)
         if not self.valid():
-            return self._handler
+            return self._refuse.handler(handler_call_details.method)
         # A call that waits for a commit when this coordinator steps down gets
-        # NotLeader, which the edge's error table answers like a standby.
+        # NotLeader, which the edge's error table answers like a standby; an
+        # open WorkerSession checks valid() for every message (runtime.leads)
+        # and ends when the runtime stops serving.
         return await continuation(handler_call_details)
 
 
@@ -265,14 +272,10 @@ async def _serve_term(
             _write_port_file(settings.port_file, bound)
 
     runtime.spawn("leadership", _hold_leadership(runtime, store, settings.leader_lease_s))
+    gate = LeaderGate(store, settings.leader_lease_s)
+    runtime.leads = gate.valid
     reason = await run_active(
-        settings,
-        runtime,
-        listen,
-        stop,
-        started,
-        security,
-        interceptors=[LeaderGate(store, settings.leader_lease_s)],
+        settings, runtime, listen, stop, started, security, interceptors=[gate]
     )
     if reason == "crashed":
         raise runtime.fatal_error  # type: ignore[misc]

@@ -24,12 +24,16 @@ TRANSFER = pathlib.Path(errors.__file__).with_name("transfer.py")
 
 
 def _methods():
-    """(full method name, is_stream) for every RPC of the fleetflow services."""
+    """(full method name, "bidi" / True / False) for every RPC of the fleetflow services.
+
+    True: a server stream; "bidi": a bidirectional stream; False: one answer.
+    """
     out = []
     for module in (cs, ws, ts):
         for service in module.DESCRIPTOR.services_by_name.values():
             for m in service.methods:
-                out.append((f"/{service.full_name}/{m.name}", m.server_streaming))
+                kind = "bidi" if m.client_streaming and m.server_streaming else m.server_streaming
+                out.append((f"/{service.full_name}/{m.name}", kind))
     return out
 
 
@@ -37,8 +41,8 @@ METHODS = _methods()
 
 
 def test_every_rpc_is_listed():
-    # 14 client-facing, 5 worker-facing, 4 of the result store: a new RPC joins these tests
-    assert len(METHODS) == 23
+    # 14 client-facing, 6 worker-facing, 4 of the result store: a new RPC joins these tests
+    assert len(METHODS) == 24
 
 
 def test_servicers_never_pick_a_status_code():
@@ -64,6 +68,7 @@ def test_servicers_never_pick_a_status_code():
         (errors.Unauthenticated("no token"), grpc.StatusCode.UNAUTHENTICATED),
         (errors.PermissionDenied("role"), grpc.StatusCode.PERMISSION_DENIED),
         (errors.Unavailable("standby"), grpc.StatusCode.UNAVAILABLE),
+        (errors.Unimplemented("off"), grpc.StatusCode.UNIMPLEMENTED),
         (StoreError("disk full"), grpc.StatusCode.UNAVAILABLE),
     ],
 )
@@ -79,7 +84,13 @@ def test_anything_else_is_a_bug():
 @pytest.mark.parametrize(("method", "stream"), METHODS, ids=[m for m, _ in METHODS])
 async def test_garbage_bytes_are_invalid_argument(method, stream):
     async with coordinator() as co:
-        if stream:
+        if stream == "bidi":
+            call = co.channel.stream_stream(method)(timeout=5)
+            await call.write(b"\xff\xff\xff\xff")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in call:
+                    pass
+        elif stream:
             call = co.channel.unary_stream(method)(b"\xff\xff\xff\xff", timeout=5)
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 async for _ in call:

@@ -1,7 +1,8 @@
 """Hypothesis fuzzing of every RPC of a real, authenticated coordinator.
 
 Each RPC of the three services (CoordinatorService, WorkerService and
-TransferService; the client stream WriteObject gets 1 to 3 messages per call)
+TransferService; the client stream WriteObject and the bidirectional stream
+WorkerSession get 1 to 3 messages per call)
 gets a few hundred requests: random messages built from the request
 type's descriptor (NaN and huge numbers, long and control-character strings,
 odd enums, nested lists) and random bytes. No answer may be UNKNOWN, INTERNAL or
@@ -122,14 +123,19 @@ def messages(descriptor, depth: int = 0):
 
 
 def _methods():
-    """``(path, request descriptor, kind)`` of every RPC: kind is unary, server or client."""
+    """``(path, request descriptor, kind)`` of every RPC: unary, server, client or bidi."""
     out = []
     for module in (cs, ws, ts):
         for service in module.DESCRIPTOR.services_by_name.values():
             for m in service.methods:
-                assert not (m.client_streaming and m.server_streaming), m.full_name
                 kind = (
-                    "client" if m.client_streaming else "server" if m.server_streaming else "unary"
+                    "bidi"
+                    if m.client_streaming and m.server_streaming
+                    else "client"
+                    if m.client_streaming
+                    else "server"
+                    if m.server_streaming
+                    else "unary"
                 )
                 out.append((f"/{service.full_name}/{m.name}", m.input_type, kind))
     return out
@@ -144,6 +150,9 @@ def test_every_rpc_of_the_three_services_is_fuzzed():
     assert {m for m, *_ in METHODS} == {m for m, _ in EVERY_RPC}
     assert [m for m, _, kind in METHODS if kind == "client"] == [
         "/fleetflow.api.v1.TransferService/WriteObject"
+    ]
+    assert [m for m, _, kind in METHODS if kind == "bidi"] == [
+        "/fleetflow.api.v1.WorkerService/WorkerSession"
     ]
 
 
@@ -180,6 +189,9 @@ def _call(channel, method: str, raw: bytes | list[bytes], kind: str, metadata=No
                 pass
         elif kind == "client":
             channel.stream_unary(method)(iter(raw), timeout=10, metadata=metadata)
+        elif kind == "bidi":  # every message sent, then half-closed: it must end by itself
+            for _ in channel.stream_stream(method)(iter(raw), timeout=10, metadata=metadata):
+                pass
         else:
             channel.unary_unary(method)(raw, timeout=10, metadata=metadata)
     except grpc.RpcError as exc:
@@ -196,7 +208,7 @@ def test_fuzz_every_rpc(secured, method, descriptor, kind):
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))  # fmt: skip
-    @given(st.lists(one, min_size=1, max_size=3) if kind == "client" else one)
+    @given(st.lists(one, min_size=1, max_size=3) if kind in ("client", "bidi") else one)
     def fuzz(raw: bytes | list[bytes]) -> None:
         code, details = _call(channel, method, raw, kind)
         assert code not in BAD, f"{method}: {code.name} {details}"

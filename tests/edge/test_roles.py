@@ -59,6 +59,9 @@ def _request(method: str, who: str):
         "LeaseTasks": lambda: ws.LeaseTasksRequest(worker_id=worker, max_task_runs=1),
         "ReportOutcomes": lambda: ws.ReportOutcomesRequest(worker_id=worker),
         "ReleaseLeases": lambda: ws.ReleaseLeasesRequest(worker_id=worker),
+        "WorkerSession": lambda: ws.WorkerUp(
+            id=1, lease_tasks=ws.LeaseTasksRequest(worker_id=worker, max_task_runs=1)
+        ),
         "GetStoreInfo": ts.GetStoreInfoRequest,
         "WriteObject": lambda: ts.WriteObjectRequest(key="runs/x/y", last=True, checksum=b"0"),
         "ReadObject": lambda: ts.ReadObjectRequest(key="runs/x/y"),
@@ -66,10 +69,18 @@ def _request(method: str, who: str):
     }[name]()
 
 
-async def _call(channel: grpc.aio.Channel, method: str, request, stream: bool):
-    """Make one call; return its status code (OK when it succeeded)."""
+async def _call(channel: grpc.aio.Channel, method: str, request, stream, metadata=()):
+    """Make one call; return its status code (OK when it succeeded).
+
+    ``metadata``: the token for a bidirectional stream, which the asyncio
+    channel's interceptors do not add (the worker sends it the same way).
+    """
     try:
-        if stream:
+        if stream == "bidi":  # one message, half-closed: answered, then the stream ends
+            call = channel.stream_stream(method, request_serializer=type(request).SerializeToString)
+            async for _ in call(iter([request]), timeout=5, metadata=metadata or None):
+                pass
+        elif stream:
             call = channel.unary_stream(method, request_serializer=type(request).SerializeToString)
             async for _ in call(request, timeout=5):
                 pass
@@ -115,7 +126,8 @@ async def test_every_rpc_under_every_credential(pki, entered):
                 for method, stream in METHODS:
                     name = method.rpartition("/")[2]
                     before = entered.get(name, 0)
-                    code = await _call(channel, method, _request(method, str(who)), stream)
+                    code = await _call(channel, method, _request(method, str(who)), stream,
+                                       credentials.call_metadata())  # fmt: skip
                     allowed = who in ROLES and who in METHOD_ROLES[method]
                     if allowed:
                         assert code not in (DENIED, UNAUTHENTICATED), (who, name, code)

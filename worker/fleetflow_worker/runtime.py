@@ -1,6 +1,8 @@
 """The worker's asyncio shell: register, lease, execute, report, heartbeat, drain.
 
-One gRPC channel and four concurrent loops:
+One gRPC channel (LeaseTasks, ReportOutcomes and ReleaseLeases travel as
+messages of one WorkerSession stream on it, see :mod:`fleetflow_worker._session`)
+and four concurrent loops:
 
 * **lease**: long-polls LeaseTasks for as many task runs as there are free
   slots (the coordinator fits them to the registered capacity); the outcome
@@ -43,6 +45,7 @@ from fleetflow_worker._executors import make_executor
 from fleetflow_worker._gpu_usage import GpuSampler
 from fleetflow_worker._reporter import OutcomeReporter
 from fleetflow_worker._rpc import CoordinatorConnection, channel_options, recovered, supervised
+from fleetflow_worker._session import SessionStub
 from fleetflow_worker.backoff import Backoff
 from fleetflow_worker.capacity import sample_usage
 from fleetflow_worker.errors import WorkerShutDown
@@ -165,7 +168,9 @@ class Worker:
         connection = CoordinatorConnection(
             self.settings.coordinator, options, channel=self.settings.credentials.aio_channel
         )
-        self._stub = connection.stub  # type: ignore[assignment]
+        # LeaseTasks, ReportOutcomes, ReleaseLeases over one stream (see _session.py)
+        session = SessionStub(connection, metadata=self.settings.credentials.call_metadata())
+        self._stub = session  # type: ignore[assignment]
         self._connection = connection
         with structlog.contextvars.bound_contextvars(worker_id=self.settings.worker_id):
             self._warn_any_version()
@@ -193,6 +198,7 @@ class Worker:
                 self.pool.kill()
                 await self.pool.close()
                 self.gpu_sampler.close()
+                await session.close()
                 await connection.close()
                 self.data.close()
                 log.info("worker_stopped")

@@ -215,3 +215,39 @@ class ReleaseLeasesRequest(_message.Message):
 class ReleaseLeasesResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class WorkerUp(_message.Message):
+    __slots__ = ("id", "lease_tasks", "report_outcomes", "release_leases", "cancel")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TASKS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_LEASES_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    lease_tasks: LeaseTasksRequest
+    report_outcomes: ReportOutcomesRequest
+    release_leases: ReleaseLeasesRequest
+    cancel: int
+    def __init__(self, id: _Optional[int] = ..., lease_tasks: _Optional[_Union[LeaseTasksRequest, _Mapping]] = ..., report_outcomes: _Optional[_Union[ReportOutcomesRequest, _Mapping]] = ..., release_leases: _Optional[_Union[ReleaseLeasesRequest, _Mapping]] = ..., cancel: _Optional[int] = ...) -> None: ...
+
+class SessionError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class WorkerDown(_message.Message):
+    __slots__ = ("id", "lease_tasks", "report_outcomes", "release_leases", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TASKS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_LEASES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    lease_tasks: LeaseTasksResponse
+    report_outcomes: ReportOutcomesResponse
+    release_leases: ReleaseLeasesResponse
+    error: SessionError
+    def __init__(self, id: _Optional[int] = ..., lease_tasks: _Optional[_Union[LeaseTasksResponse, _Mapping]] = ..., report_outcomes: _Optional[_Union[ReportOutcomesResponse, _Mapping]] = ..., release_leases: _Optional[_Union[ReleaseLeasesResponse, _Mapping]] = ..., error: _Optional[_Union[SessionError, _Mapping]] = ...) -> None: ...

@@ -59,6 +59,11 @@ class WorkerServiceStub:
                 request_serializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReleaseLeasesRequest.SerializeToString,
                 response_deserializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReleaseLeasesResponse.FromString,
                 _registered_method=True)
+        self.WorkerSession = channel.stream_stream(
+                '/fleetflow.api.v1.WorkerService/WorkerSession',
+                request_serializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.WorkerUp.SerializeToString,
+                response_deserializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.WorkerDown.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -102,6 +107,21 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WorkerSession(self, request_iterator, context):
+        """One long-lived stream per worker that carries its hot-path calls:
+        LeaseTasks, ReportOutcomes and ReleaseLeases, each as one up message
+        with a worker-chosen id, answered by one down message with the same id
+        (answers may come in any order). Each request is handled exactly like
+        its unary call; a refusal of one request is answered with `error` and
+        the stream goes on. A malformed message, a protocol violation (see
+        WorkerUp) or a coordinator that stops serving ends the stream with a
+        status. A new session of a worker id ends the older one. A coordinator
+        without this RPC answers UNIMPLEMENTED: the worker uses the unary calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +149,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.ReleaseLeases,
                     request_deserializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReleaseLeasesRequest.FromString,
                     response_serializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReleaseLeasesResponse.SerializeToString,
+            ),
+            'WorkerSession': grpc.stream_stream_rpc_method_handler(
+                    servicer.WorkerSession,
+                    request_deserializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.WorkerUp.FromString,
+                    response_serializer=fleetflow_dot_api_dot_v1_dot_worker__service__pb2.WorkerDown.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +291,33 @@ class WorkerService:
             '/fleetflow.api.v1.WorkerService/ReleaseLeases',
             fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReleaseLeasesRequest.SerializeToString,
             fleetflow_dot_api_dot_v1_dot_worker__service__pb2.ReleaseLeasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WorkerSession(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fleetflow.api.v1.WorkerService/WorkerSession',
+            fleetflow_dot_api_dot_v1_dot_worker__service__pb2.WorkerUp.SerializeToString,
+            fleetflow_dot_api_dot_v1_dot_worker__service__pb2.WorkerDown.FromString,
             options,
             channel_credentials,
             insecure,
