@@ -10,7 +10,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from fleetflow._client import Client, FlowRunInfo, TaskCounts
-from fleetflow.errors import FleetflowError, FlowRunCancelled, FlowRunFailed
+from fleetflow.errors import (
+    FlowRunCancelled,
+    FlowRunFailed,
+    FlowRunNotFound,
+    RPCError,
+)
 from fleetflow.serde import RemoteTaskError
 
 __all__ = [
@@ -246,15 +251,16 @@ def error_of(client: Client, info: FlowRunInfo) -> dict[str, Any] | None:
         return None
     try:
         client.handle(info.flow_run_id).result(timeout=10.0)
-    except FlowRunFailed as exc:
+    except (RPCError, FlowRunNotFound):
+        raise  # the call failed, not the run
+    except (FlowRunFailed, FlowRunCancelled) as exc:
         if getattr(exc, "__notes__", None):  # a task's failure, or the coordinator's words on it
             return _exception_json(exc)
         return {"type": type(exc).__name__, "message": str(exc), "notes": []}
-    except FlowRunCancelled as exc:
-        return {"type": type(exc).__name__, "message": str(exc), "notes": []}
-    except FleetflowError:
-        raise
     except Exception as exc:  # noqa: BLE001 - the task's own exception, re-raised here
+        # fleetflow's own errors too: a TaskTimeout or MemoryLimitExceeded is
+        # the run's failure (before, `inspect` and `watch` showed only its text
+        # as their own error and exited).
         return _exception_json(exc)
     return None
 

@@ -254,7 +254,7 @@ class Task(Generic[P, R]):
             else:
                 whole[name] = value.value if isinstance(value, unmapped) else value
         if not mapped:
-            raise TypeError(f"{where}: {_NOTHING_MAPPED}")
+            raise TypeError(f"{where}: {_nothing_mapped(self.signature)}")
         lengths = {name: len(items) for name, items in mapped.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"{where}: mapped arguments differ in length: {lengths}")
@@ -357,6 +357,12 @@ class _FlowRecorder:
             items = map_items(value) if mappable else None
             if items is not None:
                 arg.mapped = True
+                if any(isinstance(item, TaskFuture) for item in items):
+                    raise TypeError(
+                        f"{where}: argument {name!r} is a list of task futures; a map iterates "
+                        "a list of values or one task's result: pass the futures to a task "
+                        "that returns them as a list, and map over that task's future"
+                    )
                 _reject_futures(items, where, name)
                 arg.literal_items.items.extend(dumps_arg(item, where, name) for item in items)
                 literal_lengths[name] = len(items)
@@ -384,7 +390,7 @@ class _FlowRecorder:
                 arg.literal = dumps_arg(value, where, name)
         if map_:
             if not any(a.mapped for a in node.args):
-                raise TypeError(f"{where}: {_NOTHING_MAPPED}")
+                raise TypeError(f"{where}: {_nothing_mapped(task.signature)}")
             if len(set(literal_lengths.values())) > 1:
                 raise ValueError(f"{where}: mapped arguments differ in length: {literal_lengths}")
         self.nodes.append(node)
@@ -407,10 +413,14 @@ def _retry_policy(task: Task) -> common_pb2.RetryPolicy:
     return policy
 
 
-_NOTHING_MAPPED = (
-    "no argument to map over; pass a list, tuple, range, other iterable or task future "
-    "(str, bytes, dicts and sets are passed whole; wrap constants in fleetflow.unmapped)"
-)
+def _nothing_mapped(signature: inspect.Signature) -> str:
+    text = (
+        "no argument to map over; pass a list, tuple, range, other iterable or task future "
+        "(str, bytes, dicts and sets are passed whole; wrap constants in fleetflow.unmapped)"
+    )
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()):
+        text += "; *args and **kwargs are passed whole: map over a named parameter"
+    return text
 
 
 def _reject_futures(value: Any, where: str, name: str) -> None:

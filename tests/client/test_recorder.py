@@ -235,7 +235,7 @@ def test_future_nested_in_mapped_literal_is_rejected():
     def f():
         return inc.map([inc(1), 2])
 
-    with pytest.raises(TypeError, match="nests the future"):
+    with pytest.raises(TypeError, match="is a list of task futures"):
         f.build()
 
 

@@ -272,3 +272,25 @@ def test_fleetflow_run_names_missing_parameters_as_a_usage_error(tmp_path):
     done = CliRunner().invoke(cli, ["run", f"{module}:f", "--coordinator", "127.0.0.1:1"])
     assert done.exit_code == 2, done.output
     assert "flow 'f' needs 'n', 'label': pass -p n=VALUE -p label=VALUE" in done.output
+
+
+def test_mapping_over_a_list_of_futures_says_how_to_do_it():
+    @flow
+    def f():
+        return add.map([add(1, 2), add(3, 4)], unmapped(1))
+
+    with pytest.raises(TypeError, match="is a list of task futures; a map iterates"):
+        f.build()
+
+
+def test_mapping_over_star_args_says_to_map_a_named_parameter():
+    @task(name="sem:star")
+    def star(*args):
+        return args
+
+    @flow
+    def f():
+        return star.map([1, 2])
+
+    with pytest.raises(TypeError, match=r"\*args and \*\*kwargs are passed whole"):
+        f.build()

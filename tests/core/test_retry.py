@@ -29,3 +29,12 @@ from fleetflow_coordinator.core.retry import RetryPolicy, retry_delay
 )
 def test_backoff_table(policy, failure, draw, requested, expected):
     assert retry_delay(policy, failure, lambda: draw, requested) == pytest.approx(expected)
+
+
+def test_a_zero_delay_stays_zero_when_the_backoff_overflows():
+    # 2.0 ** 1024 overflows: a zero base delay must not become the one-day cap.
+    policy = RetryPolicy(retries=2000, delay_s=0.0, backoff=2.0)
+    assert retry_delay(policy, 1100, lambda: 0.5) == 0.0
+    assert retry_delay(RetryPolicy(retries=2000, delay_s=1.0, backoff=2.0), 1100, lambda: 0.5) == (
+        86_400.0
+    )

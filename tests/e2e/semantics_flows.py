@@ -192,3 +192,15 @@ def methods_and_factories(xs: list):
     by_method = scaler.scale.map(xs)
     by_factory = TIMES[3].map(xs)
     return collect([collect(by_method), collect(by_factory), scaler.scale(1)])
+
+
+@task(timeout_seconds=0.5)
+def too_slow():
+    import time
+
+    time.sleep(30)
+
+
+@flow
+def timing_out():
+    return too_slow()

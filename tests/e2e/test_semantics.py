@@ -105,3 +105,18 @@ def test_cancelling_an_ended_run_says_it_had_ended(client, address):
     done = fleetflow("cancel", run.id, "--coordinator", address)
     assert f"flow run {run.id} had already ended COMPLETED: nothing to cancel" in done.stdout
     assert client.get(run.id).state == "COMPLETED"
+
+
+def test_inspect_and_watch_show_a_run_that_a_task_timeout_failed(client, address):
+    # A TaskTimeout is a fleetflow error; `inspect` and `watch` re-raised it as
+    # their own failure ("Error: task ... exceeded its timeout") instead of
+    # showing the run.
+    run = client.submit(flows.timing_out)
+    with pytest.raises(TimeoutError, match="exceeded its timeout of 0.5 s"):
+        run.result(timeout=60)
+    shown = fleetflow("inspect", run.id, "--coordinator", address, check=False)
+    assert shown.returncode == 1 and "Error:" not in shown.stderr, shown.stderr
+    assert "FAILED" in shown.stdout and "exceeded its timeout of 0.5 s" in shown.stdout
+    watched = fleetflow("watch", run.id, "--coordinator", address, check=False)
+    assert watched.returncode == 1 and "Error:" not in watched.stderr, watched.stderr
+    assert "TaskTimeout: task semantics_flows:too_slow exceeded" in watched.stdout

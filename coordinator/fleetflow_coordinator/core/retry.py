@@ -75,8 +75,8 @@ def retry_delay(
     else:
         try:
             delay = policy.delay_s * policy.backoff ** max(failure - 1, 0)
-        except OverflowError:  # a huge backoff: the cap decides
-            delay = math.inf
+        except OverflowError:  # a huge backoff: the cap decides (a zero delay stays zero)
+            delay = math.inf if policy.delay_s > 0 else 0.0
     delay = min(delay, cap)
     if policy.jitter > 0 and delay > 0:
         delay = min(delay * (1.0 + policy.jitter * (2.0 * uniform() - 1.0)), cap)
