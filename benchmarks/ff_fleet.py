@@ -223,7 +223,9 @@ def run_rep(fleet: Fleet, workload: str, n: int, iters: int = 0, timeout_s: floa
         for i in range(n):
             t = time.perf_counter()
             left = max(1.0, deadline - time.monotonic())
-            assert client.submit(ff_tasks.w3_one, x=i).result(timeout=left) == i + 1
+            # client.run: submit and wait in one call, what a caller wanting
+            # the result synchronously uses (issue 18)
+            assert client.run(ff_tasks.w3_one, x=i, timeout=left) == i + 1
             latencies.append((time.perf_counter() - t) * 1000)
         rep.update(p50_ms=percentile(latencies, 50), p99_ms=percentile(latencies, 99))
     else:

@@ -4,7 +4,8 @@
 
 Each repetition starts a fresh fleet (coordinator + 2 workers ``--cpu 1``, as
 ``run.py`` does) from one tree, runs W3 (``--w3`` one-task flows in
-sequence: p50 and p99 of the round trip, coordinator CPU per flow run) and
+sequence: p50 and p99 of the round trip, coordinator CPU per flow run; with
+``client.run`` where the tree's client has it, else ``submit(...).result()``) and
 W1 (``--w1``-item no-op map: coordinator CPU per task run, from psutil's CPU
 times before and after), then stops it. Trees alternate A, B, B, A, A, B, ...
 so a change in the machine's load falls on both. On a shared machine the CPU
@@ -38,15 +39,19 @@ fleet = Fleet(out, tag)
 try:
     fleet.start()
     client, pid = fleet.client, fleet.coordinator.pid
+    if hasattr(client, "run"):  # submit and wait in one call (issue 18)
+        w3_call = lambda i: client.run(ff_tasks.w3_one, x=i, timeout=60)
+    else:  # a tree from before client.run
+        w3_call = lambda i: client.submit(ff_tasks.w3_one, x=i).result(timeout=60)
     for i in range(20):  # warm-up of the W3 path
-        client.submit(ff_tasks.w3_one, x=i).result(timeout=60)
+        w3_call(i)
     rep = {}
     if w3:
         lat = []
         c0 = cpu_s(pid)
         for i in range(w3):
             t = time.perf_counter()
-            assert client.submit(ff_tasks.w3_one, x=i).result(timeout=60) == i + 1
+            assert w3_call(i) == i + 1
             lat.append((time.perf_counter() - t) * 1000)
         rep["w3_coord_cpu_us"] = (cpu_s(pid) - c0) / w3 * 1e6
         rep["w3_p50_ms"] = percentile(lat, 50)

@@ -19,7 +19,6 @@ from fleetflow._codec import (
     STORED,
     decode_outcome,
     get_request,
-    new_events,
     poll_done,
     poll_wait_s,
     submit_request,
@@ -29,11 +28,11 @@ from fleetflow._connection import (
     RPC_TIMEOUT_S,
     Connection,
     KeepAlive,
-    client_log,
 )
 from fleetflow._handles import AsyncFlowRunHandle
 from fleetflow._info import FlowRunInfo, WorkerInfo, flow_state_name
-from fleetflow._retry import Backoff, RetryBudget, deadline_after
+from fleetflow._retry import Backoff, deadline_after
+from fleetflow._run import run_flow
 from fleetflow._stats import FlowRunStats
 from fleetflow._task import Flow
 from fleetflow._taskruns import (
@@ -44,11 +43,11 @@ from fleetflow._taskruns import (
     TaskRunSummary,
 )
 from fleetflow._transport import AioTransport, BlockingTransport
+from fleetflow._watch_stream import watch_batches
 from fleetflow.addresses import Address, parse_addresses
 from fleetflow.api.v1 import common_pb2
 from fleetflow.api.v1 import coordinator_service_pb2 as pb
 from fleetflow.credentials import Credentials
-from fleetflow.errors import CoordinatorUnreachable, RPCError, WatchInterrupted
 from fleetflow.events import FlowEvent
 from fleetflow.store.session import StoreSession
 
@@ -198,6 +197,62 @@ class AsyncClient:
         await self._prepare_submit(request)
         response = await self._conn.unary("SubmitFlowRun", request)
         return AsyncFlowRunHandle(self, response.flow_run_id, response.created)
+
+    async def run(
+        self,
+        flow: Flow[..., R] | common_pb2.FlowSpec,
+        *args: Any,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+        priority: int = 0,
+        **params: Any,
+    ) -> R:
+        """Submit ``flow`` with these parameters, wait until it ends and return its result.
+
+        ``submit(...).result()`` in one call to the coordinator, which answers
+        once the flow run has ended (a one-task flow costs one round trip, not
+        two). It raises what :meth:`result` raises. An interrupted call
+        (Ctrl-C, or the task awaiting it cancelled) cancels the flow run it
+        started before the interrupt goes on; use :meth:`submit` for a flow
+        run that should outlive its caller. A flow parameter named like an
+        argument below is passed positionally, or use ``flow.build(...)``.
+
+        Example::
+
+            total = await client.run(my_flow, n=10, timeout=600)
+
+        Args:
+            flow: A ``@flow`` function (or a ``FlowSpec`` built before).
+            *args: Positional flow parameters.
+            timeout: Give up waiting after this many seconds (the flow run
+                goes on); None waits until it ends.
+            idempotency_key: As :meth:`submit`: a call with the key of an
+                existing flow run waits for that one (and an interrupt leaves
+                it running unless this call created it). A random key is used
+                when omitted, so retries never start a second run.
+            priority: Higher is leased first among ready task runs (default 0).
+            **params: Keyword flow parameters.
+
+        Returns:
+            The flow's return value (a map output is a list, in input order).
+
+        Raises:
+            TypeError: the parameters do not fit the flow (raised while recording).
+            InvalidFlowError: the coordinator rejected the flow graph.
+            Exception: the flow run failed: its first task failure, as :meth:`result`.
+            FlowRunFailed: the flow run failed without a task error.
+            FlowRunCancelled: the flow run was cancelled.
+            FlowRunTimeout: ``timeout`` passed while the flow run goes on (a
+                ``TimeoutError`` naming it: ``exc.flow_run_id``).
+            TimeoutError: ``timeout`` passed before the coordinator accepted it.
+            RPCError: the coordinator failed otherwise or stayed unavailable.
+            fleetflow.StoredObjectError: a stored part of the result is
+                missing or damaged (the message names it).
+        """
+        deadline = deadline_after(timeout)
+        request = submit_request(flow, args, params, idempotency_key, priority)
+        await self._prepare_submit(request)
+        return await run_flow(self, request, deadline, own_key=idempotency_key is None)
 
     def handle(self, flow_run_id: str) -> AsyncFlowRunHandle[Any]:
         """A handle on an existing flow run (not checked until used)."""
@@ -369,9 +424,8 @@ class AsyncClient:
         return list((await self._conn.unary("PruneFlowRuns", request)).pruned_flow_run_ids)
 
     async def _poll_until_ended(
-        self, flow_run_id: str, timeout: float | None, *, include_result: bool
+        self, flow_run_id: str, deadline: float | None, *, include_result: bool
     ) -> pb.GetFlowRunResponse:
-        deadline = deadline_after(timeout)
         while True:
             wait_s = poll_wait_s(deadline)
             started = time.monotonic()
@@ -398,11 +452,12 @@ class AsyncClient:
             The final state: ``"COMPLETED"``, ``"FAILED"`` or ``"CANCELLED"``.
 
         Raises:
-            TimeoutError: the run did not end within ``timeout``.
+            FlowRunTimeout: the run did not end within ``timeout`` (a ``TimeoutError``).
             FlowRunNotFound: no flow run has this id.
             RPCError: the coordinator failed or stayed unavailable.
         """
-        response = await self._poll_until_ended(flow_run_id, timeout, include_result=False)
+        deadline = deadline_after(timeout)
+        response = await self._poll_until_ended(flow_run_id, deadline, include_result=False)
         return flow_state_name(response.info.state)
 
     async def _prepare_submit(self, request: Any) -> None:
@@ -440,13 +495,18 @@ class AsyncClient:
                 cannot be unpickled here).
             FlowRunFailed: the flow run failed without a task error.
             FlowRunCancelled: the flow run was cancelled.
-            TimeoutError: the run did not end within ``timeout``.
+            FlowRunTimeout: the run did not end within ``timeout`` (a ``TimeoutError``).
             FlowRunNotFound: no flow run has this id.
             RPCError: the coordinator failed or stayed unavailable.
             fleetflow.StoredObjectError: a stored part of the result is
                 missing or damaged (the message names it).
         """
-        response = await self._poll_until_ended(flow_run_id, timeout, include_result=True)
+        deadline = deadline_after(timeout)
+        response = await self._poll_until_ended(flow_run_id, deadline, include_result=True)
+        return await self._outcome(flow_run_id, response, fetch)
+
+    async def _outcome(self, flow_run_id: str, response: pb.GetFlowRunResponse, fetch: bool) -> Any:
+        """The result an ended flow run's answer holds (or its error, raised)."""
         value = decode_outcome(response)
         if value is STORED or not fetch:
             return await self._stored(flow_run_id, response, fetch)
@@ -480,67 +540,6 @@ class AsyncClient:
             for event in batch:
                 yield event
 
-    async def _watch_batches(
-        self, flow_run_id: str, after_seq: int
-    ) -> AsyncIterator[list[FlowEvent]]:
+    def _watch_batches(self, flow_run_id: str, after_seq: int) -> AsyncIterator[list[FlowEvent]]:
         """:meth:`watch` a batch at a time (what the blocking facade pulls per step)."""
-        last_seq = after_seq
-        budget = RetryBudget(self._conn.backoff, None, self._conn.rng)
-        interrupted = False
-        while True:
-            request = pb.WatchFlowRunRequest(flow_run_id=flow_run_id, after_seq=last_seq)
-            try:
-                endpoint, call = await self._conn.open_stream("WatchFlowRun", request, budget)
-            except CoordinatorUnreachable as exc:
-                raise WatchInterrupted(flow_run_id, last_seq, exc.details) from exc
-            failure: grpc.RpcError | None = None
-            try:
-                async for response in call:
-                    budget.reset()
-                    if interrupted:
-                        interrupted = False
-                        client_log().info(
-                            "watch_resumed", flow_run_id=flow_run_id, after_seq=last_seq
-                        )
-                    batch = new_events(response, last_seq)
-                    for i, event in enumerate(batch):
-                        if event.is_terminal:
-                            del batch[i + 1 :]
-                            break
-                    if batch:
-                        last_seq = batch[-1].seq
-                        yield batch
-                        if batch[-1].is_terminal:
-                            return
-            except grpc.RpcError as exc:
-                failure = exc
-            finally:
-                call.cancel()
-            code = failure.code() if failure is not None else _UNAVAILABLE  # type: ignore[attr-defined]
-            details = failure.details() if failure is not None else "the stream ended early"  # type: ignore[attr-defined]
-            if code is _UNAVAILABLE:
-                self._conn.lost(endpoint, details or "")
-                if not interrupted:
-                    interrupted = True
-                    client_log().warning(
-                        "watch_interrupted",
-                        flow_run_id=flow_run_id,
-                        last_seq=last_seq,
-                        address=endpoint.label,
-                        details=details,
-                    )
-            delay = budget.delay_s(code)
-            if delay is None:
-                if failure is None:
-                    raise _stream_ended(flow_run_id, last_seq)
-                error = budget.error(failure, flow_run_id)
-                if code is _UNAVAILABLE and isinstance(error, RPCError):
-                    raise WatchInterrupted(flow_run_id, last_seq, error.details) from failure
-                raise error from failure
-            await self._conn.sleep(delay)
-
-
-def _stream_ended(flow_run_id: str, last_seq: int) -> WatchInterrupted:
-    return WatchInterrupted(
-        flow_run_id, last_seq, "the event stream kept ending before the flow run's last event"
-    )
+        return watch_batches(self._conn, flow_run_id, after_seq)

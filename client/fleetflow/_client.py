@@ -99,7 +99,8 @@ class Client:
     Example::
 
         with Client("127.0.0.1:50051") as client:
-            run = client.submit(my_flow, n=10)
+            print(client.run(my_flow, n=10, timeout=600))  # submit and wait, one call
+            run = client.submit(my_flow, n=10)  # or keep a handle
             print(run.result(timeout=600))
 
     Takes the same arguments as :class:`AsyncClient`, with the same bounds:
@@ -182,6 +183,27 @@ class Client:
             )
         )
         return FlowRunHandle(self, handle.id, handle.created)
+
+    def run(
+        self,
+        flow: Flow[..., R] | common_pb2.FlowSpec,
+        *args: Any,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+        priority: int = 0,
+        **params: Any,
+    ) -> R:
+        """Blocking :meth:`AsyncClient.run`."""
+        return drive(
+            self._async.run(
+                flow,
+                *args,
+                timeout=timeout,
+                idempotency_key=idempotency_key,
+                priority=priority,
+                **params,
+            )
+        )
 
     def handle(self, flow_run_id: str) -> FlowRunHandle[Any]:
         """A handle on an existing flow run (not checked until used)."""

@@ -10,7 +10,7 @@ from fleetflow._retry import remaining_s
 from fleetflow._task import Flow
 from fleetflow.api.v1 import common_pb2
 from fleetflow.api.v1 import coordinator_service_pb2 as pb
-from fleetflow.errors import FlowRunCancelled, FlowRunFailed
+from fleetflow.errors import FlowRunCancelled, FlowRunFailed, FlowRunTimeout
 from fleetflow.events import FlowEvent
 from fleetflow.serde import exception_from_error, loads
 from fleetflow.store.session import STORED_KINDS
@@ -82,13 +82,13 @@ def poll_done(
     """After one long poll: None when the run ended, else the pause before the next, seconds.
 
     Raises:
-        TimeoutError: the caller's deadline passed while the run goes on.
+        FlowRunTimeout: the caller's deadline passed while the run goes on.
     """
     if flow_state_name(response.info.state) in TERMINAL_STATES:
         return None
     remaining = remaining_s(deadline)
     if remaining is not None and remaining <= 0:
-        raise TimeoutError(f"flow run {flow_run_id} is still running")
+        raise FlowRunTimeout(flow_run_id)
     # A coordinator that answers a long poll early must not make us spin.
     pause = max(0.0, MIN_POLL_GAP_S - elapsed_s)
     return pause if remaining is None else min(pause, remaining)

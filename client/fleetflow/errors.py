@@ -15,6 +15,7 @@ __all__ = [
     "FlowRunNotFound",
     "FlowRunFailed",
     "FlowRunCancelled",
+    "FlowRunTimeout",
     "InvalidFlowError",
     "Retry",
     "NonRetryableError",
@@ -150,6 +151,25 @@ class FlowRunFailed(FleetflowError):
 
 class FlowRunCancelled(FleetflowError):
     """The flow run was cancelled."""
+
+
+class FlowRunTimeout(FleetflowError, TimeoutError):
+    """A wait for a flow run's end ran out of time; the flow run goes on.
+
+    Raised by ``result``, ``wait`` and ``run`` when their ``timeout`` passes
+    while the flow run is still running. It is a :class:`TimeoutError`.
+
+    Attributes:
+        flow_run_id: The flow run: ``client.handle(flow_run_id)`` waits on it
+            again (``.result()``) or cancels it (``.cancel()``).
+    """
+
+    def __init__(self, flow_run_id: str) -> None:
+        super().__init__(f"flow run {flow_run_id} is still running")
+        self.flow_run_id = flow_run_id
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.flow_run_id,))
 
 
 class Retry(Exception):  # noqa: N818 - named for what task code asks for, like Celery's

@@ -121,7 +121,8 @@ _ROWS = (
     Bound("batch", "max_batch of LeaseTasks and ReportOutcomes", 10_000, "task runs", "clamped"),
     Bound("lease_wait", "LeaseTasks.wait_seconds", 10, "seconds (setting lease_wait_max_s)",
           "clamped"),
-    Bound("get_wait", "GetFlowRun.wait_seconds", 300, "seconds", "clamped"),
+    Bound("get_wait", "GetFlowRun.wait_seconds, SubmitFlowRun.wait_seconds", 300, "seconds",
+          "clamped"),
     Bound("page", "ListTaskRuns.limit (0 means 100)", 500, "task runs", "INVALID_ARGUMENT"),
     Bound("measured_seconds", "Outcome.duration_seconds (nonzero: at least 1 us), cpu_seconds",
           MAX_SECONDS, "seconds", "clamped"),
@@ -257,6 +258,8 @@ def _submit(request: cs.SubmitFlowRunRequest) -> None:
     _number("spec.timeout_seconds", spec.timeout_seconds, _LIMIT["seconds"], "seconds")
     for i, node in enumerate(spec.nodes):
         _node(i, node)
+    if not 0.0 <= request.wait_seconds <= _LIMIT["get_wait"]:  # a wait, as GetFlowRun's
+        request.wait_seconds = _clamp(request.wait_seconds, _LIMIT["get_wait"])
 
 
 def _get(request: cs.GetFlowRunRequest) -> None:

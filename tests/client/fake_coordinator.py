@@ -52,6 +52,12 @@ class FakeCoordinator(pb_grpc.CoordinatorServiceServicer):
         self.hold_watch = False
         #: Watch streams that ended on the server's side.
         self.watch_ends = 0
+        #: SubmitFlowRun honours wait_seconds (False: a coordinator that predates it).
+        self.submit_waits = True
+        #: SubmitFlowRun answers created=False (the key matched an existing run).
+        self.matched = False
+        #: SubmitFlowRun calls whose answer is lost (UNAVAILABLE after recording them).
+        self.lose_submit_answers = 0
 
     def _maybe_fail(self, method, context):
         if self.unavailable.get(method, 0) > 0:
@@ -78,7 +84,19 @@ class FakeCoordinator(pb_grpc.CoordinatorServiceServicer):
         self.submits.append(request)
         if request.spec.name == "invalid":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node 0: task_name is empty")
-        return pb.SubmitFlowRunResponse(flow_run_id="fr-1", created=True)
+        response = pb.SubmitFlowRunResponse(flow_run_id="fr-1", created=not self.matched)
+        if self.submit_waits and request.wait_seconds > 0:
+            self._describe(request, response.flow_run)
+        if self.lose_submit_answers > 0:
+            self.lose_submit_answers -= 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the answer was lost")
+        return response
+
+    def CancelFlowRun(self, request, context):
+        self._maybe_fail("CancelFlowRun", context)
+        self.requests.append(request)
+        self.state = State.FLOW_RUN_STATE_CANCELLED
+        return pb.CancelFlowRunResponse(cancelled=1)
 
     def GetFlowRun(self, request, context):
         self._maybe_fail("GetFlowRun", context)
@@ -87,16 +105,20 @@ class FakeCoordinator(pb_grpc.CoordinatorServiceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"flow run {request.flow_run_id}")
         if self.finish_after_gets is not None and len(self.gets) >= self.finish_after_gets:
             self.state = State.FLOW_RUN_STATE_COMPLETED
+        response = pb.GetFlowRunResponse()
+        self._describe(request, response)
+        return response
+
+    def _describe(self, request, response) -> None:
         if self.state == State.FLOW_RUN_STATE_RUNNING and request.wait_seconds > 0:
             time.sleep(min(request.wait_seconds, 0.2))
-        response = pb.GetFlowRunResponse(info=self._info())
+        response.info.CopyFrom(self._info())
         if request.include_result:
             if self.state == State.FLOW_RUN_STATE_COMPLETED:
                 response.result.CopyFrom(self.result)
             elif self.state == State.FLOW_RUN_STATE_FAILED:
                 response.error.CopyFrom(self.error)
                 response.error_task_name = "inc"
-        return response
 
     def ListFlowRuns(self, request, context):
         self._maybe_fail("ListFlowRuns", context)

@@ -252,7 +252,16 @@ def test_call_modules_wait_only_through_the_transport():
     import ast
     import importlib
 
-    for name in ["_async_client", "_connection", "_codec", "_retry", "_handles", "_info"]:
+    for name in [
+        "_async_client",
+        "_connection",
+        "_codec",
+        "_retry",
+        "_handles",
+        "_info",
+        "_run",
+        "_watch_stream",
+    ]:
         module = importlib.import_module(f"fleetflow.{name}")
         tree = ast.parse(inspect.getsource(module))
         imported = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -172,6 +173,40 @@ def test_sigkill_of_the_active_coordinator_mid_map_the_standby_finishes_it(tmp_p
         assert max(executions.values()) <= 2 and len(again) <= 2000, len(again)
         for proc in procs[2:]:
             assert proc.alive(), proc.log()
+
+
+def test_run_waiting_through_a_failover_returns_the_one_flow_runs_result(tmp_path, procs):
+    """client.run() waits inside SubmitFlowRun; the active dies; the retry finds the same run."""
+    ledger = tmp_path / "ledger"
+    with pg.database("runwait") as dsn:
+        a = Coordinator(tmp_path, "a", dsn)
+        procs.append(a.proc)
+        a.wait_health("SERVING")
+        b = Coordinator(tmp_path, "b", dsn)
+        procs.append(b.proc)
+        addresses = f"{a.address},{b.address}"
+        procs.append(_worker(tmp_path, "w1", addresses))
+        box: dict = {}
+
+        def run() -> None:
+            with Client(addresses) as client:
+                try:
+                    box["result"] = client.run(
+                        flows.tokened_map, n=2, ledger=str(ledger), seconds=1.0, timeout=120
+                    )
+                except BaseException as exc:  # noqa: BLE001 - checked below
+                    box["error"] = exc
+
+        caller = threading.Thread(target=run, daemon=True)
+        caller.start()
+        wait_until(lambda: len(_ledger(ledger)) >= 1, 60, what="the flow run under way")
+        a.proc.kill(signal.SIGKILL)
+        caller.join(150)
+        assert not caller.is_alive() and "error" not in box, box.get("error")
+        _check_each_result_once(box["result"], ledger, 2)
+        with Client(b.address) as client:
+            (only,) = client.list_flow_runs()  # the retried submission made no second one
+            assert only.state == "COMPLETED"
 
 
 def test_a_frozen_active_coordinator_is_deposed_and_its_writes_are_refused(tmp_path, procs):

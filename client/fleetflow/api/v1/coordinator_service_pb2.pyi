@@ -20,20 +20,26 @@ class PruneFlowRunsResponse(_message.Message):
     def __init__(self, pruned_flow_run_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitFlowRunRequest(_message.Message):
-    __slots__ = ("spec", "idempotency_key")
+    __slots__ = ("spec", "idempotency_key", "wait_seconds", "include_result")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_RESULT_FIELD_NUMBER: _ClassVar[int]
     spec: _common_pb2.FlowSpec
     idempotency_key: str
-    def __init__(self, spec: _Optional[_Union[_common_pb2.FlowSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    wait_seconds: float
+    include_result: bool
+    def __init__(self, spec: _Optional[_Union[_common_pb2.FlowSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., wait_seconds: _Optional[float] = ..., include_result: _Optional[bool] = ...) -> None: ...
 
 class SubmitFlowRunResponse(_message.Message):
-    __slots__ = ("flow_run_id", "created")
+    __slots__ = ("flow_run_id", "created", "flow_run")
     FLOW_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    FLOW_RUN_FIELD_NUMBER: _ClassVar[int]
     flow_run_id: str
     created: bool
-    def __init__(self, flow_run_id: _Optional[str] = ..., created: _Optional[bool] = ...) -> None: ...
+    flow_run: GetFlowRunResponse
+    def __init__(self, flow_run_id: _Optional[str] = ..., created: _Optional[bool] = ..., flow_run: _Optional[_Union[GetFlowRunResponse, _Mapping]] = ...) -> None: ...
 
 class GetFlowRunRequest(_message.Message):
     __slots__ = ("flow_run_id", "include_result", "wait_seconds")
