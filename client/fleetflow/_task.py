@@ -357,14 +357,14 @@ class _FlowRecorder:
             items = map_items(value) if mappable else None
             if items is not None:
                 arg.mapped = True
-                if any(isinstance(item, TaskFuture) for item in items):
-                    raise TypeError(
-                        f"{where}: argument {name!r} is a list of task futures; a map iterates "
-                        "a list of values or one task's result: pass the futures to a task "
-                        "that returns them as a list, and map over that task's future"
-                    )
-                _reject_futures(items, where, name)
-                arg.literal_items.items.extend(dumps_arg(item, where, name) for item in items)
+                _reject_mapped_futures(items, where, name)
+                try:
+                    payloads = [dumps(item) for item in items]
+                except Exception:
+                    for item in items:  # find the item that does not pickle, and name it
+                        dumps_arg(item, where, name)
+                    raise
+                arg.literal_items.items.extend(payloads)
                 literal_lengths[name] = len(items)
                 continue
             if isinstance(value, unmapped):
@@ -421,6 +421,20 @@ def _nothing_mapped(signature: inspect.Signature) -> str:
     if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()):
         text += "; *args and **kwargs are passed whole: map over a named parameter"
     return text
+
+
+def _reject_mapped_futures(items: Any, where: str, name: str) -> None:
+    """:func:`_reject_futures` for a mapped list, saying what to do with a list of futures."""
+    try:
+        _reject_futures(items, where, name)
+    except TypeError:
+        if any(isinstance(item, TaskFuture) for item in items):
+            raise TypeError(
+                f"{where}: argument {name!r} is a list of task futures; a map iterates "
+                "a list of values or one task's result: pass the futures to a task "
+                "that returns them as a list, and map over that task's future"
+            ) from None
+        raise
 
 
 def _reject_futures(value: Any, where: str, name: str) -> None:
