@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from fleetflow_coordinator.clock import SteadyClock
 from fleetflow_coordinator.core import Scheduler
 from fleetflow_coordinator.core.model import FlowRun
 from fleetflow_coordinator.metrics import Metrics
@@ -57,6 +58,8 @@ class Runtime:
         settings: Coordinator settings (lease TTL, commit window, retention, ...).
         store: Where state is persisted; a fresh MemoryStore when omitted.
         clock: Returns the current time in seconds since the epoch; injectable.
+            By default a :class:`~fleetflow_coordinator.clock.SteadyClock`:
+            wall-clock time that a step of the system clock does not jump.
         writer: The store's one writer, when the process shares it between
             runtimes (a hot standby that becomes active again); by default the
             runtime makes its own and closes it in :meth:`stop`.
@@ -66,7 +69,7 @@ class Runtime:
         self,
         settings: Settings,
         store: Store | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         *,
         writer: StoreWriter | None = None,
     ) -> None:
@@ -86,7 +89,8 @@ class Runtime:
             concurrency_limits=settings.limits(),
             unschedulable_timeout_s=settings.unschedulable_timeout_s,
         )
-        self.clock = clock
+        self.clock: Callable[[], float] = clock if clock is not None else SteadyClock()
+        self._clock_steps = 0
         #: Counters the edge increments after core calls (served on /metrics).
         self.metrics = Metrics()
         #: Measured usage per task, fed by ReportOutcomes (see usage.py).
@@ -415,6 +419,10 @@ class Runtime:
                 log.warning("coordinator_loop_stalled", seconds=round(late, 3))
             before = set(self.core.workers)
             self.core.tick(self.clock())
+            steps = getattr(self.clock, "steps", 0)
+            if steps != self._clock_steps:  # the system clock was stepped: not followed
+                self._clock_steps = steps
+                log.warning("wall_clock_stepped", offset_s=round(self.clock.offset_s, 3))  # type: ignore[attr-defined]
             for worker_id in before - set(self.core.workers):
                 self.metrics.workers_lost.inc()
                 log.warning("worker_lost", worker_id=worker_id, reason="lease TTL expired")
