@@ -371,9 +371,10 @@ class Runtime:
             stored: dict[str, int] = {}
             for flow_run_id, event in changes.events:
                 stored[flow_run_id] = event.seq
-            for row in changes.event_rows:
-                if row[1] > stored.get(row[0], 0):
-                    stored[row[0]] = row[1]
+            for run in changes.event_runs:
+                last = run[1] + run[2] - 1
+                if last > stored.get(run[0], 0):
+                    stored[run[0]] = last
             for flow, _, _, count, first_seq, _ in changes.expansions:
                 last = first_seq + count - 1
                 if last > stored.get(flow.id, 0):

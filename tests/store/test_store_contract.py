@@ -12,7 +12,7 @@ from fleetflow.api.v1 import common_pb2
 from fleetflow_coordinator.core import Outcome, Scheduler, TaskRunState
 from fleetflow_coordinator.core.model import EventKind, FlowRunState
 from fleetflow_coordinator.store import MemoryStore, RowBatch, SqliteStore, StoreError, open_store
-from fleetflow_coordinator.store.base import SCHEMA_VERSION, NotLeader
+from fleetflow_coordinator.store.base import SCHEMA_VERSION, NotLeader, expand_event_runs
 from fleetflow_coordinator.store.postgres import PostgresStore
 from fleetflow_coordinator.store.rows import changes_to_batch, snapshot_to_flows
 
@@ -320,7 +320,8 @@ def test_an_expansion_row_stands_for_its_children_until_they_change(store):
     batch = changes_to_batch(fleet.core.drain_changes())
     # No task run row at all: the lease's TASK_RUN_STARTED event stands for it.
     assert len(batch.expansions) == 1 and len(batch.task_runs) == 0
-    assert len(batch.events) == 3  # submitted, expanded, the lease; not 50 SCHEDULED
+    # submitted, expanded, the lease (a run of one); not 50 SCHEDULED
+    assert len(batch.events) == 2 and [run[2] for run in batch.event_runs] == [1]
     store.write(batch)
     fleet.core.report("w", [Outcome(first[0].task_run.id, 1, value=pickle.dumps(1))], fleet.now)
     second = fleet.core.lease("w", 1, fleet.now)
@@ -522,6 +523,23 @@ def test_a_large_batch_is_stored_whole_and_the_last_row_of_a_task_run_wins(store
     assert stored[7] == (7, "f1", 0, 7, 5, 1, "w", 1.5, b"\x00r", None, b"e", 1, 2, 3.5)
     assert [e[1] for e in snap.events["f1"]] == list(range(1, 5001))
     assert snap.events["f1"][0] == events[0]
+
+
+def test_event_runs_are_stored_as_the_rows_they_stand_for(store):
+    """A run of plain events (one SQL statement on SQLite, rows elsewhere) is its rows."""
+    runs = [
+        ("f1", 1, 1, 4, 1.5, 0, "inc", 10, 0, 1, "w"),
+        ("f1", 2, 7, 5, 2.5, 0, "inc", 11, 1, 2, ""),
+        ("f1", 9, 8, 4, 3.5, 1, "m:t", 100, 0, 1, "w\u00e9"),
+        ("f1", 17, 600, 5, 4.5, 1, "m:t", 108, 8, 3, "w2"),
+    ]
+    plain = ("f1", 617, 7, 5.5, 0, "inc", 5, 5, 1, "w", 0, "m", None, 0.0)
+    store.write(RowBatch(flows=[_flow_row()], events=[plain], event_runs=list(runs)))
+    events = store.load().events["f1"]
+    assert events == expand_event_runs(runs) + [plain]
+    assert [e[1] for e in events] == list(range(1, 618))
+    assert events[16] == ("f1", 17, 5, 4.5, 1, "m:t", 108, 8, 3, "w2", 0, "", None, 0.0)
+    assert events[615] == ("f1", 616, 5, 4.5, 1, "m:t", 707, 607, 3, "w2", 0, "", None, 0.0)
 
 
 @pytest.mark.parametrize("max_variables", [None, 999])

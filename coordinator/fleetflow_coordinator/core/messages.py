@@ -82,9 +82,14 @@ class Changes:
     expansions: list[tuple[FlowRun, NodeRecord, int, int, int, float]] = _field(
         default_factory=list
     )
-    #: Rows (the store's ``EVENT_COLUMNS``) of plain per-task-run events, which
-    #: are in the log but not in ``events``.
-    event_rows: list[tuple] = _field(default_factory=list)
+    #: Plain per-task-run events, which are in the log but not in ``events``,
+    #: as runs of alike ones: ``[flow_run_id, first seq, count, kind, time,
+    #: node, task_name, first task run id, first index, attempt, worker_id]``;
+    #: event ``first seq + i`` is about task run ``first id + i``, index
+    #: ``first index + i`` (the store's ``EVENT_RUN_COLUMNS``).
+    event_runs: list[list[Any]] = _field(default_factory=list)
+    #: Events in ``event_runs``, counted.
+    run_events: int = 0
     #: The next task run id to issue, stored so pruned ids are never reused.
     next_task_run_id: int = 0
 
@@ -95,7 +100,7 @@ class Changes:
             + len(self.nodes)
             + len(self.task_runs)
             + len(self.events)
-            + len(self.event_rows)
+            + self.run_events
             + 2 * len(self.expansions)
             + len(self.pruned)
         )

@@ -375,11 +375,16 @@ class EventLog:
         index: int,
         attempt: int,
         worker_id: str,
-    ) -> int:
-        """Add the next event from its fields (a plain one); returns its seq.
+    ) -> tuple[int, bool]:
+        """Add the next event from its fields (a plain one).
 
         The same as ``append(EventRecord(len(self) + 1, kind, ...))``, without
         making a record when the event extends a run.
+
+        Returns:
+            ``(seq, joined)``: ``joined`` when the event went into one run with
+            the event before it (alike to it: same kind, time, node, task name,
+            worker and attempt; the next task run id and index).
         """
         records = self._records
         n = len(records)
@@ -400,12 +405,12 @@ class EventLog:
             ):
                 run[1] = count + 1
                 records.append(None)
-                return n + 1
+                return n + 1, True
         record = EventRecord(
             n + 1, kind, time, node, task_name, task_run_id, index, attempt, worker_id
         )
         self.append(record)
-        return n + 1
+        return n + 1, records[-1] is None  # a run member is kept as None
 
     def _add_run(self, start: int, count: int, first: EventRecord) -> None:
         self._runs.append(

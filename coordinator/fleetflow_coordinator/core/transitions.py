@@ -184,36 +184,36 @@ class TransitionsMixin:
 
         TASK_RUN_SCHEDULED, TASK_RUN_STARTED and TASK_RUN_COMPLETED, the three
         every task run goes through, touch no flow or node row: the log gets
-        the same event, and the store its row (``Changes.event_rows``) without
-        a record in between. They only follow a transition, which a terminal
-        flow run has none of, so the after-the-end check is not needed here.
+        the same event, and the store its row (in ``Changes.event_runs``: runs
+        of alike events, as the log keeps them) without a record in between.
+        They only follow a transition, which a terminal flow run has none of,
+        so the after-the-end check is not needed here.
         """
         flow = tr.flow
         node = tr.node
         index, task_name = node.index, node.task_name
-        seq = flow.events.append_plain(
+        seq, joined = flow.events.append_plain(
             kind, now, index, task_name, tr.id, tr.index, tr.attempt, worker_id
         )
-        self._changed_flows.add(flow.id)
+        flow_id = flow.id
+        self._changed_flows.add(flow_id)
         changes = self._changes
-        changes.event_rows.append(
-            (
-                flow.id,
-                seq,
-                int(kind),
-                now,
-                index,
-                task_name,
-                tr.id,
-                tr.index,
-                tr.attempt,
-                worker_id,
-                0,
-                "",
-                None,
-                0.0,
+        runs = changes.event_runs
+        changes.run_events += 1
+        if joined and runs:
+            # The log found this event alike to the one before it (same kind,
+            # time, node, worker and attempt; next task run and index): if that
+            # one ends the store's last run, this one extends it.
+            last = runs[-1]
+            if last[1] + last[2] == seq and last[0] == flow_id:
+                last[2] += 1
+            else:
+                joined = False
+        if not joined or not runs:
+            runs.append(
+                [flow_id, seq, 1, int(kind), now, index, task_name, tr.id, tr.index, tr.attempt]
+                + [worker_id]
             )
-        )
         if kind != _STARTED_EVENT:
             # A lease changes no stored column that its TASK_RUN_STARTED row
             # does not hold (attempt, worker, time): the task run's row stays

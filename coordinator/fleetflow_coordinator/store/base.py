@@ -25,6 +25,8 @@ __all__ = [
     "expand_range",
     "merge_expansions",
     "apply_started",
+    "EVENT_RUN_COLUMNS",
+    "expand_event_runs",
     "NotLeader",
     "Store",
     "StoreError",
@@ -125,6 +127,49 @@ def expand_range(row: tuple) -> tuple[list[tuple], list[tuple]]:
     return task_runs, events
 
 
+#: A run of plain events (TASK_RUN_SCHEDULED, STARTED, COMPLETED) of one kind,
+#: time, node, attempt and worker, about consecutive task runs and indexes:
+#: event ``first_seq + i`` is about task run ``first_task_run_id + i``, index
+#: ``first_index + i``. Not a table: it stands for ``count`` rows of ``events``.
+EVENT_RUN_COLUMNS = (
+    "flow_id",
+    "first_seq",
+    "count",
+    "kind",
+    "time",
+    "node",
+    "task_name",
+    "first_task_run_id",
+    "first_index",
+    "attempt",
+    "worker_id",
+)
+
+
+def expand_event_runs(runs: list[tuple]) -> list[tuple]:
+    """The ``EVENT_COLUMNS`` rows ``EVENT_RUN_COLUMNS`` rows stand for, in order."""
+    rows = []
+    for (
+        flow_id,
+        seq,
+        count,
+        kind,
+        time,
+        node,
+        task_name,
+        task_run_id,
+        index,
+        attempt,
+        worker,
+    ) in runs:
+        rows.extend(
+            (flow_id, seq + i, kind, time, node, task_name, task_run_id + i, index + i)
+            + (attempt, worker, 0, "", None, 0.0)
+            for i in range(count)
+        )
+    return rows
+
+
 def merge_expansions(
     expansions: list[tuple],
     task_runs: dict[str, list[tuple]],
@@ -200,6 +245,8 @@ class RowBatch:
         nodes: Node rows (``NODE_COLUMNS``) to insert or replace.
         task_runs: Task run rows (``TASK_RUN_COLUMNS``) to insert or replace.
         events: Event rows (``EVENT_COLUMNS``) to append.
+        event_runs: ``EVENT_RUN_COLUMNS`` rows: runs of plain events, each
+            standing for ``count`` event rows (:func:`expand_event_runs`).
         expansions: ``RANGE_COLUMNS`` rows: map expansions, each standing for
             its children's first task run rows and TASK_RUN_SCHEDULED events.
         pruned: Flow run ids to delete with everything that belongs to them.
@@ -210,6 +257,7 @@ class RowBatch:
     nodes: list[tuple] = field(default_factory=list)
     task_runs: list[tuple] = field(default_factory=list)
     events: list[tuple] = field(default_factory=list)
+    event_runs: list[tuple] = field(default_factory=list)
     expansions: list[tuple] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     #: Stored in ``meta`` (kept at its highest): ids below it are never reused.
@@ -227,9 +275,16 @@ class RowBatch:
             + len(self.nodes)
             + len(self.task_runs)
             + len(self.events)
+            + sum(run[2] for run in self.event_runs)
             + len(self.expansions)
             + len(self.pruned)
         )
+
+    def take_event_runs(self) -> None:
+        """Move ``event_runs`` into ``events`` as rows, for a store that writes rows only."""
+        if self.event_runs:
+            self.events.extend(expand_event_runs(self.event_runs))
+            self.event_runs = []
 
 
 @dataclass(slots=True)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from fleetflow_coordinator.store.base import RowBatch, RowSnapshot, merge_expansions
+from fleetflow_coordinator.store.base import (
+    RowBatch,
+    RowSnapshot,
+    expand_event_runs,
+    merge_expansions,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -70,6 +75,8 @@ class MemoryStore:
         for row in batch.task_runs:
             self.task_runs[row[0]] = row
         for row in batch.events:
+            self.events.setdefault(row[0], {})[row[1]] = row
+        for row in expand_event_runs(batch.event_runs):
             self.events.setdefault(row[0], {})[row[1]] = row
         for row in batch.expansions:
             self.expansions[(row[0], row[1])] = row

@@ -399,6 +399,7 @@ class PostgresStore:
                 over) or cannot be reached; nothing of the batch is stored.
             StoreError: any other failure; nothing of the batch is stored.
         """
+        batch.take_event_runs()  # rows: COPY and the pipeline write rows
         with self._lock:
             sent = time.monotonic()
             try:

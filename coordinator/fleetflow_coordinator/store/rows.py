@@ -131,7 +131,7 @@ def changes_to_batch(changes: Changes) -> RowBatch:
         )
         for flow_id, e in changes.events
     ]
-    batch.events.extend(changes.event_rows)
+    batch.event_runs = [tuple(run) for run in changes.event_runs]
     batch.expansions = [
         (flow.id, node.index, node.task_name, first_id, count, first_seq, time)
         for flow, node, first_id, count, first_seq, time in changes.expansions
