@@ -376,15 +376,11 @@ class EventLog:
         attempt: int,
         worker_id: str,
     ) -> tuple[int, bool]:
-        """Add the next event from its fields (a plain one).
-
-        The same as ``append(EventRecord(len(self) + 1, kind, ...))``, without
-        making a record when the event extends a run.
+        """Add the next event from its fields (a plain one): ``append``, without a record.
 
         Returns:
-            ``(seq, joined)``: ``joined`` when the event went into one run with
-            the event before it (alike to it: same kind, time, node, task name,
-            worker and attempt; the next task run id and index).
+            ``(seq, joined)``; ``joined``: it went into one run with the event
+            before it (same kind, time, node, task, worker, attempt; next ids).
         """
         records = self._records
         n = len(records)
