@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import click
 
 from fleetflow_coordinator.settings import Settings
 
-__all__ = ["command"]
+__all__ = ["GC_THRESHOLDS", "command"]
+
+#: The cyclic garbage collector's thresholds in the coordinator process
+#: (Python's default: 700, 10, 10). The coordinator keeps millions of
+#: long-lived objects (task runs, events, digests) and allocates a few per
+#: task run in the hot path; at the default, collections of the older
+#: generations rescanned the survivors often enough to take about a tenth of
+#: its CPU in W1 (py-spy, benchmarks/PROFILE.md, issue 18). A young
+#: collection now waits for 50,000 new objects (about a millisecond to scan).
+GC_THRESHOLDS = (50_000, 20, 20)
 
 
 @click.command(name="coordinator")
@@ -195,6 +205,7 @@ def command(
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
     configure_logging(log_level)
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         import uvloop
 

@@ -34,6 +34,9 @@ from fleetflow_coordinator.core.table import Stimulus
 from fleetflow_coordinator.core.versions import runs_version
 
 _LEASE = Stimulus.LEASE
+_LITERAL = ArgKind.LITERAL
+_LITERAL_ITEMS = ArgKind.LITERAL_ITEMS
+_NODES = ArgKind.NODES
 
 __all__ = [
     "BATCH_TARGET_S",
@@ -381,11 +384,11 @@ class PlacementMixin:
         out: list[tuple[str, bytes | list[bytes]]] = []
         for arg in tr.node.args:
             kind = arg.kind
-            if kind == ArgKind.LITERAL:
+            if kind == _LITERAL:  # module constants: an enum member's lookup costs more
                 out.append((arg.name, arg.payload))
-            elif kind == ArgKind.LITERAL_ITEMS:
+            elif kind == _LITERAL_ITEMS:
                 out.append((arg.name, arg.payload[i]))
-            elif kind == ArgKind.NODES:
+            elif kind == _NODES:
                 out.append((arg.name, [_whole_single(nodes[u]) for u in arg.payload]))
             else:
                 upstream = nodes[arg.payload]
