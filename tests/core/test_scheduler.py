@@ -303,3 +303,24 @@ def test_outcome_error_without_retries_records_first_error():
     err = FakeError("x")
     fleet.core.report("w", [Outcome(g.task_run.id, 1, error=err)], fleet.now)
     assert flow.first_error == ("a", err, "")
+
+
+def test_a_resent_outcome_of_the_completing_attempt_adds_no_event():
+    """At-least-once reporting: the coordinator stored an outcome but its ack
+    was lost (it restarted, or the worker's call timed out), so the worker
+    sends it again. The task run is not touched, and its log gets no
+    LATE_RESULT_REJECTED event claiming the attempt that completed it is not
+    current; a genuinely late attempt still gets one."""
+    fleet = Fleet(lease_ttl_s=3.0)
+    fleet.add_worker("a", ["inc"])
+    flow = fleet.submit([node("inc", items("x", [1, 2]), map_=True)])
+    first, second = fleet.core.lease("a", 2, fleet.now)
+    done = Outcome(first.task_run.id, first.attempt, value=b"1")
+    assert fleet.core.report("a", [done], fleet.now) == [Ack.ACCEPTED]
+    events = len(flow.events)
+    assert fleet.core.report("a", [done], fleet.now) == [Ack.REJECTED_STALE]
+    assert len(flow.events) == events and first.task_run.result == b"1"
+    stale = Outcome(first.task_run.id, first.attempt + 1, value=b"x")
+    assert fleet.core.report("a", [stale], fleet.now) == [Ack.REJECTED_STALE]
+    assert fleet.kinds(flow)[-1] == EventKind.LATE_RESULT_REJECTED
+    fleet.check()

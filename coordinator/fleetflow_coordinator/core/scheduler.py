@@ -295,7 +295,10 @@ class Scheduler(
 
         An outcome counts only for the current attempt of a running task run
         (fencing); anything else changes no state and is logged as a
-        LATE_RESULT_REJECTED event.
+        LATE_RESULT_REJECTED event, except a resend of the outcome that
+        completed the task run (its ack was lost: the coordinator restarted
+        after storing it, or the answer timed out), which is acknowledged as
+        stale and adds no event.
         """
         self.touch(worker_id, now)
         acks = []
@@ -310,6 +313,8 @@ class Scheduler(
                 or tr.worker_id != worker_id
             ):
                 acks.append(Ack.REJECTED_STALE)
+                if tr.state == TaskRunState.COMPLETED and tr.attempt == outcome.attempt:
+                    continue  # only this attempt could complete it: a resend, not a late result
                 self._emit(
                     tr.flow,
                     EventKind.LATE_RESULT_REJECTED,
