@@ -10,6 +10,7 @@ import sys
 import click
 from rich.table import Table
 
+from fleetflow._cli_params import FiniteFloatRange
 from fleetflow._cli_render import out_console
 from fleetflow._cli_views import coordinator_option, format_bytes
 from fleetflow._client import Client
@@ -89,7 +90,7 @@ def _list_limits(address: str, as_json: bool) -> None:
 @click.option(
     "--older-than",
     "older_than_s",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=7 * 86400.0,
     show_default=True,
     help="Delete finished flow runs that ended more than this many seconds ago.",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ import click
 
 from fleetflow._task import Flow
 
-__all__ = ["convert_param", "parse_params"]
+__all__ = ["FiniteFloatRange", "check_required", "convert_param", "parse_params"]
 
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
@@ -165,3 +166,18 @@ def check_required(flow: Flow, params: dict[str, Any]) -> None:
             + " ".join(f"-p {m}=VALUE" for m in missing),
             param_hint="--param",
         )
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and infinities.
+
+    NaN passes every comparison a range makes (``nan > 0`` and ``nan < 0``
+    are both false), so ``--timeout nan`` was accepted and meant "never",
+    and ``--cpu nan`` reached the embedded fleet, which failed to start.
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number

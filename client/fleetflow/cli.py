@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -42,7 +43,12 @@ from fleetflow._cli_fleet import (
     FleetStartError,
     sigterm_raises_interrupt,
 )
-from fleetflow._cli_params import check_required, convert_param, parse_params
+from fleetflow._cli_params import (
+    FiniteFloatRange,
+    check_required,
+    convert_param,
+    parse_params,
+)
 from fleetflow._cli_progress import count_parts, follow_plain, note_reasons, other_counts
 from fleetflow._cli_render import format_event, out_console, print_failure, render_result, type_name
 from fleetflow._cli_views import (
@@ -255,13 +261,13 @@ def _write_output(path: Path, result: Any) -> None:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     metavar="SECONDS",
     help="Give up if the flow run has not ended after this long.",
 )
 @click.option(
     "--cpu",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=None,
     help="CPUs each embedded worker offers.  [default: the machine's, shared out]",
 )
@@ -288,7 +294,7 @@ def _write_output(path: Path, result: Any) -> None:
 @click.option(
     "--unschedulable-timeout",
     "unschedulable_timeout_s",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=EMBEDDED_UNSCHEDULABLE_TIMEOUT_S,
     show_default=True,
     metavar="SECONDS",
@@ -456,13 +462,17 @@ def _fleet_options(
     for resource in resources:
         name, sep, amount = resource.partition("=")
         try:
-            ok = bool(sep and name.strip()) and float(amount) >= 0
+            ok = bool(sep and name.strip()) and 0 <= float(amount) < math.inf
         except ValueError:
             ok = False
         if not ok:
             raise click.BadParameter(
-                f"expected NAME=AMOUNT, got {resource!r}", param_hint="--resource"
+                f"expected NAME=AMOUNT (a finite amount >= 0), got {resource!r}",
+                param_hint="--resource",
             )
+    for pool in pools:
+        if not pool.strip():
+            raise click.BadParameter("a pool name must not be empty", param_hint="--pool")
     return FleetOptions(cpu, memory, resources, pools, unschedulable_timeout_s)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+from pathlib import Path
 
 import pytest
 from fleetflow import FlowRunFailed, RemoteTaskError, flow, task, unmapped
@@ -294,3 +295,24 @@ def test_mapping_over_star_args_says_to_map_a_named_parameter():
 
     with pytest.raises(TypeError, match=r"\*args and \*\*kwargs are passed whole"):
         f.build()
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (["--timeout", "nan"], "'--timeout': 'nan' is not a finite number"),
+        (["--cpu", "inf"], "'--cpu': 'inf' is not a finite number"),
+        (["--unschedulable-timeout", "nan"], "'--unschedulable-timeout': 'nan' is not a finite"),
+        (["--resource", "gpu=inf"], "--resource: expected NAME=AMOUNT (a finite amount >= 0)"),
+        (["--pool", " "], "--pool: a pool name must not be empty"),
+    ],
+)
+def test_fleetflow_run_refuses_non_finite_and_empty_options_before_starting(args, shown):
+    # NaN passes click's range checks: --timeout nan meant "never", and --cpu nan or
+    # --unschedulable-timeout nan started an embedded fleet that failed ("see fleet.log").
+    from click.testing import CliRunner
+    from fleetflow.cli import cli
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "stdlib_stats.py"
+    done = CliRunner().invoke(cli, ["run", f"{example}:stdlib_stats", *args])
+    assert done.exit_code == 2 and shown in done.output, done.output
