@@ -93,6 +93,19 @@ class Changes:
     #: The next task run id to issue, stored so pruned ids are never reused.
     next_task_run_id: int = 0
 
+    def __bool__(self) -> bool:
+        """Whether anything changed (asked after every call: stops at the first)."""
+        return bool(
+            self.run_events
+            or self.task_runs
+            or self.events
+            or self.new_flows
+            or self.flows
+            or self.nodes
+            or self.expansions
+            or self.pruned
+        )
+
     def __len__(self) -> int:
         return (
             len(self.new_flows)

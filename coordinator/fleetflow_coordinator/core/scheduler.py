@@ -201,7 +201,7 @@ class Scheduler(
 
     def has_changes(self) -> bool:
         """Whether anything changed since the last :meth:`drain_changes`."""
-        return len(self._changes) > 0
+        return bool(self._changes)
 
     def pending_changes(self) -> int:
         """How many rows the next :meth:`drain_changes` would return (a batch size hint)."""
