@@ -244,7 +244,9 @@ class AsyncClient:
             FlowRunCancelled: the flow run was cancelled.
             FlowRunTimeout: ``timeout`` passed while the flow run goes on (a
                 ``TimeoutError`` naming it: ``exc.flow_run_id``).
-            TimeoutError: ``timeout`` passed before the coordinator accepted it.
+            TimeoutError: ``timeout`` passed before the submission was answered
+                (the flow run may exist: ``submit`` with the same ``idempotency_key``
+                finds it).
             RPCError: the coordinator failed otherwise or stayed unavailable.
             fleetflow.StoredObjectError: a stored part of the result is
                 missing or damaged (the message names it).
