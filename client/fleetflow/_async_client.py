@@ -17,6 +17,8 @@ import grpc
 from fleetflow._codec import (
     LONG_POLL_GRACE_S,
     STORED,
+    check_int,
+    check_wait,
     decode_outcome,
     get_request,
     poll_done,
@@ -272,6 +274,7 @@ class AsyncClient:
             FlowRunNotFound: no flow run has this id.
             RPCError: the coordinator failed or stayed unavailable.
         """
+        wait_s = check_wait("wait_s", wait_s)
         request = get_request(flow_run_id, include_result=False, wait_s=wait_s)
         response = await self._conn.unary(
             "GetFlowRun",
@@ -319,6 +322,7 @@ class AsyncClient:
         Raises:
             RPCError: the coordinator failed or stayed unavailable.
         """
+        task_run_id = check_int("task_run_id", task_run_id, low=0, high=2**64 - 1)
         request = pb.CancelTaskRunRequest(task_run_id=task_run_id)
         return (await self._conn.unary("CancelTaskRun", request)).cancelled
 
@@ -328,6 +332,7 @@ class AsyncClient:
         Raises:
             RPCError: no such task run (NOT_FOUND), or the coordinator failed.
         """
+        task_run_id = check_int("task_run_id", task_run_id, low=0, high=2**64 - 1)
         request = pb.GetTaskRunRequest(task_run_id=task_run_id)
         return TaskRunInfo.from_proto(await self._conn.unary("GetTaskRun", request))
 
@@ -359,6 +364,10 @@ class AsyncClient:
             codes = [common_pb2.TaskRunState.Value(f"TASK_RUN_STATE_{s.upper()}") for s in states]
         except ValueError as exc:
             raise ValueError(f"unknown task run state in {list(states)}: {exc}") from None
+        check_int("offset", offset, low=0, high=2**64 - 1)
+        check_int("limit", limit, low=0, high=2**32 - 1)  # the coordinator enforces 500
+        if index is not None:
+            check_int("index", index, low=0, high=2**32 - 1)
         request = pb.ListTaskRunsRequest(
             flow_run_id=flow_run_id,
             states=codes,
@@ -387,9 +396,14 @@ class AsyncClient:
     async def set_concurrency_limit(self, tag: str, limit: int | None) -> None:
         """Allow at most ``limit`` task runs tagged ``tag`` at once (None removes it).
 
+        A limit of 0 holds the tagged task runs until it is raised or removed.
+
         Raises:
+            ValueError: ``limit`` is not a whole number >= 0 or None.
             RPCError: the coordinator rejected it or failed.
         """
+        if limit is not None:  # -1 on the wire removes a limit: never by accident
+            check_int("limit", limit, low=0, high=2**31 - 1)
         request = pb.SetConcurrencyLimitRequest(tag=tag, limit=-1 if limit is None else limit)
         await self._conn.unary("SetConcurrencyLimit", request)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Any
 
@@ -16,6 +17,8 @@ from fleetflow.serde import exception_from_error, loads
 from fleetflow.store.session import STORED_KINDS
 
 __all__ = [
+    "check_int",
+    "check_wait",
     "LONG_POLL_GRACE_S",
     "LONG_POLL_S",
     "decode_outcome",
@@ -47,6 +50,9 @@ def submit_request(
         TypeError: ``flow`` is neither a flow nor a FlowSpec, parameters were
             given with a FlowSpec, or they do not fit the flow.
     """
+    priority = check_int("priority", priority, low=-(2**31), high=2**31 - 1)
+    if idempotency_key is not None and not isinstance(idempotency_key, str):
+        raise TypeError(f"idempotency_key must be a str or None, got {idempotency_key!r}")
     if isinstance(flow, common_pb2.FlowSpec):
         if args or params:
             raise TypeError("submit(spec): parameters are already recorded in a FlowSpec")
@@ -61,6 +67,30 @@ def submit_request(
     # A key is always sent so that retrying a submission whose answer was lost
     # returns the same flow run instead of starting a second one.
     return pb.SubmitFlowRunRequest(spec=spec, idempotency_key=idempotency_key or uuid.uuid4().hex)
+
+
+def check_int(field: str, value: Any, *, low: int, high: int) -> int:
+    """An argument of a client call that must be a whole number in ``[low, high]``.
+
+    Raises:
+        ValueError: naming ``field`` and the rule (not protobuf's "Value out of range").
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{field} must be a whole number in [{low}, {high}], got {value!r}")
+    return value
+
+
+def check_wait(field: str, value: Any) -> float:
+    """Seconds a client call may wait: a finite number >= 0.
+
+    Raises:
+        ValueError: naming ``field`` and the rule (a NaN wait used to reach the
+            coordinator and come back as DEADLINE_EXCEEDED).
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{field} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
 
 
 def get_request(flow_run_id: str, *, include_result: bool, wait_s: float) -> pb.GetFlowRunRequest:

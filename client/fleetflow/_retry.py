@@ -45,11 +45,11 @@ def deadline_after(timeout: float | None) -> float | None:
     """The ``time.monotonic`` deadline ``timeout`` seconds from now (None: no deadline).
 
     Raises:
-        ValueError: ``timeout`` is negative.
+        ValueError: ``timeout`` is negative or NaN.
     """
     if timeout is None:
         return None
-    if timeout < 0:
+    if not timeout >= 0:  # NaN too: it made result() give up at once
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
     return time.monotonic() + timeout
 

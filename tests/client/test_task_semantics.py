@@ -316,3 +316,35 @@ def test_fleetflow_run_refuses_non_finite_and_empty_options_before_starting(args
     example = Path(__file__).resolve().parents[2] / "examples" / "stdlib_stats.py"
     done = CliRunner().invoke(cli, ["run", f"{example}:stdlib_stats", *args])
     assert done.exit_code == 2 and shown in done.output, done.output
+
+
+def test_client_call_arguments_are_checked_naming_the_field():
+    # Before: protobuf's "'str' object cannot be interpreted as an integer" or
+    # "Value out of range", set_concurrency_limit(tag, -1) silently removed the
+    # limit, and result(timeout=nan) gave up at once.
+    from fleetflow import Client
+
+    @flow(name="sem_quick")
+    def quick():
+        return 1
+
+    with Client("127.0.0.1:1") as client:  # each check fails before any call is made
+        for kwargs, message in (
+            ({"priority": "high"}, "priority must be a whole number"),
+            ({"priority": 2**40}, "priority must be a whole number"),
+            ({"idempotency_key": 123}, "idempotency_key must be a str or None"),
+        ):
+            with pytest.raises((TypeError, ValueError), match=message):
+                client.submit(quick, **kwargs)
+        with pytest.raises(ValueError, match="limit must be a whole number in \\[0, "):
+            client.set_concurrency_limit("tag", -1)
+        with pytest.raises(ValueError, match="limit must be a whole number"):
+            client.set_concurrency_limit("tag", 1.5)
+        with pytest.raises(ValueError, match="wait_s must be a finite number"):
+            client.get("run", wait_s=math.nan)
+        with pytest.raises(ValueError, match="timeout must be >= 0 seconds"):
+            client.handle("run").result(timeout=math.nan)
+        with pytest.raises(ValueError, match="offset must be a whole number"):
+            client.list_task_runs("run", offset=-1)
+        with pytest.raises(ValueError, match="task_run_id must be a whole number"):
+            client.cancel_task_run(-1)
