@@ -1,6 +1,7 @@
 """Profile fleetflow's W1 (no-op map) with py-spy: the coordinator and one worker.
 
     .venv/bin/python benchmarks/pyspy_w1.py [--n 10000] [--rate 250] [--native]
+    .venv/bin/python benchmarks/pyspy_w1.py --w3 1000 --gil   # W3 instead: one-task flows
 
 Starts a fleet as ``run.py`` does (coordinator + 2 workers, ``--cpu 1``),
 attaches ``py-spy record`` to the coordinator and to worker 0 (with
@@ -111,6 +112,8 @@ def main() -> int:
     parser.add_argument("--native", action="store_true", help="also sample C/C++ frames")
     parser.add_argument("--gil", action="store_true", help="only sample the thread holding the GIL")
     parser.add_argument("--summarize", metavar="DIR", help="only summarize DIR/*.raw again")
+    parser.add_argument("--w3", type=int, default=0, help="run this many one-task flows (W3) "
+                        "in sequence instead of the W1 map")  # fmt: skip
     args = parser.parse_args()
     if args.summarize:
         for name in ("coordinator", "worker"):
@@ -148,10 +151,16 @@ def main() -> int:
                 spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err))
         time.sleep(2.0)  # samplers attached
         t0 = time.perf_counter()
-        result = fleet.client.submit(ff_tasks.w1_map, n=args.n).result(timeout=600)
-        wall = time.perf_counter() - t0
-        assert result == list(range(1, args.n + 1))
-        print(f"W1 {args.n}: {wall:.2f} s, {args.n / wall:.0f} task runs/s (under py-spy)")
+        if args.w3:
+            for i in range(args.w3):
+                assert fleet.client.submit(ff_tasks.w3_one, x=i).result(timeout=60) == i + 1
+            wall = time.perf_counter() - t0
+            print(f"W3 x {args.w3}: {wall / args.w3 * 1000:.2f} ms per flow run (under py-spy)")
+        else:
+            result = fleet.client.submit(ff_tasks.w1_map, n=args.n).result(timeout=600)
+            wall = time.perf_counter() - t0
+            assert result == list(range(1, args.n + 1))
+            print(f"W1 {args.n}: {wall:.2f} s, {args.n / wall:.0f} task runs/s (under py-spy)")
         time.sleep(0.5)
     finally:
         for spy in spies:
@@ -163,8 +172,9 @@ def main() -> int:
                 spy.kill()
         fleet.stop()
         stop_all()
+    what = f"W3 x {args.w3:,}" if args.w3 else f"W1 at {args.n:,} items"
     report = [
-        f"W1 at {args.n:,} items: {wall:.2f} s wall under py-spy ({args.rate} Hz, "
+        f"{what}: {wall:.2f} s wall under py-spy ({args.rate} Hz, "
         f"{'native' if args.native else 'Python'} frames, "
         f"{'GIL holder only' if args.gil else 'idle samples excluded'})\n"
     ]

@@ -16,6 +16,7 @@ import pickle
 import grpc
 import pytest
 from fleetflow.api.v1 import worker_service_pb2 as ws
+from fleetflow.api.v1 import worker_service_pb2_grpc as ws_grpc
 from fleetflow_coordinator.errors import LimitExceeded
 from fleetflow_coordinator.servicers import WorkerServicer
 from fleetflow_coordinator.session import MAX_OUTSTANDING, Session, Sessions
@@ -248,3 +249,37 @@ async def test_sessions_turned_off_answer_unimplemented():
         error = await _ended(call)
         assert error.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "worker_sessions" in error.details()
+
+
+async def test_a_standby_refuses_the_stream_naming_the_active_coordinator():
+    from fleetflow_coordinator.security import Security
+    from fleetflow_coordinator.settings import Settings
+    from fleetflow_coordinator.standby import LeaderGate, _standby_server
+
+    server, port, refuse = await _standby_server(Settings(), "127.0.0.1:0", Security())
+    refuse.active = "10.0.0.7:50051"
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = ws_grpc.WorkerServiceStub(channel).WorkerSession()
+            with contextlib.suppress(grpc.aio.AioRpcError):  # refused at its start
+                await call.write(_lease(1))
+            error = await _ended(call)
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert error.details() == "standby coordinator; the active one is 10.0.0.7:50051"
+    finally:
+        await server.stop(0)
+
+    class _Lapsed:  # a store whose leadership lease ran out
+        epoch, fenced_at = 1, -1e9
+
+    gate = LeaderGate(_Lapsed(), 10.0)  # type: ignore[arg-type]
+    handler = await gate.intercept_service(None, _Details(_SESSION))
+    assert handler.stream_stream is not None and handler.unary_unary is None
+
+
+_SESSION = "/fleetflow.api.v1.WorkerService/WorkerSession"
+
+
+class _Details:
+    def __init__(self, method: str) -> None:
+        self.method = method
