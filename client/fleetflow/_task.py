@@ -25,6 +25,7 @@ from fleetflow._task_rules import (
     check_seconds,
     dumps_arg,
     map_items,
+    nothing_mapped,
     record_parameters,
     unmapped,
 )
@@ -254,7 +255,7 @@ class Task(Generic[P, R]):
             else:
                 whole[name] = value.value if isinstance(value, unmapped) else value
         if not mapped:
-            raise TypeError(f"{where}: {_nothing_mapped(self.signature)}")
+            raise TypeError(f"{where}: {nothing_mapped(self.signature)}")
         lengths = {name: len(items) for name, items in mapped.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"{where}: mapped arguments differ in length: {lengths}")
@@ -390,7 +391,7 @@ class _FlowRecorder:
                 arg.literal = dumps_arg(value, where, name)
         if map_:
             if not any(a.mapped for a in node.args):
-                raise TypeError(f"{where}: {_nothing_mapped(task.signature)}")
+                raise TypeError(f"{where}: {nothing_mapped(task.signature)}")
             if len(set(literal_lengths.values())) > 1:
                 raise ValueError(f"{where}: mapped arguments differ in length: {literal_lengths}")
         self.nodes.append(node)
@@ -411,16 +412,6 @@ def _retry_policy(task: Task) -> common_pb2.RetryPolicy:
     else:
         policy.retry_delay_seconds = delays
     return policy
-
-
-def _nothing_mapped(signature: inspect.Signature) -> str:
-    text = (
-        "no argument to map over; pass a list, tuple, range, other iterable or task future "
-        "(str, bytes, dicts and sets are passed whole; wrap constants in fleetflow.unmapped)"
-    )
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()):
-        text += "; *args and **kwargs are passed whole: map over a named parameter"
-    return text
 
 
 def _reject_mapped_futures(items: Any, where: str, name: str) -> None:

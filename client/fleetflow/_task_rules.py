@@ -36,6 +36,7 @@ __all__ = [
     "collect_generator",
     "dumps_arg",
     "map_items",
+    "nothing_mapped",
     "NOT_MAPPED",
     "PARAMETER_INLINE_BYTES",
     "record_parameters",
@@ -229,3 +230,14 @@ class BoundTask:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.task, name)
+
+
+def nothing_mapped(signature: inspect.Signature) -> str:
+    """Why a map has nothing to map over, for a task with ``signature``."""
+    text = (
+        "no argument to map over; pass a list, tuple, range, other iterable or task future "
+        "(str, bytes, dicts and sets are passed whole; wrap constants in fleetflow.unmapped)"
+    )
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()):
+        text += "; *args and **kwargs are passed whole: map over a named parameter"
+    return text
