@@ -199,3 +199,48 @@ def test_no_hand_written_module_is_over_600_lines():
             if lines > MAX_MODULE_LINES:
                 over[str(path.relative_to(ROOT))] = lines
     assert not over, f"over {MAX_MODULE_LINES} lines: {over}"
+
+
+#: Where a process may run gRPC: the three packages, the tests and the benchmarks.
+FORK_CHECKED = (*SOURCE_ROOTS.values(), "tests", "benchmarks")
+
+
+def _forks(tree: ast.AST) -> list[int]:
+    """Lines that fork the running process: ``os.fork()``, a ``preexec_fn``, a "fork" context."""
+    lines = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        named = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        first = node.args[0] if node.args else None
+        fork_context = named in {"get_context", "set_start_method"} and (
+            isinstance(first, ast.Constant) and first.value == "fork"
+        )
+        if named in {"fork", "forkpty"} or fork_context:
+            lines.append(node.lineno)
+        elif any(k.arg == "preexec_fn" for k in node.keywords):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_code_forks_a_process_that_may_run_grpc():
+    """Child processes start by exec (subprocess without ``preexec_fn``) or from a forkserver.
+
+    gRPC's fork handlers, run in a child forked while another thread is inside
+    gRPC, sometimes abort that child before it reaches exec (SIGABRT,
+    "epoll_wait error: Bad file descriptor"): a test's coordinator started with
+    ``preexec_fn`` died that way. ``subprocess`` forks only for a
+    ``preexec_fn`` (it uses vfork otherwise, which runs no fork handlers).
+    """
+    found = {}
+    for folder in FORK_CHECKED:
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.name.endswith(("_pb2.py", "_pb2_grpc.py")) or ".venv" in path.parts:
+                continue
+            lines = _forks(ast.parse(path.read_text(encoding="utf-8")))
+            if lines:
+                found[str(path.relative_to(ROOT))] = lines
+    assert not found, f"fork the running process: {found}"
+    caught = "subprocess.Popen(a, preexec_fn=f)\nos.fork()\nmp.get_context('fork')\n"
+    assert _forks(ast.parse(caught + "mp.get_context('forkserver')")) == [1, 2, 3]

@@ -7,13 +7,17 @@ so its connection never goes idle) needs one when authentication is on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 from fleetflow.api.v1 import common_pb2
 from fleetflow.api.v1 import worker_service_pb2 as ws
@@ -31,26 +35,66 @@ FD_LIMIT = 96
 IDLE_PEERS = 150
 
 
-def _limit_fds() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+#: Sets the open-file limit (soft = hard = argv[1]), then execs argv[2:]. The
+#: limit is set in the new process rather than by a ``preexec_fn``: that makes
+#: subprocess fork() this test process (instead of vfork), whose gRPC threads
+#: (earlier tests' channels) may be busy then, and gRPC's fork handlers
+#: sometimes SIGABRT the child before its exec ("epoll_wait error: Bad file
+#: descriptor"), so the coordinator never started.
+_LIMIT_THEN_EXEC = (
+    "import os, resource, sys; n = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); os.execv(sys.argv[2], sys.argv[2:])"
+)
 
 
-def test_many_idle_connections_do_not_stop_a_new_worker_from_registering(tmp_path):
+@contextlib.contextmanager
+def _coordinator_with_few_fds(tmp_path: Path, *args: str) -> Iterator[str]:
+    """Run a coordinator whose open-file limit is :data:`FD_LIMIT` (it cannot raise it).
+
+    Yields its address once it serves; stops it on exit. Its log is printed
+    when the block fails, and is in the message when it does not start.
+    """
     port_file = tmp_path / "port"
+    log_path = tmp_path / "coordinator.log"
     env = {**_env(), "FLEETFLOW_IDLE_CONNECTION_S": "1", "FLEETFLOW_HANDSHAKE_TIMEOUT_S": "1"}
-    log = open(tmp_path / "coordinator.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fleetflow_coordinator", "--listen", "127.0.0.1:0",
-         "--port-file", str(port_file), "--db", ":memory:", "--http", "off"],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_limit_fds,
-    )  # fmt: skip
-    idle: list[grpc.Channel] = []
+    command = [
+        *(sys.executable, "-m", "fleetflow_coordinator", "--listen", "127.0.0.1:0"),
+        *("--port-file", str(port_file), "--db", ":memory:", "--http", "off", *args),
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LIMIT_THEN_EXEC, str(FD_LIMIT), *command],
+            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         while not port_file.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "coordinator did not start"
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"coordinator did not start (exit status {proc.poll()}); its log:\n"
+                    + log_path.read_text(errors="replace")[-4000:]
+                )
             time.sleep(0.05)
-        address = f"127.0.0.1:{port_file.read_text().strip()}"
+        # In force in the coordinator itself (it raises a soft limit to the hard one).
+        assert psutil.Process(proc.pid).rlimit(psutil.RLIMIT_NOFILE) == (FD_LIMIT, FD_LIMIT)
+        yield f"127.0.0.1:{port_file.read_text().strip()}"
+    except BaseException:
+        print(f"==== coordinator log\n{log_path.read_text(errors='replace')[-4000:]}")
+        raise
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_many_idle_connections_do_not_stop_a_new_worker_from_registering(tmp_path):
+    idle: list[grpc.Channel] = []
+    with contextlib.ExitStack() as stack:
+        address = stack.enter_context(_coordinator_with_few_fds(tmp_path))
+        stack.callback(lambda: [channel.close() for channel in idle])
         own = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
         idle.extend(grpc.insecure_channel(address, options=own) for _ in range(IDLE_PEERS))
         ready = [grpc.channel_ready_future(channel) for channel in idle]  # connect, no call
@@ -76,12 +120,6 @@ def test_many_idle_connections_do_not_stop_a_new_worker_from_registering(tmp_pat
             )
         assert answer.lease_ttl_seconds > 0
         assert time.monotonic() - started < 15
-    finally:
-        for channel in idle:
-            channel.close()
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 def _register(channel: grpc.Channel, metadata=()) -> ws.RegisterWorkerResponse:
@@ -105,25 +143,20 @@ def test_health_watches_without_a_credential_do_not_pin_connections(tmp_path):
     worker could connect.
     """
     pki = make_pki(tmp_path)
-    port_file = tmp_path / "port"
-    env = {**_env(), "FLEETFLOW_IDLE_CONNECTION_S": "1", "FLEETFLOW_HANDSHAKE_TIMEOUT_S": "1"}
-    log = open(tmp_path / "coordinator.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fleetflow_coordinator", "--listen", "127.0.0.1:0",
-         "--port-file", str(port_file), "--db", ":memory:", "--http", "off",
-         "--tls-cert", str(pki.cert), "--tls-key", str(pki.key), "--auth-file", str(pki.auth_file)],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_limit_fds,
-    )  # fmt: skip
     tls = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
     own = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
     channels: list[grpc.Channel] = []
     silent: list[socket.socket] = []
-    try:
-        deadline = time.monotonic() + 30
-        while not port_file.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "coordinator did not start"
-            time.sleep(0.05)
-        address = f"127.0.0.1:{port_file.read_text().strip()}"
+    with contextlib.ExitStack() as stack:
+        address = stack.enter_context(
+            _coordinator_with_few_fds(
+                tmp_path,
+                *("--tls-cert", str(pki.cert), "--tls-key", str(pki.key)),
+                *("--auth-file", str(pki.auth_file)),
+            )
+        )
+        stack.callback(lambda: [channel.close() for channel in channels])
+        stack.callback(lambda: [sock.close() for sock in silent])
         # The probes use Check, with no credential: it answers.
         assert probe.main([address, "--tls-ca", str(pki.ca), "--timeout", "10"]) == 0
         # Peers that connect and never start TLS are closed after handshake_timeout_s.
@@ -152,14 +185,6 @@ def test_health_watches_without_a_credential_do_not_pin_connections(tmp_path):
         for sock in silent:  # long closed by now (1 s), while the Watches were refused
             sock.settimeout(10)
             assert sock.recv(1) == b"", "a peer that never spoke TLS was not closed"
-    finally:
-        for sock in silent:
-            sock.close()
-        for channel in channels:
-            channel.close()
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 async def test_health_check_needs_no_credential_but_watch_needs_one(tmp_path):
