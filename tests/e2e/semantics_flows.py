@@ -204,3 +204,16 @@ def too_slow():
 @flow
 def timing_out():
     return too_slow()
+
+
+@task(resources={"cpu": 0.1})
+async def blocks_the_loop(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)  # blocking code in an async def task: holds the worker's loop
+    return seconds
+
+
+@flow
+def blocking_async(seconds: float = 3.0):
+    return blocks_the_loop(seconds)

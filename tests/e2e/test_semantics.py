@@ -21,16 +21,21 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def address(tmp_path_factory):
+def semantics_fleet(tmp_path_factory):
     fleet = Fleet(tmp_path_factory.mktemp("semantics"))
     try:
-        address = fleet.start_coordinator()
+        address = fleet.start_coordinator(lease_ttl=10.0)
         fleet.start_worker(module=FLOWS_PATH)
         with Client(address) as client:
             wait_until(lambda: client.list_workers(), 60, what="the worker")
-        yield address
+        yield fleet
     finally:
         fleet.stop()
+
+
+@pytest.fixture(scope="module")
+def address(semantics_fleet):
+    return semantics_fleet.address
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +125,13 @@ def test_inspect_and_watch_show_a_run_that_a_task_timeout_failed(client, address
     watched = fleetflow("watch", run.id, "--coordinator", address, check=False)
     assert watched.returncode == 1 and "Error:" not in watched.stderr, watched.stderr
     assert "TaskTimeout: task semantics_flows:too_slow exceeded" in watched.stdout
+
+
+def test_an_async_task_that_blocks_the_loop_is_named_in_the_worker_log(client, semantics_fleet):
+    # Hatchet's "the main thread may be blocked" class: before, nothing said why
+    # heartbeats stopped and leases expired; the task still completes (3 s < TTL 10 s).
+    assert client.submit(flows.blocking_async, seconds=3.0).result(timeout=60) == 3.0
+    worker = semantics_fleet.workers[0]
+    wait_until(lambda: "worker_loop_blocked" in worker.log(), 10, what="the warning")
+    line = next(x for x in worker.log().splitlines() if "worker_loop_blocked" in x)
+    assert "make it a plain def task" in line

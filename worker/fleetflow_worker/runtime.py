@@ -43,6 +43,7 @@ from fleetflow_worker._data import DataPlane
 from fleetflow_worker._execute import AttemptRunner
 from fleetflow_worker._executors import make_executor
 from fleetflow_worker._gpu_usage import GpuSampler
+from fleetflow_worker._loop_watch import watch_loop
 from fleetflow_worker._reporter import OutcomeReporter
 from fleetflow_worker._rpc import CoordinatorConnection, channel_options, recovered, supervised
 from fleetflow_worker._session import SessionStub
@@ -184,6 +185,7 @@ class Worker:
                         ("heartbeat", self._heartbeat_loop),
                         ("report", self.reporter.run),
                         ("lease", self._lease_loop),
+                        ("loop-watch", lambda: watch_loop(self._blocked_warning_s)),
                     ):
                         self._loops[name] = asyncio.create_task(
                             supervised(name, loop), name=f"fleetflow-worker-{name}"
@@ -202,6 +204,10 @@ class Worker:
                 await connection.close()
                 self.data.close()
                 log.info("worker_stopped")
+
+    def _blocked_warning_s(self) -> float:
+        """A stall of the loop worth a warning: a quarter of the lease TTL, at least 1 s."""
+        return max(1.0, self.lease_ttl_s / 4)
 
     def _warn_any_version(self) -> None:
         """Say loudly that task runs may meet code other than what they were submitted with."""
