@@ -68,6 +68,9 @@ MIN_KEEPALIVE_TIME_S = 5.0
 #: While connecting, channel states are polled this often at first (doubling), seconds.
 _POLL_FIRST_S = 0.005
 _POLL_MAX_S = 0.1
+#: A coordinator's last UNAVAILABLE answer is named in CoordinatorUnreachable
+#: only if it came at most this long before, seconds.
+_LAST_ANSWER_S = 120.0
 #: An address that just answered UNAVAILABLE is used again only when no other
 #: is ready within this long, seconds.
 _AVOID_GRACE_S = 0.5
@@ -230,6 +233,9 @@ class Connection:
         self._last: _Endpoint | None = None
         self._avoid: _Endpoint | None = None
         self._prefer: Address | None = None
+        #: (monotonic time, details) of the first UNAVAILABLE answer since the
+        #: last call that succeeded: why the coordinator went away, if it said.
+        self._last_answer: tuple[float, str] | None = None
 
     # ------------------------------------------------------------------ calls
 
@@ -281,6 +287,7 @@ class Connection:
                     raise budget.error(exc, flow_run_id) from exc
             else:
                 self._avoid = None
+                self._last_answer = None
                 return response
             await self.transport.sleep(delay)
 
@@ -317,6 +324,8 @@ class Connection:
         """
         if self._current is endpoint:
             client_log().warning("coordinator_unavailable", address=endpoint.label, details=details)
+        if details and self._last_answer is None:
+            self._last_answer = (time.monotonic(), details)
         self._current = None
         hint = standby_hint(details)
         known = {a for ep in self._endpoints for a in (ep.given, ep.address)}
@@ -378,7 +387,13 @@ class Connection:
         chosen = self._pick(math.inf)
         if chosen is not None:  # ready after all, while we looked
             return self._use(chosen)
-        raise CoordinatorUnreachable(failures, time.monotonic() - start)
+        said = self._last_answer
+        recent = said is not None and time.monotonic() - said[0] <= _LAST_ANSWER_S
+        raise CoordinatorUnreachable(
+            failures,
+            time.monotonic() - start,
+            said[1] if recent else "",  # type: ignore[index]
+        )
 
     def _use(self, endpoint: _Endpoint) -> _Endpoint:
         if self._last is not None and endpoint is not self._last:

@@ -86,11 +86,17 @@ class CoordinatorUnreachable(RPCError):
     Attributes:
         failures: One entry per address tried, saying why it failed.
         waited_s: How long the client tried, seconds.
+        last_answer: What the coordinator itself last said before it went
+            away (the details of its ``UNAVAILABLE`` answer, e.g. that its
+            store failed on a full disk), or "".
     """
 
-    def __init__(self, failures: tuple[ConnectFailure, ...], waited_s: float) -> None:
+    def __init__(
+        self, failures: tuple[ConnectFailure, ...], waited_s: float, last_answer: str = ""
+    ) -> None:
         self.failures = tuple(failures)
         self.waited_s = waited_s
+        self.last_answer = last_answer
         if len(self.failures) == 1:
             (only,) = self.failures
             message = (
@@ -102,10 +108,12 @@ class CoordinatorUnreachable(RPCError):
                 f"cannot reach any of {len(self.failures)} coordinator addresses "
                 f"(tried for {waited_s:.1f} s): " + "; ".join(str(f) for f in self.failures)
             )
+        if last_answer:
+            message += f"; before that it answered: {last_answer}"
         super().__init__("UNAVAILABLE", message)
 
     def __reduce__(self) -> tuple:
-        return (type(self), (self.failures, self.waited_s))
+        return (type(self), (self.failures, self.waited_s, self.last_answer))
 
 
 class WatchInterrupted(RPCError):
