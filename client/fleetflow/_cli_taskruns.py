@@ -36,9 +36,18 @@ def parse_task_ref(text: str) -> tuple[str, str, int] | None:
 
     Returns:
         None when ``text`` is not of that form (a flow run id or task run id).
+
+    Raises:
+        click.BadParameter: ``text`` has a ``[`` but no whole-number INDEX in it
+            (``run:task[x]`` was looked up as a flow run id and "not found").
     """
     match = _REF.match(text)
     if match is None:
+        if "[" in text or "]" in text:
+            raise click.BadParameter(
+                f"{text!r}: expected FLOW_RUN_ID:TASK[INDEX], INDEX a whole number >= 0",
+                param_hint="FLOW_RUN_ID|TASK_RUN_ID|FLOW_RUN_ID:TASK[INDEX]",
+            )
         return None
     return match["flow"], match["task"], int(match["index"] or 0)
 

@@ -348,3 +348,14 @@ def test_client_call_arguments_are_checked_naming_the_field():
             client.list_task_runs("run", offset=-1)
         with pytest.raises(ValueError, match="task_run_id must be a whole number"):
             client.cancel_task_run(-1)
+
+
+@pytest.mark.parametrize("text", ["abc:parse[x]", "abc:parse[-1]", "abc:parse[2"])
+def test_a_task_run_reference_with_a_bad_index_is_a_usage_error(text):
+    import click
+    from fleetflow._cli_taskruns import parse_task_ref
+
+    with pytest.raises(click.BadParameter, match="INDEX a whole number >= 0"):
+        parse_task_ref(text)
+    assert parse_task_ref("abc:parse[3]") == ("abc", "parse", 3)
+    assert parse_task_ref("abc123") is None
