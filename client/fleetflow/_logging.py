@@ -164,10 +164,13 @@ def attempt_scope(ids: Mapping[str, Any]) -> Iterator[deque[str]]:
     """
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     token = _TAIL.set(tail)
+    # Tokens rather than bound_contextvars(), which copies the whole context
+    # twice per attempt; resetting them restores exactly what was bound before.
+    bound = structlog.contextvars.bind_contextvars(**ids)
     try:
-        with structlog.contextvars.bound_contextvars(**ids):
-            yield tail
+        yield tail
     finally:
+        structlog.contextvars.reset_contextvars(**bound)
         _TAIL.reset(token)
 
 

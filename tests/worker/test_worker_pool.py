@@ -11,7 +11,7 @@ import pytest
 from fleetflow.api.v1 import common_pb2
 from fleetflow.serde import dumps, loads
 from fleetflow_worker import _codec
-from fleetflow_worker._pool import PoolStartError, TaskProcessPool
+from fleetflow_worker._pool import BatchItem, PoolStartError, TaskProcessPool
 from fleetflow_worker.errors import MemoryLimitExceeded, TaskProcessDied, TaskTimeout
 
 MIB = 1 << 20
@@ -273,3 +273,40 @@ async def test_surplus_attempts_get_their_own_process_up_to_max_size(sample_task
         assert await wait_for_pids(pool, 1) == [warm], "surplus processes are closed"
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_messages_bigger_than_the_pipe_cross_it_whole(sample_tasks_path, loop_kind):
+    """The loop writes a request the pipe cannot take at once as it drains, and
+    reads a result that arrives in many pieces; small ones around it are unharmed.
+    uvloop too: it makes the pipe's descriptor non-blocking for its reads."""
+    import uvloop
+
+    async def main() -> None:
+        pool = TaskProcessPool(2, [sample_tasks_path])
+        await pool.start()
+        try:
+            big = os.urandom(6 * MIB)
+            results = await asyncio.gather(
+                pool.run("sample_tasks:double", [("x", dumps(big))], False),
+                pool.run("sample_tasks:double", [("x", dumps(21))], False),
+            )
+            assert value_of(results[0]) == big * 2
+            assert value_of(results[1]) == 42
+            got: dict[int, object] = {}
+            items = [BatchItem([("x", dumps(v))], False, {}) for v in (big, 1, big[:999])]
+            await pool.run_batch(
+                "sample_tasks:double",
+                items,
+                cancelled=lambda i: False,
+                on_result=lambda i, r: got.__setitem__(i, value_of(r)),
+            )
+            assert got == {0: big * 2, 1: 2, 2: big[:999] * 2}
+        finally:
+            pool.kill()
+            await pool.close()
+
+    if loop_kind == "uvloop":
+        uvloop.run(main())
+    else:
+        asyncio.run(main())

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,10 +146,12 @@ class BatchPass:
         #: runs), read when the kill is decided: the child may start the next
         #: member before the SIGKILL lands.
         self.decided, self.decided_started = -1, 0.0
+        #: What the watch awaits between samples; resolved by the pipe's
+        #: callbacks directly (no extra loop iteration), a poke or the timer.
+        self._wake: asyncio.Future[None] | None = None
 
     async def run(
         self,
-        io: Executor,
         replace: Callable[[], asyncio.Future[int | None]],
         poke: asyncio.Event | None = None,
         env: Mapping[str, str] | None = None,
@@ -158,33 +159,39 @@ class BatchPass:
         """Send, watch and, if need be, stop; returns the members left to run.
 
         Args:
-            io: Runs the blocking pipe call.
             replace: Kills the seat's process and starts its next one; its
                 future gives the old process's exit code.
             poke: Set by the caller when it cancels a member.
             env: Set in the process's environment before the members run
                 (``CUDA_VISIBLE_DEVICES``); None: left alone.
         """
-        call = self._send(io, env)
+        call = self._send(env)
         try:
-            reason = await self._watch(call, poke)
-        except BaseException:
-            # Cancelled, or watching itself failed: either way the process may
-            # still be running a member, so it must not go back to the seat.
-            replace()  # kills the process; the blocked call ends with EOF
-            raise
-        if reason is None and call.exception() is None:
-            return []  # every member answered
-        exitcode = await self._stop(call, reason, replace)
+            try:
+                reason = await self._watch(call, poke)
+            except BaseException:
+                # Cancelled, or watching itself failed: either way the process may
+                # still be running a member, so it must not go back to the seat.
+                replace()
+                raise
+            if reason is None and call.exception() is None:
+                return []  # every member answered
+            exitcode = await self._stop(call, reason, replace)
+        finally:
+            if not call.done():  # nothing more is read for this pass
+                self.proc.channel.stop()
+                call.cancel()
         current = self._blame(reason, exitcode)
         return [i for q, i in enumerate(self.todo) if not self.answered[q] and q != current]
 
-    def _send(self, io: Executor, env: Mapping[str, str] | None) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
+    def _send(self, env: Mapping[str, str] | None) -> asyncio.Future[None]:
+        """Send the members down the pipe and read their results on the loop.
 
-        def post(results: list[tuple]) -> None:  # in the pipe thread
-            loop.call_soon_threadsafe(self._on_results, results)
-
+        Returns:
+            A future done once every member answered, or with the error that
+            ended the pipe (EOFError: the process exited or was killed).
+        """
+        call: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         requests = [
             (
                 self.task_name,
@@ -195,10 +202,67 @@ class BatchPass:
             )
             for i in self.todo
         ]
+        message = ("batch", requests) if env is None else ("batch", requests, dict(env))
+        channel = self.proc.channel
+        left = len(requests)
+
+        def on_message(results: list[tuple]) -> None:
+            nonlocal left
+            left -= len(results)
+            if left <= 0:
+                channel.stop()
+            self._on_results(results)
+            if left <= 0:
+                self._end(call)
+
+        def on_end(exc: BaseException) -> None:
+            self._end(call, exc)
+
+        def sent(writing: asyncio.Future[None]) -> None:
+            exc = None if writing.cancelled() else writing.exception()
+            if exc is not None and not call.done():
+                channel.stop()
+                self._end(call, exc)
+
         self.proc.reset_progress()
-        call = loop.run_in_executor(io, self.proc.call_batch, requests, post, env)
-        call.add_done_callback(retrieve)
+        try:
+            channel.listen(on_message, on_end)
+            writing = channel.send(message)
+        except OSError as exc:  # the process is gone: the pass sees it like a death
+            channel.stop()
+            self._end(call, exc)
+            return call
+        if writing is not None:  # a big batch: the loop writes the rest as the pipe drains
+            writing.add_done_callback(sent)
         return call
+
+    def _end(self, call: asyncio.Future[None], exc: BaseException | None = None) -> None:
+        """The pipe's part of the pass is over: every member answered, or ``exc`` ended it."""
+        if call.done():
+            return
+        if exc is None:
+            call.set_result(None)
+        else:
+            call.set_exception(exc)
+            call.exception()  # seen: the watch reads it, or the pass is being stopped anyway
+        self._rouse()
+
+    def _rouse(self, _: object = None) -> None:
+        """Wake the watch now (the call ended, or a poke)."""
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until the next sample is due, or :meth:`_rouse`, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        wake = self._wake = loop.create_future()
+        timer = loop.call_later(seconds, self._rouse)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            self._wake = None
 
     def _on_results(self, results: list[tuple]) -> None:
         """Results from the process, on the loop, in arrival order."""
@@ -216,18 +280,17 @@ class BatchPass:
         self, call: asyncio.Future[None], poke: asyncio.Event | None
     ) -> _StopReason | None:
         """Sample until every member answered (None) or one must be stopped (why)."""
-        poked = asyncio.ensure_future(poke.wait()) if poke is not None else None
+        poked = self._poked(poke)
         try:
             while not call.done():
                 wait_s = self._wait_s()
-                if wait_s > 0:
-                    waiters = [call] if poked is None else [call, poked]
-                    await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+                if wait_s > 0 and (poked is None or not poked.done()):
+                    await self._sleep(wait_s)
                 if call.done():
                     break
                 if poked is not None and poked.done():
                     poke.clear()  # type: ignore[union-attr]
-                    poked = asyncio.ensure_future(poke.wait())  # type: ignore[union-attr]
+                    poked = self._poked(poke)
                 reason = self._check()
                 if reason is not None:
                     return reason
@@ -235,6 +298,14 @@ class BatchPass:
         finally:
             if poked is not None:
                 poked.cancel()
+
+    def _poked(self, poke: asyncio.Event | None) -> asyncio.Future[Any] | None:
+        """A future of ``poke`` being set, which wakes the watch (None: no poke)."""
+        if poke is None:
+            return None
+        poked = asyncio.ensure_future(poke.wait())
+        poked.add_done_callback(self._rouse)
+        return poked
 
     def _wait_s(self) -> float:
         """Until the next sample, or the running member's deadline if sooner."""
@@ -283,8 +354,7 @@ class BatchPass:
         if isinstance(reason, MemoryLimitExceeded):
             reason.peak_bytes = max(reason.peak_bytes, self.meter.rss_peak)
         replace()
-        await asyncio.wait([call], timeout=5.0)
-        await asyncio.sleep(0)  # results read before the EOF are delivered first
+        await asyncio.wait([call], timeout=5.0)  # results read before the EOF came first
         why = reason if isinstance(reason, str) else type(reason).__name__
         log.info("task_process_killed", reason=why, pid=pid)
         return None

@@ -293,13 +293,27 @@ def run_batch(conn: Connection, requests: Sequence[tuple], progress: Any = None)
     return True
 
 
+#: This process's ``/proc/self/clear_refs``, open for writing (-1: not available).
+_clear_refs: int | None = None
+
+
 def _reset_peak_memory() -> None:
-    """Reset this process's peak RSS (``VmHWM``) so it measures one attempt (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass  # elsewhere the pool's sampling gives the peak
+    """Reset this process's peak RSS (``VmHWM``) so it measures one attempt (Linux >= 4.0).
+
+    The file stays open: each write resets the peak again, without an open
+    and a close per attempt.
+    """
+    global _clear_refs
+    if _clear_refs is None:
+        try:
+            _clear_refs = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            _clear_refs = -1  # elsewhere the pool's sampling gives the peak
+    if _clear_refs >= 0:
+        try:
+            os.write(_clear_refs, b"5")
+        except OSError:
+            pass
 
 
 def _die_with_parent() -> None:

@@ -114,8 +114,10 @@ class AttemptRunner:
         self._attempts: dict[AttemptKey, asyncio.Task[None]] = {}
         #: {AttemptKey: flow_run_id} of running attempts
         self._flow_run_ids: dict[AttemptKey, str] = {}
-        #: {AttemptKey: asyncio task of the user coroutine or of the pool call}
+        #: {AttemptKey: asyncio task of the user coroutine}
         self._inner: dict[AttemptKey, asyncio.Future[PoolResult | None]] = {}
+        #: {AttemptKey: a plain ``def`` attempt's own task while it awaits the executor}
+        self._awaiting: dict[AttemptKey, asyncio.Task[Any]] = {}
         #: {AttemptKey: event set when a member of a running batch is cancelled}
         self._pokes: dict[AttemptKey, asyncio.Event] = {}
 
@@ -218,6 +220,9 @@ class AttemptRunner:
             inner = self._inner.get(key)
             if inner is not None:
                 inner.cancel()
+            awaiting = self._awaiting.pop(key, None)  # popped: the attempt knows it was us
+            if awaiting is not None:
+                awaiting.cancel()
             poke = self._pokes.get(key)
             if poke is not None:
                 poke.set()
@@ -237,11 +242,12 @@ class AttemptRunner:
         started = time.monotonic()
         result: _Result = None
         ids = _attempt_ids(self.worker_id, key, lease)
-        with structlog.contextvars.bound_contextvars(**ids):
-            try:
-                result = await self._execute(key, lease, task)
-            finally:
-                self._finish(key, result, time.monotonic() - started)
+        tokens = structlog.contextvars.bind_contextvars(**ids)
+        try:
+            result = await self._execute(key, lease, task, ids)
+        finally:
+            self._finish(key, result, time.monotonic() - started)
+            structlog.contextvars.reset_contextvars(**tokens)
 
     def _finish(
         self,
@@ -389,7 +395,11 @@ class AttemptRunner:
         )
 
     async def _execute(
-        self, key: AttemptKey, lease: worker_service_pb2.Lease, task: Task | None
+        self,
+        key: AttemptKey,
+        lease: worker_service_pb2.Lease,
+        task: Task | None,
+        ids: Mapping[str, Any],
     ) -> _Result:
         if self.table.is_cancelled(key):  # cancelled before this task got to run
             return None
@@ -408,6 +418,8 @@ class AttemptRunner:
             except InputUnavailable as exc:
                 return PoolResult(encode_error(exc, infrastructure=True), infrastructure=True)
         try:
+            if not task.is_async:
+                return await self._in_process(key, task, args, lease, store, ids)
             return await self._start(key, lease, task, args, store)
         finally:
             if pinned:
@@ -421,21 +433,19 @@ class AttemptRunner:
         args: list[WireArg],
         store: StoreContext | None,
     ) -> _Result:
-        if task.is_async:
-            try:
-                if stored_refs(args):  # reading stored inputs must not block the loop
-                    decoded = await asyncio.to_thread(decode_args, args, store)
-                else:
-                    decoded = decode_args(args, store)
-                call_args, call_kwargs = bind_arguments(task, decoded)
-                coro = task.fn(*call_args, **call_kwargs)
-            except StoredObjectError as exc:
-                return PoolResult(encode_error(exc, infrastructure=True), infrastructure=True)
-            except Exception as exc:  # noqa: BLE001 - bad arguments fail the attempt
-                return PoolResult(encode_error(exc))
-            inner = asyncio.ensure_future(self._async_attempt(coro, task, lease, store))
-        else:
-            inner = asyncio.ensure_future(self._in_process(key, task, args, lease, store))
+        """An ``async def`` attempt, its coroutine in a task of its own (a cancel cancels it)."""
+        try:
+            if stored_refs(args):  # reading stored inputs must not block the loop
+                decoded = await asyncio.to_thread(decode_args, args, store)
+            else:
+                decoded = decode_args(args, store)
+            call_args, call_kwargs = bind_arguments(task, decoded)
+            coro = task.fn(*call_args, **call_kwargs)
+        except StoredObjectError as exc:
+            return PoolResult(encode_error(exc, infrastructure=True), infrastructure=True)
+        except Exception as exc:  # noqa: BLE001 - bad arguments fail the attempt
+            return PoolResult(encode_error(exc))
+        inner = asyncio.ensure_future(self._async_attempt(coro, task, lease, store))
         self._inner[key] = inner
         try:
             return await inner
@@ -483,20 +493,38 @@ class AttemptRunner:
         task: Task,
         args: list[WireArg],
         lease: worker_service_pb2.Lease,
-        store: StoreContext | None = None,
-    ) -> PoolResult | None:
-        return await self.pool.run(
-            task.name,
-            args,
-            lease.split_result,
-            timeout_s=lease.timeout_seconds,
-            memory_request_bytes=memory_request(lease),
-            skip=lambda: self.table.is_cancelled(key),
-            log_ids=structlog.contextvars.get_contextvars(),
-            store=store,
-            gpu=gpu_request(lease),
-            resources=custom_resources(lease),
-        )
+        store: StoreContext | None,
+        ids: Mapping[str, Any],
+    ) -> _Result:
+        """A plain ``def`` attempt, awaited by its own task.
+
+        :meth:`cancel` cancels that task while it waits here (a task process is
+        then killed); anyone else's cancel goes on up.
+        """
+        me = asyncio.current_task()
+        assert me is not None
+        self._awaiting[key] = me
+        try:
+            return await self.pool.run(
+                task.name,
+                args,
+                lease.split_result,
+                timeout_s=lease.timeout_seconds,
+                memory_request_bytes=memory_request(lease),
+                skip=lambda: self.table.is_cancelled(key),
+                log_ids=ids,
+                store=store,
+                gpu=gpu_request(lease),
+                resources=custom_resources(lease),
+            )
+        except asyncio.CancelledError:
+            if key in self._awaiting or me.uncancel() > 0:
+                raise  # not (only) the coordinator's cancel: not ours to handle
+            return None
+        except Exception as exc:  # noqa: BLE001 - the executor failed (e.g. closed)
+            return PoolResult(encode_error(exc), infrastructure=True)
+        finally:
+            self._awaiting.pop(key, None)
 
 
 async def _guarded(

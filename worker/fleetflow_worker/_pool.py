@@ -3,9 +3,10 @@
 The pool has ``size`` *seats*. A seat holds one task process (started from a
 forkserver: the worker has a live gRPC channel and threads, and gRPC is not
 fork-safe, so a plain ``fork`` is never used) and a pipe to it. An attempt
-takes a free seat, sends its request down the pipe and waits for the answer
-in a thread, while the event loop samples the process every
-``sample_interval_s`` seconds. So every attempt can be stopped on its own:
+takes a free seat, sends its request down the pipe and reads the answer on
+the event loop (:mod:`fleetflow_worker._channel`: no thread per attempt),
+while the loop samples the process every ``sample_interval_s`` seconds. So
+every attempt can be stopped on its own:
 
 * past its ``timeout_s`` the process is SIGKILLed and the attempt ends with
   :class:`~fleetflow_worker.errors.TaskTimeout` (no code after the blocking
@@ -134,7 +135,7 @@ class TaskProcessPool:
         self._device_order = (
             {} if "CUDA_DEVICE_ORDER" in os.environ else {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
         )
-        #: Thread per blocking pipe call, process start and reap.
+        #: Threads for process starts and reaps.
         self._io = ThreadPoolExecutor(2 * self.max_size + 2, thread_name_prefix="fleetflow-pool")
         #: Every process started and not yet reaped (including ones still starting).
         self._processes: set[BaseProcess] = set()
@@ -312,7 +313,7 @@ class TaskProcessPool:
                     proc, task_name, items, todo, limits, cancelled, on_result, gpu=meter
                 )
                 env = self._env(taken.binding)
-                todo = await one_pass.run(self._io, lambda: self._replace(seat), poke, env)
+                todo = await one_pass.run(lambda: self._replace(seat), poke, env)
         finally:
             self.devices.release(taken.devices)
             self._give_back(seat)
@@ -487,8 +488,7 @@ class TaskProcessPool:
             reaped.set_result(None)
         else:
             old.kill()
-            reaped = loop.run_in_executor(self._io, self._reap, old)
-            self._keep(reaped)
+            reaped = self._reap_later(old)
         if not self._closed and (seat.core or respawn is not None) and seat.spawning is None:
             self._start_spawn(seat, respawn)
         return reaped
@@ -509,7 +509,14 @@ class TaskProcessPool:
         proc = spawning.result()
         proc.kill()
         with contextlib.suppress(RuntimeError):  # the pool closed meanwhile: kill() was enough
-            self._keep(asyncio.get_running_loop().run_in_executor(self._io, self._reap, proc))
+            self._reap_later(proc)
+
+    def _reap_later(self, proc: TaskProcess) -> asyncio.Future[int | None]:
+        """Reap a killed process in a thread, then close its loop channel (on the loop)."""
+        reaped = asyncio.get_running_loop().run_in_executor(self._io, self._reap, proc)
+        reaped.add_done_callback(lambda _: proc.channel.close())
+        self._keep(reaped)
+        return reaped
 
     def _reap(self, proc: TaskProcess) -> int | None:
         exitcode = proc.reap(5.0)
@@ -567,6 +574,8 @@ class TaskProcessPool:
         for proc in procs:
             proc.kill()
         await asyncio.gather(*(asyncio.to_thread(self._reap, p) for p in procs))
+        for proc in procs:
+            proc.channel.close()
         await asyncio.to_thread(self._io.shutdown, wait=True)
 
 

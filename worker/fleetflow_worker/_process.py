@@ -7,8 +7,9 @@ Used by :mod:`fleetflow_worker._pool`, which decides when; the process side is
 from __future__ import annotations
 
 import contextlib
+import select
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -17,7 +18,7 @@ from typing import Any
 import psutil
 
 from fleetflow_worker import _child
-from fleetflow_worker._codec import Payload, WireArg
+from fleetflow_worker._channel import LoopChannel
 
 __all__ = ["PoolStartError", "TaskProcess", "live_pids"]
 
@@ -38,6 +39,9 @@ class TaskProcess:
     def __init__(self, process: BaseProcess, conn: Connection, progress: Any = None) -> None:
         self.process = process
         self.conn = conn
+        #: The same pipe for the event loop: batches are sent and answered
+        #: through it (:class:`~fleetflow_worker._batch.BatchPass`).
+        self.channel = LoopChannel(conn)
         self.ps = psutil.Process(process.pid)
         #: Shared ``[position, started]`` of the batch member running now
         #: (see :func:`fleetflow_worker._child.run_batch`); None if not shared.
@@ -120,42 +124,10 @@ class TaskProcess:
 
     def alive(self) -> bool:
         """Whether the process still runs."""
+        if not _readable(self.process):
+            return True  # its status pipe says nothing yet: no exit status to read
         with _STATUS_LOCK:
             return self.process.is_alive()
-
-    def call(self, request: tuple[str, list[WireArg], bool, dict[str, Any]]) -> Payload:
-        """Run one attempt (blocking; called in a thread).
-
-        Raises:
-            EOFError: the process died (or was killed) before answering.
-            OSError: the pipe broke.
-        """
-        self.conn.send(request)
-        return self.conn.recv()  # type: ignore[no-any-return]
-
-    def call_batch(
-        self,
-        requests: list[tuple],
-        on_results: Callable[[list[tuple]], None],
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        """Run a batch of attempts (blocking; called in a thread).
-
-        Hands every list of results the process sends to ``on_results`` (from
-        this thread) and returns once all ``len(requests)`` were answered.
-        See :func:`fleetflow_worker._child.run_batch` for the result tuples;
-        ``env`` is set in the process's environment first (None: nothing).
-
-        Raises:
-            EOFError: the process died (or was killed) before answering all.
-            OSError: the pipe broke.
-        """
-        self.conn.send(("batch", requests) if env is None else ("batch", requests, dict(env)))
-        left = len(requests)
-        while left > 0:
-            results = self.conn.recv()
-            left -= len(results)
-            on_results(results)
 
     def kill(self) -> None:
         """SIGKILL the process and the processes it started (no-op if it already exited).
@@ -188,6 +160,19 @@ def _reap(process: BaseProcess, timeout_s: float, conn: Connection | None = None
     if conn is not None:
         conn.close()
     return exitcode
+
+
+def _readable(process: BaseProcess) -> bool:
+    """Whether the process's sentinel can be read (it exited), without waiting or locking.
+
+    Only a poll of the descriptor: the status itself is read under the lock.
+    """
+    try:
+        poller = select.poll()
+        poller.register(process.sentinel, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return True  # closed or never started: the caller's locked check decides
 
 
 def live_pids(processes: Iterable[BaseProcess]) -> list[int]:
