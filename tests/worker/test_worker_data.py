@@ -52,3 +52,43 @@ async def test_waiting_is_bounded():
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await _patiently("download", scripted(*[grpc.StatusCode.UNAVAILABLE] * 50), patience_s=0.0)
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_an_attempt_cancelled_while_its_inputs_are_fetched_never_runs(sample_tasks):
+    """Fetching inputs may now wait for an unreachable coordinator; a cancel that
+    arrives meanwhile (the coordinator came back and took the lease away) must
+    keep the task code from starting once the inputs are in."""
+    import asyncio
+
+    from fake_worker_service import make_lease
+    from fleetflow_worker._execute import AttemptRunner
+    from fleetflow_worker.state import AttemptKey, AttemptTable
+
+    name = next(n for n in sample_tasks if n.endswith(":counted"))
+    counted = sample_tasks[name].fn.__globals__["COUNTED"]
+    counted.update(now=0, peak=0)
+    fetching, fetched, released = asyncio.Event(), asyncio.Event(), []
+
+    class SlowInputs:
+        def context(self, lease):
+            return None
+
+        async def prepare(self, args):
+            fetching.set()
+            await fetched.wait()
+            return args, ["pinned-key"]
+
+        def release(self, keys):
+            released.extend(keys)
+
+    outcomes = []
+    runner = AttemptRunner(
+        "w", sample_tasks, None, AttemptTable(4), outcomes.append, data=SlowInputs()
+    )
+    assert runner.start(make_lease(1, name, seconds=0.0))
+    await asyncio.wait_for(fetching.wait(), 5)
+    runner.cancel(AttemptKey(1, 1))
+    fetched.set()
+    await asyncio.wait_for(asyncio.gather(*runner.attempts), 5)
+    assert counted["peak"] == 0, "the cancelled attempt's code ran"
+    assert outcomes == [] and released == ["pinned-key"]

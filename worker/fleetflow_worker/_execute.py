@@ -417,6 +417,9 @@ class AttemptRunner:
                 args, pinned = await self.data.prepare(args)
             except InputUnavailable as exc:
                 return PoolResult(encode_error(exc, infrastructure=True), infrastructure=True)
+            if self.table.is_cancelled(key):  # while its inputs were fetched (or waited for)
+                self.data.release(pinned)
+                return None
         try:
             if not task.is_async:
                 return await self._in_process(key, task, args, lease, store, ids)
