@@ -447,6 +447,24 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
     db.close()
 
 
+def test_a_version_2_database_is_upgraded_so_older_fleetflow_refuses_it(tmp_path):
+    """Version 3 changed what a lease stores, not a table: the number alone moves."""
+    path = tmp_path / "v2.db"
+    store = SqliteStore(path)
+    store.write(RowBatch(flows=[_flow_row()]))
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    assert [row[0] for row in store.load().flows] == ["f1"]
+    store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    db.close()
+
+
 # --------------------------------------------------- database file checks (issue 11)
 
 
@@ -584,6 +602,21 @@ def test_postgres_refuses_a_newer_schema_and_a_foreign_one(pg_database):
     with pytest.raises(StoreError, match="not a fleetflow database"):
         PostgresStore(pg_database)
     with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA fleetflow CASCADE")
+
+
+def test_postgres_version_1_schema_is_upgraded_to_2(pg_database):
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS fleetflow CASCADE")
+    PostgresStore(pg_database).close()
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("SELECT set_config('fleetflow.epoch', '0', true)")
+            conn.execute("UPDATE fleetflow.meta SET value = '1' WHERE key = 'schema_version'")
+    PostgresStore(pg_database).close()
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        row = conn.execute("SELECT value FROM fleetflow.meta WHERE key = 'schema_version'")
+        assert row.fetchone()[0] == "2"
         conn.execute("DROP SCHEMA fleetflow CASCADE")
 
 

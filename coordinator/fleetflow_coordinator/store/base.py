@@ -32,9 +32,13 @@ __all__ = [
     "StoreError",
 ]
 
-#: Bumped whenever the stored shape changes; a newer database is refused.
-#: 2 added ``expansions`` (a mapped node's children stored as one row).
-SCHEMA_VERSION = 2
+#: Bumped whenever the stored shape or its meaning changes; a newer database is
+#: refused. 2 added ``expansions`` (a mapped node's children stored as one row).
+#: 3 changed what a lease stores: no task-run row, only its STARTED event (a
+#: SCHEDULED row with a STARTED event of its attempt loads as RUNNING). Rows are
+#: unchanged, but a fleetflow older than 3 would read such a task run as
+#: SCHEDULED and lease its attempt again, so it must refuse the database.
+SCHEMA_VERSION = 3
 
 FLOW_COLUMNS = (
     "id",

@@ -17,7 +17,9 @@ from fleetflow_coordinator.store.base import (
 )
 
 #: Bumped whenever the stored shape changes; see ``MIGRATIONS``.
-POSTGRES_SCHEMA_VERSION = 1
+#: 2 changed what a lease stores (see ``store.base.SCHEMA_VERSION`` 3), no table:
+#: it only keeps an older fleetflow off a database it would misread.
+POSTGRES_SCHEMA_VERSION = 2
 
 #: pg_advisory_xact_lock key held while the schema is checked or migrated.
 SCHEMA_LOCK = 0x666C6F77  # "flow"
@@ -99,7 +101,7 @@ VERSION_1 = [
 ]
 
 #: {version: statements that bring version - 1 to it}; version 0 is "no schema".
-MIGRATIONS: dict[int, list[str]] = {1: VERSION_1}
+MIGRATIONS: dict[int, list[str]] = {1: VERSION_1, 2: []}
 
 #: Batches with more task run or event rows than this use COPY instead of
 #: multi-statement pipelines.

@@ -277,7 +277,7 @@ class SqliteStore(Store):
                 f"database {self.path} has schema version {version}, newer than this "
                 f"fleetflow understands ({SCHEMA_VERSION}); upgrade fleetflow"
             )
-        if version == 1:  # 2 only added the expansions table
+        if version in (1, 2):  # 2 added the expansions table; 3 changed no table
             db.execute("BEGIN")
             for statement in _statements():
                 db.execute(statement)
