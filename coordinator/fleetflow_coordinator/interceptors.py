@@ -86,6 +86,17 @@ def _checked_decoder(
     return decode
 
 
+def _bytes_through(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
+    """``serialize``, except that bytes (an answer its handler serialized) pass as they are."""
+
+    def serializer(message: Any) -> bytes:
+        if isinstance(message, bytes) or serialize is None:
+            return message
+        return serialize(message)
+
+    return serializer
+
+
 class HealthGate(grpc.aio.ServerInterceptor):
     """Let health ``Check`` through to anyone, ``Watch`` only to a known credential.
 
@@ -226,7 +237,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             return grpc.stream_stream_rpc_method_handler(
                 self._stream_in(method, handler.stream_stream, decode),
                 request_deserializer=None,
-                response_serializer=handler.response_serializer,
+                response_serializer=_bytes_through(handler.response_serializer),
             )
         return handler
 

@@ -73,6 +73,31 @@ _CALLS = {
     "report_outcomes": "ReportOutcomes",
     "release_leases": "ReleaseLeases",
 }
+#: {call: the tag byte of its answer in WorkerDown (field number, length-delimited)}
+_ANSWER_TAGS = {
+    kind: bytes(((ws.WorkerDown.DESCRIPTOR.fields_by_name[kind].number << 3) | 2,))
+    for kind in _CALLS
+}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _answer_bytes(rid: int, kind: str, response: Any) -> bytes:
+    """A serialized WorkerDown with ``response`` as its ``kind`` answer.
+
+    Framed by hand around the response's own bytes: building a WorkerDown
+    would deep-copy the response (a lease answer of many leases) first, about
+    as costly again as serializing it.
+    """
+    body = response.SerializeToString()
+    return b"\x08" + _varint(rid) + _ANSWER_TAGS[kind] + _varint(len(body)) + body
 
 
 def write_timeout_s(lease_ttl_s: float) -> float:
@@ -137,7 +162,7 @@ class Session:
         #: {request id: the task answering it}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._lease_id = 0
-        self._queue: collections.deque[ws.WorkerDown] = collections.deque()
+        self._queue: collections.deque[ws.WorkerDown | bytes] = collections.deque()
         self._writing = False
         #: Resolved (and replaced) each time a write run ends.
         self._idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -260,6 +285,7 @@ class Session:
         await self._send(down)
 
     async def _answer(self, rid: int, kind: str, request: Any) -> None:
+        down: ws.WorkerDown | bytes | None
         try:
             response = await self._handlers[kind](request, self.context)
         except asyncio.CancelledError:
@@ -269,8 +295,7 @@ class Session:
             if down is None:
                 return
         else:
-            down = ws.WorkerDown(id=rid)
-            getattr(down, kind).CopyFrom(response)
+            down = _answer_bytes(rid, kind, response)
         finally:
             del self._tasks[rid]
             if rid == self._lease_id:
@@ -293,7 +318,7 @@ class Session:
             message = message[: _MAX_MESSAGE - 3] + "..."
         return ws.WorkerDown(id=rid, error=ws.SessionError(code=code.value[0], message=message))
 
-    async def _send(self, down: ws.WorkerDown | None) -> None:
+    async def _send(self, down: ws.WorkerDown | bytes | None) -> None:
         """Write ``down``, and whatever queues up meanwhile; or queue it behind the writer."""
         if down is None or self._ended.done():
             return

@@ -283,3 +283,21 @@ _SESSION = "/fleetflow.api.v1.WorkerService/WorkerSession"
 class _Details:
     def __init__(self, method: str) -> None:
         self.method = method
+
+
+def test_answers_framed_by_hand_equal_the_messages_built_field_by_field():
+    from fleetflow_coordinator.session import _answer_bytes
+
+    lease = ws.LeaseTasksResponse(known=True)
+    for i in range(300):  # a body over 16 KiB: a length of three varint bytes
+        lease.leases.add(task_run_id=i, attempt=1, task_name="m:t" * 20, index=i)
+    answers = {
+        "lease_tasks": lease,
+        "report_outcomes": ws.ReportOutcomesResponse(acks=[ACCEPTED, STALE]),
+        "release_leases": ws.ReleaseLeasesResponse(),
+    }
+    for rid in (1, 127, 128, 300, 2**63 + 5):
+        for kind, response in answers.items():
+            built = ws.WorkerDown(id=rid)
+            getattr(built, kind).CopyFrom(response)
+            assert ws.WorkerDown.FromString(_answer_bytes(rid, kind, response)) == built
