@@ -37,7 +37,7 @@ def make_lease(
 
 
 class FakeCoordinator(worker_service_pb2_grpc.WorkerServiceServicer):
-    """Hands out queued leases and records what workers send."""
+    """Hands out queued leases and records what workers send (unary calls only)."""
 
     def __init__(self) -> None:
         self.registrations: list[pb.RegisterWorkerRequest] = []
@@ -58,6 +58,10 @@ class FakeCoordinator(worker_service_pb2_grpc.WorkerServiceServicer):
         #: Leases handed out in ReportOutcomes answers.
         self.piggybacked = 0
         self._changed = asyncio.Condition()
+
+    async def WorkerSession(self, request_iterator, context):  # noqa: N802
+        """No session here, as on a coordinator older than it: the worker uses unary calls."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no WorkerSession in the fake")
 
     async def _notify(self) -> None:
         async with self._changed:
