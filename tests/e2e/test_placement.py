@@ -60,9 +60,13 @@ def test_large_request_starts_as_soon_as_a_worker_is_cleared(fleet, tmp_path):
 
 
 def test_unschedulable_reason_then_failed_after_timeout_or_run_on_a_big_worker(fleet):
-    address = fleet.start_coordinator("--unschedulable-timeout", "6")
+    # 10 s: the queue listing below (a CLI start) and the big worker's start both
+    # take seconds on a loaded machine, and must fit inside the timeout.
+    address = fleet.start_coordinator("--unschedulable-timeout", "10")
     fleet.start_worker(cpu=2)
     with Client(address) as client:
+        # The reason names the largest connected worker: wait for it to connect.
+        wait_until(lambda: len(client.list_workers()) == 1, 60, what="the worker")
         run = client.submit(flows.too_big)
         wait_until(
             lambda: [
@@ -71,7 +75,7 @@ def test_unschedulable_reason_then_failed_after_timeout_or_run_on_a_big_worker(f
                 if e.kind == "TASK_RUN_UNSCHEDULABLE"
                 and "needs license=1; the largest worker offers 0" in e.message
             ],
-            5,
+            10,
             what="the unschedulable event naming the largest worker",
         )
         queue = subprocess.run(
@@ -86,7 +90,7 @@ def test_unschedulable_reason_then_failed_after_timeout_or_run_on_a_big_worker(f
         demand = json.loads(queue.stdout)
         assert demand[0]["unschedulable_reason"] == "needs license=1; the largest worker offers 0"
         assert demand[0]["waiting"] == 1 and demand[0]["task_names"] == ["flows:needs_license"]
-        with pytest.raises(Exception, match="unschedulable for 6 s"):
+        with pytest.raises(Exception, match="unschedulable for 10 s"):
             run.result(timeout=30)
         # A second one is saved by a big worker that joins in time.
         saved = client.submit(flows.too_big)
