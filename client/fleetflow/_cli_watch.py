@@ -85,7 +85,7 @@ def watch_command(flow_run_id: str, address: str, events: bool, after_seq: int) 
     """Follow a flow run until it ends: live progress bars per task, or its events.
 
     A mapped task is one bar however many task runs it has. Exits 0 when the
-    flow run completed, 1 otherwise.
+    flow run completed, 1 otherwise, 130 on Ctrl-C (the flow run goes on).
     """
     if not events:
         console = Console(stderr=False)
@@ -106,4 +106,6 @@ def watch_command(flow_run_id: str, address: str, events: bool, after_seq: int) 
                 last = event
     except FleetflowError as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        sys.exit(130)  # as the progress bars do (click would print "Aborted!" and exit 1)
     sys.exit(0 if last is not None and last.kind == "FLOW_RUN_COMPLETED" else 1)

@@ -87,3 +87,32 @@ def test_tables_are_wide_when_the_output_is_no_terminal(monkeypatch, capsys):
     assert out_console().width == PIPED_WIDTH
     monkeypatch.setenv("COLUMNS", "100")
     assert out_console().width == 100
+
+
+def test_ctrl_c_ends_watch_with_130_in_both_views(monkeypatch):
+    """Ctrl-C in ``fleetflow watch``: exit 130 (128 + SIGINT), with or without --events."""
+    from fleetflow import _cli_watch
+
+    class Interrupted:
+        def __init__(self, address):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            return False
+
+        def watch(self, flow_run_id, after_seq=0):
+            yield FlowEvent(seq=1, kind="FLOW_RUN_STARTED", flow_run_id=flow_run_id, time=0.0)
+            raise KeyboardInterrupt
+
+    def follow(client, flow_run_id, console):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cli_watch, "Client", Interrupted)
+    monkeypatch.setattr(_cli_watch, "follow_progress", follow)
+    for extra in ([], ["--events"]):
+        done = CliRunner().invoke(cli, ["watch", "abc", "--coordinator", "127.0.0.1:1", *extra])
+        assert done.exit_code == 130, (extra, done.output)
+        assert "Aborted" not in done.output

@@ -5,6 +5,7 @@ Sizes are modest on purpose (CI budget): 400 task runs of which 20 fail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -174,10 +175,13 @@ def test_ctrl_c_cancels_the_flow_run_it_started(fleet, tmp_path):
     fleet.start_worker(module=VIEW_FLOWS)
     stderr_path = tmp_path / "run.err"
     env = {**_env(), "COLUMNS": "200"}
+    # An ignored SIGINT would stay ignored in the CLI (tests/conftest.py sees to it).
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen(
             [
                 sys.executable,
+                *("-X", "faulthandler"),  # SIGABRT below prints where it is stuck
                 "-m",
                 "fleetflow.cli",
                 "run",
@@ -204,7 +208,7 @@ def test_ctrl_c_cancels_the_flow_run_it_started(fleet, tmp_path):
         with Client(address) as client:
             wait_until(lambda: client.get(flow_run_id).nodes[0].running > 0, 30, what="running")
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=30) == 130
+            assert _exit_status(proc, 30, stderr_path) == 130
             text = stderr_path.read_text()
             assert f"cancelled flow run {flow_run_id}" in text, text[-2000:]
             assert client.get(flow_run_id).state == "CANCELLED"
@@ -212,6 +216,24 @@ def test_ctrl_c_cancels_the_flow_run_it_started(fleet, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _exit_status(proc: subprocess.Popen, timeout_s: float, stderr_path: Path) -> int:
+    """Its exit status; a process still running after ``timeout_s`` fails the test.
+
+    Run with ``-X faulthandler``, it is sent SIGABRT first, so that the
+    failure shows where each of its threads was stuck.
+    """
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        raise AssertionError(
+            f"still running {timeout_s:g} s after SIGINT; its stderr:\n"
+            + stderr_path.read_text(errors="replace")[-6000:]
+        ) from None
 
 
 def test_limits_are_listed_stored_and_shown_in_queue_and_usage_survives(fleet):
