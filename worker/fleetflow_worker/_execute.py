@@ -1,10 +1,9 @@
 """Execute leased attempts: ``async def`` tasks on the loop, plain ``def`` in task processes.
 
-:class:`AttemptRunner` owns the :class:`~fleetflow_worker.state.AttemptTable`
-and one asyncio task per attempt. Every attempt ends in exactly one of: an
-Outcome handed to ``on_outcome``, or nothing (the coordinator cancelled it,
-or the drain handed it back). Cancelling an attempt cancels its coroutine or
-kills its task process, and frees its slot at once. Each attempt logs one
+:class:`AttemptRunner` owns the :class:`~fleetflow_worker.state.AttemptTable` and one asyncio task
+per attempt. Every attempt ends in exactly one of: an Outcome handed to ``on_outcome``, or nothing
+(the coordinator cancelled it, or the drain handed it back). Cancelling an attempt cancels its
+coroutine or kills its task process, and frees its slot at once. Each attempt logs one
 ``task_run_finished`` line.
 """
 
@@ -344,8 +343,7 @@ class AttemptRunner:
     ) -> tuple[list[tuple[AttemptKey, dict[str, Any]]], list[BatchItem], list[str]]:
         """Decode each member's arguments and pin its stored inputs.
 
-        A member whose arguments are bad, or whose stored inputs cannot be
-        read, ends here with its failure.
+        A member with bad arguments, or stored inputs that cannot be read, ends here failed.
 
         Returns:
             The members that can run (key, log ids), their batch items (in the
