@@ -286,7 +286,9 @@ class AttemptRunner:
                 "task_run_finished", outcome="completed", duration_s=duration_s, **(ids or {})
             )
             return
-        _log_finished(result if report else None, duration_s, ids)
+        # Two loop iterations on: after the reporter sent the outcome (ids stay bound).
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, _log_finished, result if report else None, duration_s, ids)
 
     async def _run_batch(
         self,
@@ -497,11 +499,7 @@ class AttemptRunner:
         store: StoreContext | None,
         ids: Mapping[str, Any],
     ) -> _Result:
-        """A plain ``def`` attempt, awaited by its own task.
-
-        :meth:`cancel` cancels that task while it waits here (a task process is
-        then killed); anyone else's cancel goes on up.
-        """
+        """A plain ``def`` attempt; :meth:`cancel` cancels its task while it waits here."""
         me = asyncio.current_task()
         assert me is not None
         self._awaiting[key] = me
