@@ -53,6 +53,7 @@ from fleetflow_coordinator.errors import (
     Unavailable,
     status_for,
 )
+from fleetflow_coordinator.lease_wire import varint as _varint
 from fleetflow_coordinator.store.base import NotLeader
 
 if TYPE_CHECKING:
@@ -78,15 +79,6 @@ _ANSWER_TAGS = {
     kind: bytes(((ws.WorkerDown.DESCRIPTOR.fields_by_name[kind].number << 3) | 2,))
     for kind in _CALLS
 }
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _answer_bytes(rid: int, kind: str, response: Any) -> bytes:
