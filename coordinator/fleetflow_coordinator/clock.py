@@ -61,6 +61,23 @@ class SteadyClock:
         self.offset_s = 0.0
         self.steps = 0
 
+    def not_before(self, t: float) -> None:
+        """Read no earlier than ``t`` from now on (seconds since the epoch).
+
+        A restarted coordinator passes the latest time it had stored: if the
+        wall clock is now behind it (it was stepped back, before or across the
+        restart), the difference becomes the offset and is bled away as a step
+        seen while running would be, so new events never stamp earlier than
+        stored ones and stored deadlines are not stretched by the step at once.
+        A non-finite ``t`` is ignored.
+        """
+        if not math.isfinite(t):
+            return
+        ahead = t - (self._wall() + self.offset_s)
+        if ahead > 0:
+            self.offset_s += ahead
+            self._last = max(self._last, t)
+
     def __call__(self) -> float:
         """The current time, seconds since the epoch."""
         mono, wall = self._monotonic(), self._wall()

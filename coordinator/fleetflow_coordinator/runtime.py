@@ -35,7 +35,7 @@ from fleetflow_coordinator.observe import Observer
 from fleetflow_coordinator.results import ResultStore
 from fleetflow_coordinator.settings import Settings
 from fleetflow_coordinator.store import MemoryStore, Store, StoreError
-from fleetflow_coordinator.store.base import NotLeader
+from fleetflow_coordinator.store.base import EVENT_COLUMNS, NotLeader
 from fleetflow_coordinator.store.rows import changes_to_batch, gc_paused, restore_snapshot
 from fleetflow_coordinator.supervisor import StoreWriter, Supervisor
 from fleetflow_coordinator.usage import UsageBook
@@ -152,6 +152,9 @@ class Runtime:
             self.results = await asyncio.to_thread(ResultStore.from_settings, self.settings)
         with gc_paused():  # linear restore: see store/rows.py
             snapshot = await self.writer.call(self.store.load)
+            floor = getattr(self.clock, "not_before", None)
+            if floor is not None:  # a clock stepped back across the restart
+                floor(_latest_stored_time(snapshot))
             restored = restore_snapshot(self.core, snapshot, self.clock())
         self._restore_meta(snapshot.meta)
         self.after_change()
@@ -458,6 +461,22 @@ class Runtime:
             await self.prune(settings.retention_s)
             if self.results is not None:
                 try:
-                    await self.results.collect_orphans(self.core.flows, self.clock())
+                    # Object mtimes are wall-clock times: compare with the wall
+                    # clock, not the coordinator's (which may be bleeding a step).
+                    await self.results.collect_orphans(self.core.flows, time.time())
                 except Exception as exc:  # noqa: BLE001 - a store outage must not stop retention
                     log.warning("orphan_collection_failed", error=str(exc))
+
+
+def _latest_stored_time(snapshot: Any) -> float:
+    """The latest event time ``snapshot`` holds, seconds since the epoch (0: none).
+
+    Events of a flow run are stored in ``seq`` order and stamped by a clock that
+    never goes backwards, so each flow run's last event is its latest.
+    """
+    latest = 0.0
+    time_at = EVENT_COLUMNS.index("time")
+    for rows in snapshot.events.values():
+        if rows:
+            latest = max(latest, float(rows[-1][time_at]))
+    return latest

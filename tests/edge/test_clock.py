@@ -83,3 +83,38 @@ def test_a_forward_step_expires_no_live_worker_and_a_backward_one_keeps_no_dead_
 
 def test_the_coordinator_runs_on_it_by_default():
     assert isinstance(Runtime(Settings()).clock, SteadyClock)
+
+
+def test_a_restart_behind_the_stored_times_starts_no_earlier_and_bleeds_the_gap():
+    """A clock stepped back across a restart: new events never stamp before stored ones."""
+    t = FakeTime()
+    clock = _clock(t)
+    stored = t.wall + 600.0  # the last event stored before the step back
+    clock.not_before(stored)
+    assert clock() >= stored
+    t.advance(100.0)
+    now = clock()
+    assert stored < now < stored + 100.0  # intervals run at most 10 % slow while bleeding
+    assert now == pytest.approx(stored + 90.0)
+    clock.not_before(float("nan"))  # ignored
+    clock.not_before(t.wall - 1e6)  # behind: nothing to do
+    assert clock() >= now
+
+
+async def test_the_runtime_seeds_its_clock_from_the_latest_stored_event():
+    from fleetflow_coordinator.store import MemoryStore
+
+    from tests.review.helpers import persist, plain, spec_of, submit
+
+    t = FakeTime()
+    later = t.wall + 3600.0  # stored by a coordinator whose clock was an hour ahead
+    core = Scheduler()
+    submit(core, spec_of(plain("t", x=1)), "f" * 32, later)
+    store = MemoryStore()
+    persist(core, store)
+    rt = Runtime(Settings(), store=store, clock=_clock(t))
+    try:
+        assert await rt.open() == 1
+        assert rt.clock() >= later  # not an hour before the stored submission
+    finally:
+        await rt.stop()
