@@ -252,11 +252,29 @@ class Session:
                 check_request(request)
                 self._bind(request.worker_id)
             except CoordinatorError as exc:
-                self._tasks[rid] = loop.create_task(self._refuse(rid, kind, exc))
+                self._track(rid, loop.create_task(self._refuse(rid, kind, exc)))
                 continue
             if kind == "lease_tasks":
                 self._lease_id = rid
-            self._tasks[rid] = loop.create_task(self._answer(rid, kind, request))
+            self._track(rid, loop.create_task(self._answer(rid, kind, request)))
+
+    def _track(self, rid: int, task: asyncio.Task[None]) -> None:
+        """Hold ``task`` as request ``rid``'s answer until it ends.
+
+        The task forgets itself when it ends (before sending its answer, so the
+        worker may ask again at once); a task cancelled before it ever ran (a
+        ``cancel`` message right behind its request) never runs that code, so
+        its end is also caught here, or its id would stay unanswered for good.
+        """
+        self._tasks[rid] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._tasks.get(rid) is done:
+                del self._tasks[rid]
+                if rid == self._lease_id:
+                    self._lease_id = 0
+
+        task.add_done_callback(forget)
 
     def _bind(self, worker_id: str) -> None:
         if self.worker_id is None:

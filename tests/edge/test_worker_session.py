@@ -205,6 +205,42 @@ async def test_a_cancel_abandons_a_long_poll():
         call.cancel()
 
 
+async def test_a_cancel_that_beats_its_request_s_task_frees_the_long_poll():
+    """A task cancelled before its first step never runs its own cleanup: its id is freed anyway."""
+    from types import SimpleNamespace
+
+    written: list = []
+
+    async def lease_tasks(request, context):
+        if request.wait_seconds:
+            await asyncio.sleep(60)
+        return ws.LeaseTasksResponse(known=True)
+
+    async def write(down):
+        written.append(down)
+
+    servicer = SimpleNamespace(
+        rt=SimpleNamespace(settings=SimpleNamespace(lease_ttl_s=5.0)),
+        LeaseTasks=lease_tasks, ReportOutcomes=None, ReleaseLeases=None,
+        _check_owner=lambda method, worker_id: None,
+    )  # fmt: skip
+    session = Session(servicer, SimpleNamespace(write=write), Sessions(), asyncio.Event())
+
+    async def requests():
+        yield _lease(1, wait=5)
+        yield ws.WorkerUp(cancel=1)  # read before the loop ever ran request 1's task
+        await asyncio.sleep(0.05)
+        yield _lease(3, wait=0)  # refused as "already unanswered" if 1 still held the poll
+
+    await session._read(requests())
+    async with asyncio.timeout(5):
+        while not written:
+            await asyncio.sleep(0.01)
+    answer = ws.WorkerDown.FromString(written[0]) if isinstance(written[0], bytes) else written[0]
+    assert answer.id == 3 and answer.WhichOneof("answer") == "lease_tasks"
+    assert not session._tasks and session._lease_id == 0
+
+
 async def test_a_newer_session_of_a_worker_replaces_the_older_one():
     async with coordinator(lease_wait_max_s=5) as co:
         await co.register("w", ["t"])
