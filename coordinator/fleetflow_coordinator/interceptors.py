@@ -284,18 +284,28 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         behavior: Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], Awaitable[Any]],
         decode: Callable[[bytes], Any],
     ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[Any]]:
-        """A client or bidirectional stream: admitted once, at its start.
+        """A client or bidirectional stream: admitted at its start (and again later).
 
-        Every message is size-checked, decoded and bounds-checked as it comes; a
-        bidirectional handler writes its answers with ``context.write``.
+        It is admitted again at its next message once the credentials in force
+        changed, so a token revoked in the auth file ends it. Every message is
+        size-checked, decoded and bounds-checked as it comes; a bidirectional
+        handler writes its answers with ``context.write``.
         """
 
         async def serve(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
             try:
                 set_principal(self._admit(method, context))
+                admitted = self.auth.table if self.auth is not None else None
 
                 async def requests() -> AsyncIterator[Any]:
+                    nonlocal admitted
                     async for message in raw:
+                        # The credentials changed (an auth file edited to rotate or
+                        # revoke a token): a long-lived stream's caller is checked
+                        # again, as its next unary call would be.
+                        if self.auth is not None and self.auth.table is not admitted:
+                            admitted = self.auth.table
+                            set_principal(self._admit(method, context))
                         yield decode(message)
 
                 return await behavior(requests(), context)

@@ -301,6 +301,41 @@ async def test_a_token_added_to_the_auth_file_works_without_a_restart(pki, tmp_p
                 pytest.fail("the new token was not accepted within 4 s")
 
 
+async def test_a_token_revoked_in_the_auth_file_ends_an_open_worker_session(pki, tmp_path):
+    import shutil
+
+    from fleetflow_coordinator.auth import append_entry, new_token
+
+    auth_file = tmp_path / "auth.toml"
+    shutil.copy(pki.auth_file, auth_file)
+    pki_copy = type(pki)(**{**pki.__dict__, "auth_file": auth_file})
+    token = new_token()
+    append_entry(auth_file, roles=["worker"], token=token, name="revoked-later")
+    async with secure_coordinator(pki_copy) as (rt, address):
+        credentials = Credentials(tls_ca=str(pki.ca), token=token)
+        async with credentials.aio_channel(address) as channel:
+            stub = ws_grpc.WorkerServiceStub(channel)
+            register = ws.RegisterWorkerRequest(
+                worker_id="w", capacity=common_pb2.Resources(amounts={"cpu": 1}),
+                task_names=["t"], hostname="h", pid=1,
+            )  # fmt: skip
+            await stub.RegisterWorker(register, timeout=5)
+            call = stub.WorkerSession(metadata=credentials.call_metadata())
+            ask = ws.LeaseTasksRequest(worker_id="w", max_task_runs=1)
+            await call.write(ws.WorkerUp(id=1, lease_tasks=ask))
+            async with asyncio.timeout(5):
+                assert (await call.read()).id == 1
+            shutil.copy(pki.auth_file, auth_file)  # the token is gone from the file
+            await asyncio.sleep(1.2)  # the file is checked at most once a second
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async with asyncio.timeout(10):
+                    for rid in range(2, 40):  # bounded: each ask is answered at once
+                        await call.write(ws.WorkerUp(id=rid, lease_tasks=ask))
+                        await call.read()
+                        await asyncio.sleep(0.2)
+            assert err.value.code() == UNAUTHENTICATED
+
+
 async def test_both_ways_of_sending_a_token_work(pki):
     """aio_channel adds it by interceptor; channel_credentials() carries it as call credentials."""
     credentials = pki.credentials("viewer")
