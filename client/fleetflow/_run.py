@@ -19,7 +19,10 @@ interrupted call (Ctrl-C, the awaiting task cancelled) cancels it, as
 says what happened. An interrupt that came before the submission's answer
 finds the flow run by its idempotency key (the same submission again, without
 a wait). A flow run that a caller's own idempotency key matched, and that this
-call did not create, goes on.
+call did not create, goes on; so that the answer says which it was, a call
+with the caller's key submits without a wait and then waits with GetFlowRun
+(one round trip more; an interrupt inside that first round trip leaves the
+flow run going).
 """
 
 from __future__ import annotations
@@ -65,8 +68,12 @@ async def run_flow(
     """
     conn = client._conn
     wait_s = poll_wait_s(deadline)
-    request.wait_seconds = wait_s
-    request.include_result = True
+    # A caller's key may match a flow run this call did not create: learn which
+    # from an answer at once (then wait as result() does), so that an interrupt
+    # cancels only a flow run this call started. A key made here needs no such
+    # answer: the one call submits and waits.
+    request.wait_seconds = wait_s if own_key else 0.0
+    request.include_result = own_key
     submitted: pb.SubmitFlowRunResponse | None = None
     try:
         started = time.monotonic()
@@ -74,7 +81,7 @@ async def run_flow(
             "SubmitFlowRun", request, deadline=deadline, timeout_s=wait_s + LONG_POLL_GRACE_S
         )
         flow_run_id = submitted.flow_run_id
-        answer = submitted.flow_run if submitted.HasField("flow_run") else None
+        answer = submitted.flow_run if own_key and submitted.HasField("flow_run") else None
         pause = (
             0.0
             if answer is None

@@ -120,3 +120,16 @@ async def test_an_interrupt_leaves_a_flow_run_this_call_did_not_create(fake):
             await call
     assert _cancels(fake) == []
     assert any("goes on" in note for note in info.value.__notes__)
+
+
+async def test_an_interrupt_cancels_a_flow_run_this_call_created_under_the_callers_key(fake):
+    async with AsyncClient(fake.address, backoff=FAST) as client:
+        call = asyncio.create_task(client.run(incs, n=1, idempotency_key="mine"))
+        await asyncio.sleep(0.35)  # past the submission's answer, while GetFlowRun waits
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError) as info:
+            await call
+    # With the caller's key the submission is answered at once (created or matched)
+    assert fake.submits[0].wait_seconds == 0.0
+    assert _cancels(fake) == ["fr-1"]
+    assert any("cancelled flow run fr-1" in note for note in info.value.__notes__)
