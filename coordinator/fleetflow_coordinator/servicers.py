@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -509,7 +510,7 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
                 rt.metrics.leased(len(grants))
                 # A lease is sent only once stored: otherwise a crash could hand
                 # the same attempt number to a second worker.
-                await rt.durable()
+                await _durable_or_hand_back(rt, request.worker_id, grants)
                 response = ws.LeaseTasksResponse(known=True)
                 convert.add_leases(response.leases, grants, *rt.inline_limits)
                 return response
@@ -552,7 +553,8 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
                 rt.metrics.leased(len(grants))
         rt.after_change()
         rt.metrics.reported(acks)
-        await rt.durable()  # the worker drops an outcome once acked; a lease must be stored
+        # The worker drops an outcome once acked; a lease must be stored.
+        await _durable_or_hand_back(rt, request.worker_id, grants or ())
         response = ws.ReportOutcomesResponse(acks=acks)
         convert.add_leases(response.leases, grants or (), *rt.inline_limits)
         return response
@@ -569,3 +571,26 @@ class WorkerServicer(ws_grpc.WorkerServiceServicer):
             )
         session = Session(self, context, self.sessions, rt.serving_over, rt.leads)
         await session.serve(request_iterator)
+
+
+async def _durable_or_hand_back(rt: Runtime, worker_id: str, grants: Sequence[Any]) -> None:
+    """Wait until the change (with ``grants``) is stored; hand the grants back if cancelled.
+
+    A call cancelled while its leases are being stored (the worker's stream
+    broke or was replaced, the worker abandoned its long poll, the coordinator
+    is stopping) never sends them: the worker would not know of them, and a
+    lease TTL later they would be charged as lost in transit. They are re-queued
+    at once instead, uncharged, as a draining worker's hand-back is.
+    """
+    try:
+        await rt.durable()
+    except asyncio.CancelledError:
+        if grants:
+            rt.core.release_leases(
+                worker_id,
+                [(g.task_run.id, g.attempt) for g in grants],
+                rt.clock(),
+                why="granted but never sent: the call ended first",
+            )
+            rt.after_change()
+        raise

@@ -337,3 +337,32 @@ def test_answers_framed_by_hand_equal_the_messages_built_field_by_field():
             built = ws.WorkerDown(id=rid)
             getattr(built, kind).CopyFrom(response)
             assert ws.WorkerDown.FromString(_answer_bytes(rid, kind, response)) == built
+
+
+async def test_leases_granted_but_never_sent_go_back_uncharged():
+    """A lease call cancelled while its grants are stored hands them back at once."""
+    from fleetflow_coordinator.core import TaskRunState
+
+    async with coordinator() as co:
+        await co.register("w", ["t"])
+        await co.submit(spec_of(plain("t", x=1), output_node=0))
+        storing = asyncio.Event()
+        durable = co.rt.durable
+
+        async def stuck() -> None:  # the commit never comes back: the call is cancelled
+            storing.set()
+            await asyncio.sleep(60)
+
+        co.rt.durable = stuck
+        call = co.w.LeaseTasks(ws.LeaseTasksRequest(worker_id="w", max_task_runs=1), timeout=30)
+        async with asyncio.timeout(5):
+            await storing.wait()
+        call.cancel()
+        [tr] = co.rt.core.task_runs.values()
+        async with asyncio.timeout(5):  # the server sees the cancel, hands the lease back
+            while tr.state != TaskRunState.SCHEDULED:
+                await asyncio.sleep(0.01)
+        co.rt.durable = durable
+        assert tr.attempt == 2 and tr.infra_failures == 0 and tr.code_failures == 0
+        leases = (await co.lease("w", 1)).leases
+        assert [(lease.task_run_id, lease.attempt) for lease in leases] == [(tr.id, 2)]

@@ -158,11 +158,19 @@ class WorkersMixin:
         worker.last_seen = now
         return True
 
-    def release_leases(self, worker_id: str, released: list[tuple[int, int]], now: float) -> int:
+    def release_leases(
+        self,
+        worker_id: str,
+        released: list[tuple[int, int]],
+        now: float,
+        why: str = "handed back by a draining worker",
+    ) -> int:
         """A draining worker hands back attempts it stopped: re-queue them at once.
 
         A hand-back is orderly, so it uses up neither the task's retries nor its
-        infrastructure budget. Attempts that are not current are ignored.
+        infrastructure budget. Attempts that are not current are ignored. The
+        edge also hands back leases it granted but could not send (``why`` is
+        then the event's message).
 
         Returns:
             How many attempts were re-queued.
@@ -183,7 +191,7 @@ class WorkersMixin:
                 now,
                 tr=tr,
                 worker_id=worker_id,
-                message="handed back by a draining worker",
+                message=why,
             )
             tr.attempt += 1
             self._schedule(tr, now, Stimulus.REQUEUE)
