@@ -184,17 +184,7 @@ class WorkersMixin:
             tr = worker.running.get(task_run_id)
             if tr is None or tr.attempt != attempt or tr.state != TaskRunState.RUNNING:
                 continue
-            self._release(tr)
-            self._emit(
-                tr.flow,
-                EventKind.TASK_RUN_LEASE_EXPIRED,
-                now,
-                tr=tr,
-                worker_id=worker_id,
-                message=why,
-            )
-            tr.attempt += 1
-            self._schedule(tr, now, Stimulus.REQUEUE)
+            self._requeue_uncounted(tr, now, worker_id, why)
             requeued += 1
         return requeued
 
@@ -237,15 +227,17 @@ class WorkersMixin:
             if first == tr.id:
                 self._lose_attempt(tr, now, reason)
                 continue
-            worker_id = tr.worker_id or ""
-            self._release(tr)
-            self._emit(
-                tr.flow,
-                EventKind.TASK_RUN_LEASE_EXPIRED,
-                now,
-                tr=tr,
-                worker_id=worker_id,
-                message=f"{reason}; behind task run {first} in its lease batch: not counted",
-            )
-            tr.attempt += 1
-            self._schedule(tr, now, Stimulus.REQUEUE)
+            self._requeue_uncounted(
+                tr, now, tr.worker_id or "",
+                f"{reason}; behind task run {first} in its lease batch: not counted",
+            )  # fmt: skip
+
+    def _requeue_uncounted(self, tr: TaskRun, now: float, worker_id: str, message: str) -> None:
+        """End ``tr``'s running attempt and queue the next, charging neither budget."""
+        self._release(tr)
+        self._emit(
+            tr.flow, EventKind.TASK_RUN_LEASE_EXPIRED, now, tr=tr, worker_id=worker_id,
+            message=message,
+        )  # fmt: skip
+        tr.attempt += 1
+        self._schedule(tr, now, Stimulus.REQUEUE)
